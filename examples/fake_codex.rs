@@ -1,0 +1,137 @@
+//! A stand-in for the `codex` CLI, for Looper's tests and benchmark. It is started exactly
+//! as Looper starts codex (tests link it under a unique name such as `fake-codex-<id>`), and
+//! does what the `FAKE_CODEX` environment variable says, step by step, `;`-separated:
+//!
+//! - `record`: write `$FAKE_CODEX_RECORD_DIR/<pid>.json` (argv, cwd, stdin, session,
+//!   process group, `LOOPER_*` variables, pids of the helpers it started);
+//! - `print:<text>` / `stderr:<text>`: a line on stdout / stderr;
+//! - `flood:<bytes>`: that many bytes of 100-byte lines on stdout, as fast as it can;
+//! - `sleep:<seconds>`; `exit:<code>`;
+//! - `ignore-term`: ignore SIGTERM from now on (helpers started later inherit that);
+//! - `grandchild`: start a helper (`fake-tool`) in a process group of its own, without
+//!   `LOOPER_RUN_ID`, like codex's tool commands; it sleeps until killed;
+//! - `orphan`: start a helper that escapes to a new session and is re-parented away from us,
+//!   keeping `LOOPER_RUN_ID`;
+//! - `close-stdout`: close stdout and stderr and go on running.
+//!
+//! Without `FAKE_CODEX` it does `record;print:fake codex working;sleep:600`.
+
+// Helpers are left running on purpose: stopping them is Looper's job under test.
+#![allow(clippy::zombie_processes)]
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn sleep_forever_helper(name: &str, keep_run_id: bool) -> Command {
+    let exe = std::env::current_exe().expect("own path");
+    let mut cmd = Command::new(exe);
+    cmd.arg0(name)
+        .env("FAKE_CODEX", "sleep:600")
+        .env_remove("FAKE_CODEX_RECORD_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if !keep_run_id {
+        cmd.env_remove("LOOPER_RUN_ID").env_remove("LOOPER_URL");
+    }
+    cmd
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let script = std::env::var("FAKE_CODEX")
+        .unwrap_or_else(|_| "record;print:fake codex working;sleep:600".to_string());
+    let mut helpers: Vec<u32> = Vec::new();
+    // `orphan` mode: the middle process of a double fork.
+    if script == "orphan-parent" {
+        let mut c = sleep_forever_helper("fake-orphan", true);
+        c.process_group(0);
+        let child = c.spawn().expect("spawn orphan");
+        println!("{}", child.id());
+        return;
+    }
+    for step in script.split(';').filter(|s| !s.is_empty()) {
+        let (cmd, arg) = step.split_once(':').unwrap_or((step, ""));
+        match cmd {
+            "record" => record(&args, &helpers),
+            "print" => println!("{arg}"),
+            "stderr" => eprintln!("{arg}"),
+            "flood" => flood(arg.parse().expect("flood:<bytes>")),
+            "sleep" => std::thread::sleep(Duration::from_secs_f64(arg.parse().expect("sleep:<s>"))),
+            "exit" => {
+                let _ = std::io::stdout().flush();
+                std::process::exit(arg.parse().expect("exit:<code>"));
+            }
+            // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+            "ignore-term" => unsafe {
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            },
+            "grandchild" => {
+                let mut c = sleep_forever_helper("fake-tool", false);
+                c.process_group(0);
+                helpers.push(c.spawn().expect("spawn grandchild").id());
+            }
+            "orphan" => {
+                let exe = std::env::current_exe().expect("own path");
+                let out = Command::new(exe)
+                    .env("FAKE_CODEX", "orphan-parent")
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .output()
+                    .expect("orphan parent");
+                let pid = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("orphan pid");
+                helpers.push(pid);
+            }
+            "close-stdout" => {
+                let _ = std::io::stdout().flush();
+                // SAFETY: closing our own standard descriptors; nothing uses them afterwards.
+                unsafe {
+                    libc::close(1);
+                    libc::close(2);
+                }
+            }
+            other => panic!("fake codex: unknown step {other:?}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn flood(mut bytes: usize) {
+    let line = format!("{}\n", "x".repeat(99));
+    let block = line.repeat(2621); // about 256 KiB
+    let mut out = std::io::stdout().lock();
+    while bytes > 0 {
+        let n = bytes.min(block.len());
+        out.write_all(&block.as_bytes()[..n]).expect("write");
+        bytes -= n;
+    }
+    out.flush().expect("flush");
+}
+
+fn record(args: &[String], helpers: &[u32]) {
+    let Ok(dir) = std::env::var("FAKE_CODEX_RECORD_DIR") else {
+        return;
+    };
+    let pid = std::process::id();
+    // SAFETY: getsid/getpgid on our own pid have no preconditions.
+    let (sid, pgid) = unsafe { (libc::getsid(0), libc::getpgid(0)) };
+    let value = serde_json::json!({
+        "pid": pid,
+        "argv": args,
+        "cwd": std::env::current_dir().ok(),
+        "stdin": std::fs::read_link("/proc/self/fd/0").ok(),
+        "sid": sid,
+        "pgid": pgid,
+        "looper_run_id": std::env::var("LOOPER_RUN_ID").ok(),
+        "looper_url": std::env::var("LOOPER_URL").ok(),
+        "helpers": helpers,
+    });
+    let tmp = format!("{dir}/.{pid}.tmp");
+    std::fs::write(&tmp, value.to_string()).expect("write record");
+    std::fs::rename(&tmp, format!("{dir}/{pid}.json")).expect("rename record");
+}

@@ -1,0 +1,175 @@
+//! The `codex` binary and the exact command line Looper runs it with.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Checkouts of codex next to the server that win over `PATH` (as in the original).
+pub const LOCAL_CANDIDATES: &[&str] = &[
+    "codex/codex",
+    "codex/codex-rs/target/release/codex",
+    "codex/codex-rs/target/debug/codex",
+];
+
+/// Where the binary came from, as reported in `codex_exec_binary_source`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Source {
+    Request,
+    Env,
+    Local,
+    Path,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Request => "request",
+            Source::Env => "env",
+            Source::Local => "local",
+            Source::Path => "path",
+        }
+    }
+}
+
+fn is_executable_file(p: &Path) -> bool {
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Finds `name` the way a shell would: a path when it holds a `/`, else on `PATH`.
+pub fn find_program(name: &str, cwd: &Path, path_var: Option<&str>) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = cwd.join(name);
+        return is_executable_file(&p).then_some(p);
+    }
+    path_var?
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable_file(p))
+}
+
+/// Request field, then `CODEX_EXEC_BINARY`, then local checkouts, then `codex` on `PATH`.
+/// `Err` carries the name that could not be found.
+pub fn resolve(
+    requested: Option<&str>,
+    configured: Option<&str>,
+    cwd: &Path,
+    path_var: Option<&str>,
+) -> Result<(PathBuf, Source), String> {
+    if let Some(name) = requested {
+        return find_program(name, cwd, path_var)
+            .map(|p| (p, Source::Request))
+            .ok_or_else(|| name.to_string());
+    }
+    if let Some(name) = configured {
+        return find_program(name, cwd, path_var)
+            .map(|p| (p, Source::Env))
+            .ok_or_else(|| name.to_string());
+    }
+    if let Some(p) = LOCAL_CANDIDATES
+        .iter()
+        .map(|c| cwd.join(c))
+        .find(|p| is_executable_file(p))
+    {
+        return Ok((p, Source::Local));
+    }
+    find_program("codex", cwd, path_var)
+        .map(|p| (p, Source::Path))
+        .ok_or_else(|| "codex".to_string())
+}
+
+/// The arguments after the binary: `--ask-for-approval never exec --sandbox workspace-write
+/// -C <workspace> <prompt>`, the prompt as one element.
+pub fn exec_args(workspace: &Path, prompt: &str) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--ask-for-approval",
+        "never",
+        "exec",
+        "--sandbox",
+        "workspace-write",
+        "-C",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(workspace.as_os_str().to_owned());
+    args.push(OsString::from(prompt));
+    args
+}
+
+/// One word for a POSIX shell: bare when safe, else in single quotes.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\"'\"'"))
+    }
+}
+
+/// The whole command line, shell-quoted, as shown in the run log and the response.
+pub fn command_line(binary: &Path, args: &[OsString]) -> String {
+    std::iter::once(binary.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_round_trips_awkward_prompts() {
+        assert_eq!(shell_quote("plain-word_1.2"), "plain-word_1.2");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's $HOME `x`"), "'it'\"'\"'s $HOME `x`'");
+    }
+
+    #[test]
+    fn the_command_has_the_exact_shape() {
+        let args = exec_args(Path::new("/w s"), "do it");
+        assert_eq!(
+            command_line(Path::new("/bin/codex"), &args),
+            "/bin/codex --ask-for-approval never exec --sandbox workspace-write -C '/w s' 'do it'"
+        );
+    }
+
+    #[test]
+    fn resolution_order() {
+        let dir = std::env::temp_dir().join(format!("looper-codex-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = bin.join("codex");
+        std::fs::write(&exe, "#!/bin/true\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = bin.to_str().unwrap();
+        let r = resolve(None, None, &dir, Some(path)).unwrap();
+        assert_eq!(r, (exe.clone(), Source::Path));
+        std::fs::create_dir_all(dir.join("codex")).unwrap();
+        let local = dir.join("codex/codex");
+        std::fs::copy(&exe, &local).unwrap();
+        assert_eq!(
+            resolve(None, None, &dir, Some(path)).unwrap().1,
+            Source::Local
+        );
+        assert_eq!(
+            resolve(None, Some("codex"), &dir, Some(path)).unwrap(),
+            (exe.clone(), Source::Env)
+        );
+        assert_eq!(
+            resolve(Some("bin/codex"), Some("x"), &dir, None).unwrap(),
+            (dir.join("bin/codex"), Source::Request)
+        );
+        assert_eq!(
+            resolve(Some("nope"), None, &dir, Some(path)).unwrap_err(),
+            "nope"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

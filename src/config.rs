@@ -1,0 +1,338 @@
+//! Every environment variable Looper reads: parsed, validated and given its default in one
+//! place, from a plain map so that tests need no real environment. A bad value stops the
+//! server at start with a message that names the variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+
+use crate::zulip::Zulip;
+
+/// Longest delay or interval we accept anywhere (one day), as the request validator does.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// Every variable the parser knows, for `--help` and for the README check.
+pub const KNOWN_VARS: &[&str] = &[
+    "LOOPER_HOST",
+    "LOOPER_PORT",
+    "LOOPER_API_TOKEN",
+    "LOOPER_LOG_LEVEL",
+    "LOOPER_SERVER_LOG_PATH",
+    "CODEX_EXEC_BINARY",
+    "CODEX_EXEC_DELAY_SECONDS",
+    "CODEX_EXEC_STARTUP_CHECK_SECONDS",
+    "CODEX_EXEC_LOG_DIR",
+    "LOOPER_AUTO_START_WHEN_IDLE",
+    "LOOPER_IDLE_POLL_SECONDS",
+    "LOOPER_IDLE_LOG_STALE_SECONDS",
+    "LOOPER_WORKSPACE",
+    "LOOPER_DEFAULT_PROMPT",
+    "LOOPER_PROMPT_FILE",
+    "LOOPER_STOP_GRACE_SECONDS",
+    "LOOPER_CODEX_PROCESS_NAMES",
+    "LOOPER_MIRROR_CODEX_OUTPUT",
+    "LOOPER_LOG_RETENTION",
+    "LOOPER_HUNG_RUN_SECONDS",
+    "LOOPER_NOTIFY_ON_EXIT",
+    "LOOPER_ALLOW_UNAUTHENTICATED",
+    "ZULIP_SITE",
+    "ZULIP_BOT_EMAIL",
+    "ZULIP_BOT_API_KEY",
+    "ZULIPRC_PATH",
+    "ZULIP_PROFILE",
+    "ZULIP_MESSAGE_TYPE",
+    "ZULIP_STREAM",
+    "ZULIP_TOPIC",
+    "ZULIP_TO",
+];
+
+/// The validated configuration of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// `None` when unset or empty: `/run` is open to anyone who can reach the port.
+    pub api_token: Option<String>,
+    pub log_level: LevelFilter,
+    pub log_dir: PathBuf,
+    pub server_log_path: PathBuf,
+    pub codex_exec_binary: Option<String>,
+    pub exec_delay: Duration,
+    pub startup_check: Duration,
+    pub autopoll: bool,
+    pub idle_poll: Duration,
+    pub idle_stale: Duration,
+    pub workspace: PathBuf,
+    pub default_prompt: Option<String>,
+    pub prompt_file: Option<PathBuf>,
+    pub stop_grace: Duration,
+    /// `None`: the defaults (`codex`, `codex.js`, `codex-<target-triple>`).
+    pub process_names: Option<Vec<String>>,
+    pub mirror_output: bool,
+    pub log_retention: usize,
+    pub hung_run: Duration,
+    pub notify_on_exit: bool,
+    pub allow_unauthenticated: bool,
+    /// The directory relative paths (binary candidates) are taken from.
+    pub cwd: PathBuf,
+    pub zulip: Zulip,
+}
+
+/// A configuration error; its text names the variable.
+#[derive(Debug, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct Vars<'a>(&'a HashMap<String, String>);
+
+impl Vars<'_> {
+    /// The value, with an empty one counted as unset.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn seconds(&self, key: &str, default: f64) -> Result<Duration, ConfigError> {
+        match self.get(key) {
+            None => Ok(Duration::from_secs_f64(default)),
+            Some(raw) => {
+                parse_seconds(raw).map_err(|why| ConfigError(format!("{key}: {why}, got {raw:?}")))
+            }
+        }
+    }
+
+    fn flag(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => parse_flag(raw).ok_or_else(|| {
+                ConfigError(format!(
+                    "{key}: expected 1/true/yes/on or 0/false/no/off, got {raw:?}"
+                ))
+            }),
+        }
+    }
+}
+
+/// A number of seconds: finite, `>= 0`, at most a day; fractions allowed.
+pub fn parse_seconds(raw: &str) -> Result<Duration, &'static str> {
+    let v: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds")?;
+    if !v.is_finite() || v < 0.0 {
+        return Err("expected a number of seconds >= 0");
+    }
+    if v > MAX_SECONDS {
+        return Err("expected at most 86400 seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The original's truthy and falsy words.
+pub fn parse_flag(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn absolute(cwd: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    }
+}
+
+/// Whether binding `host` keeps the service on this machine.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+impl Config {
+    /// Builds the configuration from `env`, with `cwd` as the server's working directory.
+    pub fn from_env(env: &HashMap<String, String>, cwd: &Path) -> Result<Config, ConfigError> {
+        let v = Vars(env);
+        let host = v.get("LOOPER_HOST").unwrap_or("127.0.0.1").to_string();
+        let port = match v.get("LOOPER_PORT") {
+            None => 3456,
+            Some(raw) => raw.parse::<u16>().map_err(|_| {
+                ConfigError(format!(
+                    "LOOPER_PORT: expected a port number from 0 to 65535, got {raw:?}"
+                ))
+            })?,
+        };
+        let api_token = v.get("LOOPER_API_TOKEN").map(str::to_string);
+        let allow_unauthenticated = v.flag("LOOPER_ALLOW_UNAUTHENTICATED", false)?;
+        if api_token.is_none() && !is_loopback(&host) && !allow_unauthenticated {
+            return Err(ConfigError(format!(
+                "LOOPER_HOST: binding {host} exposes /run beyond this machine; set LOOPER_API_TOKEN (or LOOPER_ALLOW_UNAUTHENTICATED=1 if you really mean it)"
+            )));
+        }
+        let log_level = match v.get("LOOPER_LOG_LEVEL") {
+            None => LevelFilter::Info,
+            Some(raw) => crate::logging::parse_level(raw).ok_or_else(|| {
+                ConfigError(format!(
+                    "LOOPER_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {raw:?}"
+                ))
+            })?,
+        };
+        let log_dir = absolute(cwd, v.get("CODEX_EXEC_LOG_DIR").unwrap_or("logs"));
+        let server_log_path = match v.get("LOOPER_SERVER_LOG_PATH") {
+            Some(p) => absolute(cwd, p),
+            None => log_dir.join("looper-server.log"),
+        };
+        let workspace = v
+            .get("LOOPER_WORKSPACE")
+            .map(|p| absolute(cwd, p))
+            .unwrap_or_else(|| cwd.to_path_buf());
+        let process_names = v.get("LOOPER_CODEX_PROCESS_NAMES").map(|raw| {
+            raw.split([',', ' '])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        });
+        if process_names.as_ref().is_some_and(|n| n.is_empty()) {
+            return Err(ConfigError(
+                "LOOPER_CODEX_PROCESS_NAMES: expected a comma-separated list of names".into(),
+            ));
+        }
+        let log_retention = match v.get("LOOPER_LOG_RETENTION") {
+            None => 0,
+            Some(raw) => raw.parse::<usize>().map_err(|_| {
+                ConfigError(format!(
+                    "LOOPER_LOG_RETENTION: expected a whole number of logs to keep, got {raw:?}"
+                ))
+            })?,
+        };
+        let idle_poll = v.seconds("LOOPER_IDLE_POLL_SECONDS", 300.0)?;
+        let autopoll = v.flag("LOOPER_AUTO_START_WHEN_IDLE", true)?;
+        if autopoll && idle_poll.is_zero() {
+            return Err(ConfigError(
+                "LOOPER_IDLE_POLL_SECONDS: must be more than 0 while autopoll is on".into(),
+            ));
+        }
+        let zulip = Zulip::from_env(env).map_err(ConfigError)?;
+        Ok(Config {
+            host,
+            port,
+            api_token,
+            log_level,
+            log_dir,
+            server_log_path,
+            codex_exec_binary: v.get("CODEX_EXEC_BINARY").map(str::to_string),
+            exec_delay: v.seconds("CODEX_EXEC_DELAY_SECONDS", 1.0)?,
+            startup_check: v.seconds("CODEX_EXEC_STARTUP_CHECK_SECONDS", 1.0)?,
+            autopoll,
+            idle_poll,
+            idle_stale: v.seconds("LOOPER_IDLE_LOG_STALE_SECONDS", 600.0)?,
+            workspace,
+            default_prompt: v
+                .0
+                .get("LOOPER_DEFAULT_PROMPT")
+                .filter(|p| !p.trim().is_empty())
+                .cloned(),
+            prompt_file: v.get("LOOPER_PROMPT_FILE").map(|p| absolute(cwd, p)),
+            stop_grace: v.seconds("LOOPER_STOP_GRACE_SECONDS", 5.0)?,
+            process_names,
+            mirror_output: v.flag("LOOPER_MIRROR_CODEX_OUTPUT", true)?,
+            log_retention,
+            hung_run: v.seconds("LOOPER_HUNG_RUN_SECONDS", 0.0)?,
+            notify_on_exit: v.flag("LOOPER_NOTIFY_ON_EXIT", false)?,
+            allow_unauthenticated,
+            cwd: cwd.to_path_buf(),
+            zulip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.entry("HOME".into()).or_insert("/nonexistent".into());
+        Config::from_env(&env, Path::new("/srv/looper"))
+    }
+
+    #[test]
+    fn defaults_work_on_a_fresh_machine() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 3456));
+        assert_eq!(c.log_dir, Path::new("/srv/looper/logs"));
+        assert_eq!(
+            c.server_log_path,
+            Path::new("/srv/looper/logs/looper-server.log")
+        );
+        assert_eq!(c.workspace, Path::new("/srv/looper"));
+        assert_eq!(c.exec_delay, Duration::from_secs(1));
+        assert_eq!(c.stop_grace, Duration::from_secs(5));
+        assert!(c.autopoll && c.mirror_output && !c.notify_on_exit);
+        assert_eq!(c.log_level, LevelFilter::Info);
+        assert!(c.zulip.credentials.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (key, value) in [
+            ("LOOPER_PORT", "http"),
+            ("LOOPER_PORT", "70000"),
+            ("LOOPER_IDLE_POLL_SECONDS", "-1"),
+            ("CODEX_EXEC_DELAY_SECONDS", "NaN"),
+            ("LOOPER_STOP_GRACE_SECONDS", "1e9"),
+            ("LOOPER_AUTO_START_WHEN_IDLE", "maybe"),
+            ("LOOPER_LOG_LEVEL", "loud"),
+            ("LOOPER_LOG_RETENTION", "-3"),
+        ] {
+            let err = cfg(&[(key, value)]).unwrap_err();
+            assert!(err.0.starts_with(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_values_count_as_unset_and_fractions_are_fine() {
+        let c = cfg(&[
+            ("LOOPER_PORT", ""),
+            ("LOOPER_API_TOKEN", ""),
+            ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 3456);
+        assert!(c.api_token.is_none());
+        assert_eq!(c.idle_poll, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn non_loopback_needs_a_token() {
+        let err = cfg(&[("LOOPER_HOST", "0.0.0.0")]).unwrap_err();
+        assert!(err.0.starts_with("LOOPER_HOST"), "{err}");
+        assert!(cfg(&[("LOOPER_HOST", "0.0.0.0"), ("LOOPER_API_TOKEN", "t")]).is_ok());
+        assert!(cfg(&[
+            ("LOOPER_HOST", "0.0.0.0"),
+            ("LOOPER_ALLOW_UNAUTHENTICATED", "1")
+        ])
+        .is_ok());
+        assert!(cfg(&[("LOOPER_HOST", "::1")]).is_ok());
+        assert!(cfg(&[("LOOPER_HOST", "localhost")]).is_ok());
+    }
+}

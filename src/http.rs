@@ -1,0 +1,246 @@
+//! The HTTP side: one blocking tiny_http loop that routes each request. `/health` is
+//! answered on the loop itself and touches no lock of the run path; a `/run` moves to a
+//! worker thread at once (reading its body included), so that a slow client or a slow run
+//! never holds the loop.
+
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::app::App;
+use crate::logging::Q;
+use crate::run::{self, ApiError, Trigger};
+
+/// Largest `/run` body we read (SPEC §2).
+pub const MAX_BODY: usize = 1024 * 1024;
+/// `/run` requests allowed on worker threads at once; more get a 503.
+const MAX_INFLIGHT: usize = 64;
+
+fn json_header() -> Header {
+    // A constant, valid header: from_bytes cannot fail on it.
+    Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+        .unwrap_or_else(|_| unreachable!())
+}
+
+/// Sends `body` with `status`. A client that hung up is not our failure: ignore the error.
+fn respond(rq: Request, status: u16, body: &Value) {
+    let response = Response::from_string(body.to_string())
+        .with_status_code(status)
+        .with_header(json_header());
+    let _ = rq.respond(response);
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// Whether `rq` carries the token (`Authorization: Bearer` or `X-Looper-Token`).
+fn authorized(app: &App, rq: &Request) -> bool {
+    let Some(token) = app.cfg.api_token.as_deref() else {
+        return true;
+    };
+    let mut ok = false;
+    for h in rq.headers() {
+        let value = h.value.as_str().trim();
+        let offered = if h.field.equiv("Authorization") {
+            match value.split_once(' ') {
+                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+                _ => continue,
+            }
+        } else if h.field.equiv("X-Looper-Token") {
+            value
+        } else {
+            continue;
+        };
+        ok |= constant_time_eq(offered.as_bytes(), token.as_bytes());
+    }
+    ok
+}
+
+/// Serves until the server is unblocked at shutdown.
+pub fn serve(app: &Arc<App>, server: &tiny_http::Server) {
+    loop {
+        match server.recv() {
+            Ok(rq) => handle(app, rq),
+            Err(_) if app.shutdown.is_set() => return,
+            Err(e) => log::warn!("http.accept_failed error={}", Q(&e.to_string())),
+        }
+    }
+}
+
+fn handle(app: &Arc<App>, rq: Request) {
+    let started = Instant::now();
+    let method = rq.method().clone();
+    let path = rq.url().split('?').next().unwrap_or("").to_string();
+    if path == "/health" && matches!(method, Method::Get | Method::Head) {
+        // Health probes are frequent: only at DEBUG, and no id, lock or allocation beyond
+        // the answer itself.
+        respond(rq, 200, &json!({"ok": true}));
+        log::debug!(
+            "http.end method={method} path=/health status=200 duration_ms={:.3}",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        return;
+    }
+    let request_id = app.new_id();
+    log::info!(
+        "http.start request_id={request_id} method={method} path={}",
+        Q(&path)
+    );
+    let known = ["/health", "/run"];
+    let outcome: Result<(), ApiError> = match (path.as_str(), &method) {
+        ("/run", Method::Post) => {
+            if !authorized(app, &rq) {
+                Err(ApiError::new(401, "unauthorized"))
+            } else {
+                spawn_run(app, rq, request_id, started);
+                return;
+            }
+        }
+        (p, _) if known.contains(&p) => Err(ApiError::new(
+            405,
+            format!("method {method} is not allowed on {p}"),
+        )),
+        _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
+    };
+    if let Err(e) = outcome {
+        finish(
+            rq,
+            &request_id,
+            &method,
+            &path,
+            started,
+            &e.body(),
+            e.status,
+        );
+    }
+}
+
+fn finish(
+    rq: Request,
+    request_id: &str,
+    method: &Method,
+    path: &str,
+    started: Instant,
+    body: &Value,
+    status: u16,
+) {
+    respond(rq, status, body);
+    log::info!(
+        "http.end request_id={request_id} method={method} path={} status={status} duration_ms={:.3}",
+        Q(path),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// Hands a `/run` to a worker thread: body, validation, guard, pipeline, answer.
+fn spawn_run(app: &Arc<App>, rq: Request, request_id: String, started: Instant) {
+    if app.inflight.fetch_add(1, Ordering::AcqRel) >= MAX_INFLIGHT {
+        app.inflight.fetch_sub(1, Ordering::AcqRel);
+        let e = ApiError::new(503, "busy: too many requests in flight");
+        finish(
+            rq,
+            &request_id,
+            &Method::Post,
+            "/run",
+            started,
+            &e.body(),
+            e.status,
+        );
+        return;
+    }
+    let worker_app = Arc::clone(app);
+    let spawned = std::thread::Builder::new()
+        .name(format!("run-{request_id}"))
+        .spawn(move || {
+            let app = worker_app;
+            let mut rq = rq;
+            let (status, body) = match serve_run(&app, &mut rq, &request_id) {
+                Ok(v) => (200, v),
+                Err(e) => {
+                    log::warn!(
+                        "run.fail request_id={request_id} status={} error={}",
+                        e.status,
+                        Q(&e.message)
+                    );
+                    (e.status, e.body())
+                }
+            };
+            finish(
+                rq,
+                &request_id,
+                &Method::Post,
+                "/run",
+                started,
+                &body,
+                status,
+            );
+            app.inflight.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        // The request went down with the closure; the client sees its connection close.
+        app.inflight.fetch_sub(1, Ordering::AcqRel);
+        log::error!("http.worker_failed error={}", Q(&e.to_string()));
+    }
+}
+
+fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::new(413, "body is larger than 1 MiB");
+    if rq.body_length().is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    rq.as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+    if body.len() > MAX_BODY {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
+    let body = read_body(rq)?;
+    let req = run::parse_request(&body)?;
+    let Some(_guard) = app.try_guard() else {
+        return Err(ApiError::new(409, "busy: another run is in progress"));
+    };
+    if let Some(from) = &req.from_run_id {
+        if let Some(e) = run::stale_reason(app, from) {
+            return Err(e);
+        }
+    }
+    let value = run::execute(app, &req, request_id, Trigger::Http)?;
+    log::info!(
+        "run.success request_id={request_id} started={} pid={}",
+        value["codex_exec_started"],
+        value["codex_exec_result"]["pid"]
+    );
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

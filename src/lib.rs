@@ -1,0 +1,30 @@
+//! Looper: one HTTP trigger that announces on Zulip, stops every live `codex exec` run with
+//! everything it started, and launches one fresh detached `codex exec` with the same prompt,
+//! logging its output. An optional autopoll restarts work when everything has gone quiet.
+//!
+//! # Layout
+//! - [`cli`]: the command line; `main` only calls [`cli::main`].
+//! - [`config`]: every environment variable, parsed and validated from a map.
+//! - [`server`]: start-up (directories, log, socket, signals) and shutdown.
+//! - [`http`]: the tiny_http loop, routing, auth and body limits.
+//! - [`app`]: state shared by the threads: the run guard, live runs, shutdown.
+//! - [`run`]: the `/run` pipeline: validate → announce → stop → spawn → startup check.
+//! - [`codex`]: binary resolution and the exact command line.
+//! - [`procs`]: `/proc` scanning, process trees, stopping; all `unsafe` lives here.
+//! - [`output`]: run logs and the per-child copy loop.
+//! - [`autopoll`]: the idle poller.
+//! - [`zulip`]: credentials, recipients, sending.
+//! - [`logging`]: the server log's line format and sink.
+
+pub mod app;
+pub mod autopoll;
+pub mod cli;
+pub mod codex;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod output;
+pub mod procs;
+pub mod run;
+pub mod server;
+pub mod zulip;

@@ -1,0 +1,551 @@
+//! Finding live `codex exec` runs through `/proc` and stopping them with everything they
+//! started: SIGTERM, watch them exit, SIGKILL after the grace time.
+//!
+//! The matching rules are plain functions over a snapshot of `/proc` so that they can be
+//! tested with made-up process tables. All `unsafe` of the crate lives here.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::logging::Q;
+
+/// How often we look again when the kernel cannot tell us about exits (no pidfd).
+const STOP_POLL: Duration = Duration::from_millis(10);
+/// How long survivors of SIGKILL get to disappear before we report them as remaining.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Programs that run a script named in argv[1] (a `node` shim runs `codex.js`).
+const INTERPRETERS: &[&str] = &[
+    "node", "nodejs", "bun", "deno", "sh", "bash", "dash", "python", "python3",
+];
+
+/// Architectures that start a target triple, for `codex-<target-triple>` names.
+const TRIPLE_ARCHES: &[&str] = &[
+    "x86_64",
+    "aarch64",
+    "arm64",
+    "armv7",
+    "arm",
+    "i686",
+    "riscv64",
+    "powerpc64le",
+    "s390x",
+];
+
+/// What we know of one process from one read of `/proc`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// Clock ticks since boot; with the pid it names one process even if the pid is reused.
+    pub start_time: u64,
+    pub argv: Vec<String>,
+    /// The value of `LOOPER_RUN_ID` in its environment, if any.
+    pub run_id: Option<String>,
+    /// The value of `LOOPER_URL` in its environment, if any.
+    pub looper_url: Option<String>,
+}
+
+/// `(ppid, start_time)` from `/proc/<pid>/stat`, or `None` for a zombie or a gone process.
+fn read_stat(pid: i32) -> Option<(i32, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+/// Whether `pid` names a live (not zombie) process right now.
+pub fn is_alive(pid: i32) -> bool {
+    read_stat(pid).is_some()
+}
+
+fn split_nul(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|b| *b == 0).filter(|s| !s.is_empty())
+}
+
+/// One snapshot of the processes of user `uid`. Entries that vanish mid-scan are skipped.
+pub fn scan(uid: u32) -> Vec<ProcInfo> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let base = Path::new("/proc").join(pid.to_string());
+        match fs::metadata(&base) {
+            Ok(m) if m.uid() == uid => {}
+            _ => continue,
+        }
+        let Some((ppid, start_time)) = read_stat(pid) else {
+            continue;
+        };
+        let argv = fs::read(base.join("cmdline"))
+            .map(|b| {
+                split_nul(&b)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (mut run_id, mut looper_url) = (None, None);
+        if let Ok(environ) = fs::read(base.join("environ")) {
+            for var in split_nul(&environ) {
+                if let Some(v) = var.strip_prefix(b"LOOPER_RUN_ID=") {
+                    run_id = Some(String::from_utf8_lossy(v).into_owned());
+                } else if let Some(v) = var.strip_prefix(b"LOOPER_URL=") {
+                    looper_url = Some(String::from_utf8_lossy(v).into_owned());
+                }
+            }
+        }
+        out.push(ProcInfo {
+            pid,
+            ppid,
+            uid,
+            start_time,
+            argv,
+            run_id,
+            looper_url,
+        });
+    }
+    out
+}
+
+fn basename(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// Which program names count as codex.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// Exact basenames.
+    pub exact: Vec<String>,
+    /// Also any `codex-<target-triple>` (only with the default names).
+    pub triples: bool,
+}
+
+impl Names {
+    /// The configured list, or the defaults; plus the basename of the binary in use.
+    pub fn new(configured: Option<&[String]>, binary: Option<&str>) -> Names {
+        let (mut exact, triples) = match configured {
+            Some(list) => (list.to_vec(), false),
+            None => (vec!["codex".to_string(), "codex.js".to_string()], true),
+        };
+        if let Some(b) = binary {
+            let b = basename(b).to_string();
+            if !b.is_empty() && !exact.contains(&b) {
+                exact.push(b);
+            }
+        }
+        Names { exact, triples }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        if self.exact.iter().any(|n| n == name) {
+            return true;
+        }
+        self.triples
+            && name.strip_prefix("codex-").is_some_and(|triple| {
+                let parts: Vec<&str> = triple.split('-').collect();
+                parts.len() >= 3 && TRIPLE_ARCHES.contains(&parts[0])
+            })
+    }
+}
+
+/// Whether `argv` is a `codex exec` run: the program (or the script an interpreter runs)
+/// is one of `names`, and `exec` or `e` stands as a whole argument after it. Options such
+/// as `--ask-for-approval never` may come first (the original missed those runs).
+pub fn is_codex_exec(argv: &[String], names: &Names) -> bool {
+    let Some(first) = argv.first() else {
+        return false;
+    };
+    let mut prog = 0;
+    if INTERPRETERS.contains(&basename(first)) {
+        // Skip the interpreter's own options (`node --no-warnings codex.js`).
+        match argv.iter().skip(1).position(|a| !a.starts_with('-')) {
+            Some(i) => prog = i + 1,
+            None => return false,
+        }
+    }
+    names.matches(basename(&argv[prog])) && argv[prog + 1..].iter().any(|a| a == "exec" || a == "e")
+}
+
+/// What a stop is looking for.
+pub struct Selector<'a> {
+    pub names: &'a Names,
+    /// Processes whose `LOOPER_URL` is this one carry a run of ours (or of an earlier Looper
+    /// on the same address), wherever they moved to.
+    pub looper_url: &'a str,
+    /// Only these run ids, when stopping the runs of this server at shutdown.
+    pub only_run_ids: Option<&'a HashSet<String>>,
+    /// Processes to stop whatever they look like (the children Looper spawned itself).
+    pub extra_pids: &'a [i32],
+    pub self_pid: i32,
+}
+
+/// The processes to stop: every matching run, every process of its run id, and all their
+/// descendants; never this process or its ancestors.
+pub fn select(table: &[ProcInfo], sel: &Selector) -> Vec<ProcInfo> {
+    let by_pid: HashMap<i32, &ProcInfo> = table.iter().map(|p| (p.pid, p)).collect();
+    let mut protected = HashSet::new();
+    let mut cur = sel.self_pid;
+    while cur > 0 && protected.insert(cur) {
+        cur = by_pid.get(&cur).map(|p| p.ppid).unwrap_or(0);
+    }
+    let ours = |p: &ProcInfo| p.run_id.is_some() && p.looper_url.as_deref() == Some(sel.looper_url);
+    let mut roots: Vec<i32> = table
+        .iter()
+        .filter(|p| match sel.only_run_ids {
+            Some(ids) => ours(p) && p.run_id.as_ref().is_some_and(|id| ids.contains(id)),
+            None => ours(p) || is_codex_exec(&p.argv, sel.names),
+        })
+        .map(|p| p.pid)
+        .chain(sel.extra_pids.iter().copied())
+        .collect();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in table {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut chosen = HashSet::new();
+    while let Some(pid) = roots.pop() {
+        if protected.contains(&pid) || !chosen.insert(pid) {
+            continue;
+        }
+        roots.extend(children.get(&pid).into_iter().flatten().copied());
+    }
+    let mut out: Vec<ProcInfo> = table
+        .iter()
+        .filter(|p| chosen.contains(&p.pid))
+        .cloned()
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// The outcome of one stop.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StopReport {
+    /// Processes that were signalled and are gone.
+    pub killed: Vec<i32>,
+    /// Processes still alive after SIGKILL (or that we were not allowed to signal).
+    pub remaining: Vec<i32>,
+}
+
+/// A handle on one target process that cannot be confused with a later one of the same pid.
+struct Target {
+    pid: i32,
+    /// A pidfd when the kernel has them (Linux 5.3+): it signals the right process and
+    /// becomes readable when the process exits.
+    fd: Option<OwnedFd>,
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; we own
+    // the descriptor it returns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl Target {
+    fn signal(&self, sig: i32) -> bool {
+        let rc = match &self.fd {
+            // SAFETY: a valid pidfd, a null siginfo and no flags, as pidfd_send_signal(2) allows.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            },
+            // SAFETY: kill(2) with a pid we just verified by its start time.
+            None => i64::from(unsafe { libc::kill(self.pid, sig) }),
+        };
+        rc == 0
+    }
+
+    fn exited(&self) -> bool {
+        match &self.fd {
+            Some(fd) => poll_readable(&[fd.as_raw_fd()], Duration::ZERO)[0],
+            None => !is_alive(self.pid),
+        }
+    }
+}
+
+/// Which of `fds` are readable, waiting up to `timeout` for at least one.
+fn poll_readable(fds: &[i32], timeout: Duration) -> Vec<bool> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the whole call.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if n <= 0 {
+        return vec![false; fds.len()];
+    }
+    pfds.iter().map(|p| p.revents != 0).collect()
+}
+
+/// Waits until every target has exited or `limit` passes; returns the survivors.
+fn wait_exits<'a>(targets: &[&'a Target], limit: Duration) -> Vec<&'a Target> {
+    let deadline = Instant::now() + limit;
+    let mut left = targets.to_vec();
+    loop {
+        left.retain(|t| !t.exited());
+        let now = Instant::now();
+        if left.is_empty() || now >= deadline {
+            return left;
+        }
+        let fds: Vec<i32> = left
+            .iter()
+            .filter_map(|t| t.fd.as_ref().map(|f| f.as_raw_fd()))
+            .collect();
+        let wait = deadline - now;
+        if fds.len() == left.len() {
+            // Every target has a pidfd: sleep until one of them exits.
+            poll_readable(&fds, wait);
+        } else {
+            std::thread::sleep(wait.min(STOP_POLL));
+        }
+    }
+}
+
+/// Stops `procs`: SIGTERM to all, wait up to `grace` for them to exit, SIGKILL the rest.
+/// Each is re-checked by start time before it is signalled, so a reused pid is left alone.
+pub fn stop(procs: &[ProcInfo], grace: Duration) -> StopReport {
+    let mut report = StopReport::default();
+    let mut targets = Vec::new();
+    for p in procs {
+        let fd = pidfd_open(p.pid);
+        match read_stat(p.pid) {
+            Some((_, start)) if start == p.start_time => {}
+            // Gone (or a zombie, or another process now) since the scan.
+            _ => {
+                report.killed.push(p.pid);
+                continue;
+            }
+        }
+        let t = Target { pid: p.pid, fd };
+        if t.signal(libc::SIGTERM) {
+            let argv0 = p.argv.first().map(String::as_str).unwrap_or("?");
+            log::debug!("process.kill.term pid={} argv0={}", p.pid, Q(argv0));
+            targets.push(t);
+        } else if t.exited() {
+            report.killed.push(p.pid);
+        } else {
+            log::warn!("process.kill.denied pid={}", p.pid);
+            report.remaining.push(p.pid);
+        }
+    }
+    let all: Vec<&Target> = targets.iter().collect();
+    let survivors = wait_exits(&all, grace);
+    for t in &survivors {
+        log::info!("process.kill.sigkill pid={} reason=survived_sigterm", t.pid);
+        t.signal(libc::SIGKILL);
+    }
+    let remaining: HashSet<i32> = wait_exits(&survivors, KILL_WAIT)
+        .iter()
+        .map(|t| t.pid)
+        .collect();
+    for t in &targets {
+        if remaining.contains(&t.pid) {
+            report.remaining.push(t.pid);
+        } else {
+            report.killed.push(t.pid);
+        }
+    }
+    report.killed.sort_unstable();
+    report.remaining.sort_unstable();
+    report
+}
+
+/// The real user id of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// Waits up to `limit` for `pid` (not necessarily our child) to exit; true when it has.
+pub fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let t = Target {
+        pid,
+        fd: pidfd_open(pid),
+    };
+    wait_exits(&[&t], limit).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_string).collect()
+    }
+
+    fn defaults() -> Names {
+        Names::new(None, None)
+    }
+
+    #[test]
+    fn finds_runs_started_with_options_before_exec() {
+        let n = defaults();
+        assert!(is_codex_exec(
+            &argv(
+                "/usr/bin/codex --ask-for-approval never exec --sandbox workspace-write -C /w hi"
+            ),
+            &n
+        ));
+        assert!(is_codex_exec(&argv("codex exec hi"), &n));
+        assert!(is_codex_exec(&argv("codex e hi"), &n));
+        assert!(is_codex_exec(
+            &argv("node --no-warnings /usr/lib/node_modules/@openai/codex/bin/codex.js exec hi"),
+            &n
+        ));
+        assert!(is_codex_exec(
+            &argv("/opt/codex-x86_64-unknown-linux-musl exec x"),
+            &n
+        ));
+    }
+
+    #[test]
+    fn leaves_other_programs_alone() {
+        let n = defaults();
+        assert!(!is_codex_exec(&argv("codex"), &n));
+        assert!(!is_codex_exec(&argv("codex resume"), &n));
+        assert!(!is_codex_exec(&argv("vim codex exec"), &n));
+        assert!(!is_codex_exec(&argv("codex-responses-api-proxy exec"), &n));
+        assert!(!is_codex_exec(&argv("mycodex exec"), &n));
+        // The word inside the prompt does not count: it must be an argument of its own.
+        assert!(!is_codex_exec(&argv("codex please-exec"), &n));
+        assert!(!is_codex_exec(&[], &n));
+    }
+
+    #[test]
+    fn configured_names_replace_the_defaults_but_keep_the_binary() {
+        let list = vec!["fake-codex-1".to_string()];
+        let n = Names::new(Some(&list), Some("/tmp/x/my-codex"));
+        assert!(is_codex_exec(&argv("/tmp/fake-codex-1 exec"), &n));
+        assert!(is_codex_exec(&argv("/tmp/x/my-codex exec"), &n));
+        assert!(!is_codex_exec(&argv("codex exec"), &n));
+        assert!(!is_codex_exec(
+            &argv("codex-x86_64-unknown-linux-musl exec"),
+            &n
+        ));
+    }
+
+    fn proc(pid: i32, ppid: i32, cmd: &str, run: Option<(&str, &str)>) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            uid: 1,
+            start_time: pid as u64,
+            argv: argv(cmd),
+            run_id: run.map(|r| r.0.to_string()),
+            looper_url: run.map(|r| r.1.to_string()),
+        }
+    }
+
+    #[test]
+    fn selects_runs_descendants_and_tagged_processes_only() {
+        let url = "http://127.0.0.1:1/run";
+        let table = vec![
+            proc(1, 0, "init", None),
+            proc(10, 1, "looper", None),
+            proc(20, 1, "codex --ask-for-approval never exec hi", None),
+            proc(21, 20, "bash -c make", None),
+            proc(22, 21, "make", None),
+            proc(30, 1, "escaped-daemon", Some(("r1", url))),
+            proc(
+                40,
+                1,
+                "other-looper-run",
+                Some(("r2", "http://127.0.0.1:2/run")),
+            ),
+            proc(50, 1, "vim", None),
+        ];
+        let names = defaults();
+        let sel = Selector {
+            names: &names,
+            looper_url: url,
+            only_run_ids: None,
+            extra_pids: &[],
+            self_pid: 10,
+        };
+        let pids: Vec<i32> = select(&table, &sel).iter().map(|p| p.pid).collect();
+        assert_eq!(pids, vec![20, 21, 22, 30]);
+    }
+
+    #[test]
+    fn never_selects_itself_or_its_ancestors() {
+        let url = "http://127.0.0.1:1/run";
+        // Looper started from inside a codex run, carrying that run's id.
+        let table = vec![
+            proc(20, 1, "codex exec hi", Some(("r1", url))),
+            proc(21, 20, "looper", Some(("r1", url))),
+            proc(22, 21, "child", Some(("r1", url))),
+        ];
+        let names = defaults();
+        let sel = Selector {
+            names: &names,
+            looper_url: url,
+            only_run_ids: None,
+            extra_pids: &[],
+            self_pid: 21,
+        };
+        let pids: Vec<i32> = select(&table, &sel).iter().map(|p| p.pid).collect();
+        assert_eq!(pids, vec![22]);
+    }
+
+    #[test]
+    fn shutdown_selects_only_the_named_runs() {
+        let url = "u";
+        let table = vec![
+            proc(20, 1, "codex exec hi", Some(("r1", url))),
+            proc(30, 1, "codex exec other", None),
+        ];
+        let names = defaults();
+        let ids: HashSet<String> = ["r1".to_string()].into();
+        let sel = Selector {
+            names: &names,
+            looper_url: url,
+            only_run_ids: Some(&ids),
+            extra_pids: &[],
+            self_pid: 5,
+        };
+        let pids: Vec<i32> = select(&table, &sel).iter().map(|p| p.pid).collect();
+        assert_eq!(pids, vec![20]);
+    }
+
+    #[test]
+    fn scan_sees_this_process() {
+        let me = std::process::id() as i32;
+        let table = scan(current_uid());
+        let mine = table.iter().find(|p| p.pid == me).expect("own entry");
+        assert!(!mine.argv.is_empty());
+    }
+}

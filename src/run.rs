@@ -1,0 +1,737 @@
+//! The `/run` pipeline: a request becomes a validated [`RunRequest`] before anything
+//! happens, then, under the run guard: announce → stop → (delay → spawn → startup check).
+//! Autopoll uses the same pipeline without the announcement.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::app::{App, Exit, LiveRun};
+use crate::codex;
+use crate::config::MAX_SECONDS;
+use crate::logging::Q;
+use crate::output;
+use crate::procs;
+
+/// The prompt used when neither the request, `LOOPER_PROMPT_FILE` nor
+/// `LOOPER_DEFAULT_PROMPT` gives one: the repeat-the-same-prompt pattern around `TODO.md`.
+pub const BUILTIN_PROMPT: &str = "Read TODO.md in this repository. Take the first item that is not done, \
+do it and check that it works, then update TODO.md: what you changed, what failed, and what is left. \
+Keep TODO.md the single source of truth for the next run.";
+
+/// Lines of the run log quoted in an `exited early` error.
+const EARLY_EXIT_TAIL_LINES: usize = 12;
+
+/// An error that ends a request: an HTTP status and one sentence for the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, message)
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"ok": false, "error": self.message})
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+/// A validated `/run` request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunRequest {
+    pub zulip_message: String,
+    /// `None`: use the default prompt; `Some("")`: announce and stop only.
+    pub prompt: Option<String>,
+    pub workspace: Option<String>,
+    pub codex_exec_binary: Option<String>,
+    pub delay: Option<Duration>,
+    pub startup_check: Option<Duration>,
+    pub zulip_script_path: Option<String>,
+    pub from_run_id: Option<String>,
+}
+
+/// Legacy delay fields, summed when `codex_exec_delay_seconds` is absent.
+const LEGACY_DELAYS: [&str; 4] = [
+    "startup_delay_seconds",
+    "sidebar_delay_seconds",
+    "new_task_delay_seconds",
+    "prompt_send_delay_seconds",
+];
+
+fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            if s.contains('\0') {
+                return Err(ApiError::bad_request(format!(
+                    "{key} must not contain NUL bytes"
+                )));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(ApiError::bad_request(format!("{key} must be a string"))),
+    }
+}
+
+fn seconds_field(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(Some(v)),
+            _ => Err(ApiError::bad_request(format!(
+                "{key} must be a number of seconds from 0 to 86400"
+            ))),
+        },
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key} must be a number of seconds from 0 to 86400"
+        ))),
+    }
+}
+
+/// Parses and validates a `/run` body. Unknown fields are ignored.
+pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::bad_request("body must be a JSON object"));
+    };
+    let zulip_message = string_field(&obj, "zulip_message")?.unwrap_or_default();
+    if zulip_message.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "zulip_message is required and must not be empty",
+        ));
+    }
+    let prompt = match string_field(&obj, "codex_prompt")? {
+        Some(p) => Some(p),
+        None => string_field(&obj, "prompt")?,
+    };
+    let delay = match seconds_field(&obj, "codex_exec_delay_seconds")? {
+        Some(d) => Some(d),
+        None => {
+            let mut sum = None;
+            for key in LEGACY_DELAYS {
+                if let Some(d) = seconds_field(&obj, key)? {
+                    *sum.get_or_insert(0.0) += d;
+                }
+            }
+            if sum.is_some_and(|s| s > MAX_SECONDS) {
+                return Err(ApiError::bad_request(
+                    "the legacy delay fields add up to more than 86400 seconds",
+                ));
+            }
+            sum
+        }
+    };
+    let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    Ok(RunRequest {
+        zulip_message,
+        prompt,
+        workspace: non_empty(string_field(&obj, "workspace")?),
+        codex_exec_binary: non_empty(string_field(&obj, "codex_exec_binary")?),
+        delay: delay.map(Duration::from_secs_f64),
+        startup_check: seconds_field(&obj, "codex_exec_startup_check_seconds")?
+            .map(Duration::from_secs_f64),
+        zulip_script_path: non_empty(string_field(&obj, "zulip_script_path")?),
+        from_run_id: non_empty(string_field(&obj, "from_run_id")?),
+    })
+}
+
+/// Who asked for a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trigger {
+    Http,
+    Autopoll,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Autopoll => "autopoll",
+        }
+    }
+}
+
+/// The prompt for a run that named none: `LOOPER_PROMPT_FILE` (read now), else
+/// `LOOPER_DEFAULT_PROMPT`, else [`BUILTIN_PROMPT`].
+pub fn default_prompt(app: &App) -> Result<String, ApiError> {
+    if let Some(path) = &app.cfg.prompt_file {
+        return match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Ok(text),
+            Ok(_) => Err(ApiError::new(
+                500,
+                format!("LOOPER_PROMPT_FILE {} is empty", path.display()),
+            )),
+            Err(e) => Err(ApiError::new(
+                500,
+                format!("cannot read LOOPER_PROMPT_FILE {}: {e}", path.display()),
+            )),
+        };
+    }
+    Ok(app
+        .cfg
+        .default_prompt
+        .clone()
+        .unwrap_or_else(|| BUILTIN_PROMPT.to_string()))
+}
+
+/// Whether `from_run_id` is an old run calling late: another run is active, or, with none
+/// active, that run is known to have ended. (An id we never saw, with nothing active, is
+/// let through: it may be a run of an earlier Looper on this address.)
+pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
+    let runs = app.runs();
+    let stale = match runs.active() {
+        Some(active) => active.run_id != from_run_id,
+        None => runs.exit_of(from_run_id).is_some(),
+    };
+    stale.then(|| ApiError::new(409, format!("stale: run {from_run_id} is no longer active")))
+}
+
+/// Everything decided before the first effect.
+struct Plan {
+    prompt: String,
+    workspace: PathBuf,
+    workspace_from_request: bool,
+    binary: Option<(PathBuf, codex::Source)>,
+}
+
+fn check_workspace(plan: &Plan) -> Result<(), ApiError> {
+    if plan.workspace.is_dir() {
+        return Ok(());
+    }
+    let status = if plan.workspace_from_request {
+        400
+    } else {
+        500
+    };
+    Err(ApiError::new(
+        status,
+        format!("workspace is not a directory: {}", plan.workspace.display()),
+    ))
+}
+
+fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
+    let prompt = match &req.prompt {
+        Some(p) => p.clone(),
+        None => default_prompt(app)?,
+    };
+    let workspace = match &req.workspace {
+        Some(w) => app.cfg.cwd.join(w),
+        None => app.cfg.workspace.clone(),
+    };
+    let mut plan = Plan {
+        prompt,
+        workspace,
+        workspace_from_request: req.workspace.is_some(),
+        binary: None,
+    };
+    if !plan.prompt.is_empty() {
+        check_workspace(&plan)?;
+        let found = codex::resolve(
+            req.codex_exec_binary.as_deref(),
+            app.cfg.codex_exec_binary.as_deref(),
+            &app.cfg.cwd,
+            app.path_var.as_deref(),
+        )
+        .map_err(|name| {
+            ApiError::new(500, format!("required tool is missing from PATH: {name}"))
+        })?;
+        plan.binary = Some(found);
+    }
+    Ok(plan)
+}
+
+/// What the stop step found and did.
+pub struct Stopped {
+    pub report: procs::StopReport,
+}
+
+/// Stops every live codex exec run of this user (SPEC §3). `binary` is the binary about to
+/// be used, whose name counts as codex too.
+pub fn stop_runs(app: &App, binary: Option<&Path>, request_id: &str) -> Stopped {
+    let mut names = procs::Names::new(
+        app.cfg.process_names.as_deref(),
+        binary.and_then(|b| b.to_str()),
+    );
+    let ours: Vec<i32> = {
+        let runs = app.runs();
+        for b in runs.binaries.iter() {
+            if !names.exact.contains(b) {
+                names.exact.push(b.clone());
+            }
+        }
+        runs.live.iter().map(|r| r.pid as i32).collect()
+    };
+    let table = procs::scan(procs::current_uid());
+    let targets = procs::select(
+        &table,
+        &procs::Selector {
+            names: &names,
+            looper_url: &app.url,
+            only_run_ids: None,
+            extra_pids: &ours,
+            self_pid: std::process::id() as i32,
+        },
+    );
+    let pids: Vec<String> = targets.iter().map(|p| p.pid.to_string()).collect();
+    log::info!(
+        "process.kill.start request_id={request_id} count={} pids={}",
+        targets.len(),
+        Q(&pids.join(","))
+    );
+    let report = procs::stop(&targets, app.cfg.stop_grace);
+    log::info!(
+        "process.kill.done request_id={request_id} killed={} remaining={}",
+        Q(&join(&report.killed)),
+        Q(&join(&report.remaining))
+    );
+    Stopped { report }
+}
+
+fn join(pids: &[i32]) -> String {
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A run that was spawned: what the response reports.
+pub struct Spawned {
+    pub run_id: String,
+    pub pid: u32,
+    pub log_path: PathBuf,
+    pub command: String,
+    pub startup_return_code: Option<i32>,
+}
+
+/// Runs the whole pipeline for a validated request; the caller holds the run guard.
+pub fn execute(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    trigger: Trigger,
+) -> Result<Value, ApiError> {
+    log::info!(
+        "run.start request_id={request_id} trigger={} prompt_chars={} workspace={}",
+        trigger.as_str(),
+        req.prompt
+            .as_ref()
+            .map(|p| p.chars().count() as i64)
+            .unwrap_or(-1),
+        Q(req.workspace.as_deref().unwrap_or("<default>"))
+    );
+    let plan = plan(app, req)?;
+
+    log::info!("run.step request_id={request_id} action=announce");
+    let zulip_output = if trigger == Trigger::Autopoll {
+        "skipped: autopoll does not announce".to_string()
+    } else {
+        announce(app, req, request_id)?
+    };
+
+    log::info!("run.step request_id={request_id} action=stop");
+    let stopped = stop_runs(app, plan.binary.as_ref().map(|b| b.0.as_path()), request_id);
+
+    let spawned = if plan.prompt.is_empty() {
+        log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
+        None
+    } else {
+        Some(launch(app, req, &plan, request_id)?)
+    };
+
+    let result = spawned.as_ref().map(|s| {
+        json!({
+            "pid": s.pid,
+            "log_path": s.log_path,
+            "command": s.command,
+            "startup_return_code": s.startup_return_code,
+        })
+    });
+    let killed = &stopped.report.killed;
+    let remaining = &stopped.report.remaining;
+    let (binary, source) = match &plan.binary {
+        Some((b, s)) => (json!(b), json!(s.as_str())),
+        None => (Value::Null, Value::Null),
+    };
+    Ok(json!({
+        "ok": true,
+        "request_id": request_id,
+        "run_id": spawned.as_ref().map(|s| s.run_id.clone()),
+        "zulip_output": zulip_output,
+        "killed_codex_exec_pids": killed,
+        "remaining_codex_exec_pids": remaining,
+        "workspace": plan.workspace,
+        "codex_exec_binary": binary,
+        "codex_exec_binary_source": source,
+        "codex_exec_started": spawned.is_some(),
+        "codex_exec_result": result,
+        "codex_exec_approval_policy": "never",
+        "codex_exec_sandbox": "workspace-write",
+        "killed_vscode_pids": killed,
+        "remaining_vscode_pids": remaining,
+        "codex_prompt_sent": spawned.is_some(),
+        "codex_send_result": result,
+    }))
+}
+
+fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String, ApiError> {
+    let (via, outcome) = match &req.zulip_script_path {
+        Some(script) => (
+            "script",
+            crate::zulip::run_script(script, &req.zulip_message),
+        ),
+        None => ("api", app.cfg.zulip.send(&req.zulip_message)),
+    };
+    match outcome {
+        Ok(output) => {
+            log::info!(
+                "zulip.send.ok request_id={request_id} via={via} output={}",
+                Q(&output)
+            );
+            Ok(output)
+        }
+        Err(e) => {
+            log::error!(
+                "zulip.send.fail request_id={request_id} via={via} error={}",
+                Q(&e.0)
+            );
+            Err(ApiError::new(
+                502,
+                format!("Zulip announcement failed, nothing was stopped: {e}"),
+            ))
+        }
+    }
+}
+
+fn launch(
+    app: &Arc<App>,
+    req: &RunRequest,
+    plan: &Plan,
+    request_id: &str,
+) -> Result<Spawned, ApiError> {
+    // The workspace may have gone while we announced and stopped.
+    check_workspace(plan)?;
+    let Some((binary, source)) = plan.binary.clone() else {
+        return Err(ApiError::new(500, "no codex binary was resolved"));
+    };
+    let delay = req.delay.unwrap_or(app.cfg.exec_delay);
+    if !delay.is_zero() {
+        log::info!(
+            "run.step request_id={request_id} action=delay seconds={:.3}",
+            delay.as_secs_f64()
+        );
+        if app.shutdown.wait(delay) {
+            return Err(ApiError::new(503, "Looper is shutting down"));
+        }
+    }
+
+    let args = codex::exec_args(&plan.workspace, &plan.prompt);
+    let command = codex::command_line(&binary, &args);
+    let now = chrono::Local::now();
+    let log_path = app.cfg.log_dir.join(output::log_file_name(now, request_id));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .and_then(|mut f| {
+            f.write_all(output::header(request_id, &plan.workspace, &command).as_bytes())?;
+            Ok(f)
+        })
+        .map_err(|e| {
+            ApiError::new(
+                500,
+                format!("cannot write the run log {}: {e}", log_path.display()),
+            )
+        })?;
+
+    let run_id = request_id.to_string();
+    log::info!(
+        "run.step request_id={request_id} action=spawn binary={} source={}",
+        Q(&binary.to_string_lossy()),
+        source.as_str()
+    );
+    let live = spawn(
+        app, &binary, &args, plan, &run_id, request_id, &log_path, &mut file,
+    )?;
+    let pid = live.pid;
+
+    let check = req.startup_check.unwrap_or(app.cfg.startup_check);
+    log::debug!(
+        "run.step request_id={request_id} action=startup_check seconds={:.3}",
+        check.as_secs_f64()
+    );
+    let exit = app.wait_exit(&run_id, check);
+    if let Some(exit) = &exit {
+        if exit.return_code != 0 {
+            let tail: Vec<String> = output::tail(&log_path, EARLY_EXIT_TAIL_LINES + 2)
+                .lines()
+                .filter(|l| !l.starts_with("# codex_exec_return_code="))
+                .map(str::to_string)
+                .collect();
+            let tail = tail[tail.len().saturating_sub(EARLY_EXIT_TAIL_LINES)..].join("\n");
+            return Err(ApiError::new(
+                500,
+                format!(
+                    "codex exec exited early (rc={}, log_path={}, tail={})",
+                    exit.return_code,
+                    log_path.display(),
+                    tail.trim()
+                ),
+            ));
+        }
+    }
+    Ok(Spawned {
+        run_id,
+        pid,
+        log_path,
+        command,
+        startup_return_code: exit.map(|e| e.return_code),
+    })
+}
+
+/// Spawns the child in its own session with its output on one pipe, registers it as live,
+/// and hands child, pipe and log file to a copy thread that writes the trailer at exit.
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    app: &Arc<App>,
+    binary: &Path,
+    args: &[std::ffi::OsString],
+    plan: &Plan,
+    run_id: &str,
+    request_id: &str,
+    log_path: &Path,
+    file: &mut File,
+) -> Result<LiveRun, ApiError> {
+    let fail = |what: &str, e: std::io::Error| {
+        ApiError::new(
+            500,
+            format!("could not start {}: {what}: {e}", binary.display()),
+        )
+    };
+    let (mut reader, writer) = std::io::pipe().map_err(|e| fail("pipe", e))?;
+    let writer2 = writer.try_clone().map_err(|e| fail("pipe", e))?;
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .current_dir(&plan.workspace)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .env("LOOPER_RUN_ID", run_id)
+        .env("LOOPER_URL", &app.url);
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
+    // which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut file = file.try_clone().map_err(|e| fail("log file", e))?;
+
+    let mut runs = app.runs();
+    if app.shutdown.is_set() {
+        return Err(ApiError::new(503, "Looper is shutting down"));
+    }
+    let mut child = cmd.spawn().map_err(|e| fail("spawn", e))?;
+    // The Command holds our copies of the pipe's write end: without dropping it the copy
+    // thread would never see end-of-file.
+    drop(cmd);
+    let pid = child.id();
+    let live = LiveRun {
+        run_id: run_id.to_string(),
+        request_id: request_id.to_string(),
+        pid,
+        workspace: plan.workspace.clone(),
+        log_path: log_path.to_path_buf(),
+        started_at: chrono::Local::now().to_rfc3339(),
+    };
+    if let Some(name) = binary.file_name().and_then(|n| n.to_str()) {
+        runs.binaries.insert(name.to_string());
+    }
+    runs.live.push(live.clone());
+    drop(runs);
+    log::info!(
+        "codex.exec.spawn request_id={request_id} run_id={run_id} pid={pid} log_path={}",
+        Q(&log_path.to_string_lossy())
+    );
+
+    let started = Instant::now();
+    let thread_app = Arc::clone(app);
+    let rid = run_id.to_string();
+    let req_id = request_id.to_string();
+    let mirror = app.cfg.mirror_output;
+    let copier = std::thread::Builder::new()
+        .name(format!("copy-{run_id}"))
+        .spawn(move || {
+            let bytes = output::copy(&mut reader, &mut file, mirror, &req_id);
+            let return_code = match child.wait() {
+                Ok(status) => status
+                    .code()
+                    .unwrap_or_else(|| -status.signal().unwrap_or(0)),
+                Err(_) => -1,
+            };
+            if let Err(e) = file.write_all(output::trailer(return_code).as_bytes()) {
+                log::error!("codex.exec.output.write_failed request_id={req_id} error={}", Q(&e.to_string()));
+            }
+            let duration = started.elapsed().as_secs_f64();
+            log::info!(
+                "codex.exec.exit request_id={req_id} run_id={rid} pid={pid} return_code={return_code} bytes={bytes} duration_s={duration:.3}"
+            );
+            thread_app.finish_run(Exit {
+                run_id: rid,
+                return_code,
+                ended_at: chrono::Local::now().to_rfc3339(),
+                duration_seconds: (duration * 1000.0).round() / 1000.0,
+            });
+        });
+    if let Err(e) = copier {
+        // No thread to reap it: stop it ourselves rather than leave an orphan.
+        // SAFETY: kill(2) on the pid of the child we just spawned and still own.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        app.finish_run(Exit {
+            run_id: run_id.to_string(),
+            return_code: -libc::SIGKILL,
+            ended_at: chrono::Local::now().to_rfc3339(),
+            duration_seconds: 0.0,
+        });
+        return Err(fail("copy thread", e));
+    }
+    Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<RunRequest, ApiError> {
+        parse_request(s.as_bytes())
+    }
+
+    #[test]
+    fn accepts_every_field_and_ignores_unknown_ones() {
+        let r = parse(
+            r#"{"zulip_message":"hi","codex_prompt":"p","prompt":"legacy","workspace":"/w",
+                "codex_exec_binary":"cx","codex_exec_delay_seconds":0.5,
+                "codex_exec_startup_check_seconds":2,"zulip_script_path":"s.js",
+                "from_run_id":"abc","password_store":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.prompt.as_deref(), Some("p"));
+        assert_eq!(r.delay, Some(Duration::from_millis(500)));
+        assert_eq!(r.startup_check, Some(Duration::from_secs(2)));
+        assert_eq!(r.from_run_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn legacy_prompt_and_delays() {
+        let r = parse(r#"{"zulip_message":"hi","prompt":"old","startup_delay_seconds":1,"prompt_send_delay_seconds":0.5}"#).unwrap();
+        assert_eq!(r.prompt.as_deref(), Some("old"));
+        assert_eq!(r.delay, Some(Duration::from_millis(1500)));
+        let r = parse(
+            r#"{"zulip_message":"hi","codex_exec_delay_seconds":0,"sidebar_delay_seconds":9}"#,
+        )
+        .unwrap();
+        assert_eq!(r.delay, Some(Duration::ZERO));
+        let r = parse(r#"{"zulip_message":"hi","codex_prompt":""}"#).unwrap();
+        assert_eq!(r.prompt.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_the_field() {
+        for (body, field) in [
+            (r#"{}"#, "zulip_message"),
+            (r#"{"zulip_message":"  "}"#, "zulip_message"),
+            (r#"{"zulip_message":5}"#, "zulip_message"),
+            (
+                r#"{"zulip_message":"m","codex_prompt":["a"]}"#,
+                "codex_prompt",
+            ),
+            (r#"{"zulip_message":"m","workspace":{}}"#, "workspace"),
+            (
+                r#"{"zulip_message":"m","codex_exec_delay_seconds":-1}"#,
+                "codex_exec_delay_seconds",
+            ),
+            (
+                r#"{"zulip_message":"m","codex_exec_delay_seconds":"2"}"#,
+                "codex_exec_delay_seconds",
+            ),
+            (
+                r#"{"zulip_message":"m","codex_exec_delay_seconds":86401}"#,
+                "codex_exec_delay_seconds",
+            ),
+            (
+                r#"{"zulip_message":"m","new_task_delay_seconds":true}"#,
+                "new_task_delay_seconds",
+            ),
+            (
+                r#"{"zulip_message":"m","codex_exec_startup_check_seconds":1e999}"#,
+                "JSON",
+            ),
+            (
+                r#"{"zulip_message":"m","codex_prompt":"a\u0000b"}"#,
+                "codex_prompt",
+            ),
+            (r#"[1,2]"#, "object"),
+            (r#"{"zulip_message":"m""#, "JSON"),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.status, 400, "{body}");
+            assert!(err.message.contains(field), "{body}: {}", err.message);
+        }
+        let err = parse_request(b"{\"zulip_message\":\"\xff\"}").unwrap_err();
+        assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn any_bytes_give_a_request_or_a_400() {
+        // A small deterministic fuzz over the validator: it must never panic.
+        let mut x: u64 = 0x1234_5678;
+        let pieces: [&[u8]; 8] = [
+            b"{\"zulip_message\":",
+            b"\"m\"",
+            b",\"codex_exec_delay_seconds\":",
+            b"1e308",
+            b"}",
+            b"\xff\xfe",
+            b"[null]",
+            b"\"\\u0000\"",
+        ];
+        for _ in 0..5000 {
+            let mut body = Vec::new();
+            for _ in 0..6 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                body.extend_from_slice(pieces[(x % 8) as usize]);
+            }
+            if let Err(e) = parse_request(&body) {
+                assert_eq!(e.status, 400);
+            }
+        }
+    }
+}

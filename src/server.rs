@@ -1,0 +1,215 @@
+//! Start-up and shutdown of the server: configuration, directories, the log, the listening
+//! socket, the signal thread; at the end, stopping the runs Looper started.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::app::App;
+use crate::config::{Config, ConfigError};
+use crate::logging::{self, Q};
+use crate::procs;
+
+/// What the copy threads get, after the runs were stopped, to write their trailers.
+const TRAILER_WAIT: Duration = Duration::from_secs(1);
+
+/// Why the server could not start (exit code 2 for configuration, 1 for the rest).
+#[derive(Debug)]
+pub enum StartError {
+    Config(ConfigError),
+    Io(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "configuration error: {e}"),
+            StartError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The process environment as a map (values that are not UTF-8 are left out).
+pub fn env_map() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Creates the log directories and proves they are writable.
+fn prepare_dirs(cfg: &Config) -> Result<(), StartError> {
+    let cannot = |what: &str, path: &Path, e: std::io::Error| {
+        StartError::Io(format!("{what}: cannot write to {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(&cfg.log_dir)
+        .map_err(|e| cannot("CODEX_EXEC_LOG_DIR", &cfg.log_dir, e))?;
+    let probe = cfg
+        .log_dir
+        .join(format!(".looper-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| cannot("CODEX_EXEC_LOG_DIR", &cfg.log_dir, e))?;
+    if let Some(parent) = cfg.server_log_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| cannot("LOOPER_SERVER_LOG_PATH", parent, e))?;
+    }
+    Ok(())
+}
+
+/// `host:port` for binding, with IPv6 literals in brackets.
+fn socket_text(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The address children use to call back: a wildcard bind is reached on loopback.
+fn callback_host(host: &str) -> String {
+    match host {
+        "0.0.0.0" | "" => "127.0.0.1".to_string(),
+        "::" | "[::]" => "[::1]".to_string(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.to_string(),
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT; returns the process exit code.
+pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| StartError::Io(format!("cannot read the working directory: {e}")))?;
+    let cfg = Config::from_env(env, &cwd).map_err(StartError::Config)?;
+    prepare_dirs(&cfg)?;
+    logging::init(&cfg.server_log_path, cfg.log_level).map_err(|e| {
+        StartError::Io(format!(
+            "LOOPER_SERVER_LOG_PATH: cannot write to {}: {e}",
+            cfg.server_log_path.display()
+        ))
+    })?;
+    let server = tiny_http::Server::http(socket_text(&cfg.host, cfg.port)).map_err(|e| {
+        StartError::Io(format!(
+            "cannot listen on {} (LOOPER_HOST/LOOPER_PORT): {e}",
+            socket_text(&cfg.host, cfg.port)
+        ))
+    })?;
+    let port = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.port())
+        .unwrap_or(cfg.port);
+    let server = Arc::new(server);
+    let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
+    let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned()));
+
+    for w in &app.cfg.zulip.warnings {
+        log::warn!("zulip.config.warning message={}", Q(w));
+    }
+    let zulip = match &app.cfg.zulip.credentials {
+        Some(c) => format!("{} {}", Q(&c.source), app.cfg.zulip.describe_target()),
+        None => "off".to_string(),
+    };
+    log::info!(
+        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        Q(&app.cfg.host),
+        Q(&app.url),
+        Q(&app.cfg.log_dir.to_string_lossy()),
+        Q(&app.cfg.server_log_path.to_string_lossy()),
+        Q(&app.cfg.workspace.to_string_lossy()),
+        if app.cfg.api_token.is_some() { "token" } else { "none" },
+    );
+
+    start_signal_thread(&app, &server)?;
+    let autopoll = crate::autopoll::start(&app);
+    crate::http::serve(&app, &server);
+    if let Some(handle) = autopoll {
+        let _ = handle.join();
+    }
+    shutdown(&app);
+    Ok(())
+}
+
+/// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
+fn start_signal_thread(app: &Arc<App>, server: &Arc<tiny_http::Server>) -> Result<(), StartError> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| StartError::Io(format!("cannot install signal handlers: {e}")))?;
+    let app = Arc::clone(app);
+    let server = Arc::clone(server);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    log::info!("server.signal signal={sig} action=shutdown");
+                    app.shutdown.trigger();
+                    app.run_exited.notify_all();
+                    server.unblock();
+                } else {
+                    log::warn!("server.signal signal={sig} action=exit_now");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| StartError::Io(format!("cannot start the signal thread: {e}")))
+}
+
+/// Stops the runs this server started (and everything they started), then gives their copy
+/// threads a moment to write trailers.
+fn shutdown(app: &App) {
+    let (ids, pids): (HashSet<String>, Vec<i32>) = {
+        let runs = app.runs();
+        (
+            runs.live.iter().map(|r| r.run_id.clone()).collect(),
+            runs.live.iter().map(|r| r.pid as i32).collect(),
+        )
+    };
+    log::info!("server.stop.start runs={}", ids.len());
+    if !ids.is_empty() {
+        let names = procs::Names::new(app.cfg.process_names.as_deref(), None);
+        let table = procs::scan(procs::current_uid());
+        let targets = procs::select(
+            &table,
+            &procs::Selector {
+                names: &names,
+                looper_url: &app.url,
+                only_run_ids: Some(&ids),
+                extra_pids: &pids,
+                self_pid: std::process::id() as i32,
+            },
+        );
+        let report = procs::stop(&targets, app.cfg.stop_grace);
+        log::info!(
+            "process.kill.done reason=shutdown killed={} remaining={}",
+            report.killed.len(),
+            report.remaining.len()
+        );
+    }
+    if !app.wait_all_exited(TRAILER_WAIT) {
+        log::warn!("server.stop.trailers_pending");
+    }
+    log::info!("server.stop.done");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(socket_text("::1", 80), "[::1]:80");
+        assert_eq!(socket_text("127.0.0.1", 80), "127.0.0.1:80");
+        assert_eq!(callback_host("0.0.0.0"), "127.0.0.1");
+        assert_eq!(callback_host("::"), "[::1]");
+        assert_eq!(callback_host("::1"), "[::1]");
+        assert_eq!(callback_host("localhost"), "localhost");
+    }
+}
