@@ -33,15 +33,16 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
 
 /// Whether any codex exec run (ours or not) is alive.
 fn any_live_run(app: &App) -> bool {
-    let mut names = procs::Names::new(app.cfg.process_names.as_deref(), None);
-    let pids: Vec<i32> = {
+    let names = {
         let runs = app.runs();
-        names.exact.extend(runs.binaries.iter().cloned());
-        runs.live.iter().map(|r| r.pid as i32).collect()
+        if !runs.live.is_empty() {
+            return true;
+        }
+        procs::Names::new(
+            app.cfg.process_names.as_deref(),
+            runs.binaries.iter().map(String::as_str),
+        )
     };
-    if !pids.is_empty() {
-        return true;
-    }
     let table = procs::scan(procs::current_uid());
     !procs::select(
         &table,

@@ -112,14 +112,15 @@ pub fn copy(reader: &mut impl Read, file: &mut File, mirror: bool, request_id: &
     total
 }
 
-/// The last `lines` lines of a file (reading at most its last 64 KiB), trimmed.
-pub fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a file from byte `from` on (reading at most its last 64 KiB),
+/// trimmed.
+pub fn tail(path: &Path, from: u64, lines: usize) -> String {
     const MAX: u64 = 64 * 1024;
     let Ok(mut f) = File::open(path) else {
         return String::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX)));
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX).max(from)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
@@ -160,7 +161,8 @@ mod tests {
         assert_eq!(n, data.len() as u64);
         assert_eq!(std::fs::read(&path).unwrap(), data);
         std::fs::write(&path, "a\nb\nc\nd\n").unwrap();
-        assert_eq!(tail(&path, 2), "c\nd");
+        assert_eq!(tail(&path, 0, 2), "c\nd");
+        assert_eq!(tail(&path, 4, 9), "c\nd");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

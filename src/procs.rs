@@ -140,19 +140,29 @@ pub struct Names {
 }
 
 impl Names {
-    /// The configured list, or the defaults; plus the basename of the binary in use.
-    pub fn new(configured: Option<&[String]>, binary: Option<&str>) -> Names {
-        let (mut exact, triples) = match configured {
-            Some(list) => (list.to_vec(), false),
-            None => (vec!["codex".to_string(), "codex.js".to_string()], true),
-        };
-        if let Some(b) = binary {
+    /// The configured list exactly as given (it scopes matching, say to a test's fake
+    /// codex); else the defaults plus the basenames of the binaries in use.
+    pub fn new<'a>(
+        configured: Option<&[String]>,
+        binaries: impl IntoIterator<Item = &'a str>,
+    ) -> Names {
+        if let Some(list) = configured {
+            return Names {
+                exact: list.to_vec(),
+                triples: false,
+            };
+        }
+        let mut exact = vec!["codex".to_string(), "codex.js".to_string()];
+        for b in binaries {
             let b = basename(b).to_string();
             if !b.is_empty() && !exact.contains(&b) {
                 exact.push(b);
             }
         }
-        Names { exact, triples }
+        Names {
+            exact,
+            triples: true,
+        }
     }
 
     fn matches(&self, name: &str) -> bool {
@@ -408,7 +418,7 @@ mod tests {
     }
 
     fn defaults() -> Names {
-        Names::new(None, None)
+        Names::new(None, [])
     }
 
     #[test]
@@ -446,10 +456,12 @@ mod tests {
     }
 
     #[test]
-    fn configured_names_replace_the_defaults_but_keep_the_binary() {
+    fn configured_names_replace_the_defaults() {
         let list = vec!["fake-codex-1".to_string()];
-        let n = Names::new(Some(&list), Some("/tmp/x/my-codex"));
+        let n = Names::new(Some(&list), ["/tmp/x/my-codex"]);
         assert!(is_codex_exec(&argv("/tmp/fake-codex-1 exec"), &n));
+        assert!(!is_codex_exec(&argv("/tmp/x/my-codex exec"), &n));
+        let n = Names::new(None, ["/tmp/x/my-codex"]);
         assert!(is_codex_exec(&argv("/tmp/x/my-codex exec"), &n));
         assert!(!is_codex_exec(&argv("codex exec"), &n));
         assert!(!is_codex_exec(

@@ -272,18 +272,16 @@ pub struct Stopped {
 /// Stops every live codex exec run of this user (SPEC §3). `binary` is the binary about to
 /// be used, whose name counts as codex too.
 pub fn stop_runs(app: &App, binary: Option<&Path>, request_id: &str) -> Stopped {
-    let mut names = procs::Names::new(
-        app.cfg.process_names.as_deref(),
-        binary.and_then(|b| b.to_str()),
-    );
-    let ours: Vec<i32> = {
+    let (names, ours) = {
         let runs = app.runs();
-        for b in runs.binaries.iter() {
-            if !names.exact.contains(b) {
-                names.exact.push(b.clone());
-            }
-        }
-        runs.live.iter().map(|r| r.pid as i32).collect()
+        let binaries = runs
+            .binaries
+            .iter()
+            .map(String::as_str)
+            .chain(binary.and_then(|b| b.to_str()));
+        let names = procs::Names::new(app.cfg.process_names.as_deref(), binaries);
+        let ours: Vec<i32> = runs.live.iter().map(|r| r.pid as i32).collect();
+        (names, ours)
     };
     let table = procs::scan(procs::current_uid());
     let targets = procs::select(
@@ -452,12 +450,13 @@ fn launch(
     let command = codex::command_line(&binary, &args);
     let now = chrono::Local::now();
     let log_path = app.cfg.log_dir.join(output::log_file_name(now, request_id));
+    let header = output::header(request_id, &plan.workspace, &command);
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .and_then(|mut f| {
-            f.write_all(output::header(request_id, &plan.workspace, &command).as_bytes())?;
+            f.write_all(header.as_bytes())?;
             Ok(f)
         })
         .map_err(|e| {
@@ -486,7 +485,7 @@ fn launch(
     let exit = app.wait_exit(&run_id, check);
     if let Some(exit) = &exit {
         if exit.return_code != 0 {
-            let tail: Vec<String> = output::tail(&log_path, EARLY_EXIT_TAIL_LINES + 2)
+            let tail: Vec<String> = output::tail(&log_path, header.len() as u64, EARLY_EXIT_TAIL_LINES + 2)
                 .lines()
                 .filter(|l| !l.starts_with("# codex_exec_return_code="))
                 .map(str::to_string)

@@ -174,7 +174,7 @@ fn shutdown(app: &App) {
     };
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
-        let names = procs::Names::new(app.cfg.process_names.as_deref(), None);
+        let names = procs::Names::new(app.cfg.process_names.as_deref(), []);
         let table = procs::scan(procs::current_uid());
         let targets = procs::select(
             &table,

@@ -1,0 +1,493 @@
+//! Test support: each test gets its own directory, a fake codex under a name no other
+//! process on the machine has, a Looper started from the real binary on port 0, and when it
+//! wants one a fake Zulip server on loopback. Nothing here signals a process the test did
+//! not start: Looper itself, and the fake codex processes and helpers it recorded.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Upper bound for anything a test waits for; never an assertion about speed.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Polls `f` until it returns `Some`, or panics with `what` after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+fn cmdline(pid: u64) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The fake codex binary built from `examples/fake_codex.rs`.
+fn fake_codex_binary() -> PathBuf {
+    let looper = PathBuf::from(env!("CARGO_BIN_EXE_looper"));
+    let path = looper
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join("fake_codex");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it; with a filtered run, `cargo build --examples` first",
+        path.display()
+    );
+    path
+}
+
+/// A test's own directory with `bin/<fake codex>`, `ws/` (workspace), `rec/` (what the
+/// fake codex records) and `logs/`.
+pub struct Fixture {
+    pub dir: PathBuf,
+    /// The fake codex's unique program name, also the only process name Looper matches.
+    pub codex_name: String,
+    pub codex_path: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(tag: &str) -> Fixture {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let unique = format!("{}-{}-{n}", std::process::id(), tag);
+        let dir = std::env::temp_dir().join(format!("looper-test-{unique}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["bin", "ws", "rec", "logs"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create test dir");
+        }
+        let codex_name = format!("fake-codex-{unique}");
+        let codex_path = dir.join("bin").join(&codex_name);
+        std::os::unix::fs::symlink(fake_codex_binary(), &codex_path).expect("link fake codex");
+        Fixture {
+            dir,
+            codex_name,
+            codex_path,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// The environment every test starts from: no Zulip, no autopoll, no delays, the fake
+    /// codex, and matching scoped to its unique name.
+    pub fn base_env(&self) -> Vec<(String, String)> {
+        let d = |s: &str| self.dir.join(s).to_string_lossy().into_owned();
+        [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", d("")),
+            ("LOOPER_PORT", "0".into()),
+            ("LOOPER_AUTO_START_WHEN_IDLE", "0".into()),
+            ("CODEX_EXEC_BINARY", self.codex_path.to_string_lossy().into_owned()),
+            ("LOOPER_CODEX_PROCESS_NAMES", self.codex_name.clone()),
+            ("LOOPER_WORKSPACE", d("ws")),
+            ("CODEX_EXEC_LOG_DIR", d("logs")),
+            ("CODEX_EXEC_DELAY_SECONDS", "0".into()),
+            ("CODEX_EXEC_STARTUP_CHECK_SECONDS", "0.2".into()),
+            ("LOOPER_STOP_GRACE_SECONDS", "3".into()),
+            ("FAKE_CODEX_RECORD_DIR", d("rec")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Starts Looper with the base environment plus `extra` (an empty value removes a
+    /// variable) and waits until it listens.
+    pub fn start(&self, extra: &[(&str, &str)]) -> Looper {
+        let (child, stderr_path) = self.spawn(extra);
+        let mut looper = Looper {
+            child: Some(child),
+            port: 0,
+            stderr_path,
+            log_dir: self.path("logs"),
+            rec_dir: self.path("rec"),
+            codex_name: self.codex_name.clone(),
+        };
+        looper.port = wait_for("server.start in stderr", || {
+            if let Some(status) = looper.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("looper exited at start ({status}):\n{}", looper.stderr());
+            }
+            let text = looper.stderr();
+            let line = text.lines().find(|l| l.contains(" server.start "))?;
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("port="))
+                .and_then(|p| p.parse().ok())
+        });
+        looper
+    }
+
+    /// Spawns Looper without waiting (for start-up failures).
+    pub fn spawn(&self, extra: &[(&str, &str)]) -> (Child, PathBuf) {
+        let mut env: HashMap<String, String> = self.base_env().into_iter().collect();
+        for (k, v) in extra {
+            if v.is_empty() {
+                env.remove(*k);
+            } else {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let stderr_path = self.dir.join(format!("looper-stderr-{n}.txt"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_looper"))
+            .env_clear()
+            .envs(env)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start looper");
+        (child, stderr_path)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A running Looper started by this test.
+pub struct Looper {
+    child: Option<Child>,
+    pub port: u16,
+    stderr_path: PathBuf,
+    pub log_dir: PathBuf,
+    rec_dir: PathBuf,
+    codex_name: String,
+}
+
+/// An HTTP answer: status and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Looper {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.log_dir.join("looper-server.log")).unwrap_or_default()
+    }
+
+    /// The last lines of the server's stderr, for failure messages.
+    pub fn tail(&self) -> String {
+        let text = self.stderr();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.request(minreq::get(self.url(path)))
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Answer {
+        self.post_with(path, body, &[])
+    }
+
+    pub fn post_with(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut rq = minreq::post(self.url(path))
+            .with_header("Content-Type", "application/json")
+            .with_body(body.to_string());
+        for (k, v) in headers {
+            rq = rq.with_header(*k, *v);
+        }
+        self.request(rq)
+    }
+
+    /// POST /run with `fields` merged over zero delays and a short startup check.
+    pub fn run(&self, fields: Value) -> Answer {
+        let mut body = serde_json::json!({"zulip_message": "test run"});
+        if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+            for (k, v) in f {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.post("/run", &body.to_string())
+    }
+
+    fn request(&self, rq: minreq::Request) -> Answer {
+        let response = rq
+            .with_timeout(60)
+            .send()
+            .unwrap_or_else(|e| panic!("request failed: {e}\n{}", self.tail()));
+        let body = serde_json::from_slice(response.as_bytes()).unwrap_or_else(|e| {
+            panic!(
+                "answer is not JSON ({e}): {:?}\n{}",
+                response.as_str().unwrap_or("<binary>"),
+                self.tail()
+            )
+        });
+        Answer {
+            status: response.status_code,
+            body,
+        }
+    }
+
+    /// Every record the fake codex wrote, oldest first.
+    pub fn records(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = std::fs::read_dir(&self.rec_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice(&b).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|v| v["pid"].as_u64());
+        out
+    }
+
+    /// Waits for the fake codex with `pid` to write its record.
+    pub fn record_of(&self, pid: u64) -> Value {
+        wait_for("the fake codex's record", || {
+            self.records().into_iter().find(|r| r["pid"].as_u64() == Some(pid))
+        })
+    }
+
+    /// The contents of a run log once its trailer is written.
+    pub fn finished_log(&self, path: &str) -> String {
+        wait_for("the run log's trailer", || {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.contains("\n# codex_exec_return_code=").then_some(text)
+        })
+    }
+
+    /// Sends `sig` to this Looper (a process this test started).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of the child this test spawned and has not reaped.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits for Looper to exit; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let status = wait_for("looper to exit", || child.try_wait().ok().flatten());
+        self.child = None;
+        status.code()
+    }
+}
+
+impl Drop for Looper {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Clean up what the fake codex runs of this test started, if still there. Each pid
+        // is checked to still be one of ours (its command line names our fake) first.
+        for rec in self.records() {
+            let pids = std::iter::once(rec["pid"].as_u64())
+                .chain(rec["helpers"].as_array().into_iter().flatten().map(|v| v.as_u64()))
+                .flatten();
+            for pid in pids {
+                let cmd = cmdline(pid);
+                let ours = cmd.contains(&self.codex_name)
+                    || cmd.starts_with("fake-tool")
+                    || cmd.starts_with("fake-orphan");
+                if alive(pid) && ours {
+                    // SAFETY: kill(2) on a process this test started (through Looper).
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
+/// One request the fake Zulip received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The form fields of the body.
+    pub fn form(&self) -> HashMap<String, String> {
+        self.body
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (form_decode(k), form_decode(v)))
+            .collect()
+    }
+}
+
+fn form_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A canned answer: status, extra headers, body.
+pub type Canned = (u16, Vec<(String, String)>, String);
+
+/// A Zulip stand-in on loopback: records every request and answers from a queue of canned
+/// answers, then with success (`id` 42). `/api/v1/users` lists one user, Tessa (id 8).
+pub struct FakeZulip {
+    pub port: u16,
+    server: Arc<tiny_http::Server>,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub script: Arc<Mutex<VecDeque<Canned>>>,
+}
+
+impl FakeZulip {
+    pub fn start() -> FakeZulip {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind fake zulip"));
+        let port = server.server_addr().to_ip().expect("ip").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Mutex<VecDeque<Canned>>> = Arc::new(Mutex::new(VecDeque::new()));
+        let (srv, rec, scr) = (server.clone(), received.clone(), script.clone());
+        std::thread::spawn(move || {
+            while let Ok(mut rq) = srv.recv() {
+                let mut body = String::new();
+                let _ = rq.as_reader().read_to_string(&mut body);
+                let r = Received {
+                    method: rq.method().to_string(),
+                    url: rq.url().to_string(),
+                    headers: rq
+                        .headers()
+                        .iter()
+                        .map(|h| (h.field.to_string(), h.value.to_string()))
+                        .collect(),
+                    body,
+                };
+                let canned = if r.url.starts_with("/api/v1/users") {
+                    (
+                        200,
+                        vec![],
+                        r#"{"result":"success","msg":"","members":[{"user_id":3,"full_name":"Other Person","email":"o@x"},{"user_id":8,"full_name":"Tessa Example","email":"tessa@example.com"}]}"#.to_string(),
+                    )
+                } else {
+                    scr.lock().unwrap().pop_front().unwrap_or((
+                        200,
+                        vec![],
+                        r#"{"result":"success","msg":"","id":42}"#.to_string(),
+                    ))
+                };
+                rec.lock().unwrap().push(r);
+                let mut response = tiny_http::Response::from_string(canned.2).with_status_code(canned.0);
+                for (k, v) in canned.1 {
+                    response = response.with_header(
+                        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("header"),
+                    );
+                }
+                let _ = rq.respond(response);
+            }
+        });
+        FakeZulip {
+            port,
+            server,
+            received,
+            script,
+        }
+    }
+
+    pub fn site(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn push(&self, status: u16, headers: &[(&str, &str)], body: &str) {
+        self.script.lock().unwrap().push_back((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body.to_string(),
+        ));
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.starts_with("/api/v1/messages"))
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeZulip {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+/// Reads `path` relative to nothing; a helper for string asserts with context.
+pub fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.as_ref().display()))
+}
