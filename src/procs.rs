@@ -461,13 +461,14 @@ mod tests {
         let n = Names::new(Some(&list), ["/tmp/x/my-codex"]);
         assert!(is_codex_exec(&argv("/tmp/fake-codex-1 exec"), &n));
         assert!(!is_codex_exec(&argv("/tmp/x/my-codex exec"), &n));
-        let n = Names::new(None, ["/tmp/x/my-codex"]);
-        assert!(is_codex_exec(&argv("/tmp/x/my-codex exec"), &n));
         assert!(!is_codex_exec(&argv("codex exec"), &n));
         assert!(!is_codex_exec(
             &argv("codex-x86_64-unknown-linux-musl exec"),
             &n
         ));
+        let n = Names::new(None, ["/tmp/x/my-codex"]);
+        assert!(is_codex_exec(&argv("/tmp/x/my-codex exec"), &n));
+        assert!(is_codex_exec(&argv("codex exec"), &n));
     }
 
     fn proc(pid: i32, ppid: i32, cmd: &str, run: Option<(&str, &str)>) -> ProcInfo {

@@ -485,11 +485,12 @@ fn launch(
     let exit = app.wait_exit(&run_id, check);
     if let Some(exit) = &exit {
         if exit.return_code != 0 {
-            let tail: Vec<String> = output::tail(&log_path, header.len() as u64, EARLY_EXIT_TAIL_LINES + 2)
-                .lines()
-                .filter(|l| !l.starts_with("# codex_exec_return_code="))
-                .map(str::to_string)
-                .collect();
+            let tail: Vec<String> =
+                output::tail(&log_path, header.len() as u64, EARLY_EXIT_TAIL_LINES + 2)
+                    .lines()
+                    .filter(|l| !l.starts_with("# codex_exec_return_code="))
+                    .map(str::to_string)
+                    .collect();
             let tail = tail[tail.len().saturating_sub(EARLY_EXIT_TAIL_LINES)..].join("\n");
             return Err(ApiError::new(
                 500,

@@ -32,14 +32,25 @@ fn spawns_the_exact_command_with_the_prompt_intact() {
     let rec = looper.record_of(pid);
     let ws = fx.path("ws");
     let expected = json!([
-        fx.codex_path, "--ask-for-approval", "never", "exec", "--sandbox", "workspace-write",
-        "-C", ws, prompt
+        fx.codex_path,
+        "--ask-for-approval",
+        "never",
+        "exec",
+        "--sandbox",
+        "workspace-write",
+        "-C",
+        ws,
+        prompt
     ]);
     assert_eq!(rec["argv"], expected);
     assert_eq!(rec["cwd"], json!(ws));
     assert_eq!(rec["stdin"], json!("/dev/null"));
     assert_eq!(rec["sid"].as_u64(), Some(pid), "not in its own session");
-    assert_eq!(rec["pgid"].as_u64(), Some(pid), "not in its own process group");
+    assert_eq!(
+        rec["pgid"].as_u64(),
+        Some(pid),
+        "not in its own process group"
+    );
     let run_id = a.body["run_id"].as_str().expect("run_id").to_string();
     assert_eq!(rec["looper_run_id"], json!(run_id));
     assert_eq!(
@@ -96,7 +107,15 @@ fn spawns_the_exact_command_with_the_prompt_intact() {
             .then_some(())
     });
     let log = looper.server_log();
-    for event in ["server.start", "http.start", "run.start", "action=announce", "codex.exec.spawn", "run.success", "http.end"] {
+    for event in [
+        "server.start",
+        "http.start",
+        "run.start",
+        "action=announce",
+        "codex.exec.spawn",
+        "run.success",
+        "http.end",
+    ] {
         assert!(log.contains(event), "no {event} in server log:\n{log}");
     }
 }
@@ -171,14 +190,22 @@ fn an_early_exit_is_an_error_with_the_log_tail() {
     let a = looper.run(json!({"codex_prompt": "go", "codex_exec_startup_check_seconds": 10}));
     assert_eq!(a.status, 500, "{}", a.body);
     let err = a.body["error"].as_str().unwrap();
-    assert!(err.starts_with("codex exec exited early (rc=3, log_path="), "{err}");
+    assert!(
+        err.starts_with("codex exec exited early (rc=3, log_path="),
+        "{err}"
+    );
     assert!(err.contains("tail=token expired, please log in)"), "{err}");
     let log_dir = fx.path("logs");
     let log = std::fs::read_dir(&log_dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("codex-exec-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("codex-exec-")
+        })
         .expect("a run log");
     let text = read(&log);
     assert!(
@@ -206,7 +233,9 @@ fn a_flood_of_output_is_copied_whole() {
     assert!(text.ends_with(trailer));
     let body = &text[body_start..text.len() - trailer.len()];
     assert_eq!(body.len() as u64, SIZE);
-    assert!(body.lines().all(|l| l.len() == 99 && l.bytes().all(|b| b == b'x')));
+    assert!(body
+        .lines()
+        .all(|l| l.len() == 99 && l.bytes().all(|b| b == b'x')));
     // With the mirror off, none of it went to the server log.
     assert!(!looper.server_log().contains(&"x".repeat(99)));
 }
@@ -246,7 +275,10 @@ fn a_local_codex_checkout_wins_over_path() {
     let fx = Fixture::new("local");
     std::fs::create_dir_all(fx.path("codex")).unwrap();
     std::os::unix::fs::symlink(&fx.codex_path, fx.path("codex/codex")).unwrap();
-    let looper = fx.start(&[("CODEX_EXEC_BINARY", ""), ("FAKE_CODEX", "record;sleep:600")]);
+    let looper = fx.start(&[
+        ("CODEX_EXEC_BINARY", ""),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]);
     let a = looper.run(json!({"codex_prompt": "local"}));
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["codex_exec_binary_source"], json!("local"));
@@ -275,11 +307,20 @@ fn the_prompt_file_is_read_at_every_run() {
     let b = looper.run(json!({}));
     assert_eq!(b.status, 200, "{}", b.body);
     let last = |v: &serde_json::Value| v["argv"].as_array().unwrap().last().cloned();
-    assert_eq!(last(&looper.record_of(pid_of(&a))), Some(json!("first version")));
-    assert_eq!(last(&looper.record_of(pid_of(&b))), Some(json!("second version")));
+    assert_eq!(
+        last(&looper.record_of(pid_of(&a))),
+        Some(json!("first version"))
+    );
+    assert_eq!(
+        last(&looper.record_of(pid_of(&b))),
+        Some(json!("second version"))
+    );
     // The legacy `prompt` alias is used when `codex_prompt` is absent.
     let c = looper.run(json!({"prompt": "legacy alias"}));
-    assert_eq!(last(&looper.record_of(pid_of(&c))), Some(json!("legacy alias")));
+    assert_eq!(
+        last(&looper.record_of(pid_of(&c))),
+        Some(json!("legacy alias"))
+    );
 }
 
 /// A run may only hand off from the active run: an old run calling late changes nothing.

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,7 +107,10 @@ impl Fixture {
             ("HOME", d("")),
             ("LOOPER_PORT", "0".into()),
             ("LOOPER_AUTO_START_WHEN_IDLE", "0".into()),
-            ("CODEX_EXEC_BINARY", self.codex_path.to_string_lossy().into_owned()),
+            (
+                "CODEX_EXEC_BINARY",
+                self.codex_path.to_string_lossy().into_owned(),
+            ),
             ("LOOPER_CODEX_PROCESS_NAMES", self.codex_name.clone()),
             ("LOOPER_WORKSPACE", d("ws")),
             ("CODEX_EXEC_LOG_DIR", d("logs")),
@@ -135,7 +137,11 @@ impl Fixture {
             codex_name: self.codex_name.clone(),
         };
         looper.port = wait_for("server.start in stderr", || {
-            if let Some(status) = looper.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = looper
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("looper exited at start ({status}):\n{}", looper.stderr());
             }
             let text = looper.stderr();
@@ -287,7 +293,9 @@ impl Looper {
     /// Waits for the fake codex with `pid` to write its record.
     pub fn record_of(&self, pid: u64) -> Value {
         wait_for("the fake codex's record", || {
-            self.records().into_iter().find(|r| r["pid"].as_u64() == Some(pid))
+            self.records()
+                .into_iter()
+                .find(|r| r["pid"].as_u64() == Some(pid))
         })
     }
 
@@ -317,6 +325,13 @@ impl Looper {
 impl Drop for Looper {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A graceful stop first: Looper stops and reaps its own runs.
+            // SAFETY: kill(2) on the pid of the child this test spawned and has not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -324,7 +339,13 @@ impl Drop for Looper {
         // is checked to still be one of ours (its command line names our fake) first.
         for rec in self.records() {
             let pids = std::iter::once(rec["pid"].as_u64())
-                .chain(rec["helpers"].as_array().into_iter().flatten().map(|v| v.as_u64()))
+                .chain(
+                    rec["helpers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.as_u64()),
+                )
                 .flatten();
             for pid in pids {
                 let cmd = cmdline(pid);
@@ -433,7 +454,8 @@ impl FakeZulip {
                     ))
                 };
                 rec.lock().unwrap().push(r);
-                let mut response = tiny_http::Response::from_string(canned.2).with_status_code(canned.0);
+                let mut response =
+                    tiny_http::Response::from_string(canned.2).with_status_code(canned.0);
                 for (k, v) in canned.1 {
                     response = response.with_header(
                         tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("header"),

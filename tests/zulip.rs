@@ -1,0 +1,222 @@
+//! Black-box tests of announcing: what the fake Zulip server receives for stream and private
+//! messages, credentials from the environment and from zuliprc profiles, retries, failures,
+//! and the `zulip_script_path` hatch.
+
+mod common;
+
+use common::{alive, FakeZulip, Fixture};
+use serde_json::json;
+
+const KEY: &str = "zk-0123456789abcdef-secret";
+
+fn basic(email: &str, key: &str) -> String {
+    format!(
+        "Basic {}",
+        looper::zulip::base64(format!("{email}:{key}").as_bytes())
+    )
+}
+
+fn env_creds(z: &FakeZulip) -> Vec<(&'static str, String)> {
+    vec![
+        ("ZULIP_SITE", format!("{}/api/", z.site())),
+        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
+        ("ZULIP_BOT_API_KEY", KEY.into()),
+    ]
+}
+
+fn start(fx: &Fixture, vars: &[(&str, String)]) -> common::Looper {
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    fx.start(&pairs)
+}
+
+/// A stream message: form fields, Basic auth and the `zulip_output` line.
+#[test]
+fn stream_messages_go_out_as_zulip_expects() {
+    let fx = Fixture::new("stream");
+    let z = FakeZulip::start();
+    let mut vars = env_creds(&z);
+    vars.push(("ZULIP_STREAM", "ops room".into()));
+    vars.push(("ZULIP_TOPIC", "looper".into()));
+    let looper = start(&fx, &vars);
+    let a = looper.run(json!({"zulip_message": "Looper: fresh run & more", "codex_prompt": ""}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body["zulip_output"],
+        json!("OK message_id=42 type=stream stream=\"ops room\" topic=looper")
+    );
+    let sent = z.messages();
+    assert_eq!(sent.len(), 1);
+    let m = &sent[0];
+    assert_eq!(m.method, "POST");
+    assert_eq!(m.url, "/api/v1/messages");
+    assert_eq!(
+        m.header("Authorization"),
+        Some(basic("bot@example.com", KEY).as_str())
+    );
+    let form = m.form();
+    assert_eq!(form["type"], "stream");
+    assert_eq!(form["to"], "ops room");
+    assert_eq!(form["topic"], "looper");
+    assert_eq!(form["content"], "Looper: fresh run & more");
+    assert!(!looper.stderr().contains(KEY));
+    assert!(!a.body.to_string().contains(KEY));
+}
+
+/// Private messages: an email, an id slug and a full name looked up through /users.
+#[test]
+fn private_recipients_email_slug_and_name() {
+    for (to, expected, lookups) in [
+        ("tessa@example.com", json!(["tessa@example.com"]), 0),
+        ("8-Tessa", json!([8]), 0),
+        ("17", json!([17]), 0),
+        ("tessa example", json!([8]), 1),
+    ] {
+        let fx = Fixture::new("private");
+        let z = FakeZulip::start();
+        let mut vars = env_creds(&z);
+        vars.push(("ZULIP_MESSAGE_TYPE", "private".into()));
+        vars.push(("ZULIP_TO", to.into()));
+        let looper = start(&fx, &vars);
+        let a = looper.run(json!({"zulip_message": "hi", "codex_prompt": ""}));
+        assert_eq!(a.status, 200, "{to}: {}", a.body);
+        assert!(a.body["zulip_output"]
+            .as_str()
+            .unwrap()
+            .starts_with("OK message_id=42 type=private to="));
+        let sent = z.messages();
+        let form = sent[0].form();
+        assert_eq!(form["type"], "private");
+        let got: serde_json::Value = serde_json::from_str(&form["to"]).unwrap();
+        assert_eq!(got, expected, "{to}");
+        let users = z
+            .all()
+            .iter()
+            .filter(|r| r.url.starts_with("/api/v1/users"))
+            .count();
+        assert_eq!(users, lookups, "{to}");
+    }
+}
+
+/// zuliprc: the ZULIP_PROFILE section, else the first complete one.
+#[test]
+fn zuliprc_profiles() {
+    let fx = Fixture::new("zuliprc");
+    let z = FakeZulip::start();
+    let rc = fx.path("zuliprc");
+    std::fs::write(
+        &rc,
+        format!(
+            "[partial]\nsite={site}\n\n[api]\nsite={site}\nemail=api-bot@example.com\nkey=api-key\n\n[work]\nsite={site}\nemail=work-bot@example.com\nkey=work-key\n",
+            site = z.site()
+        ),
+    )
+    .unwrap();
+    let rc_s = rc.to_str().unwrap().to_string();
+    for (profile, email, key) in [
+        ("work", "work-bot@example.com", "work-key"),
+        ("", "api-bot@example.com", "api-key"),
+        ("missing", "api-bot@example.com", "api-key"),
+    ] {
+        let looper = start(
+            &fx,
+            &[
+                ("ZULIPRC_PATH", rc_s.clone()),
+                ("ZULIP_PROFILE", profile.into()),
+            ],
+        );
+        let a = looper.run(json!({"zulip_message": "hi", "codex_prompt": ""}));
+        assert_eq!(a.status, 200, "{profile}: {}", a.body);
+        let last = z.messages().pop().unwrap();
+        assert_eq!(
+            last.header("Authorization"),
+            Some(basic(email, key).as_str())
+        );
+        assert!(!looper.stderr().contains(key));
+    }
+    // A profile section without a key stops the start, naming what is missing.
+    let (mut child, stderr) = fx.spawn(&[("ZULIPRC_PATH", &rc_s), ("ZULIP_PROFILE", "partial")]);
+    let status = common::wait_for("refusal", || child.try_wait().ok().flatten());
+    assert!(!status.success());
+    let text = common::read(stderr);
+    assert!(text.contains("email, key"), "{text}");
+}
+
+/// A failing Zulip answers 502 and stops nothing; a 429 is retried once.
+#[test]
+fn a_failing_zulip_stops_nothing() {
+    let fx = Fixture::new("zulipfail");
+    let z = FakeZulip::start();
+    let mut vars = env_creds(&z);
+    vars.push(("FAKE_CODEX", "record;sleep:600".into()));
+    let looper = start(&fx, &vars);
+    let live = looper.run(json!({"codex_prompt": "live"}));
+    assert_eq!(live.status, 200, "{}", live.body);
+    let pid = live.body["codex_exec_result"]["pid"].as_u64().unwrap();
+
+    z.push(500, &[], r#"{"result":"error","msg":"internal trouble"}"#);
+    let a = looper.run(json!({"codex_prompt": "next"}));
+    assert_eq!(a.status, 502, "{}", a.body);
+    let err = a.body["error"].as_str().unwrap();
+    assert!(
+        err.contains("Zulip") && err.contains("internal trouble"),
+        "{err}"
+    );
+    assert!(
+        alive(pid),
+        "a failed announcement must not stop the live run"
+    );
+    assert_eq!(looper.records().len(), 1);
+
+    z.push(401, &[], "not json at all");
+    let a = looper.run(json!({"codex_prompt": "next"}));
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(!a.body.to_string().contains(KEY));
+    assert!(alive(pid));
+
+    let before = z.messages().len();
+    z.push(
+        429,
+        &[("Retry-After", "0")],
+        r#"{"result":"error","msg":"slow down"}"#,
+    );
+    let a = looper.run(json!({"codex_prompt": ""}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(z.messages().len(), before + 2, "one retry after a 429");
+    assert!(!alive(pid), "the successful run stopped the live one");
+    assert!(!looper.stderr().contains(KEY));
+}
+
+/// `zulip_script_path` runs the user's program with the message as its one argument.
+#[test]
+fn a_zulip_script_announces_instead() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new("script");
+    let script = fx.path("announce.sh");
+    let out = fx.path("announced.txt");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s' \"$1\" > '{}'\necho sent-by-script\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let failing = fx.path("fail.sh");
+    std::fs::write(&failing, "#!/bin/sh\necho no route to zulip >&2\nexit 4\n").unwrap();
+    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let looper = fx.start(&[]);
+    let message = "it's a $message with `ticks`";
+    let a = looper
+        .run(json!({"zulip_message": message, "codex_prompt": "", "zulip_script_path": script}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["zulip_output"], json!("sent-by-script"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), message);
+    let a =
+        looper.run(json!({"zulip_message": "m", "codex_prompt": "", "zulip_script_path": failing}));
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(a.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no route to zulip"));
+}
