@@ -5,6 +5,7 @@ mod common;
 
 use common::{alive, read, wait_for, Fixture};
 use serde_json::json;
+use std::os::unix::process::ExitStatusExt;
 
 fn pid_of(answer: &common::Answer) -> u64 {
     answer.body["codex_exec_result"]["pid"]
@@ -340,4 +341,69 @@ fn a_stale_hand_off_is_refused() {
         json!(format!("stale: run {a_id} is no longer active"))
     );
     assert!(alive(b_pid), "the active run must survive a stale hand-off");
+}
+
+/// Runs Looper did not start are stopped too: a plain `codex exec` from a terminal and one
+/// under a `node` shim (the script's name counts), both started here by the test.
+#[test]
+fn runs_started_elsewhere_are_stopped_too() {
+    let fx = Fixture::new("foreign");
+    let node = fx.path("bin/node");
+    std::os::unix::fs::symlink(&fx.codex_path, &node).unwrap();
+    let mut plain = std::process::Command::new(&fx.codex_path)
+        .args(["--model", "x", "exec", "started by hand"])
+        .env("FAKE_CODEX", "sleep:600")
+        .spawn()
+        .unwrap();
+    let script = fx.path(&format!("lib/{}", fx.codex_name));
+    let mut shim = std::process::Command::new(&node)
+        .arg(&script)
+        .args(["exec", "under node"])
+        .env("FAKE_CODEX", "sleep:600")
+        .spawn()
+        .unwrap();
+    // Not a run: same program, no `exec` word.
+    let mut other = std::process::Command::new(&fx.codex_path)
+        .args(["resume", "--last"])
+        .env("FAKE_CODEX", "sleep:600")
+        .spawn()
+        .unwrap();
+    let looper = fx.start(&[]);
+    let a = looper.run(json!({"codex_prompt": ""}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut killed: Vec<u64> = a.body["killed_codex_exec_pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    killed.sort_unstable();
+    let mut expected = vec![u64::from(plain.id()), u64::from(shim.id())];
+    expected.sort_unstable();
+    assert_eq!(killed, expected);
+    assert_eq!(plain.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert_eq!(shim.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert!(alive(u64::from(other.id())), "a codex without exec must be left alone");
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+/// A second signal during a slow shutdown exits at once.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let fx = Fixture::new("twosignals");
+    let mut looper = fx.start(&[
+        ("FAKE_CODEX", "ignore-term;record;sleep:600"),
+        ("LOOPER_STOP_GRACE_SECONDS", "600"),
+    ]);
+    let a = looper.run(json!({"codex_prompt": "stubborn"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    looper.record_of(pid_of(&a));
+    looper.signal(libc::SIGTERM);
+    wait_for("the shutdown to begin", || {
+        looper.server_log().contains("server.stop.start").then_some(())
+    });
+    looper.signal(libc::SIGTERM);
+    // Within the test's patience, far below the 600 s grace.
+    assert_eq!(looper.wait_exit(), Some(1));
 }
