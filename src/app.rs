@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -84,20 +84,12 @@ impl Shutdown {
 
     /// Waits up to `limit`; true when shutdown was asked for meanwhile.
     pub fn wait(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut set = self.flag.lock().unwrap_or_else(|e| e.into_inner());
-        while !*set {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            set = self
-                .cv
-                .wait_timeout(set, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        let set = self.flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, _) = self
+            .cv
+            .wait_timeout_while(set, limit, |set| !*set)
+            .unwrap_or_else(|e| e.into_inner());
+        *set
     }
 }
 
@@ -187,42 +179,26 @@ impl App {
         self.run_exited.notify_all();
     }
 
-    /// Waits up to `limit` for `run_id` to exit; its exit when it did.
+    /// Waits up to `limit` (or until shutdown) for `run_id` to exit; its exit when it did.
     pub fn wait_exit(&self, run_id: &str, limit: Duration) -> Option<Exit> {
-        let deadline = Instant::now() + limit;
-        let mut runs = self.runs();
-        loop {
-            if let Some(e) = runs.exit_of(run_id) {
-                return Some(e.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline || self.shutdown.is_set() {
-                return None;
-            }
-            runs = self
-                .run_exited
-                .wait_timeout(runs, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let runs = self.runs();
+        let (runs, _) = self
+            .run_exited
+            .wait_timeout_while(runs, limit, |r| {
+                r.exit_of(run_id).is_none() && !self.shutdown.is_set()
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        runs.exit_of(run_id).cloned()
     }
 
     /// Waits up to `limit` until no run of ours is live; true when none is.
     pub fn wait_all_exited(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut runs = self.runs();
-        while !runs.live.is_empty() {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            runs = self
-                .run_exited
-                .wait_timeout(runs, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        let runs = self.runs();
+        let (runs, _) = self
+            .run_exited
+            .wait_timeout_while(runs, limit, |r| !r.live.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        runs.live.is_empty()
     }
 }
 

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use crate::app::App;
 use crate::logging::Q;
-use crate::procs;
 use crate::run::{self, RunRequest, Trigger};
 
 /// The newest `codex-exec-*.log` in `dir` and how long ago it changed.
@@ -33,28 +32,7 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
 
 /// Whether any codex exec run (ours or not) is alive.
 fn any_live_run(app: &App) -> bool {
-    let names = {
-        let runs = app.runs();
-        if !runs.live.is_empty() {
-            return true;
-        }
-        procs::Names::new(
-            app.cfg.process_names.as_deref(),
-            runs.binaries.iter().map(String::as_str),
-        )
-    };
-    let table = procs::scan(procs::current_uid());
-    !procs::select(
-        &table,
-        &procs::Selector {
-            names: &names,
-            looper_url: &app.url,
-            only_run_ids: None,
-            extra_pids: &[],
-            self_pid: std::process::id() as i32,
-        },
-    )
-    .is_empty()
+    !app.runs().live.is_empty() || !run::find_runs(app, None, None).is_empty()
 }
 
 /// One tick; `first` ignores the staleness window.

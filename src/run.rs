@@ -2,6 +2,7 @@
 //! happens, then, under the run guard: announce → stop → (delay → spawn → startup check).
 //! Autopoll uses the same pipeline without the announcement.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -264,14 +265,13 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
     Ok(plan)
 }
 
-/// What the stop step found and did.
-pub struct Stopped {
-    pub report: procs::StopReport,
-}
-
-/// Stops every live codex exec run of this user (SPEC §3). `binary` is the binary about to
-/// be used, whose name counts as codex too.
-pub fn stop_runs(app: &App, binary: Option<&Path>, request_id: &str) -> Stopped {
+/// The processes a stop would take: the runs that match (all live codex exec runs, or only
+/// `only_run_ids` of ours), Looper's own children, and all their descendants.
+pub fn find_runs(
+    app: &App,
+    binary: Option<&Path>,
+    only_run_ids: Option<&HashSet<String>>,
+) -> Vec<procs::ProcInfo> {
     let (names, ours) = {
         let runs = app.runs();
         let binaries = runs
@@ -284,21 +284,32 @@ pub fn stop_runs(app: &App, binary: Option<&Path>, request_id: &str) -> Stopped 
         (names, ours)
     };
     let table = procs::scan(procs::current_uid());
-    let targets = procs::select(
+    procs::select(
         &table,
         &procs::Selector {
             names: &names,
             looper_url: &app.url,
-            only_run_ids: None,
+            only_run_ids,
             extra_pids: &ours,
             self_pid: std::process::id() as i32,
         },
-    );
-    let pids: Vec<String> = targets.iter().map(|p| p.pid.to_string()).collect();
+    )
+}
+
+/// Stops every live codex exec run of this user (SPEC §3), or with `only_run_ids` just
+/// those runs of ours. `binary` is the binary about to be used, whose name counts as codex.
+pub fn stop_runs(
+    app: &App,
+    binary: Option<&Path>,
+    only_run_ids: Option<&HashSet<String>>,
+    request_id: &str,
+) -> procs::StopReport {
+    let targets = find_runs(app, binary, only_run_ids);
+    let pids: Vec<i32> = targets.iter().map(|p| p.pid).collect();
     log::info!(
         "process.kill.start request_id={request_id} count={} pids={}",
         targets.len(),
-        Q(&pids.join(","))
+        Q(&join(&pids))
     );
     let report = procs::stop(&targets, app.cfg.stop_grace);
     log::info!(
@@ -306,7 +317,7 @@ pub fn stop_runs(app: &App, binary: Option<&Path>, request_id: &str) -> Stopped 
         Q(&join(&report.killed)),
         Q(&join(&report.remaining))
     );
-    Stopped { report }
+    report
 }
 
 fn join(pids: &[i32]) -> String {
@@ -351,7 +362,12 @@ pub fn execute(
     };
 
     log::info!("run.step request_id={request_id} action=stop");
-    let stopped = stop_runs(app, plan.binary.as_ref().map(|b| b.0.as_path()), request_id);
+    let stopped = stop_runs(
+        app,
+        plan.binary.as_ref().map(|b| b.0.as_path()),
+        None,
+        request_id,
+    );
 
     let spawned = if plan.prompt.is_empty() {
         log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
@@ -368,8 +384,8 @@ pub fn execute(
             "startup_return_code": s.startup_return_code,
         })
     });
-    let killed = &stopped.report.killed;
-    let remaining = &stopped.report.remaining;
+    let killed = &stopped.killed;
+    let remaining = &stopped.remaining;
     let (binary, source) = match &plan.binary {
         Some((b, s)) => (json!(b), json!(s.as_str())),
         None => (Value::Null, Value::Null),

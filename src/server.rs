@@ -13,7 +13,6 @@ use signal_hook::iterator::Signals;
 use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, Q};
-use crate::procs;
 
 /// What the copy threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
@@ -165,33 +164,10 @@ fn start_signal_thread(app: &Arc<App>, server: &Arc<tiny_http::Server>) -> Resul
 /// Stops the runs this server started (and everything they started), then gives their copy
 /// threads a moment to write trailers.
 fn shutdown(app: &App) {
-    let (ids, pids): (HashSet<String>, Vec<i32>) = {
-        let runs = app.runs();
-        (
-            runs.live.iter().map(|r| r.run_id.clone()).collect(),
-            runs.live.iter().map(|r| r.pid as i32).collect(),
-        )
-    };
+    let ids: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
-        let names = procs::Names::new(app.cfg.process_names.as_deref(), []);
-        let table = procs::scan(procs::current_uid());
-        let targets = procs::select(
-            &table,
-            &procs::Selector {
-                names: &names,
-                looper_url: &app.url,
-                only_run_ids: Some(&ids),
-                extra_pids: &pids,
-                self_pid: std::process::id() as i32,
-            },
-        );
-        let report = procs::stop(&targets, app.cfg.stop_grace);
-        log::info!(
-            "process.kill.done reason=shutdown killed={} remaining={}",
-            report.killed.len(),
-            report.remaining.len()
-        );
+        crate::run::stop_runs(app, None, Some(&ids), "shutdown");
     }
     if !app.wait_all_exited(TRAILER_WAIT) {
         log::warn!("server.stop.trailers_pending");

@@ -383,7 +383,10 @@ fn runs_started_elsewhere_are_stopped_too() {
     assert_eq!(killed, expected);
     assert_eq!(plain.wait().unwrap().signal(), Some(libc::SIGTERM));
     assert_eq!(shim.wait().unwrap().signal(), Some(libc::SIGTERM));
-    assert!(alive(u64::from(other.id())), "a codex without exec must be left alone");
+    assert!(
+        alive(u64::from(other.id())),
+        "a codex without exec must be left alone"
+    );
     other.kill().unwrap();
     other.wait().unwrap();
 }
@@ -401,7 +404,10 @@ fn a_second_signal_exits_at_once() {
     looper.record_of(pid_of(&a));
     looper.signal(libc::SIGTERM);
     wait_for("the shutdown to begin", || {
-        looper.server_log().contains("server.stop.start").then_some(())
+        looper
+            .server_log()
+            .contains("server.stop.start")
+            .then_some(())
     });
     looper.signal(libc::SIGTERM);
     // Within the test's patience, far below the 600 s grace.
