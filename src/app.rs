@@ -1,29 +1,53 @@
 //! The state one server shares between its threads: configuration, the run guard, the
 //! shutdown signal, the runs Looper started, and request ids.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::history::{History, Row};
 
 /// Exits we remember for the startup check and stale hand-offs.
 const RECENT_EXITS: usize = 32;
 
 /// A run Looper started that has not exited yet.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct LiveRun {
     pub run_id: String,
     pub request_id: String,
+    pub trigger: &'static str,
     pub pid: u32,
     pub workspace: PathBuf,
     pub log_path: PathBuf,
     pub started_at: String,
+    pub started: Instant,
+    /// The prompt it was started with, so that a hung run can be replaced by its like.
+    pub prompt: String,
+}
+
+impl LiveRun {
+    /// The history row of this run, as it stands while it runs.
+    pub fn row(&self) -> Row {
+        Row {
+            run_id: self.run_id.clone(),
+            request_id: self.request_id.clone(),
+            trigger: self.trigger.to_string(),
+            pid: self.pid,
+            workspace: self.workspace.clone(),
+            log_path: self.log_path.clone(),
+            started_at: self.started_at.clone(),
+            ended_at: None,
+            return_code: None,
+            duration_seconds: None,
+            stop_reason: None,
+        }
+    }
 }
 
 /// How a run ended.
@@ -44,6 +68,9 @@ pub struct Runs {
     pub exits: VecDeque<Exit>,
     /// Basenames of every binary we launched, so that later stops recognise those runs.
     pub binaries: HashSet<String>,
+    /// Runs Looper is stopping on purpose, with the reason (`replaced`, `hung`, `shutdown`):
+    /// their deaths are no crashes.
+    pub stopping: HashMap<String, String>,
 }
 
 impl Runs {
@@ -54,6 +81,35 @@ impl Runs {
     pub fn exit_of(&self, run_id: &str) -> Option<&Exit> {
         self.exits.iter().rev().find(|e| e.run_id == run_id)
     }
+}
+
+/// A run that exits non-zero sooner than this after its start counts as a crash.
+pub const QUICK_EXIT: Duration = Duration::from_secs(60);
+/// Crashes in a row before autopoll backs off.
+pub const CRASH_LOOP_THRESHOLD: u32 = 3;
+/// The back-off starts at the poll interval, but never below this: a failing codex is not
+/// restarted more than a handful of times a minute, whatever the settings.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest back-off.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// What autopoll shows in `/status` and decides by.
+#[derive(Debug, Default, Clone)]
+pub struct AutopollState {
+    pub next_tick_at: Option<String>,
+    /// Crashes in a row (quick non-zero exits not caused by Looper).
+    pub crashes: u32,
+    pub backoff_until: Option<Instant>,
+    pub backoff_until_text: Option<String>,
+    /// Whether the current crash loop was announced already.
+    pub announced: bool,
+}
+
+/// What ending a run changed, for the copy thread to announce outside the locks.
+pub struct Finished {
+    pub row: Row,
+    /// Set when this exit started a back-off (announce it once).
+    pub backoff_started: Option<Duration>,
 }
 
 /// The one run guard shared by `/run` and autopoll: whoever holds it sets up a run.
@@ -108,6 +164,8 @@ pub struct App {
     ids: AtomicU64,
     /// `PATH` at start, for finding binaries.
     pub path_var: Option<String>,
+    pub history: History,
+    pub autopoll: Mutex<AutopollState>,
 }
 
 fn seed() -> u64 {
@@ -128,7 +186,6 @@ fn seed() -> u64 {
 impl App {
     pub fn new(cfg: Config, url: String, path_var: Option<String>) -> App {
         App {
-            cfg,
             url,
             guard: AtomicBool::new(false),
             shutdown: Shutdown::default(),
@@ -136,7 +193,10 @@ impl App {
             run_exited: Condvar::new(),
             inflight: AtomicUsize::new(0),
             ids: AtomicU64::new(seed()),
+            history: History::open(&cfg.log_dir),
+            cfg,
             path_var,
+            autopoll: Mutex::new(AutopollState::default()),
         }
     }
 
@@ -167,16 +227,78 @@ impl App {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a run's exit and wakes whoever waits for it.
-    pub fn finish_run(&self, exit: Exit) {
+    pub fn autopoll_state(&self) -> MutexGuard<'_, AutopollState> {
+        self.autopoll.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a run's exit (history, crash-loop accounting) and wakes whoever waits for it.
+    pub fn finish_run(&self, run_id: &str, return_code: i32) -> Option<Finished> {
         let mut runs = self.runs();
-        runs.live.retain(|r| r.run_id != exit.run_id);
-        runs.exits.push_back(exit);
+        let idx = runs.live.iter().position(|r| r.run_id == run_id)?;
+        let live = runs.live.remove(idx);
+        let reason = runs.stopping.remove(run_id);
+        let elapsed = live.started.elapsed();
+        let duration_seconds = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
+        let ended_at = chrono::Local::now().to_rfc3339();
+        runs.exits.push_back(Exit {
+            run_id: run_id.to_string(),
+            return_code,
+            ended_at: ended_at.clone(),
+            duration_seconds,
+        });
         while runs.exits.len() > RECENT_EXITS {
             runs.exits.pop_front();
         }
         drop(runs);
         self.run_exited.notify_all();
+
+        let row = Row {
+            ended_at: Some(ended_at),
+            return_code: Some(return_code),
+            duration_seconds: Some(duration_seconds),
+            stop_reason: reason.clone(),
+            ..live.row()
+        };
+        self.history.record(row.clone());
+
+        let quick = elapsed < QUICK_EXIT;
+        let mut state = self.autopoll_state();
+        let mut backoff_started = None;
+        if quick && reason.is_some() {
+            // Looper stopped it: says nothing about codex's health.
+        } else if quick && return_code != 0 {
+            state.crashes += 1;
+            if state.crashes >= CRASH_LOOP_THRESHOLD {
+                let base = self.cfg.idle_poll.max(MIN_BACKOFF);
+                let doublings = (state.crashes - CRASH_LOOP_THRESHOLD).min(16);
+                let backoff = base.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+                let until = Instant::now() + backoff;
+                state.backoff_until = Some(until);
+                state.backoff_until_text = Some(crate::autopoll::at(until));
+                log::warn!(
+                    "codex.exec.autopoll.backoff crashes={} backoff_s={:.1}",
+                    state.crashes,
+                    backoff.as_secs_f64()
+                );
+                if !state.announced {
+                    state.announced = true;
+                    backoff_started = Some(backoff);
+                }
+            }
+        } else if state.crashes > 0 || state.backoff_until.is_some() {
+            log::info!(
+                "codex.exec.autopoll.backoff_reset after_crashes={}",
+                state.crashes
+            );
+            *state = AutopollState {
+                next_tick_at: state.next_tick_at.take(),
+                ..AutopollState::default()
+            };
+        }
+        Some(Finished {
+            row,
+            backoff_started,
+        })
     }
 
     /// Waits up to `limit` (or until shutdown) for `run_id` to exit; its exit when it did.
@@ -205,7 +327,6 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn app() -> App {
         let env: HashMap<String, String> =
@@ -231,6 +352,45 @@ mod tests {
         assert!(a.try_guard().is_none());
         drop(g);
         assert!(a.try_guard().is_some());
+    }
+
+    #[test]
+    fn quick_crashes_back_off_and_a_healthy_run_resets() {
+        let a = app();
+        let live = |id: &str| LiveRun {
+            run_id: id.into(),
+            request_id: id.into(),
+            trigger: "autopoll",
+            pid: 1,
+            workspace: "/w".into(),
+            log_path: "/nonexistent/l".into(),
+            started_at: String::new(),
+            started: Instant::now(),
+            prompt: String::new(),
+        };
+        let mut announced = 0;
+        for i in 0..5 {
+            let id = format!("c{i}");
+            a.runs().live.push(live(&id));
+            if a.finish_run(&id, 1).unwrap().backoff_started.is_some() {
+                announced += 1;
+            }
+        }
+        let state = a.autopoll_state().clone();
+        assert_eq!(state.crashes, 5);
+        let until = state.backoff_until.expect("backing off");
+        // base max(300 s, 10 s), doubled twice.
+        assert!(until > Instant::now() + Duration::from_secs(1100));
+        assert_eq!(announced, 1, "announced once");
+        // A run Looper stopped itself is no crash; a clean exit resets.
+        a.runs().live.push(live("s"));
+        a.runs().stopping.insert("s".into(), "replaced".into());
+        a.finish_run("s", -15);
+        assert_eq!(a.autopoll_state().crashes, 5);
+        a.runs().live.push(live("ok"));
+        a.finish_run("ok", 0);
+        assert_eq!(a.autopoll_state().crashes, 0);
+        assert!(a.autopoll_state().backoff_until.is_none());
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::app::App;
+use crate::app::{App, LiveRun};
 use crate::logging::Q;
 use crate::run::{self, RunRequest, Trigger};
 
@@ -35,12 +35,20 @@ fn any_live_run(app: &App) -> bool {
     !app.runs().live.is_empty() || !run::find_runs(app, None, None).is_empty()
 }
 
-/// One tick; `first` ignores the staleness window.
+/// One autopoll tick; `first` ignores the staleness window.
 fn tick(app: &Arc<App>, first: bool) {
     let Some(_guard) = app.try_guard() else {
         log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
         return;
     };
+    if app
+        .autopoll_state()
+        .backoff_until
+        .is_some_and(|until| Instant::now() < until)
+    {
+        log::debug!("codex.exec.autopoll.skip reason=backoff");
+        return;
+    }
     if any_live_run(app) {
         log::debug!("codex.exec.autopoll.skip reason=live_run");
         return;
@@ -56,9 +64,13 @@ fn tick(app: &Arc<App>, first: bool) {
             }
         }
     }
+    start_run(app, RunRequest::default(), "idle");
+}
+
+/// Starts a run through the common pipeline (no announcement); the caller holds the guard.
+fn start_run(app: &Arc<App>, req: RunRequest, why: &str) {
     let request_id = format!("auto{}", app.new_id());
-    log::info!("codex.exec.autopoll.start request_id={request_id} first_tick={first}");
-    let req = RunRequest::default();
+    log::info!("codex.exec.autopoll.start request_id={request_id} reason={why}");
     match run::execute(app, &req, &request_id, Trigger::Autopoll) {
         Ok(v) => log::info!(
             "codex.exec.autopoll.started request_id={request_id} pid={}",
@@ -72,25 +84,105 @@ fn tick(app: &Arc<App>, first: bool) {
     }
 }
 
-/// Starts the autopoll thread when it is enabled.
+/// How long the active run's log has been silent, if it is silent for longer than
+/// `LOOPER_HUNG_RUN_SECONDS` (counting from its start when it never wrote).
+fn hung_run(app: &App) -> Option<(LiveRun, Duration)> {
+    let limit = app.cfg.hung_run;
+    let live = app.runs().active()?.clone();
+    let since_start = live.started.elapsed();
+    let silent = std::fs::metadata(&live.log_path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or(since_start)
+        .min(since_start);
+    (silent >= limit).then_some((live, silent))
+}
+
+/// Replaces a hung run with a fresh one of the same workspace and prompt.
+fn check_hung(app: &Arc<App>) {
+    if hung_run(app).is_none() {
+        return;
+    }
+    let Some(_guard) = app.try_guard() else {
+        return;
+    };
+    // Looked at again under the guard: a /run may have replaced it meanwhile.
+    let Some((live, silent)) = hung_run(app) else {
+        return;
+    };
+    log::warn!(
+        "codex.exec.autopoll.hung run_id={} pid={} silent_s={:.1}",
+        live.run_id,
+        live.pid,
+        silent.as_secs_f64()
+    );
+    app.runs()
+        .stopping
+        .insert(live.run_id.clone(), "hung".to_string());
+    let req = RunRequest {
+        prompt: Some(live.prompt.clone()),
+        workspace: Some(live.workspace.to_string_lossy().into_owned()),
+        ..RunRequest::default()
+    };
+    start_run(app, req, "hung");
+}
+
+/// How often hung runs are looked for: a quarter of the limit, within bounds.
+fn hung_check_interval(limit: Duration) -> Duration {
+    (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
+}
+
+/// Starts the thread when autopoll or hung-run detection is on. It waits on the shutdown
+/// signal between ticks, so that a shutdown ends it at once.
 pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
-    if !app.cfg.autopoll {
+    let autopoll = app.cfg.autopoll;
+    let hung = !app.cfg.hung_run.is_zero();
+    if !autopoll {
         log::info!("codex.exec.autopoll.disabled");
+    }
+    if !autopoll && !hung {
         return None;
     }
     let app = Arc::clone(app);
     let spawned = std::thread::Builder::new()
         .name("autopoll".into())
         .spawn(move || {
-            log::info!(
-                "codex.exec.autopoll.enabled interval_s={} stale_s={}",
-                app.cfg.idle_poll.as_secs_f64(),
-                app.cfg.idle_stale.as_secs_f64()
-            );
+            let cfg = &app.cfg;
+            if autopoll {
+                log::info!(
+                    "codex.exec.autopoll.enabled interval_s={} stale_s={} hung_s={}",
+                    cfg.idle_poll.as_secs_f64(),
+                    cfg.idle_stale.as_secs_f64(),
+                    cfg.hung_run.as_secs_f64()
+                );
+            }
             let mut first = true;
-            while !app.shutdown.wait(app.cfg.idle_poll) {
-                tick(&app, first);
-                first = false;
+            let mut next_tick = Instant::now() + cfg.idle_poll;
+            loop {
+                if autopoll {
+                    app.autopoll_state().next_tick_at = Some(at(next_tick));
+                }
+                let now = Instant::now();
+                let mut wake = if autopoll {
+                    next_tick
+                } else {
+                    now + Duration::from_secs(3600)
+                };
+                if hung {
+                    wake = wake.min(now + hung_check_interval(cfg.hung_run));
+                }
+                if app.shutdown.wait(wake.saturating_duration_since(now)) {
+                    break;
+                }
+                if hung {
+                    check_hung(&app);
+                }
+                if autopoll && Instant::now() >= next_tick {
+                    tick(&app, first);
+                    first = false;
+                    next_tick = Instant::now() + cfg.idle_poll;
+                }
             }
             log::info!("codex.exec.autopoll.stopped");
         });
@@ -101,4 +193,10 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
             None
         }
     }
+}
+
+/// The wall-clock time of a future instant, for `/status`.
+pub fn at(when: Instant) -> String {
+    let ahead = when.saturating_duration_since(Instant::now());
+    (chrono::Local::now() + chrono::Duration::from_std(ahead).unwrap_or_default()).to_rfc3339()
 }

@@ -98,33 +98,104 @@ fn handle(app: &Arc<App>, rq: Request) {
         "http.start request_id={request_id} method={method} path={}",
         Q(&path)
     );
-    let known = ["/health", "/run"];
-    let outcome: Result<(), ApiError> = match (path.as_str(), &method) {
-        ("/run", Method::Post) => {
-            if !authorized(app, &rq) {
-                Err(ApiError::new(401, "unauthorized"))
-            } else {
-                spawn_run(app, rq, request_id, started);
-                return;
-            }
+    let known = ["/health", "/run", "/status", "/runs"];
+    let outcome: Result<Value, ApiError> = match (path.as_str(), &method) {
+        (p, _) if known.contains(&p) && p != "/health" && !authorized(app, &rq) => {
+            Err(ApiError::new(401, "unauthorized"))
         }
+        ("/run", Method::Post) => {
+            spawn_run(app, rq, request_id, started);
+            return;
+        }
+        ("/status", Method::Get) => Ok(status(app)),
+        ("/runs", Method::Get) => runs(app, rq.url()),
         (p, _) if known.contains(&p) => Err(ApiError::new(
             405,
             format!("method {method} is not allowed on {p}"),
         )),
         _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
     };
-    if let Err(e) = outcome {
-        finish(
-            rq,
-            &request_id,
-            &method,
-            &path,
-            started,
-            &e.body(),
-            e.status,
-        );
+    let (status, body) = match outcome {
+        Ok(body) => (200, body),
+        Err(e) => (e.status, e.body()),
+    };
+    finish(rq, &request_id, &method, &path, started, &body, status);
+}
+
+/// `GET /status`: what runs, what ended last, what autopoll will do.
+fn status(app: &App) -> Value {
+    let (active, last_exit) = {
+        let runs = app.runs();
+        (runs.active().cloned(), runs.exits.back().cloned())
+    };
+    let active = active.map(|r| {
+        let last_output_at = std::fs::metadata(&r.log_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339());
+        json!({
+            "run_id": r.run_id,
+            "request_id": r.request_id,
+            "pid": r.pid,
+            "workspace": r.workspace,
+            "log_path": r.log_path,
+            "started_at": r.started_at,
+            "last_output_at": last_output_at,
+        })
+    });
+    let last_exit = last_exit.or_else(|| {
+        // After a restart: the newest finished run in the history.
+        app.history
+            .newest(crate::history::MAX_ROWS)
+            .into_iter()
+            .find_map(|row| {
+                Some(crate::app::Exit {
+                    return_code: row.return_code?,
+                    ended_at: row.ended_at?,
+                    duration_seconds: row.duration_seconds.unwrap_or(0.0),
+                    run_id: row.run_id,
+                })
+            })
+    });
+    let poll = app.autopoll_state().clone();
+    let backoff_until = poll
+        .backoff_until
+        .filter(|until| *until > std::time::Instant::now())
+        .and(poll.backoff_until_text);
+    json!({
+        "ok": true,
+        "run_in_progress": app.guard_held(),
+        "active": active,
+        "last_exit": last_exit,
+        "autopoll": {
+            "enabled": app.cfg.autopoll,
+            "interval_seconds": app.cfg.idle_poll.as_secs_f64(),
+            "stale_seconds": app.cfg.idle_stale.as_secs_f64(),
+            "next_tick_at": if app.cfg.autopoll { poll.next_tick_at } else { None },
+            "backoff_until": backoff_until,
+            "consecutive_crashes": poll.crashes,
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `GET /runs?limit=N`: the newest runs first.
+fn runs(app: &App, url: &str) -> Result<Value, ApiError> {
+    let mut limit = 50;
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&') {
+            if let Some(v) = pair.strip_prefix("limit=") {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=crate::history::MAX_ROWS).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("limit must be a whole number from 1 to 1000")
+                    })?;
+            }
+        }
     }
+    Ok(json!({"ok": true, "runs": app.history.newest(limit)}))
 }
 
 fn finish(

@@ -12,7 +12,8 @@
 //! - [`codex`]: binary resolution and the exact command line.
 //! - [`procs`]: `/proc` scanning, process trees, stopping; all `unsafe` lives here.
 //! - [`output`]: run logs and the per-child copy loop.
-//! - [`autopoll`]: the idle poller.
+//! - [`autopoll`]: the idle poller, hung runs and crash-loop back-off.
+//! - [`history`]: `runs.jsonl`, the run history behind `/runs`.
 //! - [`zulip`]: credentials, recipients, sending.
 //! - [`logging`]: the server log's line format and sink.
 
@@ -21,6 +22,7 @@ pub mod autopoll;
 pub mod cli;
 pub mod codex;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod logging;
 pub mod output;

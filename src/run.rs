@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::app::{App, Exit, LiveRun};
+use crate::app::{App, Finished, LiveRun};
 use crate::codex;
 use crate::config::MAX_SECONDS;
 use crate::logging::Q;
@@ -203,10 +203,12 @@ pub fn default_prompt(app: &App) -> Result<String, ApiError> {
 /// active, that run is known to have ended. (An id we never saw, with nothing active, is
 /// let through: it may be a run of an earlier Looper on this address.)
 pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
-    let runs = app.runs();
-    let stale = match runs.active() {
+    let stale = match app.runs().active() {
         Some(active) => active.run_id != from_run_id,
-        None => runs.exit_of(from_run_id).is_some(),
+        None => app
+            .history
+            .get(from_run_id)
+            .is_some_and(|row| row.return_code.is_some()),
     };
     stale.then(|| ApiError::new(409, format!("stale: run {from_run_id} is no longer active")))
 }
@@ -303,9 +305,25 @@ pub fn stop_runs(
     binary: Option<&Path>,
     only_run_ids: Option<&HashSet<String>>,
     request_id: &str,
+    reason: &str,
 ) -> procs::StopReport {
     let targets = find_runs(app, binary, only_run_ids);
     let pids: Vec<i32> = targets.iter().map(|p| p.pid).collect();
+    {
+        // Our runs among the targets die on purpose: not crashes, and their history says why.
+        let mut runs = app.runs();
+        let ours: Vec<String> = runs
+            .live
+            .iter()
+            .filter(|r| pids.contains(&(r.pid as i32)))
+            .map(|r| r.run_id.clone())
+            .collect();
+        for id in ours {
+            runs.stopping
+                .entry(id)
+                .or_insert_with(|| reason.to_string());
+        }
+    }
     log::info!(
         "process.kill.start request_id={request_id} count={} pids={}",
         targets.len(),
@@ -367,13 +385,14 @@ pub fn execute(
         plan.binary.as_ref().map(|b| b.0.as_path()),
         None,
         request_id,
+        "replaced",
     );
 
     let spawned = if plan.prompt.is_empty() {
         log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
         None
     } else {
-        Some(launch(app, req, &plan, request_id)?)
+        Some(launch(app, req, &plan, request_id, trigger)?)
     };
 
     let result = spawned.as_ref().map(|s| {
@@ -445,6 +464,7 @@ fn launch(
     req: &RunRequest,
     plan: &Plan,
     request_id: &str,
+    trigger: Trigger,
 ) -> Result<Spawned, ApiError> {
     // The workspace may have gone while we announced and stopped.
     check_workspace(plan)?;
@@ -467,7 +487,7 @@ fn launch(
     let now = chrono::Local::now();
     let log_path = app.cfg.log_dir.join(output::log_file_name(now, request_id));
     let header = output::header(request_id, &plan.workspace, &command);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
@@ -488,9 +508,18 @@ fn launch(
         Q(&binary.to_string_lossy()),
         source.as_str()
     );
-    let live = spawn(
-        app, &binary, &args, plan, &run_id, request_id, &log_path, &mut file,
-    )?;
+    let launch = Launch {
+        binary: &binary,
+        args: &args,
+        plan,
+        run_id: &run_id,
+        request_id,
+        trigger,
+        log_path: &log_path,
+        output_start: header.len() as u64,
+    };
+    let live = spawn(app, &launch, &file)?;
+    drop(file);
     let pid = live.pid;
 
     let check = req.startup_check.unwrap_or(app.cfg.startup_check);
@@ -528,34 +557,37 @@ fn launch(
     })
 }
 
+/// Everything one spawn needs.
+struct Launch<'a> {
+    binary: &'a Path,
+    args: &'a [std::ffi::OsString],
+    plan: &'a Plan,
+    run_id: &'a str,
+    request_id: &'a str,
+    trigger: Trigger,
+    log_path: &'a Path,
+    /// Where the output starts in the log (after the header).
+    output_start: u64,
+}
+
 /// Spawns the child in its own session with its output on one pipe, registers it as live,
 /// and hands child, pipe and log file to a copy thread that writes the trailer at exit.
-#[allow(clippy::too_many_arguments)]
-fn spawn(
-    app: &Arc<App>,
-    binary: &Path,
-    args: &[std::ffi::OsString],
-    plan: &Plan,
-    run_id: &str,
-    request_id: &str,
-    log_path: &Path,
-    file: &mut File,
-) -> Result<LiveRun, ApiError> {
+fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
     let fail = |what: &str, e: std::io::Error| {
         ApiError::new(
             500,
-            format!("could not start {}: {what}: {e}", binary.display()),
+            format!("could not start {}: {what}: {e}", l.binary.display()),
         )
     };
     let (mut reader, writer) = std::io::pipe().map_err(|e| fail("pipe", e))?;
     let writer2 = writer.try_clone().map_err(|e| fail("pipe", e))?;
-    let mut cmd = Command::new(binary);
-    cmd.args(args)
-        .current_dir(&plan.workspace)
+    let mut cmd = Command::new(l.binary);
+    cmd.args(l.args)
+        .current_dir(&l.plan.workspace)
         .stdin(Stdio::null())
         .stdout(writer)
         .stderr(writer2)
-        .env("LOOPER_RUN_ID", run_id)
+        .env("LOOPER_RUN_ID", l.run_id)
         .env("LOOPER_URL", &app.url);
     // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
     // which is async-signal-safe; it touches no memory of the parent.
@@ -569,6 +601,8 @@ fn spawn(
     }
     let mut file = file.try_clone().map_err(|e| fail("log file", e))?;
 
+    // Spawn and register under one lock, so that a shutdown either sees this run or
+    // prevents it.
     let mut runs = app.runs();
     if app.shutdown.is_set() {
         return Err(ApiError::new(503, "Looper is shutting down"));
@@ -579,30 +613,37 @@ fn spawn(
     drop(cmd);
     let pid = child.id();
     let live = LiveRun {
-        run_id: run_id.to_string(),
-        request_id: request_id.to_string(),
+        run_id: l.run_id.to_string(),
+        request_id: l.request_id.to_string(),
+        trigger: l.trigger.as_str(),
         pid,
-        workspace: plan.workspace.clone(),
-        log_path: log_path.to_path_buf(),
+        workspace: l.plan.workspace.clone(),
+        log_path: l.log_path.to_path_buf(),
         started_at: chrono::Local::now().to_rfc3339(),
+        started: Instant::now(),
+        prompt: l.plan.prompt.clone(),
     };
-    if let Some(name) = binary.file_name().and_then(|n| n.to_str()) {
+    if let Some(name) = l.binary.file_name().and_then(|n| n.to_str()) {
         runs.binaries.insert(name.to_string());
     }
     runs.live.push(live.clone());
     drop(runs);
+    app.history.record(live.row());
     log::info!(
-        "codex.exec.spawn request_id={request_id} run_id={run_id} pid={pid} log_path={}",
-        Q(&log_path.to_string_lossy())
+        "codex.exec.spawn request_id={} run_id={} pid={pid} log_path={}",
+        l.request_id,
+        l.run_id,
+        Q(&l.log_path.to_string_lossy())
     );
 
-    let started = Instant::now();
     let thread_app = Arc::clone(app);
-    let rid = run_id.to_string();
-    let req_id = request_id.to_string();
+    let rid = l.run_id.to_string();
+    let req_id = l.request_id.to_string();
+    let log_path = l.log_path.to_path_buf();
+    let output_start = l.output_start;
     let mirror = app.cfg.mirror_output;
     let copier = std::thread::Builder::new()
-        .name(format!("copy-{run_id}"))
+        .name(format!("copy-{}", l.run_id))
         .spawn(move || {
             let bytes = output::copy(&mut reader, &mut file, mirror, &req_id);
             let return_code = match child.wait() {
@@ -612,32 +653,73 @@ fn spawn(
                 Err(_) => -1,
             };
             if let Err(e) = file.write_all(output::trailer(return_code).as_bytes()) {
-                log::error!("codex.exec.output.write_failed request_id={req_id} error={}", Q(&e.to_string()));
+                log::error!(
+                    "codex.exec.output.write_failed request_id={req_id} error={}",
+                    Q(&e.to_string())
+                );
             }
-            let duration = started.elapsed().as_secs_f64();
+            drop(file);
             log::info!(
-                "codex.exec.exit request_id={req_id} run_id={rid} pid={pid} return_code={return_code} bytes={bytes} duration_s={duration:.3}"
+                "codex.exec.exit request_id={req_id} run_id={rid} pid={pid} return_code={return_code} bytes={bytes}"
             );
-            thread_app.finish_run(Exit {
-                run_id: rid,
-                return_code,
-                ended_at: chrono::Local::now().to_rfc3339(),
-                duration_seconds: (duration * 1000.0).round() / 1000.0,
-            });
+            if let Some(done) = thread_app.finish_run(&rid, return_code) {
+                announce_exit(&thread_app, &done, &log_path, output_start);
+            }
         });
     if let Err(e) = copier {
         // No thread to reap it: stop it ourselves rather than leave an orphan.
         // SAFETY: kill(2) on the pid of the child we just spawned and still own.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        app.finish_run(Exit {
-            run_id: run_id.to_string(),
-            return_code: -libc::SIGKILL,
-            ended_at: chrono::Local::now().to_rfc3339(),
-            duration_seconds: 0.0,
-        });
+        app.finish_run(l.run_id, -libc::SIGKILL);
         return Err(fail("copy thread", e));
     }
     Ok(live)
+}
+
+/// After a run ended: announce a new crash-loop back-off once, and with
+/// `LOOPER_NOTIFY_ON_EXIT` the end of every run. Failures are logged, nothing more.
+fn announce_exit(app: &App, done: &Finished, log_path: &Path, output_start: u64) {
+    let last_line = || {
+        output::tail(log_path, output_start, 3)
+            .lines()
+            .rfind(|l| !l.starts_with("# codex_exec_return_code=") && !l.trim().is_empty())
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>()
+    };
+    let mut messages = Vec::new();
+    if let Some(backoff) = done.backoff_started {
+        messages.push(format!(
+            "Looper: codex keeps failing right after start (last rc={}); autopoll backs off for {:.0} s and longer while it goes on. Last output: {}",
+            done.row.return_code.unwrap_or(0),
+            backoff.as_secs_f64(),
+            last_line()
+        ));
+    }
+    if app.cfg.notify_on_exit {
+        messages.push(format!(
+            "Looper: run {} ended with rc={} after {:.1} s. Last line: {}",
+            done.row.run_id,
+            done.row.return_code.unwrap_or(0),
+            done.row.duration_seconds.unwrap_or(0.0),
+            last_line()
+        ));
+    }
+    for m in messages {
+        match app.cfg.zulip.send(&m) {
+            Ok(out) => log::info!(
+                "zulip.send.ok run_id={} via=api output={}",
+                done.row.run_id,
+                Q(&out)
+            ),
+            Err(e) => log::error!(
+                "zulip.send.fail run_id={} via=api error={}",
+                done.row.run_id,
+                Q(&e.0)
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ fn shutdown(app: &App) {
     let ids: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
-        crate::run::stop_runs(app, None, Some(&ids), "shutdown");
+        crate::run::stop_runs(app, None, Some(&ids), "shutdown", "shutdown");
     }
     if !app.wait_all_exited(TRAILER_WAIT) {
         log::warn!("server.stop.trailers_pending");
