@@ -232,6 +232,14 @@ impl Looper {
         self.request(minreq::get(self.url(path)))
     }
 
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut rq = minreq::get(self.url(path));
+        for (k, v) in headers {
+            rq = rq.with_header(*k, *v);
+        }
+        self.request(rq)
+    }
+
     pub fn post(&self, path: &str, body: &str) -> Answer {
         self.post_with(path, body, &[])
     }

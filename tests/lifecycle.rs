@@ -1,0 +1,308 @@
+//! Black-box tests of the run lifecycle: autopoll, history across restarts, `/status`,
+//! hung runs, crash-loop back-off and exit notices. Intervals are fractions of a second.
+
+mod common;
+
+use common::{alive, wait_for, FakeZulip, Fixture};
+use serde_json::{json, Value};
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+fn zulip_env(z: &FakeZulip) -> Vec<(&'static str, String)> {
+    vec![
+        ("ZULIP_SITE", z.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
+        ("ZULIP_BOT_API_KEY", "key-xyz".into()),
+    ]
+}
+
+fn runs(looper: &common::Looper) -> Vec<Value> {
+    let a = looper.get("/runs");
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body["runs"].as_array().unwrap().clone()
+}
+
+/// The first tick starts a run with an `auto` id and no announcement; while it lives, later
+/// ticks start nothing.
+#[test]
+fn autopoll_starts_one_run_when_idle() {
+    let fx = Fixture::new("autopoll");
+    let z = FakeZulip::start();
+    let mut env: Vec<(&str, String)> = zulip_env(&z);
+    env.extend([
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1".to_string()),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
+        ("LOOPER_LOG_LEVEL", "DEBUG".into()),
+        ("FAKE_CODEX", "record;sleep:600".into()),
+    ]);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let looper = fx.start(&pairs);
+    let rec = wait_for("an autopoll run", || looper.records().into_iter().next());
+    wait_for("three ticks that saw the live run", || {
+        (count(
+            &looper.server_log(),
+            "codex.exec.autopoll.skip reason=live_run",
+        ) >= 3)
+            .then_some(())
+    });
+    assert_eq!(looper.records().len(), 1);
+    assert!(alive(rec["pid"].as_u64().unwrap()));
+    let rows = runs(&looper);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["trigger"], json!("autopoll"));
+    assert!(rows[0]["request_id"].as_str().unwrap().starts_with("auto"));
+    assert_eq!(rows[0]["return_code"], json!(null));
+    assert!(z.messages().is_empty(), "autopoll must not announce");
+    // The default workspace and the built-in prompt about TODO.md.
+    assert_eq!(rec["cwd"], json!(fx.path("ws")));
+    let prompt = rec["argv"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert!(prompt.contains("TODO.md"), "{prompt}");
+    let status = looper.get("/status").body;
+    assert_eq!(status["active"]["pid"], rec["pid"]);
+    assert_eq!(status["autopoll"]["enabled"], json!(true));
+    assert_eq!(status["autopoll"]["interval_seconds"], json!(0.2));
+    assert!(status["autopoll"]["next_tick_at"].is_string(), "{status}");
+}
+
+/// After a run ends, the next one waits until the newest run log is older than the window.
+#[test]
+fn autopoll_restarts_after_the_staleness_window() {
+    let fx = Fixture::new("stale-window");
+    let looper = fx.start(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.1"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "1"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", "record;print:short run;sleep:0.2;exit:0"),
+    ]);
+    let first_log = wait_for("the first run to finish", || {
+        let rows = runs(&looper);
+        let row = rows.last()?;
+        row["return_code"].as_i64()?;
+        Some(row["log_path"].as_str()?.to_string())
+    });
+    let second = wait_for("a second run", || {
+        (looper.records().len() >= 2).then(|| looper.records()[1].clone())
+    });
+    let log_mtime = std::fs::metadata(&first_log).unwrap().modified().unwrap();
+    let rec_path = fx.path(&format!("rec/{}.json", second["pid"]));
+    let started = std::fs::metadata(rec_path).unwrap().modified().unwrap();
+    let gap = started.duration_since(log_mtime).unwrap();
+    assert!(
+        gap.as_secs_f64() >= 0.9,
+        "restarted {gap:?} after the last output"
+    );
+    assert!(looper.server_log().contains("reason=recent_log"));
+}
+
+/// Autopoll never starts a run while `/run` holds the guard.
+#[test]
+fn autopoll_waits_while_run_holds_the_guard() {
+    let fx = Fixture::new("guard");
+    let looper = fx.start(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.1"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]);
+    let a = looper.run(json!({"codex_prompt": "mine", "codex_exec_delay_seconds": 1.5}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let log = looper.server_log();
+    let rid = a.body["request_id"].as_str().unwrap();
+    let delay_at = log
+        .find(&format!("run.step request_id={rid} action=delay"))
+        .expect("delay line");
+    let done_at = log
+        .find(&format!("run.success request_id={rid}"))
+        .expect("success line");
+    let during = &log[delay_at..done_at];
+    assert!(
+        during.contains("codex.exec.autopoll.skip reason=run_in_progress"),
+        "{during}"
+    );
+    assert!(!during.contains("codex.exec.autopoll.start"), "{during}");
+}
+
+/// History survives a restart; shutdown completes the rows of the runs it stops.
+#[test]
+fn history_survives_a_restart() {
+    let fx = Fixture::new("history");
+    let mut looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let a = looper.run(json!({"codex_prompt": "remember me"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let run_id = a.body["run_id"].clone();
+    looper.signal(libc::SIGTERM);
+    assert_eq!(looper.wait_exit(), Some(0));
+    drop(looper);
+    let looper = fx.start(&[]);
+    let rows = runs(&looper);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["run_id"], run_id);
+    assert_eq!(row["trigger"], json!("http"));
+    assert_eq!(row["return_code"], json!(-15));
+    assert_eq!(row["stop_reason"], json!("shutdown"));
+    assert!(row["ended_at"].is_string() && row["duration_seconds"].is_number());
+    let status = looper.get("/status").body;
+    assert_eq!(status["last_exit"]["run_id"], run_id);
+    assert_eq!(status["active"], json!(null));
+    // An old run calling late after the restart is stale too.
+    let late = looper.run(json!({"codex_prompt": "", "from_run_id": run_id}));
+    assert_eq!(late.status, 409, "{}", late.body);
+}
+
+/// A torn last line (a crash mid-write) is skipped with a warning, never fatal.
+#[test]
+fn a_torn_history_line_is_skipped() {
+    let fx = Fixture::new("torn");
+    let good = json!({"run_id":"aaaa1111","request_id":"aaaa1111","trigger":"http","pid":1,
+        "workspace":"/w","log_path":"/l","started_at":"2026-01-01T00:00:00+00:00",
+        "ended_at":"2026-01-01T00:00:01+00:00","return_code":0,"duration_seconds":1.0});
+    std::fs::write(
+        fx.path("logs/runs.jsonl"),
+        format!("{good}\n{{\"run_id\":\"bbbb2222\",\"requ"),
+    )
+    .unwrap();
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    assert!(looper
+        .server_log()
+        .contains("history.skipped_lines count=1"));
+    assert_eq!(runs(&looper), vec![good.clone()]);
+    let a = looper.run(json!({"codex_prompt": "after the tear"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let rows = runs(&looper);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["run_id"], a.body["run_id"]);
+    assert_eq!(rows[1], good);
+    let limited = looper.get("/runs?limit=1").body;
+    assert_eq!(limited["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(looper.get("/runs?limit=zero").status, 400);
+}
+
+/// A run whose log stops growing is replaced by a fresh one with the same prompt.
+#[test]
+fn a_hung_run_is_replaced() {
+    let fx = Fixture::new("hung");
+    let looper = fx.start(&[
+        ("LOOPER_HUNG_RUN_SECONDS", "0.5"),
+        ("FAKE_CODEX", "record;print:then silence;sleep:600"),
+    ]);
+    let a = looper.run(json!({"codex_prompt": "same prompt"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let first = a.body["run_id"].clone();
+    let second = wait_for("the replacement run", || {
+        (looper.records().len() >= 2).then(|| looper.records()[1].clone())
+    });
+    assert_eq!(
+        second["argv"].as_array().unwrap().last(),
+        Some(&json!("same prompt"))
+    );
+    assert!(!alive(a.body["codex_exec_result"]["pid"].as_u64().unwrap()));
+    let rows = wait_for("the hung run's row", || {
+        let rows = runs(&looper);
+        let old = rows.iter().find(|r| r["run_id"] == first)?;
+        old["return_code"].as_i64().map(|_| rows.clone())
+    });
+    let old = rows.iter().find(|r| r["run_id"] == first).unwrap();
+    assert_eq!(old["stop_reason"], json!("hung"));
+    assert_eq!(old["return_code"], json!(-15));
+    assert!(rows.iter().any(|r| r["trigger"] == json!("autopoll")));
+    assert!(looper.server_log().contains("codex.exec.autopoll.hung"));
+}
+
+/// A codex that fails at once is started only a few times, then autopoll backs off, shows
+/// it in /status and announces it once.
+#[test]
+fn a_crash_loop_backs_off() {
+    let fx = Fixture::new("crashloop");
+    let z = FakeZulip::start();
+    let mut env = zulip_env(&z);
+    env.extend([
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1".to_string()),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
+        (
+            "FAKE_CODEX",
+            "record;print:cannot authenticate;exit:1".into(),
+        ),
+    ]);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let looper = fx.start(&pairs);
+    let status = wait_for("the back-off", || {
+        let s = looper.get("/status").body;
+        s["autopoll"]["backoff_until"].is_string().then_some(s)
+    });
+    assert!(status["autopoll"]["consecutive_crashes"].as_u64().unwrap() >= 3);
+    // Watch for five seconds: the back-off (at least 10 s) holds further starts.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let starts = looper.records().len();
+    assert!((3..=4).contains(&starts), "{starts} starts in about 5 s");
+    let notices: Vec<String> = z
+        .messages()
+        .iter()
+        .map(|m| m.form()["content"].clone())
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("keeps failing") && notices[0].contains("cannot authenticate"));
+    assert_eq!(runs(&looper)[0]["return_code"], json!(1));
+}
+
+/// With LOOPER_NOTIFY_ON_EXIT=1 each run's end is announced with its last line.
+#[test]
+fn run_ends_are_announced_when_asked() {
+    let fx = Fixture::new("notify");
+    let z = FakeZulip::start();
+    let mut env = zulip_env(&z);
+    env.extend([
+        ("LOOPER_NOTIFY_ON_EXIT", "1".to_string()),
+        (
+            "FAKE_CODEX",
+            "record;print:all done here;sleep:0.3;exit:0".into(),
+        ),
+    ]);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let looper = fx.start(&pairs);
+    let a = looper.run(json!({"zulip_message": "go", "codex_prompt": "p"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let notice = wait_for("the exit notice", || {
+        z.messages()
+            .iter()
+            .map(|m| m.form()["content"].clone())
+            .find(|c| c.contains("ended with rc=0"))
+    });
+    assert!(
+        notice.contains(a.body["run_id"].as_str().unwrap()),
+        "{notice}"
+    );
+    assert!(notice.contains("all done here"), "{notice}");
+}
+
+/// /status and /runs need the token when one is set; /health never does.
+#[test]
+fn status_and_runs_need_the_token() {
+    let fx = Fixture::new("status-auth");
+    let looper = fx.start(&[("LOOPER_API_TOKEN", "s3cret-token")]);
+    for path in ["/status", "/runs"] {
+        assert_eq!(looper.get(path).status, 401, "{path}");
+        let ok = looper.get_with(path, &[("Authorization", "Bearer s3cret-token")]);
+        assert_eq!(ok.status, 200, "{path}");
+    }
+    assert_eq!(looper.get("/health").status, 200);
+    let s = looper
+        .get_with("/status", &[("X-Looper-Token", "s3cret-token")])
+        .body;
+    assert_eq!(s["run_in_progress"], json!(false));
+    assert_eq!(s["active"], json!(null));
+    assert_eq!(s["last_exit"], json!(null));
+    assert_eq!(s["autopoll"]["enabled"], json!(false));
+    assert_eq!(s["autopoll"]["backoff_until"], json!(null));
+    assert_eq!(s["version"], json!(env!("CARGO_PKG_VERSION")));
+}
