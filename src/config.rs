@@ -48,6 +48,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "ZULIP_STREAM",
     "ZULIP_TOPIC",
     "ZULIP_TO",
+    "LOOPER_ZULIP_TIMEOUT_SECONDS",
 ];
 
 /// The validated configuration of one server.

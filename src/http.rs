@@ -3,10 +3,10 @@
 //! worker thread at once (reading its body included), so that a slow client or a slow run
 //! never holds the loop.
 
-use std::io::Read;
+use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response};
@@ -17,6 +17,8 @@ use crate::run::{self, ApiError, Trigger};
 
 /// Largest `/run` body we read (SPEC §2).
 pub const MAX_BODY: usize = 1024 * 1024;
+/// The longest a client may take to send a `/run` body.
+const BODY_DEADLINE: Duration = Duration::from_secs(15);
 /// `/run` requests allowed on worker threads at once; more get a 503.
 const MAX_INFLIGHT: usize = 64;
 
@@ -74,6 +76,8 @@ pub fn serve(app: &Arc<App>, server: &tiny_http::Server) {
         match server.recv() {
             Ok(rq) => handle(app, rq),
             Err(_) if app.shutdown.is_set() => return,
+            // The accept timeout inherited from the listening socket: nothing to report.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => log::warn!("http.accept_failed error={}", Q(&e.to_string())),
         }
     }
@@ -271,11 +275,33 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
     if rq.body_length().is_some_and(|n| n > MAX_BODY) {
         return Err(too_large());
     }
+    let deadline = Instant::now() + BODY_DEADLINE;
     let mut body = Vec::new();
-    rq.as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+    let mut chunk = [0u8; 16 * 1024];
+    let reader = rq.as_reader();
+    loop {
+        // Each read is bounded by the socket's timeout; the whole body by the deadline.
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(ApiError::new(408, "timed out reading the request body"))
+            }
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "could not read the body: {e}"
+                )))
+            }
+        };
+        body.extend_from_slice(&chunk[..n]);
+        if body.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        if Instant::now() > deadline {
+            return Err(ApiError::new(408, "timed out reading the request body"));
+        }
+    }
     if body.len() > MAX_BODY {
         return Err(too_large());
     }

@@ -394,6 +394,70 @@ pub fn stop(procs: &[ProcInfo], grace: Duration) -> StopReport {
     report
 }
 
+/// Sends `sig` to `pid`, a child this process spawned and has not reaped yet (so the pid
+/// cannot have been reused).
+pub fn signal_child(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our unreaped child.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Sends `sig` to the process group led by `pid`, a child we spawned with its own group.
+pub fn signal_child_group(pid: u32, sig: i32) {
+    // SAFETY: killpg(2) has no memory-safety preconditions; the group is our child's.
+    unsafe { libc::killpg(pid as i32, sig) };
+}
+
+/// Makes the spawned program lead a session of its own (so that a terminal's or Looper's
+/// signals to our group do not reach it), with default handling of the signals Looper
+/// itself ignores.
+pub fn detach_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2)
+    // and signal(2), which are async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+}
+
+/// Ignores SIGXFSZ, so that a full file-size limit makes writes fail with an error we log
+/// instead of killing the server.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
+/// Sets receive and send timeouts on a socket; connections accepted from a listening
+/// socket inherit them on Linux, which is how every client connection gets its timeouts.
+pub fn set_socket_timeouts(fd: i32, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: `tv` is a valid timeval for the duration of the call and its size is
+        // passed along; `fd` is a socket the caller owns.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The real user id of this process.
 pub fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail and has no preconditions.
@@ -552,6 +616,24 @@ mod tests {
         };
         let pids: Vec<i32> = select(&table, &sel).iter().map(|p| p.pid).collect();
         assert_eq!(pids, vec![20]);
+    }
+
+    #[test]
+    fn scanning_survives_processes_vanishing_mid_scan() {
+        // Short-lived children come and go while we scan: entries that vanish are skipped.
+        let churn = std::thread::spawn(|| {
+            for _ in 0..40 {
+                if let Ok(mut c) = std::process::Command::new("true").spawn() {
+                    let _ = c.wait();
+                }
+            }
+        });
+        let me = std::process::id() as i32;
+        for _ in 0..40 {
+            let table = scan(current_uid());
+            assert!(table.iter().any(|p| p.pid == me));
+        }
+        churn.join().unwrap();
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -487,10 +487,9 @@ fn launch(
     let now = chrono::Local::now();
     let log_path = app.cfg.log_dir.join(output::log_file_name(now, request_id));
     let header = output::header(request_id, &plan.workspace, &command);
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    // The log directory may have been removed while we ran: make it again.
+    let file = std::fs::create_dir_all(&app.cfg.log_dir)
+        .and_then(|_| OpenOptions::new().create(true).append(true).open(&log_path))
         .and_then(|mut f| {
             f.write_all(header.as_bytes())?;
             Ok(f)
@@ -521,6 +520,9 @@ fn launch(
     let live = spawn(app, &launch, &file)?;
     drop(file);
     let pid = live.pid;
+    if app.cfg.log_retention > 0 {
+        prune_logs(app);
+    }
 
     let check = req.startup_check.unwrap_or(app.cfg.startup_check);
     log::debug!(
@@ -557,6 +559,38 @@ fn launch(
     })
 }
 
+/// Keeps the `LOOPER_LOG_RETENTION` newest run logs, never removing a live run's log.
+fn prune_logs(app: &App) {
+    let live: HashSet<PathBuf> = app.runs().live.iter().map(|r| r.log_path.clone()).collect();
+    let Ok(dir) = std::fs::read_dir(&app.cfg.log_dir) else {
+        return;
+    };
+    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = dir
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("codex-exec-") && name.ends_with(".log")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    // Newest first: by time, then by name (which starts with the start time).
+    logs.sort_by(|a, b| b.cmp(a));
+    for (_, path) in logs.into_iter().skip(app.cfg.log_retention) {
+        if live.contains(&path) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::debug!("codex.exec.log.pruned path={}", Q(&path.to_string_lossy())),
+            Err(e) => log::warn!(
+                "codex.exec.log.prune_failed path={} error={}",
+                Q(&path.to_string_lossy()),
+                Q(&e.to_string())
+            ),
+        }
+    }
+}
+
 /// Everything one spawn needs.
 struct Launch<'a> {
     binary: &'a Path,
@@ -589,16 +623,7 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         .stderr(writer2)
         .env("LOOPER_RUN_ID", l.run_id)
         .env("LOOPER_URL", &app.url);
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-    // which is async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    procs::detach_on_spawn(&mut cmd);
     let mut file = file.try_clone().map_err(|e| fail("log file", e))?;
 
     // Spawn and register under one lock, so that a shutdown either sees this run or
@@ -668,8 +693,7 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         });
     if let Err(e) = copier {
         // No thread to reap it: stop it ourselves rather than leave an orphan.
-        // SAFETY: kill(2) on the pid of the child we just spawned and still own.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        procs::signal_child(pid, libc::SIGKILL);
         app.finish_run(l.run_id, -libc::SIGKILL);
         return Err(fail("copy thread", e));
     }
@@ -803,6 +827,24 @@ mod tests {
         }
         let err = parse_request(b"{\"zulip_message\":\"\xff\"}").unwrap_err();
         assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn random_bytes_give_a_request_or_a_400() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..3000usize {
+            let body: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            if let Err(e) = parse_request(&body) {
+                assert_eq!(e.status, 400);
+            }
+        }
     }
 
     #[test]

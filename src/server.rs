@@ -13,7 +13,10 @@ use signal_hook::iterator::Signals;
 use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, Q};
+use crate::procs;
 
+/// How long a client connection may stall on one read or write.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the copy threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
 
@@ -78,6 +81,20 @@ fn callback_host(host: &str) -> String {
     }
 }
 
+/// Binds the listening socket with [`CLIENT_TIMEOUT`] on reads and writes, which every
+/// accepted connection inherits: a client that stalls cannot hold a thread for long.
+fn listen(addr: &str) -> Result<tiny_http::Server, StartError> {
+    use std::os::fd::AsRawFd;
+    let cannot = |e: &dyn fmt::Display| {
+        StartError::Io(format!(
+            "cannot listen on {addr} (LOOPER_HOST/LOOPER_PORT): {e}"
+        ))
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| cannot(&e))?;
+    procs::set_socket_timeouts(listener.as_raw_fd(), CLIENT_TIMEOUT).map_err(|e| cannot(&e))?;
+    tiny_http::Server::from_listener(listener, None).map_err(|e| cannot(&e))
+}
+
 /// Runs the server until SIGTERM/SIGINT; returns the process exit code.
 pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     let cwd = std::env::current_dir()
@@ -90,12 +107,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             cfg.server_log_path.display()
         ))
     })?;
-    let server = tiny_http::Server::http(socket_text(&cfg.host, cfg.port)).map_err(|e| {
-        StartError::Io(format!(
-            "cannot listen on {} (LOOPER_HOST/LOOPER_PORT): {e}",
-            socket_text(&cfg.host, cfg.port)
-        ))
-    })?;
+    let server = listen(&socket_text(&cfg.host, cfg.port))?;
+    procs::ignore_file_size_signal();
     let port = server
         .server_addr()
         .to_ip()

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::logging::Q;
 
-/// How long one Zulip request may take (SPEC §6).
+/// How long one Zulip request may take by default (SPEC §6).
 pub const ZULIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `Retry-After` we are willing to honour before the one retry of a 429.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -87,6 +87,8 @@ pub struct Zulip {
     pub target: Target,
     /// Warnings found while loading (shown at start; `looper zulip check` prints them too).
     pub warnings: Vec<String>,
+    /// Whole seconds one request may take (`LOOPER_ZULIP_TIMEOUT_SECONDS`).
+    pub timeout_secs: u64,
 }
 
 /// A failed announcement; the message is safe to show (no secrets).
@@ -263,10 +265,17 @@ impl Zulip {
                     .to_string(),
             );
         }
+        let timeout_secs = match get(env, "LOOPER_ZULIP_TIMEOUT_SECONDS") {
+            None => ZULIP_TIMEOUT.as_secs(),
+            Some(raw) => raw.parse::<u64>().ok().filter(|s| (1..=300).contains(s)).ok_or_else(
+                || format!("LOOPER_ZULIP_TIMEOUT_SECONDS: expected whole seconds from 1 to 300, got {raw:?}"),
+            )?,
+        };
         Ok(Zulip {
             credentials,
             target,
             warnings,
+            timeout_secs,
         })
     }
 
@@ -296,7 +305,9 @@ impl Zulip {
                 let to_json = match Recipient::parse(to) {
                     Recipient::Email(e) => serde_json::json!([e]),
                     Recipient::Id(id) => serde_json::json!([id]),
-                    Recipient::Name(name) => serde_json::json!([lookup_user(creds, &name)?]),
+                    Recipient::Name(name) => {
+                        serde_json::json!([lookup_user(creds, &name, self.timeout_secs)?])
+                    }
                 };
                 form.push(("type", "private".into()));
                 form.push(("to", to_json.to_string()));
@@ -316,7 +327,7 @@ impl Zulip {
                 .with_header("Content-Type", "application/x-www-form-urlencoded")
                 .with_header("User-Agent", concat!("looper/", env!("CARGO_PKG_VERSION")))
                 .with_body(body.clone())
-                .with_timeout(ZULIP_TIMEOUT.as_secs())
+                .with_timeout(self.timeout_secs)
                 .send()
                 .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
             if response.status_code == 429 && attempt == 1 {
@@ -391,11 +402,11 @@ fn parse_zulip_answer(response: &minreq::Response) -> Result<serde_json::Value, 
 }
 
 /// Resolves a full name, email or id to a user id through `GET /api/v1/users`.
-fn lookup_user(creds: &Credentials, name: &str) -> Result<u64, ZulipError> {
+fn lookup_user(creds: &Credentials, name: &str, timeout_secs: u64) -> Result<u64, ZulipError> {
     let url = format!("{}/api/v1/users", creds.site);
     let response = minreq::get(url.as_str())
         .with_header("Authorization", basic_auth(creds))
-        .with_timeout(ZULIP_TIMEOUT.as_secs())
+        .with_timeout(timeout_secs)
         .send()
         .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
     let json = parse_zulip_answer(&response)?;
@@ -488,7 +499,7 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
         .map_err(|e| ZulipError(format!("Zulip script {path} could not start: {e}")))?;
     // The Command holds the pipe's write ends; drop it so that we see end-of-file.
     drop(cmd);
-    let pid = child.id() as i32;
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -499,9 +510,8 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
     let (out, status) = match rx.recv_timeout(SCRIPT_TIMEOUT) {
         Ok(done) => done,
         Err(_) => {
-            // SAFETY: killpg on the process group of a child we spawned with process_group(0);
-            // its reaper thread still owns the Child and reaps it.
-            unsafe { libc::killpg(pid, libc::SIGKILL) };
+            // Its reaper thread still owns the Child, so the group is still ours.
+            crate::procs::signal_child_group(pid, libc::SIGKILL);
             return Err(ZulipError(format!(
                 "Zulip script {path} did not finish within {}s",
                 SCRIPT_TIMEOUT.as_secs()

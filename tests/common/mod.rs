@@ -127,7 +127,13 @@ impl Fixture {
     /// Starts Looper with the base environment plus `extra` (an empty value removes a
     /// variable) and waits until it listens.
     pub fn start(&self, extra: &[(&str, &str)]) -> Looper {
-        let (child, stderr_path) = self.spawn(extra);
+        self.start_limited(extra, None)
+    }
+
+    /// [`Fixture::start`] with a file-size limit (RLIMIT_FSIZE, bytes) on Looper, to make
+    /// its writes fail as on a full disk.
+    pub fn start_limited(&self, extra: &[(&str, &str)], file_limit: Option<u64>) -> Looper {
+        let (child, stderr_path) = self.spawn_limited(extra, file_limit);
         let mut looper = Looper {
             child: Some(child),
             port: 0,
@@ -155,6 +161,10 @@ impl Fixture {
 
     /// Spawns Looper without waiting (for start-up failures).
     pub fn spawn(&self, extra: &[(&str, &str)]) -> (Child, PathBuf) {
+        self.spawn_limited(extra, None)
+    }
+
+    fn spawn_limited(&self, extra: &[(&str, &str)], file_limit: Option<u64>) -> (Child, PathBuf) {
         let mut env: HashMap<String, String> = self.base_env().into_iter().collect();
         for (k, v) in extra {
             if v.is_empty() {
@@ -166,15 +176,31 @@ impl Fixture {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let stderr_path = self.dir.join(format!("looper-stderr-{n}.txt"));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_looper"))
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_looper"));
+        cmd.env_clear()
             .envs(env)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start looper");
+            .stderr(stderr);
+        if let Some(limit) = file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec; setrlimit(2) is async-signal-safe
+            // and `lim` lives on the child's stack for the call.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start looper");
         (child, stderr_path)
     }
 }
@@ -460,6 +486,19 @@ impl FakeZulip {
                         vec![],
                         r#"{"result":"success","msg":"","id":42}"#.to_string(),
                     ))
+                };
+                let canned = if canned.0 == 0 {
+                    // A slow Zulip: wait as told, then answer success.
+                    let ms = canned.1.iter().find(|(k, _)| k == "X-Delay-Ms");
+                    let ms: u64 = ms.and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+                    std::thread::sleep(Duration::from_millis(ms));
+                    (
+                        200,
+                        vec![],
+                        r#"{"result":"success","msg":"","id":43}"#.to_string(),
+                    )
+                } else {
+                    canned
                 };
                 rec.lock().unwrap().push(r);
                 let mut response =

@@ -1,0 +1,439 @@
+//! Black-box tests of Looper under hostile input, stalling and vanishing clients, faults,
+//! and a long soak: each case fails without the protection it pins.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{alive, wait_for, FakeZulip, Fixture};
+use serde_json::json;
+
+fn raw(looper: &common::Looper) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", looper.port)).expect("connect")
+}
+
+/// Clients that send half a body and stall block neither `/health` nor another `/run`,
+/// and are cut off once the client timeout passes: a small body while tiny_http reads it,
+/// a large one while Looper's worker does (that one gets a 408).
+#[test]
+fn a_stalled_body_blocks_nothing() {
+    let fx = Fixture::new("stall");
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let stall = |length: usize| {
+        let mut c = raw(&looper);
+        write!(
+            c,
+            "POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n{{\"zulip_m"
+        )
+        .unwrap();
+        c
+    };
+    let mut small = stall(200);
+    let mut large = stall(5000);
+    wait_for("the large stalled request to reach a worker", || {
+        looper
+            .server_log()
+            .contains("method=POST path=/run")
+            .then_some(())
+    });
+    let started = Instant::now();
+    assert_eq!(looper.get("/health").status, 200);
+    let a = looper.run(json!({"codex_prompt": "meanwhile"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "blocked by the stalled clients"
+    );
+    for c in [&mut small, &mut large] {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    }
+    let mut answer = String::new();
+    let _ = large.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(looper.server_log().contains("status=408"));
+    let mut rest = Vec::new();
+    let closed = small.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() || closed.is_err(),
+        "the small one is cut off too"
+    );
+    assert!(!rest.starts_with(b"HTTP/1.1 200"));
+}
+
+/// A body dripped byte by byte does not hold the guard or the loop meanwhile.
+#[test]
+fn a_dripping_body_blocks_nothing() {
+    let fx = Fixture::new("drip");
+    let looper = fx.start(&[]);
+    let body = br#"{"zulip_message":"drip","codex_prompt":""}"#;
+    let mut drip = raw(&looper);
+    write!(
+        drip,
+        "POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    for (i, b) in body.iter().enumerate() {
+        drip.write_all(&[*b]).unwrap();
+        if i % 8 == 0 {
+            assert_eq!(looper.get("/health").status, 200);
+            let other = looper.run(json!({"codex_prompt": ""}));
+            assert_eq!(other.status, 200, "{}", other.body);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut answer = String::new();
+    drip.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = drip.read(&mut buf).unwrap();
+    answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+/// A client that hangs up while its `/run` is in flight (the usual case: the trigger comes
+/// from the run being stopped) does not wedge the server; the run still happens.
+#[test]
+fn a_client_hanging_up_mid_run_changes_nothing() {
+    let fx = Fixture::new("hangup");
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let body = r#"{"zulip_message":"bye","codex_prompt":"p","codex_exec_delay_seconds":0.5}"#;
+    let mut c = raw(&looper);
+    write!(
+        c,
+        "POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_for("the run to start its delay", || {
+        looper.server_log().contains("action=delay").then_some(())
+    });
+    drop(c);
+    let rec = wait_for("the run to start anyway", || {
+        looper.records().into_iter().next()
+    });
+    assert!(alive(rec["pid"].as_u64().unwrap()));
+    wait_for("the request to be logged as done", || {
+        looper.server_log().contains("run.success").then_some(())
+    });
+    assert_eq!(looper.get("/health").status, 200);
+    let next = looper.run(json!({"codex_prompt": ""}));
+    assert_eq!(next.status, 200, "{}", next.body);
+}
+
+/// Oversized bodies are refused from their Content-Length alone, before they are sent.
+#[test]
+fn an_oversized_body_is_refused_unread() {
+    let fx = Fixture::new("huge");
+    let looper = fx.start(&[]);
+    let mut c = raw(&looper);
+    c.write_all(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n{")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.contains("larger than 1 MiB"), "{answer:?}");
+}
+
+/// Every way Zulip can fail is a clear 502 with nothing stopped.
+#[test]
+fn zulip_faults_are_502s_that_stop_nothing() {
+    let fx = Fixture::new("zulipfaults");
+    let z = FakeZulip::start();
+    let looper = fx.start(&[
+        ("ZULIP_SITE", &z.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com"),
+        ("ZULIP_BOT_API_KEY", "zkey-never-shown"),
+        ("LOOPER_ZULIP_TIMEOUT_SECONDS", "1"),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]);
+    let live = looper.run(json!({"codex_prompt": "live"}));
+    assert_eq!(live.status, 200, "{}", live.body);
+    let pid = live.body["codex_exec_result"]["pid"].as_u64().unwrap();
+    type Case<'a> = (u16, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            401,
+            vec![],
+            r#"{"result":"error","msg":"Invalid API key"}"#,
+            "Invalid API key",
+        ),
+        (500, vec![], "<html>oops</html>", "HTTP 500"),
+        (200, vec![], "not json", "HTTP 200"),
+        (
+            429,
+            vec![("Retry-After", "0")],
+            r#"{"result":"error","msg":"rate"}"#,
+            "HTTP 429",
+        ),
+    ];
+    for (status, headers, body, expect) in cases {
+        z.push(status, &headers, body);
+        if status == 429 {
+            z.push(status, &headers, body);
+        }
+        let a = looper.run(json!({"codex_prompt": "next"}));
+        assert_eq!(a.status, 502, "{status}: {}", a.body);
+        let err = a.body["error"].as_str().unwrap();
+        assert!(
+            err.contains("Zulip") && err.contains(expect),
+            "{status}: {err}"
+        );
+        assert!(alive(pid), "{status} stopped the live run");
+    }
+    // Slow past the timeout.
+    z.push(0, &[("X-Delay-Ms", "3000")], "");
+    let a = looper.run(json!({"codex_prompt": "next"}));
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(alive(pid));
+    assert_eq!(looper.records().len(), 1);
+    assert!(!looper.stderr().contains("zkey-never-shown"));
+    drop(z);
+    // Down.
+    let a = looper.run(json!({"codex_prompt": "next"}));
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert!(a.body["error"].as_str().unwrap().contains("unreachable"));
+    assert!(alive(pid));
+}
+
+/// A codex binary that cannot run, and a default workspace deleted between runs, are clear
+/// errors; a removed log directory is made again.
+#[test]
+fn missing_pieces_between_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new("missing");
+    let not_exec = fx.path("bin/not-executable");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let a = looper.run(json!({"codex_prompt": "x", "codex_exec_binary": not_exec}));
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert!(a.body["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("required tool is missing from PATH:"));
+
+    std::fs::remove_dir_all(fx.path("logs")).unwrap();
+    let a = looper.run(json!({"codex_prompt": "log dir is gone"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let log = a.body["codex_exec_result"]["log_path"].as_str().unwrap();
+    assert!(std::path::Path::new(log).exists());
+
+    std::fs::remove_dir_all(fx.path("ws")).unwrap();
+    let a = looper.run(json!({"codex_prompt": "x"}));
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert_eq!(
+        a.body["error"],
+        json!(format!(
+            "workspace is not a directory: {}",
+            fx.path("ws").display()
+        ))
+    );
+    assert_eq!(looper.get("/health").status, 200);
+}
+
+/// When the run log cannot be written (a full disk, here a file-size limit), the copy
+/// thread keeps draining the pipe, the child finishes, and the error is logged.
+#[test]
+fn a_full_disk_does_not_block_the_child() {
+    let fx = Fixture::new("full");
+    let looper = fx.start_limited(
+        &[
+            (
+                "FAKE_CODEX",
+                "record;flood:8000000;print:the end;sleep:0.2;exit:0",
+            ),
+            ("LOOPER_MIRROR_CODEX_OUTPUT", "0"),
+        ],
+        Some(2_000_000),
+    );
+    let a = looper.run(json!({"codex_prompt": "flood"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_for("the run to end", || {
+        looper
+            .server_log()
+            .contains("codex.exec.exit")
+            .then_some(())
+    });
+    let log = looper.server_log();
+    assert!(log.contains("codex.exec.output.write_failed"), "{log}");
+    assert!(log.contains("return_code=0 bytes=8000008"), "{log}");
+    assert_eq!(looper.get("/health").status, 200);
+}
+
+/// A codex that closes its output but keeps running is still a live run: it is stopped by
+/// the next run and gets its trailer.
+#[test]
+fn a_run_that_closes_stdout_is_still_tracked() {
+    let fx = Fixture::new("closed");
+    let looper = fx.start(&[(
+        "FAKE_CODEX",
+        "record;print:closing now;close-stdout;sleep:600",
+    )]);
+    let a = looper.run(json!({"codex_prompt": "quiet"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let pid = a.body["codex_exec_result"]["pid"].as_u64().unwrap();
+    looper.record_of(pid);
+    let status = looper.get("/status").body;
+    assert_eq!(status["active"]["pid"], json!(pid));
+    let b = looper.run(json!({"codex_prompt": ""}));
+    assert_eq!(b.body["killed_codex_exec_pids"], json!([pid]));
+    let text = looper.finished_log(a.body["codex_exec_result"]["log_path"].as_str().unwrap());
+    assert!(
+        text.ends_with("closing now\n\n# codex_exec_return_code=-15\n"),
+        "{text}"
+    );
+}
+
+/// LOOPER_LOG_RETENTION keeps the N newest run logs and never the active one's removal.
+#[test]
+fn log_retention_keeps_the_newest() {
+    let fx = Fixture::new("retention");
+    let looper = fx.start(&[
+        ("LOOPER_LOG_RETENTION", "2"),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]);
+    let mut paths = Vec::new();
+    for i in 0..4 {
+        let a = looper.run(json!({"codex_prompt": format!("run {i}")}));
+        assert_eq!(a.status, 200, "{}", a.body);
+        paths.push(
+            a.body["codex_exec_result"]["log_path"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kept: Vec<bool> = paths
+        .iter()
+        .map(|p| std::path::Path::new(p).exists())
+        .collect();
+    assert_eq!(kept, vec![false, false, true, true]);
+    assert!(looper.server_log().contains("server.start"));
+}
+
+/// A zuliprc others can read holds a key in the open: Looper warns, without the key.
+#[test]
+fn a_shared_zuliprc_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new("zuliprc-mode");
+    let rc = fx.path("zuliprc");
+    std::fs::write(
+        &rc,
+        "[api]\nsite=http://127.0.0.1:9\nemail=b@x\nkey=rc-secret-key\n",
+    )
+    .unwrap();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(mode)).unwrap();
+        let looper = fx.start(&[("ZULIPRC_PATH", rc.to_str().unwrap())]);
+        let err = looper.stderr();
+        assert_eq!(
+            err.contains("readable by other users"),
+            warned,
+            "{mode:o}: {err}"
+        );
+        assert!(!err.contains("rc-secret-key"));
+    }
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn thread_count(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Zombie children of `pid`.
+fn zombies_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let Some(i) = stat.rfind(')') else {
+                return false;
+            };
+            let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
+            f.first() == Some(&"Z") && f.get(1) == Some(&pid.to_string().as_str())
+        })
+        .collect()
+}
+
+/// 300 back-to-back runs, with autopoll ticking and `/health` hammered meanwhile, leave the
+/// server with the descriptors and threads it had, no zombies, and a complete history.
+#[test]
+fn soak_300_runs_leaks_nothing() {
+    const RUNS: usize = 300;
+    let fx = Fixture::new("soak");
+    let looper = fx.start(&[
+        ("FAKE_CODEX", "print:soak;sleep:600"),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.05"),
+        ("LOOPER_MIRROR_CODEX_OUTPUT", "1"),
+        ("CODEX_EXEC_STARTUP_CHECK_SECONDS", "0"),
+    ]);
+    let pid = looper.pid();
+    // Warm up (the first run, tiny_http's pool) before the baseline.
+    assert_eq!(looper.run(json!({"codex_prompt": "warm"})).status, 200);
+    assert_eq!(looper.get("/health").status, 200);
+    let base_fds = fd_count(pid);
+    let base_threads = thread_count(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let url = looper.url("/health");
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = minreq::get(url.as_str()).with_timeout(30).send().unwrap();
+                assert_eq!(r.status_code, 200);
+                n += 1;
+            }
+            n
+        })
+    };
+    for i in 0..RUNS {
+        let a = looper.run(json!({"codex_prompt": format!("soak {i}")}));
+        assert!(a.status == 200 || a.status == 409, "{i}: {}", a.body);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(hammer.join().unwrap() > 0);
+    // Let the last run go so that every history row can complete.
+    assert_eq!(looper.run(json!({"codex_prompt": ""})).status, 200);
+    wait_for("descriptors back to the baseline", || {
+        (fd_count(pid) <= base_fds).then_some(())
+    });
+    // tiny_http's pool threads idle out after 5 s of no work.
+    wait_for("threads back to the baseline", || {
+        (thread_count(pid) <= base_threads).then_some(())
+    });
+    assert_eq!(zombies_of(pid), Vec::<u32>::new());
+    let rows = looper.get("/runs?limit=1000").body["runs"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(rows.len() >= RUNS, "{} rows", rows.len());
+    for row in &rows {
+        let rc = row["return_code"].as_i64();
+        assert!(rc.is_some(), "unfinished row {row}");
+        let text = common::read(row["log_path"].as_str().unwrap());
+        assert!(
+            text.ends_with(&format!("\n# codex_exec_return_code={}\n", rc.unwrap())),
+            "{text}"
+        );
+    }
+}
