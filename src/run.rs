@@ -112,8 +112,26 @@ fn seconds_field(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, Api
     }
 }
 
+/// The error for a body that is not UTF-8, naming the field when the rest is JSON.
+fn not_utf8(body: &[u8]) -> ApiError {
+    let lossy = String::from_utf8_lossy(body);
+    let field = serde_json::from_str::<Value>(&lossy).ok().and_then(|v| {
+        v.as_object()?
+            .iter()
+            .find(|(_, v)| v.as_str().is_some_and(|s| s.contains('\u{FFFD}')))
+            .map(|(k, _)| k.clone())
+    });
+    match field {
+        Some(k) => ApiError::bad_request(format!("{k} must be valid UTF-8")),
+        None => ApiError::bad_request("body is not valid UTF-8 JSON"),
+    }
+}
+
 /// Parses and validates a `/run` body. Unknown fields are ignored.
 pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(not_utf8(body));
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
@@ -826,6 +844,8 @@ mod tests {
             assert!(err.message.contains(field), "{body}: {}", err.message);
         }
         let err = parse_request(b"{\"zulip_message\":\"\xff\"}").unwrap_err();
+        assert_eq!(err.message, "zulip_message must be valid UTF-8");
+        let err = parse_request(b"\xff\xfe").unwrap_err();
         assert_eq!(err.status, 400);
     }
 

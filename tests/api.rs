@@ -69,6 +69,25 @@ fn bad_input_is_refused_before_anything_happens() {
         let err = a.body["error"].as_str().unwrap();
         assert!(err.contains(field), "{body}: {err}");
     }
+    let raw_cases: [(&[u8], &str); 2] = [
+        (
+            b"{\"zulip_message\":\"m\",\"workspace\":\"/tmp/\xff\"}",
+            "workspace",
+        ),
+        (
+            b"{\"zulip_message\":\"m\",\"codex_prompt\":\"a\\u0000b\"}",
+            "codex_prompt",
+        ),
+    ];
+    for (body, field) in raw_cases {
+        let r = minreq::post(looper.url("/run"))
+            .with_body(body.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status_code, 400, "{field}");
+        let err: serde_json::Value = serde_json::from_slice(r.as_bytes()).unwrap();
+        assert!(err["error"].as_str().unwrap().contains(field), "{err}");
+    }
     let big = format!(
         r#"{{"zulip_message":"m","pad":"{}"}}"#,
         "x".repeat(1024 * 1024)
