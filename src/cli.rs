@@ -1,48 +1,162 @@
-//! The command line: `looper` / `looper serve` run the server; `--help` and `--version`.
+//! The command line: `looper [serve]` runs the server; `trigger`, `status`, `runs` and
+//! `zulip` are small clients for daily use. Parsing is by hand: a handful of flags, each
+//! command with its own `--help`.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use serde_json::{json, Value};
 
 use crate::server;
 
-const USAGE: &str = "usage: looper [serve] [--help] [--version]";
+/// How often `trigger --follow` looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How long a CLI request may take: a `/run` waits for its delay and startup check.
+const CLIENT_TIMEOUT_SECS: u64 = 3600;
+
+const USAGE: &str = "usage: looper [serve | trigger | status | runs | zulip check | zulip send] [--help] [--version]";
 
 const HELP: &str = "\
 looper - announce on Zulip, stop every live `codex exec` run, start one fresh run
 
 usage:
-  looper            run the server (same as `looper serve`)
-  looper serve      run the server on LOOPER_HOST:LOOPER_PORT (default 127.0.0.1:3456)
-  looper --help     this text
-  looper --version  the version
+  looper [serve]                 run the server (LOOPER_HOST:LOOPER_PORT, default 127.0.0.1:3456)
+  looper trigger [options]       ask the server for a fresh run (POST /run)
+  looper status [--json]         what runs now, what ended last, what autopoll does
+  looper runs [--limit N]        recent runs as a table
+  looper zulip check             where Zulip credentials come from, and the target
+  looper zulip send <message>    post a message with the configured credentials
+  looper <command> --help        help for one command
+  looper --version
 
 examples:
   looper
-  LOOPER_PORT=4000 LOOPER_WORKSPACE=~/src/project looper serve
-  curl -sS -X POST http://127.0.0.1:3456/run -H 'Content-Type: application/json' \\
-       -d '{\"zulip_message\":\"starting a fresh run\"}'
+  looper trigger --message 'Looper: fresh run' --prompt-file prompt.md --follow
+  looper status
 
 Configuration is by environment variables; see README.md.";
 
+const TRIGGER_HELP: &str = "\
+looper trigger - ask the server for a fresh run (POST /run) and print its JSON answer
+
+usage: looper trigger (--message TEXT | --message-file PATH) [options]
+
+options:
+  --message TEXT, --message-file PATH   the Zulip announcement (required)
+  --prompt TEXT, --prompt-file PATH     the prompt (default: the server's default prompt;
+                                        an empty prompt announces and stops only)
+  --workspace DIR                       directory for codex exec -C (default: the server's)
+  --from-run ID                         the run sending this trigger (default: $LOOPER_RUN_ID)
+  --delay SECONDS                       wait before spawning (default: the server's)
+  --url URL                             the server (default: $LOOPER_URL, with or without /run,
+                                        else http://127.0.0.1:$LOOPER_PORT)
+  --follow                              print the new run's log until it exits
+  --help
+
+The token comes from $LOOPER_API_TOKEN. Exit code 0 when the answer is ok (with --follow:
+and the run exited 0), 1 otherwise, 2 for a usage error.
+
+examples:
+  looper trigger --message 'Looper: fresh run'
+  looper trigger --message-file msg.txt --prompt-file prompt.md --workspace ~/src/app
+  looper trigger --message 'next step' --from-run \"$LOOPER_RUN_ID\"";
+
+const STATUS_HELP: &str = "\
+looper status - show what runs now, what ended last, and what autopoll does
+
+usage: looper status [--json] [--url URL]
+
+  --json    print the raw /status answer
+
+examples:
+  looper status
+  looper status --json | jq .active";
+
+const RUNS_HELP: &str = "\
+looper runs - recent runs, newest first
+
+usage: looper runs [--limit N] [--json] [--url URL]
+
+  --limit N   how many (default 20, at most 1000)
+  --json      print the raw /runs answer
+
+examples:
+  looper runs
+  looper runs --limit 5";
+
+const ZULIP_HELP: &str = "\
+looper zulip - check or use the Zulip configuration (the same variables as the server)
+
+usage:
+  looper zulip check            where credentials come from, the site, the bot and the target;
+                                the key is never printed; exit 1 when Zulip is unusable
+  looper zulip send <message>   post <message> to the configured target
+
+examples:
+  looper zulip check
+  ZULIP_MESSAGE_TYPE=private ZULIP_TO=8-Tessa looper zulip send 'hello from looper'";
+
+/// A failure of a command: the message and the exit code.
+struct Fail(String, i32);
+
+fn usage(msg: impl Into<String>) -> Fail {
+    Fail(format!("{}\n{USAGE}", msg.into()), 2)
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        [] | ["serve"] => serve(),
-        ["--help" | "-h" | "help"] | ["serve", "--help" | "-h"] => {
-            println!("{HELP}");
-            0
-        }
-        ["--version" | "-V"] | ["serve", "--version" | "-V"] => {
-            println!("looper {}", env!("CARGO_PKG_VERSION"));
-            0
-        }
-        _ => {
-            eprintln!("looper: unknown arguments: {}\n{USAGE}", args.join(" "));
-            2
+    let env = server::env_map();
+    let mut out = std::io::stdout().lock();
+    let result = dispatch(args, &env, &mut out);
+    let _ = out.flush();
+    match result {
+        Ok(code) => code,
+        Err(Fail(msg, code)) => {
+            eprintln!("looper: {msg}");
+            code
         }
     }
 }
 
-fn serve() -> i32 {
-    match server::run(&server::env_map()) {
+fn dispatch(
+    args: &[String],
+    env: &HashMap<String, String>,
+    out: &mut dyn Write,
+) -> Result<i32, Fail> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let help = |text: &str, out: &mut dyn Write| {
+        let _ = writeln!(out, "{text}");
+        Ok(0)
+    };
+    match words.as_slice() {
+        ["--version" | "-V"] | [_, "--version" | "-V"] => {
+            let _ = writeln!(out, "looper {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        ["--help" | "-h" | "help"] | ["serve", "--help" | "-h"] => help(HELP, out),
+        [] | ["serve"] => Ok(serve(env)),
+        ["trigger", rest @ ..] if rest.contains(&"--help") => help(TRIGGER_HELP, out),
+        ["status", rest @ ..] if rest.contains(&"--help") => help(STATUS_HELP, out),
+        ["runs", rest @ ..] if rest.contains(&"--help") => help(RUNS_HELP, out),
+        ["zulip", rest @ ..] if rest.contains(&"--help") || rest.is_empty() => {
+            help(ZULIP_HELP, out)
+        }
+        ["trigger", rest @ ..] => trigger(rest, env, out),
+        ["status", rest @ ..] => status(rest, env, out),
+        ["runs", rest @ ..] => runs(rest, env, out),
+        ["zulip", "check"] => zulip_check(env, out),
+        ["zulip", "send", message] => zulip_send(message, env, out),
+        ["zulip", "send", ..] => Err(usage("zulip send takes one message (quote it)")),
+        _ => Err(usage(format!(
+            "unknown command or arguments: {}",
+            args.join(" ")
+        ))),
+    }
+}
+
+fn serve(env: &HashMap<String, String>) -> i32 {
+    match server::run(env) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("looper: {e}");
@@ -51,5 +165,533 @@ fn serve() -> i32 {
                 server::StartError::Io(_) => 1,
             }
         }
+    }
+}
+
+/// Flags of one command: `--name value`, `--name=value` or a bare `--switch`.
+struct Flags {
+    values: HashMap<String, String>,
+    switches: Vec<String>,
+}
+
+fn parse_flags(args: &[&str], with_value: &[&str], switches: &[&str]) -> Result<Flags, Fail> {
+    let mut flags = Flags {
+        values: HashMap::new(),
+        switches: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (*arg, None),
+        };
+        if with_value.contains(&name) {
+            let value = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .map(|v| v.to_string())
+                    .ok_or_else(|| usage(format!("{name} needs a value")))?,
+            };
+            flags.values.insert(name.to_string(), value);
+        } else if switches.contains(&name) && inline.is_none() {
+            flags.switches.push(name.to_string());
+        } else {
+            return Err(usage(format!("unknown argument: {arg}")));
+        }
+    }
+    Ok(flags)
+}
+
+impl Flags {
+    fn has(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+
+    /// The text of `--x` or the contents of `--x-file`; both at once is an error.
+    fn text(&self, name: &str) -> Result<Option<String>, Fail> {
+        let file_flag = format!("{name}-file");
+        match (self.values.get(name), self.values.get(&file_flag)) {
+            (Some(_), Some(_)) => Err(usage(format!("give {name} or {file_flag}, not both"))),
+            (Some(v), None) => Ok(Some(v.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(Some)
+                .map_err(|e| Fail(format!("cannot read {path} ({file_flag}): {e}"), 1)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The server's base address: `--url`, else `LOOPER_URL` (with or without `/run`), else
+/// `http://127.0.0.1:<LOOPER_PORT or 3456>`.
+pub fn base_url(flag: Option<&str>, env: &HashMap<String, String>) -> String {
+    let raw = flag
+        .map(str::to_string)
+        .or_else(|| {
+            env.get("LOOPER_URL")
+                .filter(|u| !u.trim().is_empty())
+                .cloned()
+        })
+        .unwrap_or_else(|| {
+            let port = env
+                .get("LOOPER_PORT")
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| p.trim().to_string())
+                .unwrap_or_else(|| "3456".to_string());
+            format!("http://127.0.0.1:{port}")
+        });
+    let trimmed = raw.trim().trim_end_matches('/');
+    trimmed.strip_suffix("/run").unwrap_or(trimmed).to_string()
+}
+
+/// One request to the server; the JSON answer, or a message that says what went wrong.
+fn call(
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&Value>,
+    env: &HashMap<String, String>,
+) -> Result<(u16, Value), Fail> {
+    let url = format!("{base}{path}");
+    let mut rq = match method {
+        "POST" => minreq::post(url.as_str()),
+        _ => minreq::get(url.as_str()),
+    };
+    if let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) {
+        rq = rq.with_header("Authorization", format!("Bearer {}", token.trim()));
+    }
+    if let Some(b) = body {
+        rq = rq
+            .with_header("Content-Type", "application/json")
+            .with_body(b.to_string());
+    }
+    let response = rq.with_timeout(CLIENT_TIMEOUT_SECS).send().map_err(|e| {
+        Fail(
+            format!("cannot reach Looper at {base}: {e} (is `looper serve` running? set LOOPER_URL or --url)"),
+            1,
+        )
+    })?;
+    let value = serde_json::from_slice(response.as_bytes()).map_err(|_| {
+        Fail(
+            format!(
+                "{url} answered HTTP {} with something that is not Looper's JSON",
+                response.status_code
+            ),
+            1,
+        )
+    })?;
+    Ok((response.status_code, value))
+}
+
+fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let flags = parse_flags(
+        args,
+        &[
+            "--message",
+            "--message-file",
+            "--prompt",
+            "--prompt-file",
+            "--workspace",
+            "--from-run",
+            "--delay",
+            "--url",
+        ],
+        &["--follow"],
+    )?;
+    let message = flags
+        .text("--message")?
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| usage("trigger needs --message or --message-file"))?;
+    let mut body = json!({ "zulip_message": message });
+    if let Some(prompt) = flags.text("--prompt")? {
+        body["codex_prompt"] = json!(prompt);
+    }
+    if let Some(ws) = flags.values.get("--workspace") {
+        let abs = std::path::absolute(ws).unwrap_or_else(|_| ws.into());
+        body["workspace"] = json!(abs);
+    }
+    let from = flags
+        .values
+        .get("--from-run")
+        .cloned()
+        .or_else(|| env.get("LOOPER_RUN_ID").cloned())
+        .filter(|s| !s.trim().is_empty());
+    if let Some(from) = from {
+        body["from_run_id"] = json!(from);
+    }
+    if let Some(delay) = flags.values.get("--delay") {
+        let secs: f64 = delay
+            .parse()
+            .map_err(|_| usage(format!("--delay takes seconds, got {delay:?}")))?;
+        body["codex_exec_delay_seconds"] = json!(secs);
+    }
+    let base = base_url(flags.values.get("--url").map(String::as_str), env);
+    let (status, answer) = call("POST", &base, "/run", Some(&body), env)?;
+    let _ = writeln!(out, "{answer}");
+    let ok = answer["ok"] == json!(true);
+    if !ok {
+        eprintln!(
+            "looper: HTTP {status}: {}",
+            answer["error"].as_str().unwrap_or("the server said no")
+        );
+        return Ok(1);
+    }
+    let result = &answer["codex_exec_result"];
+    if result.is_null() {
+        eprintln!("looper: announced; no run started");
+        return Ok(0);
+    }
+    let log_path = result["log_path"].as_str().unwrap_or_default().to_string();
+    eprintln!(
+        "looper: run {} started, pid {}, log {}",
+        answer["run_id"].as_str().unwrap_or("?"),
+        result["pid"],
+        log_path
+    );
+    if flags.has("--follow") {
+        let rc = follow(&log_path, out)?;
+        eprintln!("looper: run exited with return code {rc}");
+        return Ok(if rc == 0 { 0 } else { 1 });
+    }
+    Ok(0)
+}
+
+/// Prints a run log as it grows until its trailer; the run's return code.
+fn follow(path: &str, out: &mut dyn Write) -> Result<i32, Fail> {
+    const TRAILER: &str = "\n# codex_exec_return_code=";
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        Fail(
+            format!("cannot follow {path}: {e} (is the server on this machine?)"),
+            1,
+        )
+    })?;
+    let mut offset = 0u64;
+    let mut tail = String::new();
+    loop {
+        let mut chunk = Vec::new();
+        let _ = file.seek(SeekFrom::Start(offset));
+        let n = file.read_to_end(&mut chunk).unwrap_or(0);
+        if n > 0 {
+            offset += n as u64;
+            let _ = out.write_all(&chunk);
+            let _ = out.flush();
+            tail.push_str(&String::from_utf8_lossy(&chunk));
+            if tail.len() > 4096 {
+                let cut = tail.len() - 4096;
+                let cut = (cut..tail.len())
+                    .find(|i| tail.is_char_boundary(*i))
+                    .unwrap_or(0);
+                tail.drain(..cut);
+            }
+            if let Some(at) = tail.rfind(TRAILER) {
+                let rest = &tail[at + TRAILER.len()..];
+                if let Some(rc) = rest.strip_suffix('\n').and_then(|v| v.parse().ok()) {
+                    return Ok(rc);
+                }
+            }
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+fn status(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let flags = parse_flags(args, &["--url"], &["--json"])?;
+    let base = base_url(flags.values.get("--url").map(String::as_str), env);
+    let (code, s) = call("GET", &base, "/status", None, env)?;
+    if flags.has("--json") {
+        let _ = writeln!(out, "{s}");
+    } else if s["ok"] == json!(true) {
+        let _ = write!(out, "{}", describe_status(&base, &s));
+    }
+    if s["ok"] != json!(true) {
+        eprintln!(
+            "looper: HTTP {code}: {}",
+            s["error"].as_str().unwrap_or("?")
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A readable summary of a `/status` answer.
+pub fn describe_status(base: &str, s: &Value) -> String {
+    let mut lines = vec![format!("Looper {} at {base}", text(&s["version"]))];
+    let a = &s["active"];
+    if a.is_null() {
+        lines.push("active run: none".to_string());
+    } else {
+        lines.push(format!(
+            "active run: {} (pid {}), started {}, last output {}",
+            text(&a["run_id"]),
+            text(&a["pid"]),
+            text(&a["started_at"]),
+            text(&a["last_output_at"])
+        ));
+        lines.push(format!("  workspace {}", text(&a["workspace"])));
+        lines.push(format!("  log {}", text(&a["log_path"])));
+    }
+    let e = &s["last_exit"];
+    if !e.is_null() {
+        lines.push(format!(
+            "last exit: run {} returned {} after {} s, at {}",
+            text(&e["run_id"]),
+            text(&e["return_code"]),
+            text(&e["duration_seconds"]),
+            text(&e["ended_at"])
+        ));
+    }
+    if s["run_in_progress"] == json!(true) {
+        lines.push("a trigger is being set up right now".to_string());
+    }
+    let p = &s["autopoll"];
+    if p["enabled"] == json!(true) {
+        lines.push(format!(
+            "autopoll: every {} s when logs are quiet for {} s; next tick {}",
+            text(&p["interval_seconds"]),
+            text(&p["stale_seconds"]),
+            text(&p["next_tick_at"])
+        ));
+        if !p["backoff_until"].is_null() {
+            lines.push(format!(
+                "  backing off after {} crashes in a row, until {}",
+                text(&p["consecutive_crashes"]),
+                text(&p["backoff_until"])
+            ));
+        }
+    } else {
+        lines.push("autopoll: off".to_string());
+    }
+    lines.join("\n") + "\n"
+}
+
+fn runs(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let flags = parse_flags(args, &["--url", "--limit"], &["--json"])?;
+    let limit = flags
+        .values
+        .get("--limit")
+        .map(String::as_str)
+        .unwrap_or("20");
+    if !limit
+        .parse::<usize>()
+        .is_ok_and(|n| (1..=1000).contains(&n))
+    {
+        return Err(usage(format!(
+            "--limit takes a number from 1 to 1000, got {limit:?}"
+        )));
+    }
+    let base = base_url(flags.values.get("--url").map(String::as_str), env);
+    let (code, answer) = call("GET", &base, &format!("/runs?limit={limit}"), None, env)?;
+    if answer["ok"] != json!(true) {
+        eprintln!(
+            "looper: HTTP {code}: {}",
+            answer["error"].as_str().unwrap_or("?")
+        );
+        return Ok(1);
+    }
+    if flags.has("--json") {
+        let _ = writeln!(out, "{answer}");
+    } else {
+        let rows = answer["runs"].as_array().cloned().unwrap_or_default();
+        let _ = write!(out, "{}", runs_table(&rows));
+    }
+    Ok(0)
+}
+
+/// Runs as an aligned table.
+pub fn runs_table(rows: &[Value]) -> String {
+    let header = ["RUN", "TRIGGER", "PID", "STARTED", "RC", "SECONDS", "NOTE"];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for r in rows {
+        let started = text(&r["started_at"]);
+        table.push(vec![
+            text(&r["run_id"]),
+            text(&r["trigger"]),
+            text(&r["pid"]),
+            started.get(..19).unwrap_or(&started).replace('T', " "),
+            if r["return_code"].is_null() {
+                "running".into()
+            } else {
+                text(&r["return_code"])
+            },
+            text(&r["duration_seconds"]),
+            r["stop_reason"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut s = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        s.push_str(cells.join("  ").trim_end());
+        s.push('\n');
+    }
+    if rows.is_empty() {
+        s.push_str("(no runs yet)\n");
+    }
+    s
+}
+
+fn zulip_check(env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let z = crate::zulip::Zulip::from_env(env).map_err(|e| Fail(e, 1))?;
+    for w in &z.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let Some(c) = &z.credentials else {
+        let _ = writeln!(out, "Zulip: not configured");
+        return Ok(1);
+    };
+    let _ = writeln!(out, "credentials: {}", c.source);
+    let _ = writeln!(out, "site: {}", c.site);
+    let _ = writeln!(out, "bot: {}", c.email);
+    let _ = writeln!(out, "key: (set, not shown)");
+    let _ = writeln!(out, "target: {}", z.describe_target());
+    let _ = writeln!(out, "timeout: {} s", z.timeout_secs);
+    Ok(0)
+}
+
+fn zulip_send(
+    message: &str,
+    env: &HashMap<String, String>,
+    out: &mut dyn Write,
+) -> Result<i32, Fail> {
+    if message.trim().is_empty() {
+        return Err(usage("zulip send needs a message"));
+    }
+    let z = crate::zulip::Zulip::from_env(env).map_err(|e| Fail(e, 1))?;
+    if z.credentials.is_none() {
+        return Err(Fail(
+            "Zulip is not configured (see `looper zulip check`)".into(),
+            1,
+        ));
+    }
+    let answer = z.send(message).map_err(|e| Fail(e.0, 1))?;
+    let _ = writeln!(out, "{answer}");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> (i32, String) {
+        let env: HashMap<String, String> =
+            [("HOME".to_string(), "/nonexistent".to_string())].into();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut out = Vec::new();
+        let code = match dispatch(&args, &env, &mut out) {
+            Ok(c) => c,
+            Err(Fail(m, c)) => {
+                out.extend_from_slice(m.as_bytes());
+                c
+            }
+        };
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn every_command_has_help_with_examples() {
+        for cmd in [
+            &["--help"][..],
+            &["trigger", "--help"],
+            &["status", "--help"],
+            &["runs", "--help"],
+            &["zulip", "--help"],
+            &["serve", "--help"],
+        ] {
+            let (code, text) = run(cmd);
+            assert_eq!(code, 0, "{cmd:?}");
+            assert!(
+                text.contains("usage:") && text.contains("example"),
+                "{cmd:?}: {text}"
+            );
+        }
+        let (code, text) = run(&["status", "--version"]);
+        assert_eq!(
+            (code, text.trim()),
+            (0, concat!("looper ", env!("CARGO_PKG_VERSION")))
+        );
+    }
+
+    #[test]
+    fn unknown_flags_and_commands_are_usage_errors() {
+        for cmd in [
+            &["frobnicate"][..],
+            &["trigger", "--mesage", "x"],
+            &["runs", "--limit"],
+            &["runs", "--limit", "0"],
+            &["trigger"],
+            &["zulip", "send"],
+            &["status", "--json=1"],
+        ] {
+            let (code, text) = run(cmd);
+            assert_eq!(code, 2, "{cmd:?}: {text}");
+            assert!(text.contains("usage: looper"), "{cmd:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_url_takes_looper_url_with_or_without_run() {
+        let env = |k: &str, v: &str| -> HashMap<String, String> {
+            [(k.to_string(), v.to_string())].into()
+        };
+        assert_eq!(base_url(None, &HashMap::new()), "http://127.0.0.1:3456");
+        assert_eq!(
+            base_url(None, &env("LOOPER_URL", "http://h:1/run")),
+            "http://h:1"
+        );
+        assert_eq!(
+            base_url(None, &env("LOOPER_URL", "http://h:1/")),
+            "http://h:1"
+        );
+        assert_eq!(
+            base_url(None, &env("LOOPER_PORT", "4000")),
+            "http://127.0.0.1:4000"
+        );
+        assert_eq!(
+            base_url(Some("http://x:2/run/"), &env("LOOPER_URL", "http://h:1")),
+            "http://x:2"
+        );
+    }
+
+    #[test]
+    fn flags_take_inline_values() {
+        let f = parse_flags(&["--limit=5", "--json"], &["--limit"], &["--json"])
+            .ok()
+            .unwrap();
+        assert_eq!(f.values["--limit"], "5");
+        assert!(f.has("--json"));
+    }
+
+    #[test]
+    fn tables_line_up() {
+        let rows = vec![
+            json!({"run_id":"abcd1234","trigger":"http","pid":42,"started_at":"2026-11-25T10:00:00+00:00","return_code":null,"duration_seconds":null}),
+        ];
+        let t = runs_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("RUN       TRIGGER"), "{t}");
+        assert!(
+            lines[1].contains("2026-11-25 10:00:00") && lines[1].contains("running"),
+            "{t}"
+        );
     }
 }

@@ -83,6 +83,26 @@ pub struct Config {
     pub zulip: Zulip,
 }
 
+/// Variables the server does not read: Looper sets the first two for its runs (and
+/// `looper trigger` reads them back); the wrapper script reads `LOOPER_BIN`.
+pub const CLIENT_VARS: &[&str] = &["LOOPER_RUN_ID", "LOOPER_URL", "LOOPER_BIN"];
+
+/// Variables that look like Looper's but that nothing reads: likely typos.
+pub fn unknown_vars(env: &HashMap<String, String>) -> Vec<String> {
+    let mut unknown: Vec<String> = env
+        .keys()
+        .filter(|k| {
+            ["LOOPER_", "CODEX_EXEC_", "ZULIP_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .filter(|k| !KNOWN_VARS.contains(&k.as_str()) && !CLIENT_VARS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 /// A configuration error; its text names the variable.
 #[derive(Debug, PartialEq)]
 pub struct ConfigError(pub String);
@@ -321,6 +341,18 @@ mod tests {
         assert_eq!(c.port, 3456);
         assert!(c.api_token.is_none());
         assert_eq!(c.idle_poll, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn look_alike_variables_are_reported() {
+        let env: HashMap<String, String> = [
+            ("LOOPER_PROT".to_string(), "1".to_string()),
+            ("LOOPER_PORT".to_string(), "1".to_string()),
+            ("LOOPER_RUN_ID".to_string(), "x".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ]
+        .into();
+        assert_eq!(unknown_vars(&env), vec!["LOOPER_PROT".to_string()]);
     }
 
     #[test]

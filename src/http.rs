@@ -311,13 +311,22 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
 fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
     let body = read_body(rq)?;
     let req = run::parse_request(&body)?;
+    // A late call from an old run is refused as stale even while another run is being set
+    // up, so that its caller learns why.
+    let stale = || {
+        req.from_run_id
+            .as_deref()
+            .and_then(|from| run::stale_reason(app, from))
+    };
+    if let Some(e) = stale() {
+        return Err(e);
+    }
     let Some(_guard) = app.try_guard() else {
         return Err(ApiError::new(409, "busy: another run is in progress"));
     };
-    if let Some(from) = &req.from_run_id {
-        if let Some(e) = run::stale_reason(app, from) {
-            return Err(e);
-        }
+    // Looked at again under the guard: a run may have been replaced meanwhile.
+    if let Some(e) = stale() {
+        return Err(e);
     }
     let value = run::execute(app, &req, request_id, Trigger::Http)?;
     log::info!(

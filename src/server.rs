@@ -118,6 +118,9 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
     let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned()));
 
+    for name in crate::config::unknown_vars(env) {
+        log::warn!("config.unknown_variable name={name} hint=\"not a Looper variable; a typo?\"");
+    }
     for w in &app.cfg.zulip.warnings {
         log::warn!("zulip.config.warning message={}", Q(w));
     }

@@ -1,0 +1,345 @@
+//! Black-box tests of the command line against a real server on port 0: trigger (flags,
+//! files, follow, errors), status, runs, zulip check and send, the wrapper script, and the
+//! README's list of environment variables against the parser's.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{FakeZulip, Fixture, Looper};
+use serde_json::{json, Value};
+
+/// Runs `looper <args>` with `env` (nothing else of the test's environment but PATH).
+fn cli(fx: &Fixture, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_looper"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &fx.dir)
+        .envs(env.iter().copied())
+        .current_dir(&fx.dir)
+        .output()
+        .expect("run looper cli")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn url(looper: &Looper) -> String {
+    looper.url("/run")
+}
+
+/// `trigger` posts the flags and files as /run, prints the JSON answer and a progress line,
+/// and exits 0 only when the answer is ok.
+#[test]
+fn trigger_posts_a_run_and_reports_it() {
+    let fx = Fixture::new("cli-trigger");
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let u = url(&looper);
+    std::fs::write(fx.path("message.txt"), "from a file").unwrap();
+    std::fs::write(
+        fx.path("prompt.md"),
+        "prompt from a file\nwith `ticks` and $VARS\n",
+    )
+    .unwrap();
+    let o = cli(
+        &fx,
+        &[
+            "trigger",
+            "--message-file",
+            "message.txt",
+            "--prompt-file",
+            "prompt.md",
+            "--workspace",
+            "ws",
+            "--delay",
+            "0",
+        ],
+        &[("LOOPER_URL", &u)],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let answer: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(answer["ok"], json!(true));
+    let pid = answer["codex_exec_result"]["pid"].as_u64().unwrap();
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "run {} started, pid {pid}, log ",
+            answer["run_id"].as_str().unwrap()
+        )),
+        "{err}"
+    );
+    let rec = looper.record_of(pid);
+    assert_eq!(
+        rec["argv"].as_array().unwrap().last(),
+        Some(&json!("prompt from a file\nwith `ticks` and $VARS\n"))
+    );
+    assert_eq!(rec["cwd"], json!(fx.path("ws")));
+
+    // LOOPER_URL without /run works too; --from-run comes from LOOPER_RUN_ID.
+    let base = format!("http://127.0.0.1:{}", looper.port);
+    let stale = cli(
+        &fx,
+        &["trigger", "--message", "late", "--prompt", ""],
+        &[("LOOPER_URL", &base), ("LOOPER_RUN_ID", "deadbeef")],
+    );
+    assert_eq!(stale.status.code(), Some(1), "{}", stdout(&stale));
+    assert!(
+        stderr(&stale).contains("stale: run deadbeef is no longer active"),
+        "{}",
+        stderr(&stale)
+    );
+    let announce = cli(
+        &fx,
+        &["trigger", "--message", "only announce", "--prompt", ""],
+        &[("LOOPER_URL", &base)],
+    );
+    assert!(announce.status.success(), "{}", stderr(&announce));
+    assert!(stderr(&announce).contains("no run started"));
+}
+
+/// `trigger` sends the token, and says clearly when no server is running.
+#[test]
+fn trigger_auth_and_unreachable_server() {
+    let fx = Fixture::new("cli-auth");
+    let looper = fx.start(&[("LOOPER_API_TOKEN", "cli-token-1")]);
+    let u = url(&looper);
+    let no = cli(
+        &fx,
+        &["trigger", "--message", "m", "--prompt", ""],
+        &[("LOOPER_URL", &u)],
+    );
+    assert_eq!(no.status.code(), Some(1));
+    assert!(
+        stderr(&no).contains("HTTP 401: unauthorized"),
+        "{}",
+        stderr(&no)
+    );
+    let yes = cli(
+        &fx,
+        &["trigger", "--message", "m", "--prompt", ""],
+        &[("LOOPER_URL", &u), ("LOOPER_API_TOKEN", "cli-token-1")],
+    );
+    assert!(yes.status.success(), "{}", stderr(&yes));
+    drop(looper);
+    let down = cli(&fx, &["trigger", "--message", "m"], &[("LOOPER_URL", &u)]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        stderr(&down).contains("cannot reach Looper") && stderr(&down).contains("looper serve"),
+        "{}",
+        stderr(&down)
+    );
+    let usage = cli(&fx, &["trigger", "--prompt", "p"], &[("LOOPER_URL", &u)]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(stderr(&usage).contains("--message"), "{}", stderr(&usage));
+}
+
+/// `trigger --follow` prints the run's output until it exits, with the run's outcome.
+#[test]
+fn trigger_follow_tails_the_run() {
+    let fx = Fixture::new("cli-follow");
+    let looper = fx.start(&[(
+        "FAKE_CODEX",
+        "print:step one;sleep:0.5;print:step two;exit:0",
+    )]);
+    let o = cli(
+        &fx,
+        &["trigger", "--message", "m", "--prompt", "p", "--follow"],
+        &[("LOOPER_URL", &url(&looper))],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("step one\nstep two\n\n# codex_exec_return_code=0\n"),
+        "{out}"
+    );
+    assert!(stderr(&o).contains("run exited with return code 0"));
+}
+
+/// `status` reads well and `--json` is the raw answer; `runs` is a table.
+#[test]
+fn status_and_runs() {
+    let fx = Fixture::new("cli-status");
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let a = looper.run(json!({"codex_prompt": "p"}));
+    let run_id = a.body["run_id"].as_str().unwrap().to_string();
+    let env = [("LOOPER_URL", url(&looper))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = cli(&fx, &["status"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "active run: {run_id} (pid {})",
+            a.body["codex_exec_result"]["pid"]
+        )),
+        "{text}"
+    );
+    assert!(text.contains("autopoll: off"), "{text}");
+    let o = cli(&fx, &["status", "--json"], &env);
+    let raw: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(raw["active"]["run_id"], json!(run_id));
+    let o = cli(&fx, &["runs", "--limit", "5"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("RUN"), "{table}");
+    assert!(
+        lines[1].starts_with(&run_id) && lines[1].contains("running"),
+        "{table}"
+    );
+}
+
+/// `zulip check` says where credentials come from without the key; `zulip send` posts.
+#[test]
+fn zulip_check_and_send() {
+    let fx = Fixture::new("cli-zulip");
+    let z = FakeZulip::start();
+    let site = z.site();
+    let creds = [
+        ("ZULIP_SITE", site.as_str()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com"),
+        ("ZULIP_BOT_API_KEY", "cli-secret-key"),
+        ("ZULIP_STREAM", "ops"),
+    ];
+    let o = cli(&fx, &["zulip", "check"], &creds);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("credentials: env") && text.contains("bot: bot@example.com"),
+        "{text}"
+    );
+    assert!(
+        text.contains("target: type=stream stream=ops topic=looper"),
+        "{text}"
+    );
+    assert!(!text.contains("cli-secret-key") && !stderr(&o).contains("cli-secret-key"));
+    let none = cli(&fx, &["zulip", "check"], &[]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stdout(&none).contains("not configured"));
+    let partial = cli(&fx, &["zulip", "check"], &[("ZULIP_SITE", "x")]);
+    assert_eq!(partial.status.code(), Some(1));
+    assert!(stderr(&partial).contains("ZULIP_BOT_EMAIL"));
+    let o = cli(&fx, &["zulip", "send", "hello from the cli"], &creds);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("OK message_id=42"));
+    assert_eq!(z.messages()[0].form()["content"], "hello from the cli");
+}
+
+/// The wrapper script triggers a run of its repository with the message file next to it and
+/// passes LOOPER_RUN_ID on.
+#[test]
+fn the_wrapper_script_is_a_drop_in() {
+    let fx = Fixture::new("cli-wrapper");
+    let repo = fx.path("ws");
+    std::fs::create_dir_all(repo.join("scripts")).unwrap();
+    let script = repo.join("scripts/run-codex-task.sh");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/run-codex-task.sh"),
+        &script,
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("scripts/looper-message.txt"),
+        "message from the file",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("scripts/looper-prompt.md"),
+        "the same prompt as always",
+    )
+    .unwrap();
+    let z = FakeZulip::start();
+    let site = z.site();
+    let looper = fx.start(&[
+        ("FAKE_CODEX", "record;sleep:600"),
+        ("ZULIP_SITE", &site),
+        ("ZULIP_BOT_EMAIL", "b@x"),
+        ("ZULIP_BOT_API_KEY", "k"),
+    ]);
+    let run = |extra: &[(&str, &str)]| {
+        Command::new("bash")
+            .arg(&script)
+            .env("LOOPER_BIN", env!("CARGO_BIN_EXE_looper"))
+            .env("LOOPER_URL", url(&looper))
+            .env_remove("LOOPER_RUN_ID")
+            .env_remove("LOOPER_API_TOKEN")
+            .envs(extra.iter().copied())
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let answer: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let rec = looper.record_of(answer["codex_exec_result"]["pid"].as_u64().unwrap());
+    // Without git the repository is the script's parent directory.
+    assert_eq!(rec["cwd"], json!(repo));
+    assert_eq!(
+        rec["argv"].as_array().unwrap().last(),
+        Some(&json!("the same prompt as always"))
+    );
+    assert_eq!(z.messages()[0].form()["content"], "message from the file");
+    // Called from inside the run (with its LOOPER_RUN_ID and LOOPER_URL), it hands off from
+    // that run: the caller is part of the run, so it is stopped with it while the next run
+    // starts. A late caller from the old run is refused and stops nothing.
+    let run_id = answer["run_id"].as_str().unwrap().to_string();
+    let own_url = url(&looper);
+    let o = run(&[("LOOPER_RUN_ID", &run_id), ("LOOPER_URL", &own_url)]);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGTERM),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    common::wait_for("the next run", || {
+        (looper.records().len() == 2).then_some(())
+    });
+    let next = looper.records()[1]["pid"].as_u64().unwrap();
+    let o = run(&[("LOOPER_RUN_ID", &run_id)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("stale"), "{}", stderr(&o));
+    assert!(common::alive(next));
+}
+
+/// Every environment variable the README names is one the parser knows, and back.
+#[test]
+fn readme_and_parser_know_the_same_variables() {
+    let readme = common::read(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+    let mut named = std::collections::BTreeSet::new();
+    for word in readme.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        let var = ["LOOPER_", "CODEX_EXEC_", "ZULIP_", "ZULIPRC_"]
+            .iter()
+            .any(|p| word.starts_with(p));
+        if var
+            && word.len() > 7
+            && word
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            named.insert(word.to_string());
+        }
+    }
+    let known: std::collections::BTreeSet<String> = looper::config::KNOWN_VARS
+        .iter()
+        .chain(looper::config::CLIENT_VARS)
+        .map(|s| s.to_string())
+        .collect();
+    let unknown: Vec<&String> = named.difference(&known).collect();
+    let undocumented: Vec<&String> = known.difference(&named).collect();
+    assert!(
+        unknown.is_empty(),
+        "README names variables the parser does not know: {unknown:?}"
+    );
+    assert!(
+        undocumented.is_empty(),
+        "variables missing from the README: {undocumented:?}"
+    );
+}
