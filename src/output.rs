@@ -6,7 +6,9 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// Bytes read from the child's pipe at a time: large, so that a flood costs few syscalls.
+/// The pipe buffer we ask for: a child that floods output fills it in fewer, larger steps.
+pub const PIPE_SIZE: usize = 1024 * 1024;
+/// The most we read from the pipe at a time: large, so that a flood costs few syscalls.
 const COPY_CHUNK: usize = 256 * 1024;
 /// A line longer than this is mirrored in pieces rather than held back forever.
 const MAX_MIRROR_LINE: usize = 64 * 1024;
@@ -33,15 +35,12 @@ pub fn trailer(return_code: i32) -> String {
 }
 
 /// Whole lines go to the server log as they come; a partial line waits for its end.
-struct Mirror {
+struct LineCarry {
     carry: Vec<u8>,
 }
 
-impl Mirror {
-    fn feed(&mut self, chunk: &[u8]) {
-        let Some(sink) = crate::logging::sink() else {
-            return;
-        };
+impl LineCarry {
+    fn feed(&mut self, sink: &crate::logging::Sink, chunk: &[u8]) {
         match chunk.iter().rposition(|b| *b == b'\n') {
             Some(last) => {
                 if self.carry.is_empty() {
@@ -56,28 +55,28 @@ impl Mirror {
             None => self.carry.extend_from_slice(chunk),
         }
         if self.carry.len() > MAX_MIRROR_LINE {
-            self.finish();
+            self.finish(sink);
         }
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, sink: &crate::logging::Sink) {
         if self.carry.is_empty() {
             return;
         }
         self.carry.push(b'\n');
-        if let Some(sink) = crate::logging::sink() {
-            sink.write(&self.carry);
-        }
+        sink.write(&self.carry);
         self.carry.clear();
     }
 }
 
-/// Copies `reader` into `file` until end of file. A failing file write (disk full, log
+/// Copies `reader` into `file` until end of file, mirroring whole lines into the server log
+/// when `mirror` is on (one write per chunk). A failing file write (disk full, log
 /// directory removed) is logged once per streak and the pipe keeps being drained, so the
 /// child never blocks on a full pipe. Returns the bytes read.
 pub fn copy(reader: &mut impl Read, file: &mut File, mirror: bool, request_id: &str) -> u64 {
+    let sink = if mirror { crate::logging::sink() } else { None };
+    let mut lines = LineCarry { carry: Vec::new() };
     let mut buf = vec![0u8; COPY_CHUNK];
-    let mut mirror = mirror.then_some(Mirror { carry: Vec::new() });
     let mut total = 0u64;
     let mut failing = false;
     loop {
@@ -102,12 +101,12 @@ pub fn copy(reader: &mut impl Read, file: &mut File, mirror: bool, request_id: &
             }
             Err(_) => {}
         }
-        if let Some(m) = mirror.as_mut() {
-            m.feed(&buf[..n]);
+        if let Some(sink) = sink {
+            lines.feed(sink, &buf[..n]);
         }
     }
-    if let Some(m) = mirror.as_mut() {
-        m.finish();
+    if let Some(sink) = sink {
+        lines.finish(sink);
     }
     total
 }

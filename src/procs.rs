@@ -458,6 +458,13 @@ pub fn set_socket_timeouts(fd: i32, timeout: Duration) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Asks for a pipe buffer of `bytes` (the kernel caps it at `/proc/sys/fs/pipe-max-size`):
+/// a child that floods output then fills it in fewer, larger steps. Best effort.
+pub fn grow_pipe(fd: i32, bytes: usize) {
+    // SAFETY: fcntl(F_SETPIPE_SZ) on a pipe descriptor the caller owns; no memory is passed.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, bytes as libc::c_int) };
+}
+
 /// The real user id of this process.
 pub fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail and has no preconditions.

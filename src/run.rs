@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -632,6 +633,7 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         )
     };
     let (mut reader, writer) = std::io::pipe().map_err(|e| fail("pipe", e))?;
+    procs::grow_pipe(reader.as_raw_fd(), output::PIPE_SIZE);
     let writer2 = writer.try_clone().map_err(|e| fail("pipe", e))?;
     let mut cmd = Command::new(l.binary);
     cmd.args(l.args)
