@@ -97,18 +97,26 @@ fn handle(app: &Arc<App>, rq: Request) {
         );
         return;
     }
-    let request_id = app.new_id();
+    let ex = Exchange {
+        request_id: app.new_id(),
+        method,
+        path,
+        started,
+    };
     log::info!(
-        "http.start request_id={request_id} method={method} path={}",
-        Q(&path)
+        "http.start request_id={} method={} path={}",
+        ex.request_id,
+        ex.method,
+        Q(&ex.path)
     );
+    let (path, method) = (ex.path.as_str(), &ex.method);
     let known = ["/health", "/run", "/status", "/runs"];
-    let outcome: Result<Value, ApiError> = match (path.as_str(), &method) {
+    let outcome: Result<Value, ApiError> = match (path, method) {
         (p, _) if known.contains(&p) && p != "/health" && !authorized(app, &rq) => {
             Err(ApiError::new(401, "unauthorized"))
         }
         ("/run", Method::Post) => {
-            spawn_run(app, rq, request_id, started);
+            spawn_run(app, rq, ex);
             return;
         }
         ("/status", Method::Get) => Ok(status(app)),
@@ -119,11 +127,7 @@ fn handle(app: &Arc<App>, rq: Request) {
         )),
         _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
     };
-    let (status, body) = match outcome {
-        Ok(body) => (200, body),
-        Err(e) => (e.status, e.body()),
-    };
-    finish(rq, &request_id, &method, &path, started, &body, status);
+    ex.finish(rq, outcome);
 }
 
 /// `GET /status`: what runs, what ended last, what autopoll will do.
@@ -202,65 +206,58 @@ fn runs(app: &App, url: &str) -> Result<Value, ApiError> {
     Ok(json!({"ok": true, "runs": app.history.newest(limit)}))
 }
 
-fn finish(
-    rq: Request,
-    request_id: &str,
-    method: &Method,
-    path: &str,
+/// What one request is about, for its `http.end` line.
+struct Exchange {
+    request_id: String,
+    method: Method,
+    path: String,
     started: Instant,
-    body: &Value,
-    status: u16,
-) {
-    respond(rq, status, body);
-    log::info!(
-        "http.end request_id={request_id} method={method} path={} status={status} duration_ms={:.3}",
-        Q(path),
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+}
+
+impl Exchange {
+    /// Answers with the outcome and logs `http.end`.
+    fn finish(&self, rq: Request, outcome: Result<Value, ApiError>) {
+        let (status, body) = match outcome {
+            Ok(body) => (200, body),
+            Err(e) => (e.status, e.body()),
+        };
+        respond(rq, status, &body);
+        log::info!(
+            "http.end request_id={} method={} path={} status={status} duration_ms={:.3}",
+            self.request_id,
+            self.method,
+            Q(&self.path),
+            self.started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
 }
 
 /// Hands a `/run` to a worker thread: body, validation, guard, pipeline, answer.
-fn spawn_run(app: &Arc<App>, rq: Request, request_id: String, started: Instant) {
+fn spawn_run(app: &Arc<App>, rq: Request, ex: Exchange) {
     if app.inflight.fetch_add(1, Ordering::AcqRel) >= MAX_INFLIGHT {
         app.inflight.fetch_sub(1, Ordering::AcqRel);
-        let e = ApiError::new(503, "busy: too many requests in flight");
-        finish(
+        ex.finish(
             rq,
-            &request_id,
-            &Method::Post,
-            "/run",
-            started,
-            &e.body(),
-            e.status,
+            Err(ApiError::new(503, "busy: too many requests in flight")),
         );
         return;
     }
     let worker_app = Arc::clone(app);
     let spawned = std::thread::Builder::new()
-        .name(format!("run-{request_id}"))
+        .name(format!("run-{}", ex.request_id))
         .spawn(move || {
             let app = worker_app;
             let mut rq = rq;
-            let (status, body) = match serve_run(&app, &mut rq, &request_id) {
-                Ok(v) => (200, v),
-                Err(e) => {
-                    log::warn!(
-                        "run.fail request_id={request_id} status={} error={}",
-                        e.status,
-                        Q(&e.message)
-                    );
-                    (e.status, e.body())
-                }
-            };
-            finish(
-                rq,
-                &request_id,
-                &Method::Post,
-                "/run",
-                started,
-                &body,
-                status,
-            );
+            let outcome = serve_run(&app, &mut rq, &ex.request_id);
+            if let Err(e) = &outcome {
+                log::warn!(
+                    "run.fail request_id={} status={} error={}",
+                    ex.request_id,
+                    e.status,
+                    Q(&e.message)
+                );
+            }
+            ex.finish(rq, outcome);
             app.inflight.fetch_sub(1, Ordering::AcqRel);
         });
     if let Err(e) = spawned {
