@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{alive, wait_for, FakeZulip, Fixture};
 use serde_json::json;
@@ -38,27 +38,30 @@ fn a_stalled_body_blocks_nothing() {
             .contains("method=POST path=/run")
             .then_some(())
     });
-    let started = Instant::now();
     assert_eq!(looper.get("/health").status, 200);
     let a = looper.run(json!({"codex_prompt": "meanwhile"}));
     assert_eq!(a.status, 200, "{}", a.body);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "blocked by the stalled clients"
-    );
     for c in [&mut small, &mut large] {
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     }
     let mut answer = String::new();
     let _ = large.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
-    assert!(looper.server_log().contains("status=408"));
+    // The other run was served before the stalled request gave up: it did not wait for it.
+    let log = looper.server_log();
+    let served = log.find("status=200").expect("the other run");
+    let cut_off = log.find("status=408").expect("the stalled one");
+    assert!(served < cut_off, "{log}");
+    // The small one is closed by the server (end of file or a reset), not left hanging
+    // until our own 30 s read timeout.
     let mut rest = Vec::new();
-    let closed = small.read_to_end(&mut rest);
-    assert!(
-        closed.is_ok() || closed.is_err(),
-        "the small one is cut off too"
-    );
+    if let Err(e) = small.read_to_end(&mut rest) {
+        let hung = matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        assert!(!hung, "the small stalled request was never cut off");
+    }
     assert!(!rest.starts_with(b"HTTP/1.1 200"));
 }
 
@@ -289,7 +292,7 @@ fn a_run_that_closes_stdout_is_still_tracked() {
     );
 }
 
-/// LOOPER_LOG_RETENTION keeps the N newest run logs and never the active one's removal.
+/// LOOPER_LOG_RETENTION keeps the N newest run logs, the active run's among them.
 #[test]
 fn log_retention_keeps_the_newest() {
     let fx = Fixture::new("retention");
@@ -314,7 +317,8 @@ fn log_retention_keeps_the_newest() {
         .map(|p| std::path::Path::new(p).exists())
         .collect();
     assert_eq!(kept, vec![false, false, true, true]);
-    assert!(looper.server_log().contains("server.start"));
+    let active = looper.get("/status").body["active"]["log_path"].clone();
+    assert_eq!(active, json!(paths[3]));
 }
 
 /// A zuliprc others can read holds a key in the open: Looper warns, without the key.
