@@ -110,11 +110,8 @@ impl History {
             }
         }
         // One write of a whole line under the lock: lines never interleave.
-        let written = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
+        let written =
+            crate::logging::open_append(&self.path).and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = written {
             log::error!(
                 "history.write_failed path={} error={}",

@@ -86,10 +86,21 @@ pub fn parse_level(value: &str) -> Option<LevelFilter> {
     }
 }
 
+/// Opens `path` for appending, creating it readable by its owner only: logs hold whatever
+/// codex printed, which may be private.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Opens the server log for appending and installs the logger. Fails when the file cannot
 /// be opened, which stops the server at start.
 pub fn init(path: &Path, level: LevelFilter) -> io::Result<()> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let file = open_append(path)?;
     let _ = SINK.set(Sink {
         file: Mutex::new(Some(file)),
         to_stderr: true,

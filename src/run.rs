@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -508,7 +508,7 @@ fn launch(
     let header = output::header(request_id, &plan.workspace, &command);
     // The log directory may have been removed while we ran: make it again.
     let file = std::fs::create_dir_all(&app.cfg.log_dir)
-        .and_then(|_| OpenOptions::new().create(true).append(true).open(&log_path))
+        .and_then(|_| crate::logging::open_append(&log_path))
         .and_then(|mut f| {
             f.write_all(header.as_bytes())?;
             Ok(f)

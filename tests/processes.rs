@@ -107,6 +107,16 @@ fn spawns_the_exact_command_with_the_prompt_intact() {
             .any(|l| l == "first line from codex")
             .then_some(())
     });
+    // Logs hold whatever codex printed: readable by their owner only.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [
+        log_path.clone(),
+        fx.path("logs/looper-server.log").display().to_string(),
+        fx.path("logs/runs.jsonl").display().to_string(),
+    ] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{path}");
+    }
     let log = looper.server_log();
     for event in [
         "server.start",
