@@ -117,6 +117,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     let server = Arc::new(server);
     let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
     let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned()));
+    // Signal handling is in place before anyone can learn that we are up.
+    start_signal_thread(&app, &server)?;
 
     for name in crate::config::unknown_vars(env) {
         log::warn!("config.unknown_variable name={name} hint=\"not a Looper variable; a typo?\"");
@@ -140,7 +142,6 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         if app.cfg.api_token.is_some() { "token" } else { "none" },
     );
 
-    start_signal_thread(&app, &server)?;
     let autopoll = crate::autopoll::start(&app);
     crate::http::serve(&app, &server);
     if let Some(handle) = autopoll {
