@@ -16,11 +16,7 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
     let newest = std::fs::read_dir(dir)
         .ok()?
         .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("codex-exec-") && name.ends_with(".log")
-        })
+        .filter(|e| crate::output::is_run_log(&e.file_name()))
         .filter_map(|e| e.metadata().ok()?.modified().ok())
         .max()?;
     Some(

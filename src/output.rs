@@ -21,6 +21,12 @@ pub fn log_file_name(now: chrono::DateTime<chrono::Local>, request_id: &str) -> 
     )
 }
 
+/// Whether a file name is a run log's (`codex-exec-*.log`).
+pub fn is_run_log(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with("codex-exec-") && name.ends_with(".log")
+}
+
 /// The three header lines and the blank line before the output.
 pub fn header(request_id: &str, workspace: &Path, command: &str) -> String {
     format!(

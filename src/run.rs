@@ -586,11 +586,7 @@ fn prune_logs(app: &App) {
     };
     let mut logs: Vec<(std::time::SystemTime, PathBuf)> = dir
         .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("codex-exec-") && name.ends_with(".log")
-        })
+        .filter(|e| crate::output::is_run_log(&e.file_name()))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     // Newest first: by time, then by name (which starts with the start time).

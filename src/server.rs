@@ -95,7 +95,7 @@ fn listen(addr: &str) -> Result<tiny_http::Server, StartError> {
     tiny_http::Server::from_listener(listener, None).map_err(|e| cannot(&e))
 }
 
-/// Runs the server until SIGTERM/SIGINT; returns the process exit code.
+/// Runs the server until SIGTERM/SIGINT; `Err` when it cannot start.
 pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     let cwd = std::env::current_dir()
         .map_err(|e| StartError::Io(format!("cannot read the working directory: {e}")))?;
@@ -122,6 +122,12 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
 
     for name in crate::config::unknown_vars(env) {
         log::warn!("config.unknown_variable name={name} hint=\"not a Looper variable; a typo?\"");
+    }
+    if !app.cfg.workspace.is_dir() {
+        log::warn!(
+            "config.workspace_missing path={} hint=\"runs without a workspace of their own will fail until it exists (LOOPER_WORKSPACE)\"",
+            Q(&app.cfg.workspace.to_string_lossy())
+        );
     }
     for w in &app.cfg.zulip.warnings {
         log::warn!("zulip.config.warning message={}", Q(w));
