@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -166,6 +166,9 @@ pub struct App {
     pub path_var: Option<String>,
     pub history: History,
     pub autopoll: Mutex<AutopollState>,
+    /// The HTTP server now listening (it is replaced when accepting fails), so that the
+    /// signal thread can wake the loop.
+    http: Mutex<Option<Arc<tiny_http::Server>>>,
 }
 
 fn seed() -> u64 {
@@ -197,6 +200,18 @@ impl App {
             cfg,
             path_var,
             autopoll: Mutex::new(AutopollState::default()),
+            http: Mutex::new(None),
+        }
+    }
+
+    pub fn set_server(&self, server: &Arc<tiny_http::Server>) {
+        *self.http.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(server));
+    }
+
+    /// Wakes the HTTP loop (at shutdown).
+    pub fn unblock_server(&self) {
+        if let Some(s) = self.http.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            s.unblock();
         }
     }
 

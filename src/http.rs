@@ -19,6 +19,10 @@ use crate::run::{self, ApiError, Trigger};
 pub const MAX_BODY: usize = 1024 * 1024;
 /// The longest a client may take to send a `/run` body.
 const BODY_DEADLINE: Duration = Duration::from_secs(15);
+/// How long to wait before listening again when binding fails.
+const RELISTEN_BACKOFF: Duration = Duration::from_millis(200);
+/// A retired server is dropped after this long without a request.
+const DRAIN_QUIET: Duration = Duration::from_secs(10);
 /// `/run` requests allowed on worker threads at once; more get a 503.
 const MAX_INFLIGHT: usize = 64;
 
@@ -70,16 +74,61 @@ fn authorized(app: &App, rq: &Request) -> bool {
     ok
 }
 
-/// Serves until the server is unblocked at shutdown.
-pub fn serve(app: &Arc<App>, server: &tiny_http::Server) {
+/// Serves until the server is unblocked at shutdown. tiny_http stops accepting for good
+/// after any accept error (say, out of file descriptors): then we listen again on the same
+/// address, and serve what still comes in on the old server's open connections meanwhile.
+pub fn serve(app: &Arc<App>, mut server: Arc<tiny_http::Server>, addr: &str) {
     loop {
         match server.recv() {
             Ok(rq) => handle(app, rq),
             Err(_) if app.shutdown.is_set() => return,
-            // The accept timeout inherited from the listening socket: nothing to report.
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => log::warn!("http.accept_failed error={}", Q(&e.to_string())),
+            Err(e) => {
+                log::error!(
+                    "http.accept_failed error={} action=listen_again",
+                    Q(&e.to_string())
+                );
+                let Some(fresh) = listen_again(app, addr) else {
+                    return;
+                };
+                drain(app, std::mem::replace(&mut server, fresh));
+            }
         }
+    }
+}
+
+/// Binds `addr` again, retrying every [`RELISTEN_BACKOFF`]; `None` at shutdown.
+fn listen_again(app: &App, addr: &str) -> Option<Arc<tiny_http::Server>> {
+    loop {
+        match crate::server::listen(addr) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                app.set_server(&s);
+                log::info!("http.listening addr={}", Q(addr));
+                return Some(s);
+            }
+            Err(e) => {
+                log::error!("http.listen_failed error={}", Q(&e.to_string()));
+                if app.shutdown.wait(RELISTEN_BACKOFF) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Serves the requests still coming in on a retired server's open connections until they
+/// go quiet.
+fn drain(app: &Arc<App>, old: Arc<tiny_http::Server>) {
+    let app = Arc::clone(app);
+    let spawned = std::thread::Builder::new()
+        .name("http-drain".into())
+        .spawn(move || {
+            while let Ok(Some(rq)) = old.recv_timeout(DRAIN_QUIET) {
+                handle(&app, rq);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("http.drain_failed error={}", Q(&e.to_string()));
     }
 }
 
@@ -273,6 +322,7 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
         return Err(too_large());
     }
     let deadline = Instant::now() + BODY_DEADLINE;
+    let timed_out = || ApiError::new(408, "timed out reading the request body");
     let mut body = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let reader = rq.as_reader();
@@ -283,7 +333,7 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(ApiError::new(408, "timed out reading the request body"))
+                return Err(timed_out())
             }
             Err(e) => {
                 return Err(ApiError::bad_request(format!(
@@ -296,8 +346,12 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
             return Err(too_large());
         }
         if Instant::now() > deadline {
-            return Err(ApiError::new(408, "timed out reading the request body"));
+            return Err(timed_out());
         }
+    }
+    // Cut off before the announced length arrived (the sweeper shuts silent clients).
+    if rq.body_length().is_some_and(|n| body.len() < n) {
+        return Err(timed_out());
     }
     if body.len() > MAX_BODY {
         return Err(too_large());

@@ -66,7 +66,18 @@ impl Log for ServerLogger {
         }
         let Some(sink) = SINK.get() else { return };
         let now = chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
-        let line = format!("{now} {} {}\n", level_name(record.level()), record.args());
+        let level = level_name(record.level());
+        let line = if record.target().starts_with("looper") {
+            format!("{now} {level} {}\n", record.args())
+        } else {
+            // A library's own message (tiny_http, minreq): keep the event format.
+            let message = record.args().to_string();
+            format!(
+                "{now} {level} lib.log target={} message={}\n",
+                Q(record.target()),
+                Q(&message)
+            )
+        };
         sink.write(line.as_bytes());
     }
 

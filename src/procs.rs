@@ -432,30 +432,113 @@ pub fn ignore_file_size_signal() {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
-/// Sets receive and send timeouts on a socket; connections accepted from a listening
-/// socket inherit them on Linux, which is how every client connection gets its timeouts.
-pub fn set_socket_timeouts(fd: i32, timeout: Duration) -> std::io::Result<()> {
+/// Sets a socket option holding a timeout (`SO_RCVTIMEO` or `SO_SNDTIMEO`).
+pub fn set_socket_timeout(fd: i32, opt: i32, timeout: Duration) -> std::io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: `tv` is a valid timeval for the duration of the call and its size is
-        // passed along; `fd` is a socket the caller owns.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // SAFETY: `tv` is a valid timeval for the duration of the call and its size is passed
+    // along; a bad `fd` only makes the call fail.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The port of a socket address (`getsockname`/`getpeername` fill these).
+fn port_of(addr: &libc::sockaddr_storage) -> Option<u16> {
+    match i32::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in, which it can hold.
+            let v4 =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(u16::from_be(v4.sin_port))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let v6 =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(u16::from_be(v6.sin6_port))
+        }
+        _ => None,
+    }
+}
+
+/// Cuts off client connections of ours on `port` (sockets with that local port and a peer)
+/// that have sent nothing for `idle`: their read side is shut, so that a read blocked on
+/// them — in tiny_http's connection threads or in a `/run` worker — ends at once, while an
+/// answer still being prepared can be sent. tiny_http offers no hook on accepted sockets, and
+/// a receive timeout would only reach reads that start after it is set (and on the listener
+/// it would make accept time out, which tiny_http treats as fatal). Returns how many
+/// connections were cut off.
+pub fn cut_idle_clients(port: u16, idle: Duration) -> usize {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let idle_ms = idle.as_millis().min(u128::from(u32::MAX)) as u32;
+    let mut cut = 0;
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let is_socket = fs::read_link(entry.path())
+            .map(|t| t.to_string_lossy().starts_with("socket:"))
+            .unwrap_or(false);
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: all-zero bytes are a valid value of these plain C structs.
+        let (mut local, mut peer, mut info): (
+            libc::sockaddr_storage,
+            libc::sockaddr_storage,
+            libc::tcp_info,
+        ) = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let mut peer_len = len;
+        let mut info_len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: the pointers and lengths describe our own structs for the duration of the
+        // calls; a stale or foreign `fd` only makes them fail.
+        let ours = unsafe {
+            libc::getsockname(
+                fd,
+                (&mut local as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            ) == 0
+                && libc::getpeername(
+                    fd,
+                    (&mut peer as *mut libc::sockaddr_storage).cast(),
+                    &mut peer_len,
+                ) == 0
+                && libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&mut info as *mut libc::tcp_info).cast(),
+                    &mut info_len,
+                ) == 0
+        };
+        if ours && port_of(&local) == Some(port) && info.tcpi_last_data_recv >= idle_ms {
+            // SAFETY: shutdown(2) on a connected socket of ours; it frees nothing.
+            if unsafe { libc::shutdown(fd, libc::SHUT_RD) } == 0 {
+                cut += 1;
+            }
+        }
+    }
+    cut
 }
 
 /// Asks for a pipe buffer of `bytes` (the kernel caps it at `/proc/sys/fs/pipe-max-size`):

@@ -17,6 +17,8 @@ use crate::procs;
 
 /// How long a client connection may stall on one read or write.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often silent connections are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// What the copy threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
 
@@ -81,9 +83,10 @@ fn callback_host(host: &str) -> String {
     }
 }
 
-/// Binds the listening socket with [`CLIENT_TIMEOUT`] on reads and writes, which every
-/// accepted connection inherits: a client that stalls cannot hold a thread for long.
-fn listen(addr: &str) -> Result<tiny_http::Server, StartError> {
+/// Binds the listening socket. Connections inherit its send timeout ([`CLIENT_TIMEOUT`]), so
+/// a client that stops reading cannot hold a thread for long; clients that stop sending are
+/// cut off by the connection sweeper.
+pub fn listen(addr: &str) -> Result<tiny_http::Server, StartError> {
     use std::os::fd::AsRawFd;
     let cannot = |e: &dyn fmt::Display| {
         StartError::Io(format!(
@@ -91,8 +94,26 @@ fn listen(addr: &str) -> Result<tiny_http::Server, StartError> {
         ))
     };
     let listener = std::net::TcpListener::bind(addr).map_err(|e| cannot(&e))?;
-    procs::set_socket_timeouts(listener.as_raw_fd(), CLIENT_TIMEOUT).map_err(|e| cannot(&e))?;
+    procs::set_socket_timeout(listener.as_raw_fd(), libc::SO_SNDTIMEO, CLIENT_TIMEOUT)
+        .map_err(|e| cannot(&e))?;
     tiny_http::Server::from_listener(listener, None).map_err(|e| cannot(&e))
+}
+
+/// Every [`SWEEP_INTERVAL`], cuts off client connections silent for [`CLIENT_TIMEOUT`].
+fn start_sweeper(app: &Arc<App>, port: u16) -> Result<(), StartError> {
+    let app = Arc::clone(app);
+    std::thread::Builder::new()
+        .name("conn-sweeper".into())
+        .spawn(move || {
+            while !app.shutdown.wait(SWEEP_INTERVAL) {
+                let cut = procs::cut_idle_clients(port, CLIENT_TIMEOUT);
+                if cut > 0 {
+                    log::debug!("http.idle_clients_cut count={cut}");
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| StartError::Io(format!("cannot start the connection sweeper: {e}")))
 }
 
 /// Runs the server until SIGTERM/SIGINT; `Err` when it cannot start.
@@ -114,11 +135,15 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         .to_ip()
         .map(|a| a.port())
         .unwrap_or(cfg.port);
+    // Listening again after an accept failure must take the same port, even for port 0.
+    let addr = socket_text(&cfg.host, port);
     let server = Arc::new(server);
     let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
     let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned()));
+    app.set_server(&server);
     // Signal handling is in place before anyone can learn that we are up.
-    start_signal_thread(&app, &server)?;
+    start_signal_thread(&app)?;
+    start_sweeper(&app, port)?;
 
     for name in crate::config::unknown_vars(env) {
         log::warn!("config.unknown_variable name={name} hint=\"not a Looper variable; a typo?\"");
@@ -149,7 +174,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     );
 
     let autopoll = crate::autopoll::start(&app);
-    crate::http::serve(&app, &server);
+    crate::http::serve(&app, server, &addr);
     if let Some(handle) = autopoll {
         let _ = handle.join();
     }
@@ -158,11 +183,10 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
 }
 
 /// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
-fn start_signal_thread(app: &Arc<App>, server: &Arc<tiny_http::Server>) -> Result<(), StartError> {
+fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| StartError::Io(format!("cannot install signal handlers: {e}")))?;
     let app = Arc::clone(app);
-    let server = Arc::clone(server);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -173,7 +197,7 @@ fn start_signal_thread(app: &Arc<App>, server: &Arc<tiny_http::Server>) -> Resul
                     log::info!("server.signal signal={sig} action=shutdown");
                     app.shutdown.trigger();
                     app.run_exited.notify_all();
-                    server.unblock();
+                    app.unblock_server();
                 } else {
                     log::warn!("server.signal signal={sig} action=exit_now");
                     std::process::exit(1);

@@ -32,6 +32,8 @@ fn a_stalled_body_blocks_nothing() {
     };
     let mut small = stall(200);
     let mut large = stall(5000);
+    // And one that connects and says nothing at all.
+    let mut silent = raw(&looper);
     wait_for("the large stalled request to reach a worker", || {
         looper
             .server_log()
@@ -41,7 +43,7 @@ fn a_stalled_body_blocks_nothing() {
     assert_eq!(looper.get("/health").status, 200);
     let a = looper.run(json!({"codex_prompt": "meanwhile"}));
     assert_eq!(a.status, 200, "{}", a.body);
-    for c in [&mut small, &mut large] {
+    for c in [&mut small, &mut large, &mut silent] {
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     }
     let mut answer = String::new();
@@ -63,6 +65,49 @@ fn a_stalled_body_blocks_nothing() {
         assert!(!hung, "the small stalled request was never cut off");
     }
     assert!(!rest.starts_with(b"HTTP/1.1 200"));
+    let mut nothing = Vec::new();
+    if let Err(e) = silent.read_to_end(&mut nothing) {
+        let hung = matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        assert!(!hung, "the silent connection was never closed");
+    }
+}
+
+/// Running out of file descriptors makes tiny_http stop accepting for good; Looper listens
+/// again on the same port once descriptors are free, and answers as before.
+#[test]
+fn accepting_recovers_after_running_out_of_descriptors() {
+    let fx = Fixture::new("nofile");
+    let looper = fx.start_limited(&[], &[(libc::RLIMIT_NOFILE, 24)]);
+    let port = looper.port;
+    // Hold connections until accepting fails.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
+            held.push(c);
+        }
+    }
+    wait_for("accepting to fail", || {
+        looper
+            .server_log()
+            .contains("http.accept_failed")
+            .then_some(())
+    });
+    drop(held);
+    let answered = wait_for("/health to answer again", || {
+        let r = minreq::get(looper.url("/health"))
+            .with_timeout(5)
+            .send()
+            .ok()?;
+        (r.status_code == 200).then_some(r.status_code)
+    });
+    assert_eq!(answered, 200);
+    assert_eq!(looper.port, port);
+    assert!(looper.server_log().contains("http.listening"));
+    let a = looper.run(json!({"codex_prompt": ""}));
+    assert_eq!(a.status, 200, "{}", a.body);
 }
 
 /// A body dripped byte by byte does not hold the guard or the loop meanwhile.
@@ -252,7 +297,7 @@ fn a_full_disk_does_not_block_the_child() {
             ),
             ("LOOPER_MIRROR_CODEX_OUTPUT", "0"),
         ],
-        Some(2_000_000),
+        &[(libc::RLIMIT_FSIZE, 2_000_000)],
     );
     let a = looper.run(json!({"codex_prompt": "flood"}));
     assert_eq!(a.status, 200, "{}", a.body);
@@ -440,4 +485,17 @@ fn soak_300_runs_leaks_nothing() {
             "{text}"
         );
     }
+}
+
+/// An idle server keeps accepting: nothing (such as a timeout on the listening socket) ends
+/// tiny_http's accept loop while no one calls.
+#[test]
+fn an_idle_server_keeps_accepting() {
+    let fx = Fixture::new("idle");
+    let looper = fx.start(&[]);
+    assert_eq!(looper.get("/health").status, 200);
+    // Longer than every timeout of the HTTP side (5 s per read or write, 1 s sweeps).
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(looper.get("/health").status, 200);
+    assert!(!looper.server_log().contains("http.accept_failed"));
 }

@@ -37,8 +37,7 @@ fn autopoll_starts_one_run_when_idle() {
         ("LOOPER_LOG_LEVEL", "DEBUG".into()),
         ("FAKE_CODEX", "record;sleep:600".into()),
     ]);
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let looper = fx.start(&pairs);
+    let looper = fx.start_owned(&env);
     let rec = wait_for("an autopoll run", || looper.records().into_iter().next());
     wait_for("three ticks that saw the live run", || {
         (count(
@@ -234,8 +233,7 @@ fn a_crash_loop_backs_off() {
             "record;print:cannot authenticate;exit:1".into(),
         ),
     ]);
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let looper = fx.start(&pairs);
+    let looper = fx.start_owned(&env);
     let status = wait_for("the back-off", || {
         let s = looper.get("/status").body;
         s["autopoll"]["backoff_until"].is_string().then_some(s)
@@ -268,8 +266,7 @@ fn run_ends_are_announced_when_asked() {
             "record;print:all done here;sleep:0.3;exit:0".into(),
         ),
     ]);
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let looper = fx.start(&pairs);
+    let looper = fx.start_owned(&env);
     let a = looper.run(json!({"zulip_message": "go", "codex_prompt": "p"}));
     assert_eq!(a.status, 200, "{}", a.body);
     let notice = wait_for("the exit notice", || {

@@ -24,11 +24,6 @@ fn env_creds(z: &FakeZulip) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn start(fx: &Fixture, vars: &[(&str, String)]) -> common::Looper {
-    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    fx.start(&pairs)
-}
-
 /// A stream message: form fields, Basic auth and the `zulip_output` line.
 #[test]
 fn stream_messages_go_out_as_zulip_expects() {
@@ -37,7 +32,7 @@ fn stream_messages_go_out_as_zulip_expects() {
     let mut vars = env_creds(&z);
     vars.push(("ZULIP_STREAM", "ops room".into()));
     vars.push(("ZULIP_TOPIC", "looper".into()));
-    let looper = start(&fx, &vars);
+    let looper = fx.start_owned(&vars);
     let a = looper.run(json!({"zulip_message": "Looper: fresh run & more", "codex_prompt": ""}));
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
@@ -76,7 +71,7 @@ fn private_recipients_email_slug_and_name() {
         let mut vars = env_creds(&z);
         vars.push(("ZULIP_MESSAGE_TYPE", "private".into()));
         vars.push(("ZULIP_TO", to.into()));
-        let looper = start(&fx, &vars);
+        let looper = fx.start_owned(&vars);
         let a = looper.run(json!({"zulip_message": "hi", "codex_prompt": ""}));
         assert_eq!(a.status, 200, "{to}: {}", a.body);
         assert!(a.body["zulip_output"]
@@ -117,13 +112,10 @@ fn zuliprc_profiles() {
         ("", "api-bot@example.com", "api-key"),
         ("missing", "api-bot@example.com", "api-key"),
     ] {
-        let looper = start(
-            &fx,
-            &[
-                ("ZULIPRC_PATH", rc_s.clone()),
-                ("ZULIP_PROFILE", profile.into()),
-            ],
-        );
+        let looper = fx.start_owned(&[
+            ("ZULIPRC_PATH", rc_s.clone()),
+            ("ZULIP_PROFILE", profile.into()),
+        ]);
         let a = looper.run(json!({"zulip_message": "hi", "codex_prompt": ""}));
         assert_eq!(a.status, 200, "{profile}: {}", a.body);
         let last = z.messages().pop().unwrap();
@@ -148,7 +140,7 @@ fn a_failing_zulip_stops_nothing() {
     let z = FakeZulip::start();
     let mut vars = env_creds(&z);
     vars.push(("FAKE_CODEX", "record;sleep:600".into()));
-    let looper = start(&fx, &vars);
+    let looper = fx.start_owned(&vars);
     let live = looper.run(json!({"codex_prompt": "live"}));
     assert_eq!(live.status, 200, "{}", live.body);
     let pid = live.body["codex_exec_result"]["pid"].as_u64().unwrap();

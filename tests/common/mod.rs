@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A resource limit for Looper: `(RLIMIT_*, value)`.
+pub type Limit = (libc::__rlimit_resource_t, u64);
+
 /// Upper bound for anything a test waits for; never an assertion about speed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -127,13 +130,19 @@ impl Fixture {
     /// Starts Looper with the base environment plus `extra` (an empty value removes a
     /// variable) and waits until it listens.
     pub fn start(&self, extra: &[(&str, &str)]) -> Looper {
-        self.start_limited(extra, None)
+        self.start_limited(extra, &[])
     }
 
-    /// [`Fixture::start`] with a file-size limit (RLIMIT_FSIZE, bytes) on Looper, to make
-    /// its writes fail as on a full disk.
-    pub fn start_limited(&self, extra: &[(&str, &str)], file_limit: Option<u64>) -> Looper {
-        let (child, stderr_path) = self.spawn_limited(extra, file_limit);
+    /// [`Fixture::start`] with owned values.
+    pub fn start_owned(&self, extra: &[(&str, String)]) -> Looper {
+        let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.start(&pairs)
+    }
+
+    /// [`Fixture::start`] with resource limits on Looper (`RLIMIT_FSIZE` to make its writes
+    /// fail as on a full disk, `RLIMIT_NOFILE` to run it out of descriptors).
+    pub fn start_limited(&self, extra: &[(&str, &str)], limits: &[Limit]) -> Looper {
+        let (child, stderr_path) = self.spawn_limited(extra, limits);
         let mut looper = Looper {
             child: Some(child),
             port: 0,
@@ -161,10 +170,10 @@ impl Fixture {
 
     /// Spawns Looper without waiting (for start-up failures).
     pub fn spawn(&self, extra: &[(&str, &str)]) -> (Child, PathBuf) {
-        self.spawn_limited(extra, None)
+        self.spawn_limited(extra, &[])
     }
 
-    fn spawn_limited(&self, extra: &[(&str, &str)], file_limit: Option<u64>) -> (Child, PathBuf) {
+    fn spawn_limited(&self, extra: &[(&str, &str)], limits: &[Limit]) -> (Child, PathBuf) {
         let mut env: HashMap<String, String> = self.base_env().into_iter().collect();
         for (k, v) in extra {
             if v.is_empty() {
@@ -183,18 +192,21 @@ impl Fixture {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        if let Some(limit) = file_limit {
+        if !limits.is_empty() {
             use std::os::unix::process::CommandExt;
+            let limits = limits.to_vec();
             // SAFETY: runs in the forked child before exec; setrlimit(2) is async-signal-safe
             // and `lim` lives on the child's stack for the call.
             unsafe {
                 cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for (resource, limit) in &limits {
+                        let lim = libc::rlimit {
+                            rlim_cur: *limit,
+                            rlim_max: *limit,
+                        };
+                        if libc::setrlimit(*resource, &lim) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
