@@ -54,25 +54,24 @@ fn a_stalled_body_blocks_nothing() {
     let served = log.find("status=200").expect("the other run");
     let cut_off = log.find("status=408").expect("the stalled one");
     assert!(served < cut_off, "{log}");
-    // The small one is closed by the server (end of file or a reset), not left hanging
-    // until our own 30 s read timeout.
-    let mut rest = Vec::new();
-    if let Err(e) = small.read_to_end(&mut rest) {
-        let hung = matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        );
-        assert!(!hung, "the small stalled request was never cut off");
-    }
+    // The small one and the silent one are closed by the server (end of file or a reset),
+    // not left hanging until our own 30 s read timeout.
+    let rest = read_until_closed(&mut small, "the small stalled request");
     assert!(!rest.starts_with(b"HTTP/1.1 200"));
-    let mut nothing = Vec::new();
-    if let Err(e) = silent.read_to_end(&mut nothing) {
+    read_until_closed(&mut silent, "the silent connection");
+}
+
+/// Reads until the server closes the connection; fails if our read timeout comes first.
+fn read_until_closed(c: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    if let Err(e) = c.read_to_end(&mut got) {
         let hung = matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         );
-        assert!(!hung, "the silent connection was never closed");
+        assert!(!hung, "{what} was never cut off");
     }
+    got
 }
 
 /// Running out of file descriptors makes tiny_http stop accepting for good; Looper listens
