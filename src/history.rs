@@ -127,6 +127,12 @@ impl History {
         rows.iter().rev().take(limit).cloned().collect()
     }
 
+    /// The newest row of a run that has ended.
+    pub fn last_finished(&self) -> Option<Row> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.iter().rev().find(|r| r.return_code.is_some()).cloned()
+    }
+
     /// The row of `run_id`, if it is among the kept rows.
     pub fn get(&self, run_id: &str) -> Option<Row> {
         let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());

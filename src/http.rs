@@ -202,17 +202,13 @@ fn status(app: &App) -> Value {
     });
     let last_exit = last_exit.or_else(|| {
         // After a restart: the newest finished run in the history.
-        app.history
-            .newest(crate::history::MAX_ROWS)
-            .into_iter()
-            .find_map(|row| {
-                Some(crate::app::Exit {
-                    return_code: row.return_code?,
-                    ended_at: row.ended_at?,
-                    duration_seconds: row.duration_seconds.unwrap_or(0.0),
-                    run_id: row.run_id,
-                })
-            })
+        let row = app.history.last_finished()?;
+        Some(crate::app::Exit {
+            return_code: row.return_code?,
+            ended_at: row.ended_at?,
+            duration_seconds: row.duration_seconds.unwrap_or(0.0),
+            run_id: row.run_id,
+        })
     });
     let poll = app.autopoll_state().clone();
     let backoff_until = poll

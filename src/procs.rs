@@ -74,20 +74,22 @@ fn split_nul(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     bytes.split(|b| *b == 0).filter(|s| !s.is_empty())
 }
 
-/// One snapshot of the processes of user `uid`. Entries that vanish mid-scan are skipped.
-pub fn scan(uid: u32) -> Vec<ProcInfo> {
-    let Ok(dir) = fs::read_dir("/proc") else {
+/// The entries of `dir` whose names are numbers (pids in `/proc`, descriptors in
+/// `/proc/self/fd`); an unreadable directory has none.
+fn numbered_entries(dir: &Path) -> Vec<(i32, fs::DirEntry)> {
+    let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
+    entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e)))
+        .collect()
+}
+
+/// One snapshot of the processes of user `uid`. Entries that vanish mid-scan are skipped.
+pub fn scan(uid: u32) -> Vec<ProcInfo> {
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for (pid, _) in numbered_entries(Path::new("/proc")) {
         let base = Path::new("/proc").join(pid.to_string());
         match fs::metadata(&base) {
             Ok(m) if m.uid() == uid => {}
@@ -482,19 +484,9 @@ fn port_of(addr: &libc::sockaddr_storage) -> Option<u16> {
 /// it would make accept time out, which tiny_http treats as fatal). Returns how many
 /// connections were cut off.
 pub fn cut_idle_clients(port: u16, idle: Duration) -> usize {
-    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
     let idle_ms = idle.as_millis().min(u128::from(u32::MAX)) as u32;
     let mut cut = 0;
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for (fd, entry) in numbered_entries(Path::new("/proc/self/fd")) {
         let is_socket = fs::read_link(entry.path())
             .map(|t| t.to_string_lossy().starts_with("socket:"))
             .unwrap_or(false);
