@@ -167,8 +167,17 @@ pub struct App {
     pub history: History,
     pub autopoll: Mutex<AutopollState>,
     /// The HTTP server now listening (it is replaced when accepting fails), so that the
-    /// signal thread can wake the loop.
-    http: Mutex<Option<Arc<tiny_http::Server>>>,
+    /// signal thread and the sweeper can wake the loop.
+    http: Mutex<Listening>,
+}
+
+/// The HTTP server being served, and whether the loop is replacing it.
+#[derive(Default)]
+struct Listening {
+    server: Option<Arc<tiny_http::Server>>,
+    /// Counts servers set, so that a sweep that began before a replacement acts on nothing.
+    generation: u64,
+    relistening: bool,
 }
 
 fn seed() -> u64 {
@@ -200,19 +209,57 @@ impl App {
             cfg,
             path_var,
             autopoll: Mutex::new(AutopollState::default()),
-            http: Mutex::new(None),
+            http: Mutex::new(Listening::default()),
         }
     }
 
+    fn listening(&self) -> std::sync::MutexGuard<'_, Listening> {
+        self.http.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `server` the one served (at start, and after listening again).
     pub fn set_server(&self, server: &Arc<tiny_http::Server>) {
-        *self.http.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(server));
+        let mut l = self.listening();
+        l.server = Some(Arc::clone(server));
+        l.generation += 1;
+        l.relistening = false;
     }
 
     /// Wakes the HTTP loop (at shutdown).
     pub fn unblock_server(&self) {
-        if let Some(s) = self.http.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(s) = self.listening().server.as_ref() {
             s.unblock();
         }
+    }
+
+    /// Which server is current, for [`App::listener_lost`].
+    pub fn server_generation(&self) -> u64 {
+        self.listening().generation
+    }
+
+    /// The loop is about to retire its server and listen again; the sweeper leaves it alone
+    /// meanwhile, and nothing here keeps the retired server alive. Returns whether the
+    /// sweeper had asked for it.
+    pub fn begin_relisten(&self) -> bool {
+        let mut l = self.listening();
+        l.server = None;
+        std::mem::replace(&mut l.relistening, true)
+    }
+
+    /// The sweeper found no listening socket while server `generation` was current: tiny_http's
+    /// accept thread has ended without a word (it panics when it cannot duplicate an accepted
+    /// socket for want of descriptors, and the listener goes with it). Wakes the loop so that
+    /// it listens again, unless the server was replaced since or is being replaced.
+    pub fn listener_lost(&self, generation: u64) -> bool {
+        let mut l = self.listening();
+        if l.generation != generation || l.relistening {
+            return false;
+        }
+        l.relistening = true;
+        if let Some(s) = l.server.as_ref() {
+            s.unblock();
+        }
+        true
     }
 
     /// A fresh 8-hex-digit id (splitmix64 over a random seed).

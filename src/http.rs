@@ -19,8 +19,13 @@ use crate::run::{self, ApiError, Trigger};
 pub const MAX_BODY: usize = 1024 * 1024;
 /// The longest a client may take to send a `/run` body.
 const BODY_DEADLINE: Duration = Duration::from_secs(15);
-/// How long to wait before listening again when binding fails.
+/// How long to wait before listening again when binding fails, and the first pause when
+/// accepting fails again soon after listening again.
 const RELISTEN_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest pause before listening again while accepting keeps failing.
+const RELISTEN_MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Accept failures further apart than this are unrelated: the next one gets no pause.
+const RELISTEN_CALM: Duration = Duration::from_secs(30);
 /// A retired server is dropped after this long without a request.
 const DRAIN_QUIET: Duration = Duration::from_secs(10);
 /// `/run` requests allowed on worker threads at once; more get a 503.
@@ -75,29 +80,57 @@ fn authorized(app: &App, rq: &Request) -> bool {
 }
 
 /// Serves until the server is unblocked at shutdown. tiny_http stops accepting for good
-/// after any accept error (say, out of file descriptors): then we listen again on the same
-/// address, and serve what still comes in on the old server's open connections meanwhile.
+/// after any accept error (say, out of file descriptors), or silently when its accept thread
+/// panics (the sweeper notices the listener gone and wakes us): then we listen again on the
+/// same address, and serve what still comes in on the old server's open connections.
 pub fn serve(app: &Arc<App>, mut server: Arc<tiny_http::Server>, addr: &str) {
+    // While descriptors stay exhausted a fresh listener fails at once again: pause before
+    // listening again, doubling while failures follow each other, so as not to spin.
+    let mut pause = Duration::ZERO;
+    let mut last_failure: Option<Instant> = None;
     loop {
-        match server.recv() {
-            Ok(rq) => handle(app, rq),
-            Err(_) if app.shutdown.is_set() => return,
-            Err(e) => {
-                log::error!(
-                    "http.accept_failed error={} action=listen_again",
-                    Q(&e.to_string())
-                );
-                let Some(fresh) = listen_again(app, addr) else {
-                    return;
-                };
-                drain(app, std::mem::replace(&mut server, fresh));
+        let error = match server.recv() {
+            Ok(rq) => {
+                handle(app, rq);
+                continue;
             }
+            Err(_) if app.shutdown.is_set() => return,
+            Err(e) => e,
+        };
+        let error = if app.begin_relisten() {
+            "the listening socket is gone (tiny_http's accept thread ended)".to_string()
+        } else {
+            error.to_string()
+        };
+        pause = match last_failure {
+            Some(t) if t.elapsed() < RELISTEN_CALM => {
+                (pause * 2).clamp(RELISTEN_BACKOFF, RELISTEN_MAX_PAUSE)
+            }
+            _ => Duration::ZERO,
+        };
+        last_failure = Some(Instant::now());
+        log::error!(
+            "http.accept_failed error={} action=listen_again pause_ms={}",
+            Q(&error),
+            pause.as_millis()
+        );
+        // The retired server is served until it goes quiet, then dropped, which frees its
+        // port should it still hold it.
+        drain(app, server);
+        if app.shutdown.wait(pause) {
+            return;
         }
+        let Some(fresh) = listen_again(app, addr) else {
+            return;
+        };
+        server = fresh;
     }
 }
 
-/// Binds `addr` again, retrying every [`RELISTEN_BACKOFF`]; `None` at shutdown.
+/// Binds `addr` again, retrying every [`RELISTEN_BACKOFF`]; `None` at shutdown. Each new
+/// reason for failing is logged once.
 fn listen_again(app: &App, addr: &str) -> Option<Arc<tiny_http::Server>> {
+    let mut last_error = String::new();
     loop {
         match crate::server::listen(addr) {
             Ok(s) => {
@@ -107,7 +140,11 @@ fn listen_again(app: &App, addr: &str) -> Option<Arc<tiny_http::Server>> {
                 return Some(s);
             }
             Err(e) => {
-                log::error!("http.listen_failed error={}", Q(&e.to_string()));
+                let e = e.to_string();
+                if e != last_error {
+                    log::error!("http.listen_failed error={} action=retry", Q(&e));
+                    last_error = e;
+                }
                 if app.shutdown.wait(RELISTEN_BACKOFF) {
                     return None;
                 }

@@ -119,7 +119,31 @@ pub fn init(path: &Path, level: LevelFilter) -> io::Result<()> {
     if log::set_boxed_logger(Box::new(ServerLogger { level })).is_ok() {
         log::set_max_level(level);
     }
+    std::panic::set_hook(Box::new(log_panic));
     Ok(())
+}
+
+/// A panic becomes one server-log event (not a stray stderr line that the log file never
+/// sees), naming the thread and the place. Panics inside a library's threads (tiny_http's
+/// accept thread, when it runs out of descriptors) are how their silent endings get told.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string());
+    let at = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    log::error!(
+        "thread.panicked thread={} at={} message={}",
+        Q(thread.name().unwrap_or("unnamed")),
+        Q(&at),
+        Q(&message)
+    );
 }
 
 /// A value in a `key=value` pair: bare when it is a plain token, JSON-quoted otherwise, so

@@ -75,21 +75,21 @@ fn split_nul(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The entries of `dir` whose names are numbers (pids in `/proc`, descriptors in
-/// `/proc/self/fd`); an unreadable directory has none.
-fn numbered_entries(dir: &Path) -> Vec<(i32, fs::DirEntry)> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e)))
-        .collect()
+/// `/proc/self/fd`); `None` when the directory cannot be read.
+fn numbered_entries(dir: &Path) -> Option<Vec<(i32, fs::DirEntry)>> {
+    let entries = fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e)))
+            .collect(),
+    )
 }
 
 /// One snapshot of the processes of user `uid`. Entries that vanish mid-scan are skipped.
 pub fn scan(uid: u32) -> Vec<ProcInfo> {
     let mut out = Vec::new();
-    for (pid, _) in numbered_entries(Path::new("/proc")) {
+    for (pid, _) in numbered_entries(Path::new("/proc")).unwrap_or_default() {
         let base = Path::new("/proc").join(pid.to_string());
         match fs::metadata(&base) {
             Ok(m) if m.uid() == uid => {}
@@ -476,17 +476,27 @@ fn port_of(addr: &libc::sockaddr_storage) -> Option<u16> {
     }
 }
 
-/// Cuts off client connections of ours on `port` (sockets with that local port and a peer)
-/// that have sent nothing for `idle`: their read side is shut, so that a read blocked on
-/// them — in tiny_http's connection threads or in a `/run` worker — ends at once, while an
-/// answer still being prepared can be sent. tiny_http offers no hook on accepted sockets, and
-/// a receive timeout would only reach reads that start after it is set (and on the listener
-/// it would make accept time out, which tiny_http treats as fatal). Returns how many
-/// connections were cut off.
-pub fn cut_idle_clients(port: u16, idle: Duration) -> usize {
+/// What one sweep over this process's sockets found and did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Client connections cut off.
+    pub cut: usize,
+    /// Whether a socket of ours still listens on the port.
+    pub listening: bool,
+}
+
+/// Walks this process's sockets on `port`. Client connections (a peer) that have sent
+/// nothing for `idle` get their read side shut, so that a read blocked on them — in
+/// tiny_http's connection threads or in a `/run` worker — ends at once, while an answer
+/// still being prepared can be sent. tiny_http offers no hook on accepted sockets, and a
+/// receive timeout would only reach reads that start after it is set (and on the listener it
+/// would make accept time out, which tiny_http treats as fatal). Also tells whether the
+/// listening socket is still there. `None` when the descriptors cannot be listed (say, none
+/// is left to open the directory with): then nothing is known.
+pub fn sweep_sockets(port: u16, idle: Duration) -> Option<Sweep> {
     let idle_ms = idle.as_millis().min(u128::from(u32::MAX)) as u32;
-    let mut cut = 0;
-    for (fd, entry) in numbered_entries(Path::new("/proc/self/fd")) {
+    let mut sweep = Sweep::default();
+    for (fd, entry) in numbered_entries(Path::new("/proc/self/fd"))? {
         let is_socket = fs::read_link(entry.path())
             .map(|t| t.to_string_lossy().starts_with("socket:"))
             .unwrap_or(false);
@@ -500,38 +510,58 @@ pub fn cut_idle_clients(port: u16, idle: Duration) -> usize {
             libc::tcp_info,
         ) = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let mut peer_len = len;
-        let mut info_len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: the pointers and lengths describe our own structs for the duration of the
-        // calls; a stale or foreign `fd` only makes them fail.
-        let ours = unsafe {
+        // SAFETY: the pointer and length describe our own struct for the duration of the
+        // call; a stale or foreign `fd` only makes it fail.
+        let named = unsafe {
             libc::getsockname(
                 fd,
                 (&mut local as *mut libc::sockaddr_storage).cast(),
                 &mut len,
             ) == 0
-                && libc::getpeername(
+        };
+        if !named || port_of(&local) != Some(port) {
+            continue;
+        }
+        let mut peer_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let mut info_len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let (mut accepting, mut flag_len) = (0 as libc::c_int, LEN_INT);
+        // SAFETY: as above, for our own structs and int.
+        let (client, listener) = unsafe {
+            (
+                libc::getpeername(
                     fd,
                     (&mut peer as *mut libc::sockaddr_storage).cast(),
                     &mut peer_len,
                 ) == 0
-                && libc::getsockopt(
+                    && libc::getsockopt(
+                        fd,
+                        libc::IPPROTO_TCP,
+                        libc::TCP_INFO,
+                        (&mut info as *mut libc::tcp_info).cast(),
+                        &mut info_len,
+                    ) == 0,
+                libc::getsockopt(
                     fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    (&mut info as *mut libc::tcp_info).cast(),
-                    &mut info_len,
+                    libc::SOL_SOCKET,
+                    libc::SO_ACCEPTCONN,
+                    (&mut accepting as *mut libc::c_int).cast(),
+                    &mut flag_len,
                 ) == 0
+                    && accepting != 0,
+            )
         };
-        if ours && port_of(&local) == Some(port) && info.tcpi_last_data_recv >= idle_ms {
+        sweep.listening |= listener;
+        if client && info.tcpi_last_data_recv >= idle_ms {
             // SAFETY: shutdown(2) on a connected socket of ours; it frees nothing.
             if unsafe { libc::shutdown(fd, libc::SHUT_RD) } == 0 {
-                cut += 1;
+                sweep.cut += 1;
             }
         }
     }
-    cut
+    Some(sweep)
 }
+
+const LEN_INT: libc::socklen_t = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
 
 /// Asks for a pipe buffer of `bytes` (the kernel caps it at `/proc/sys/fs/pipe-max-size`):
 /// a child that floods output then fills it in fewer, larger steps. Best effort.
@@ -565,6 +595,35 @@ mod tests {
 
     fn defaults() -> Names {
         Names::new(None, [])
+    }
+
+    #[test]
+    fn a_sweep_sees_the_listener_and_cuts_silent_clients() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let found = sweep_sockets(port, Duration::from_secs(3600)).unwrap();
+        assert_eq!(
+            found,
+            Sweep {
+                cut: 0,
+                listening: true
+            }
+        );
+
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        drop(listener);
+        let found = sweep_sockets(port, Duration::ZERO).unwrap();
+        assert_eq!(
+            found,
+            Sweep {
+                cut: 1,
+                listening: false
+            }
+        );
+        // The cut connection reads end-of-file instead of blocking.
+        assert_eq!(served.read(&mut [0u8; 8]).unwrap(), 0);
     }
 
     #[test]

@@ -99,16 +99,23 @@ pub fn listen(addr: &str) -> Result<tiny_http::Server, StartError> {
     tiny_http::Server::from_listener(listener, None).map_err(|e| cannot(&e))
 }
 
-/// Every [`SWEEP_INTERVAL`], cuts off client connections silent for [`CLIENT_TIMEOUT`].
+/// Every [`SWEEP_INTERVAL`], cuts off client connections silent for [`CLIENT_TIMEOUT`], and
+/// wakes the HTTP loop to listen again when the listening socket has disappeared.
 fn start_sweeper(app: &Arc<App>, port: u16) -> Result<(), StartError> {
     let app = Arc::clone(app);
     std::thread::Builder::new()
         .name("conn-sweeper".into())
         .spawn(move || {
             while !app.shutdown.wait(SWEEP_INTERVAL) {
-                let cut = procs::cut_idle_clients(port, CLIENT_TIMEOUT);
-                if cut > 0 {
-                    log::debug!("http.idle_clients_cut count={cut}");
+                let generation = app.server_generation();
+                let Some(sweep) = procs::sweep_sockets(port, CLIENT_TIMEOUT) else {
+                    continue;
+                };
+                if sweep.cut > 0 {
+                    log::debug!("http.idle_clients_cut count={}", sweep.cut);
+                }
+                if !sweep.listening && !app.shutdown.is_set() {
+                    app.listener_lost(generation);
                 }
             }
         })
