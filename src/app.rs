@@ -294,18 +294,33 @@ impl App {
     }
 
     /// Records a run's exit (history, crash-loop accounting) and wakes whoever waits for it.
+    /// The history row is written before the run stops counting as live, so that whoever
+    /// waits for the exit (shutdown, say, before the process ends) finds it recorded.
     pub fn finish_run(&self, run_id: &str, return_code: i32) -> Option<Finished> {
-        let mut runs = self.runs();
-        let idx = runs.live.iter().position(|r| r.run_id == run_id)?;
-        let live = runs.live.remove(idx);
-        let reason = runs.stopping.remove(run_id);
+        let (live, reason) = {
+            let runs = self.runs();
+            let live = runs.live.iter().find(|r| r.run_id == run_id)?.clone();
+            (live, runs.stopping.get(run_id).cloned())
+        };
         let elapsed = live.started.elapsed();
         let duration_seconds = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
         let ended_at = chrono::Local::now().to_rfc3339();
+        let row = Row {
+            ended_at: Some(ended_at.clone()),
+            return_code: Some(return_code),
+            duration_seconds: Some(duration_seconds),
+            stop_reason: reason.clone(),
+            ..live.row()
+        };
+        self.history.record(row.clone());
+
+        let mut runs = self.runs();
+        runs.live.retain(|r| r.run_id != run_id);
+        runs.stopping.remove(run_id);
         runs.exits.push_back(Exit {
             run_id: run_id.to_string(),
             return_code,
-            ended_at: ended_at.clone(),
+            ended_at,
             duration_seconds,
         });
         while runs.exits.len() > RECENT_EXITS {
@@ -313,15 +328,6 @@ impl App {
         }
         drop(runs);
         self.run_exited.notify_all();
-
-        let row = Row {
-            ended_at: Some(ended_at),
-            return_code: Some(return_code),
-            duration_seconds: Some(duration_seconds),
-            stop_reason: reason.clone(),
-            ..live.row()
-        };
-        self.history.record(row.clone());
 
         let quick = elapsed < QUICK_EXIT;
         let mut state = self.autopoll_state();
@@ -391,8 +397,15 @@ mod tests {
     use super::*;
 
     fn app() -> App {
-        let env: HashMap<String, String> =
-            [("HOME".to_string(), "/nonexistent".to_string())].into();
+        // History writes go nowhere: the log directory does not exist.
+        let env: HashMap<String, String> = [
+            ("HOME".to_string(), "/nonexistent".to_string()),
+            (
+                "CODEX_EXEC_LOG_DIR".to_string(),
+                "/nonexistent/logs".to_string(),
+            ),
+        ]
+        .into();
         let cfg = Config::from_env(&env, std::path::Path::new("/tmp")).unwrap();
         App::new(cfg, "http://127.0.0.1:1/run".into(), None)
     }
@@ -416,10 +429,8 @@ mod tests {
         assert!(a.try_guard().is_some());
     }
 
-    #[test]
-    fn quick_crashes_back_off_and_a_healthy_run_resets() {
-        let a = app();
-        let live = |id: &str| LiveRun {
+    fn live(id: &str) -> LiveRun {
+        LiveRun {
             run_id: id.into(),
             request_id: id.into(),
             trigger: "autopoll",
@@ -429,7 +440,30 @@ mod tests {
             started_at: String::new(),
             started: Instant::now(),
             prompt: String::new(),
-        };
+        }
+    }
+
+    /// Whoever sees a run exit (shutdown, before the process ends) finds its history row
+    /// complete.
+    #[test]
+    fn an_exit_is_in_the_history_before_waiters_wake() {
+        let a = std::sync::Arc::new(app());
+        for i in 0..300 {
+            let id = format!("r{i}");
+            a.runs().live.push(live(&id));
+            let (b, wid) = (a.clone(), id.clone());
+            let waiter = std::thread::spawn(move || {
+                assert!(b.wait_all_exited(Duration::from_secs(30)));
+                b.history.get(&wid).and_then(|r| r.return_code)
+            });
+            a.finish_run(&id, -15);
+            assert_eq!(waiter.join().unwrap(), Some(-15), "round {i}");
+        }
+    }
+
+    #[test]
+    fn quick_crashes_back_off_and_a_healthy_run_resets() {
+        let a = app();
         let mut announced = 0;
         for i in 0..5 {
             let id = format!("c{i}");
