@@ -6,7 +6,7 @@
 //!   process group, `LOOPER_*` variables, pids of the helpers it started);
 //! - `print:<text>` / `stderr:<text>`: a line on stdout / stderr;
 //! - `flood:<bytes>`: that many bytes of 100-byte lines on stdout, as fast as it can;
-//! - `sleep:<seconds>`; `exit:<code>`;
+//! - `sleep:<seconds>`; `exit:<code>`; `await:<path>`: wait until that file exists;
 //! - `ignore-term`: ignore SIGTERM from now on (helpers started later inherit that);
 //! - `grandchild`: start a helper (`fake-tool`) in a process group of its own, without
 //!   `LOOPER_RUN_ID`, like codex's tool commands; it sleeps until killed;
@@ -60,6 +60,11 @@ fn main() {
             "stderr" => eprintln!("{arg}"),
             "flood" => flood(arg.parse().expect("flood:<bytes>")),
             "sleep" => std::thread::sleep(Duration::from_secs_f64(arg.parse().expect("sleep:<s>"))),
+            "await" => {
+                while !std::path::Path::new(arg).exists() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             "exit" => {
                 let _ = std::io::stdout().flush();
                 std::process::exit(arg.parse().expect("exit:<code>"));

@@ -45,6 +45,7 @@ fn tick(app: &Arc<App>, first: bool) {
         log::debug!("codex.exec.autopoll.skip reason=backoff");
         return;
     }
+    run::settle_unwatched(app, None);
     if any_live_run(app) {
         log::debug!("codex.exec.autopoll.skip reason=live_run");
         return;

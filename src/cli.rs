@@ -358,7 +358,6 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
 
 /// Prints a run log as it grows until its trailer; the run's return code.
 fn follow(path: &str, out: &mut dyn Write) -> Result<i32, Fail> {
-    const TRAILER: &str = "\n# codex_exec_return_code=";
     let mut file = std::fs::File::open(path).map_err(|e| {
         Fail(
             format!("cannot follow {path}: {e} (is the server on this machine?)"),
@@ -383,11 +382,8 @@ fn follow(path: &str, out: &mut dyn Write) -> Result<i32, Fail> {
                     .unwrap_or(0);
                 tail.drain(..cut);
             }
-            if let Some(at) = tail.rfind(TRAILER) {
-                let rest = &tail[at + TRAILER.len()..];
-                if let Some(rc) = rest.strip_suffix('\n').and_then(|v| v.parse().ok()) {
-                    return Ok(rc);
-                }
+            if let Some(rc) = crate::output::trailer_code(&tail) {
+                return Ok(rc);
             }
         }
         std::thread::sleep(FOLLOW_POLL);
@@ -516,10 +512,10 @@ pub fn runs_table(rows: &[Value]) -> String {
             text(&r["trigger"]),
             text(&r["pid"]),
             started.get(..19).unwrap_or(&started).replace('T', " "),
-            if r["return_code"].is_null() {
-                "running".into()
-            } else {
-                text(&r["return_code"])
+            match (&r["return_code"], &r["ended_at"]) {
+                (Value::Null, Value::Null) => "running".into(),
+                (Value::Null, _) => "?".into(),
+                (rc, _) => text(rc),
             },
             text(&r["duration_seconds"]),
             r["stop_reason"].as_str().unwrap_or("").to_string(),
@@ -685,6 +681,7 @@ mod tests {
     fn tables_line_up() {
         let rows = vec![
             json!({"run_id":"abcd1234","trigger":"http","pid":42,"started_at":"2026-11-25T10:00:00+00:00","return_code":null,"duration_seconds":null}),
+            json!({"run_id":"0000beef","trigger":"http","pid":41,"started_at":"2026-11-25T09:00:00+00:00","ended_at":"2026-11-25T09:30:00+00:00","return_code":null,"duration_seconds":1800.0}),
         ];
         let t = runs_table(&rows);
         let lines: Vec<&str> = t.lines().collect();
@@ -693,5 +690,7 @@ mod tests {
             lines[1].contains("2026-11-25 10:00:00") && lines[1].contains("running"),
             "{t}"
         );
+        let unwatched: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(unwatched[4..], ["09:00:00", "?", "1800.0"], "{t}");
     }
 }

@@ -95,11 +95,42 @@ impl History {
         }
     }
 
+    fn rows(&self) -> std::sync::MutexGuard<'_, VecDeque<Row>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records a row (new, or a later state of a known run) in memory and in the file.
     pub fn record(&self, row: Row) {
+        let rows = self.rows();
+        self.record_locked(rows, row);
+    }
+
+    /// Records the end of a run unless its row has ended meanwhile; whether it did.
+    pub fn record_end_once(&self, row: Row) -> bool {
+        let rows = self.rows();
+        let open = rows
+            .iter()
+            .rev()
+            .find(|r| r.run_id == row.run_id)
+            .is_some_and(|r| r.ended_at.is_none());
+        if open {
+            self.record_locked(rows, row);
+        }
+        open
+    }
+
+    /// The rows of runs that have not ended, as far as this history knows.
+    pub fn unended(&self) -> Vec<Row> {
+        let rows = self.rows();
+        rows.iter()
+            .filter(|r| r.ended_at.is_none())
+            .cloned()
+            .collect()
+    }
+
+    fn record_locked(&self, mut rows: std::sync::MutexGuard<'_, VecDeque<Row>>, row: Row) {
         let mut line = serde_json::to_string(&row).unwrap_or_default();
         line.push('\n');
-        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         match rows.iter_mut().rev().find(|r| r.run_id == row.run_id) {
             Some(known) => *known = row,
             None => {
@@ -123,19 +154,19 @@ impl History {
 
     /// The newest `limit` rows, newest first.
     pub fn newest(&self, limit: usize) -> Vec<Row> {
-        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = self.rows();
         rows.iter().rev().take(limit).cloned().collect()
     }
 
     /// The newest row of a run that has ended.
     pub fn last_finished(&self) -> Option<Row> {
-        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = self.rows();
         rows.iter().rev().find(|r| r.return_code.is_some()).cloned()
     }
 
     /// The row of `run_id`, if it is among the kept rows.
     pub fn get(&self, run_id: &str) -> Option<Row> {
-        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = self.rows();
         rows.iter().rev().find(|r| r.run_id == run_id).cloned()
     }
 }

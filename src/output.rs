@@ -35,9 +35,31 @@ pub fn header(request_id: &str, workspace: &Path, command: &str) -> String {
     )
 }
 
+/// What the trailer line starts with, after the newline that precedes it.
+const TRAILER_START: &str = "\n# codex_exec_return_code=";
+
 /// The last line of every run log, on a line of its own.
 pub fn trailer(return_code: i32) -> String {
-    format!("\n# codex_exec_return_code={return_code}\n")
+    format!("{TRAILER_START}{return_code}\n")
+}
+
+/// The return code in `text` when it ends with a complete trailer.
+pub fn trailer_code(text: &str) -> Option<i32> {
+    let at = text.rfind(TRAILER_START)?;
+    text[at + TRAILER_START.len()..]
+        .strip_suffix('\n')?
+        .parse()
+        .ok()
+}
+
+/// The return code a run log ends with, if it has its trailer.
+pub fn logged_return_code(path: &Path) -> Option<i32> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    trailer_code(&String::from_utf8_lossy(&buf))
 }
 
 /// Whole lines go to the server log as they come; a partial line waits for its end.
@@ -153,6 +175,13 @@ mod tests {
             "# looper_request_id=0a1b2c3d\n# workspace=/w\n# command=codex exec x\n\n"
         );
         assert_eq!(trailer(-9), "\n# codex_exec_return_code=-9\n");
+        assert_eq!(trailer_code(&format!("out\n{}", trailer(-9))), Some(-9));
+        assert_eq!(
+            trailer_code("out\n# codex_exec_return_code=1"),
+            None,
+            "torn"
+        );
+        assert_eq!(trailer_code("no trailer\n"), None);
     }
 
     #[test]

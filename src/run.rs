@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::app::{App, Finished, LiveRun};
 use crate::codex;
 use crate::config::MAX_SECONDS;
+use crate::history::Row;
 use crate::logging::Q;
 use crate::output;
 use crate::procs;
@@ -354,7 +355,66 @@ pub fn stop_runs(
         Q(&join(&report.killed)),
         Q(&join(&report.remaining))
     );
+    // Runs a previous Looper started have no copy thread here to record their end.
+    let stopped: HashSet<String> = targets.iter().filter_map(|p| p.run_id.clone()).collect();
+    settle_unwatched(app, Some((&stopped, reason)));
     report
+}
+
+/// Completes the history rows of runs that ended while no Looper watched them: started by
+/// a previous Looper (killed, or crashed) and gone now, or never recorded as ended. A row
+/// is left open while a process still carries its run id. The return code comes from the
+/// log's trailer when it has one, else stays `null`; `ended_at` is the log's last change.
+/// The runs in `stopped` were just stopped by us, for its reason. Costs nothing (no `/proc`
+/// scan) when every open row is a live run of ours.
+pub fn settle_unwatched(app: &App, stopped: Option<(&HashSet<String>, &str)>) {
+    let open = app.history.unended();
+    let ours: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
+    let candidates: Vec<_> = open
+        .into_iter()
+        .filter(|r| !ours.contains(&r.run_id))
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let alive: HashSet<String> = procs::scan(procs::current_uid())
+        .into_iter()
+        .filter_map(|p| p.run_id)
+        .collect();
+    for row in candidates {
+        if alive.contains(&row.run_id) {
+            continue;
+        }
+        let return_code = output::logged_return_code(&row.log_path);
+        let ended = std::fs::metadata(&row.log_path)
+            .and_then(|m| m.modified())
+            .map(chrono::DateTime::<chrono::Local>::from)
+            .unwrap_or_else(|_| chrono::Local::now());
+        let duration_seconds = chrono::DateTime::parse_from_rfc3339(&row.started_at)
+            .ok()
+            .map(|started| {
+                let ms = (ended.fixed_offset() - started).num_milliseconds().max(0);
+                ms as f64 / 1000.0
+            });
+        let stop_reason = stopped
+            .filter(|(ids, _)| ids.contains(&row.run_id))
+            .map(|(_, reason)| reason.to_string())
+            .or(row.stop_reason.clone());
+        let (run_id, pid) = (row.run_id.clone(), row.pid);
+        let settled = Row {
+            ended_at: Some(ended.to_rfc3339()),
+            return_code,
+            duration_seconds,
+            stop_reason,
+            ..row
+        };
+        if app.history.record_end_once(settled) {
+            log::info!(
+                "codex.exec.exit_unwatched run_id={run_id} pid={pid} return_code={}",
+                return_code.map_or("unknown".to_string(), |c| c.to_string())
+            );
+        }
+    }
 }
 
 fn join(pids: &[i32]) -> String {

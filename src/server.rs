@@ -180,6 +180,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         if app.cfg.api_token.is_some() { "token" } else { "none" },
     );
 
+    // Runs of a previous Looper that ended meanwhile get their history rows completed.
+    crate::run::settle_unwatched(&app, None);
     let autopoll = crate::autopoll::start(&app);
     crate::http::serve(&app, server, &addr);
     if let Some(handle) = autopoll {

@@ -130,6 +130,86 @@ fn autopoll_waits_while_run_holds_the_guard() {
     assert!(!during.contains("codex.exec.autopoll.start"), "{during}");
 }
 
+/// The row of `run_id` in `/runs`.
+fn row_of(looper: &common::Looper, run_id: &Value) -> Value {
+    runs(looper)
+        .into_iter()
+        .find(|r| &r["run_id"] == run_id)
+        .unwrap_or_else(|| panic!("no row for {run_id}"))
+}
+
+/// Starts a run, then kills Looper with SIGKILL; the run's id and pid (it lives on until the
+/// handle, which cleans up after the test, is dropped).
+fn start_run_then_kill_looper(looper: &mut common::Looper) -> (Value, u64) {
+    let a = looper.run(json!({"codex_prompt": "p"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let pid = a.body["codex_exec_result"]["pid"].as_u64().unwrap();
+    looper.signal(libc::SIGKILL);
+    looper.wait_exit();
+    assert!(alive(pid), "a run outlives its Looper");
+    (a.body["run_id"].clone(), pid)
+}
+
+/// When Looper itself dies (SIGKILL), its runs go on. The next Looper leaves their rows
+/// open while they live, completes them when they end unwatched (return code unknown), and
+/// records why when it stops one itself.
+#[test]
+fn runs_outliving_a_killed_looper_get_their_rows_completed() {
+    let fx = Fixture::new("unwatched");
+    let go = fx.path("go");
+    let script = format!("record;await:{};exit:3", go.display());
+    // A run that ends on its own while no Looper watches.
+    let mut first = fx.start_owned(&[("FAKE_CODEX", script)]);
+    let (run_a, pid_a) = start_run_then_kill_looper(&mut first);
+    std::fs::write(&go, "").unwrap();
+    wait_for("the orphaned run to end", || (!alive(pid_a)).then_some(()));
+
+    // The next Looper completes its row at start, and keeps a live orphan's row open.
+    let mut second = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let row = row_of(&second, &run_a);
+    assert!(row["ended_at"].is_string(), "{row}");
+    assert_eq!(
+        row["return_code"],
+        json!(null),
+        "nobody saw its exit: {row}"
+    );
+    assert!(row.get("stop_reason").is_none(), "{row}");
+    let log = second.server_log();
+    assert!(
+        log.contains(&format!(
+            "codex.exec.exit_unwatched run_id={}",
+            run_a.as_str().unwrap()
+        )),
+        "{log}"
+    );
+    let (run_b, pid_b) = start_run_then_kill_looper(&mut second);
+
+    let third = fx.start(&[]);
+    let row = row_of(&third, &run_b);
+    assert_eq!(row["ended_at"], json!(null), "still running: {row}");
+    // Stopping it completes its row, with the reason.
+    let c = third.run(json!({"codex_prompt": ""}));
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert!(
+        c.body["killed_codex_exec_pids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(pid_b)),
+        "{}",
+        c.body
+    );
+    let row = row_of(&third, &run_b);
+    assert!(row["ended_at"].is_string(), "{row}");
+    assert_eq!(row["stop_reason"], json!("replaced"), "{row}");
+    assert_eq!(
+        runs(&third)
+            .iter()
+            .filter(|r| r["ended_at"].is_null())
+            .count(),
+        0
+    );
+}
+
 /// History survives a restart; shutdown completes the rows of the runs it stops.
 #[test]
 fn history_survives_a_restart() {
