@@ -123,6 +123,10 @@ pub fn serve(app: &Arc<App>, mut server: Arc<tiny_http::Server>, addr: &str) {
         let Some(fresh) = listen_again(app, addr) else {
             return;
         };
+        // A shutdown that began before the fresh server was set found nothing to wake.
+        if app.shutdown.is_set() {
+            return;
+        }
         server = fresh;
     }
 }
