@@ -10,7 +10,8 @@
 //! - [`app`]: state shared by the threads: the run guard, live runs, shutdown.
 //! - [`run`]: the `/run` pipeline: validate → announce → stop → spawn → startup check.
 //! - [`codex`]: binary resolution and the exact command line.
-//! - [`procs`]: `/proc` scanning, process trees, stopping; all `unsafe` lives here.
+//! - [`procs`]: `/proc` scanning, process trees, stopping, the socket sweep; all `unsafe`
+//!   lives here.
 //! - [`output`]: run logs and the per-child copy loop.
 //! - [`autopoll`]: the idle poller, hung runs and crash-loop back-off.
 //! - [`history`]: `runs.jsonl`, the run history behind `/runs`.
