@@ -171,13 +171,12 @@ pub struct App {
     http: Mutex<Listening>,
 }
 
-/// The HTTP server being served, and whether the loop is replacing it.
+/// The HTTP server being served: `None` while the loop is replacing it.
 #[derive(Default)]
 struct Listening {
     server: Option<Arc<tiny_http::Server>>,
     /// Counts servers set, so that a sweep that began before a replacement acts on nothing.
     generation: u64,
-    relistening: bool,
 }
 
 fn seed() -> u64 {
@@ -222,7 +221,6 @@ impl App {
         let mut l = self.listening();
         l.server = Some(Arc::clone(server));
         l.generation += 1;
-        l.relistening = false;
     }
 
     /// Wakes the HTTP loop (at shutdown).
@@ -241,9 +239,7 @@ impl App {
     /// meanwhile, and nothing here keeps the retired server alive. Returns whether the
     /// sweeper had asked for it.
     pub fn begin_relisten(&self) -> bool {
-        let mut l = self.listening();
-        l.server = None;
-        std::mem::replace(&mut l.relistening, true)
+        self.listening().server.take().is_none()
     }
 
     /// The sweeper found no listening socket while server `generation` was current: tiny_http's
@@ -252,14 +248,16 @@ impl App {
     /// it listens again, unless the server was replaced since or is being replaced.
     pub fn listener_lost(&self, generation: u64) -> bool {
         let mut l = self.listening();
-        if l.generation != generation || l.relistening {
+        if l.generation != generation {
             return false;
         }
-        l.relistening = true;
-        if let Some(s) = l.server.as_ref() {
-            s.unblock();
+        match l.server.take() {
+            Some(s) => {
+                s.unblock();
+                true
+            }
+            None => false,
         }
-        true
     }
 
     /// A fresh 8-hex-digit id (splitmix64 over a random seed).

@@ -503,43 +503,19 @@ pub fn sweep_sockets(port: u16, idle: Duration) -> Option<Sweep> {
         if !is_socket {
             continue;
         }
-        // SAFETY: all-zero bytes are a valid value of these plain C structs.
-        let (mut local, mut peer, mut info): (
-            libc::sockaddr_storage,
-            libc::sockaddr_storage,
-            libc::tcp_info,
-        ) = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: the pointer and length describe our own struct for the duration of the
-        // call; a stale or foreign `fd` only makes it fail.
-        let named = unsafe {
-            libc::getsockname(
-                fd,
-                (&mut local as *mut libc::sockaddr_storage).cast(),
-                &mut len,
-            ) == 0
+        let Some(local) = socket_address(fd, libc::getsockname) else {
+            continue;
         };
-        if !named || port_of(&local) != Some(port) {
+        if port_of(&local) != Some(port) {
             continue;
         }
-        let mut peer_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let mut info_len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let (mut accepting, mut flag_len) = (0 as libc::c_int, LEN_INT);
-        // SAFETY: as above, for our own structs and int.
-        let (client, listener) = unsafe {
-            (
-                libc::getpeername(
-                    fd,
-                    (&mut peer as *mut libc::sockaddr_storage).cast(),
-                    &mut peer_len,
-                ) == 0
-                    && libc::getsockopt(
-                        fd,
-                        libc::IPPROTO_TCP,
-                        libc::TCP_INFO,
-                        (&mut info as *mut libc::tcp_info).cast(),
-                        &mut info_len,
-                    ) == 0,
+        let client = socket_address(fd, libc::getpeername).is_some();
+        if !client {
+            let mut accepting: libc::c_int = 0;
+            let mut flag_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: the pointer and length describe our own int for the duration of the
+            // call; a stale or foreign `fd` only makes it fail.
+            let listener = unsafe {
                 libc::getsockopt(
                     fd,
                     libc::SOL_SOCKET,
@@ -547,11 +523,24 @@ pub fn sweep_sockets(port: u16, idle: Duration) -> Option<Sweep> {
                     (&mut accepting as *mut libc::c_int).cast(),
                     &mut flag_len,
                 ) == 0
-                    && accepting != 0,
-            )
+            };
+            sweep.listening |= listener && accepting != 0;
+            continue;
+        }
+        // SAFETY: all-zero bytes are a valid tcp_info.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut info_len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: as above, for our own tcp_info.
+        let known = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut info_len,
+            ) == 0
         };
-        sweep.listening |= listener;
-        if client && info.tcpi_last_data_recv >= idle_ms {
+        if known && info.tcpi_last_data_recv >= idle_ms {
             // SAFETY: shutdown(2) on a connected socket of ours; it frees nothing.
             if unsafe { libc::shutdown(fd, libc::SHUT_RD) } == 0 {
                 sweep.cut += 1;
@@ -561,7 +550,26 @@ pub fn sweep_sockets(port: u16, idle: Duration) -> Option<Sweep> {
     Some(sweep)
 }
 
-const LEN_INT: libc::socklen_t = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+/// `getsockname` or `getpeername`.
+type AddressCall =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+/// The address `call` reports for socket `fd`, if it reports one.
+fn socket_address(fd: i32, call: AddressCall) -> Option<libc::sockaddr_storage> {
+    // SAFETY: all-zero bytes are a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the pointer and length describe our own struct for the duration of the call;
+    // a stale or foreign `fd` only makes it fail.
+    let ok = unsafe {
+        call(
+            fd,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } == 0;
+    ok.then_some(addr)
+}
 
 /// Asks for a pipe buffer of `bytes` (the kernel caps it at `/proc/sys/fs/pipe-max-size`):
 /// a child that floods output then fills it in fewer, larger steps. Best effort.
