@@ -3,7 +3,8 @@
 //! does what the `FAKE_CODEX` environment variable says, step by step, `;`-separated:
 //!
 //! - `record`: write `$FAKE_CODEX_RECORD_DIR/<pid>.json` (argv, cwd, stdin, session,
-//!   process group, `LOOPER_*` variables, pids of the helpers it started);
+//!   process group, `LOOPER_*` variables, the names of `ZULIP_*` ones, pids of the helpers
+//!   it started);
 //! - `print:<text>` / `stderr:<text>`: a line on stdout / stderr;
 //! - `flood:<bytes>`: that many bytes of 100-byte lines on stdout, as fast as it can;
 //! - `sleep:<seconds>`; `exit:<code>`; `await:<path>`: wait until that file exists;
@@ -134,6 +135,10 @@ fn record(args: &[String], helpers: &[u32]) {
         "pgid": pgid,
         "looper_run_id": std::env::var("LOOPER_RUN_ID").ok(),
         "looper_url": std::env::var("LOOPER_URL").ok(),
+        "looper_inbox": std::env::var("LOOPER_INBOX").ok(),
+        "looper_bin": std::env::var("LOOPER_BIN").ok(),
+        "looper_token": std::env::var("LOOPER_API_TOKEN").ok(),
+        "zulip_vars": std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("ZULIP_")).collect::<Vec<_>>(),
         "helpers": helpers,
     });
     let tmp = format!("{dir}/.{pid}.tmp");

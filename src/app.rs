@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,8 @@ use crate::history::{History, Row};
 
 /// Exits we remember for the startup check and stale hand-offs.
 const RECENT_EXITS: usize = 32;
+/// Workspaces whose inboxes are watched at once.
+const MAX_INBOXES: usize = 32;
 
 /// A run Looper started that has not exited yet.
 #[derive(Debug, Clone)]
@@ -112,12 +114,42 @@ pub struct Finished {
     pub backoff_started: Option<Duration>,
 }
 
-/// The one run guard shared by `/run` and autopoll: whoever holds it sets up a run.
-pub struct RunGuard<'a>(&'a AtomicBool);
+/// How often a hand-off waiting for a run's setup looks at the shutdown flag.
+const HANDOFF_POLL: Duration = Duration::from_millis(100);
+/// How long past the end of a run's startup check a hand-off from it waits for the setup
+/// to release the guard (answering is all that is left to do by then).
+const HANDOFF_SLACK: Duration = Duration::from_secs(10);
+
+/// The run guard's state: who sets up a run, and who waits for that setup to end.
+#[derive(Default)]
+struct GuardState {
+    /// Someone (a `/run`, an inbox request, autopoll) is setting up a run.
+    held: bool,
+    /// The run being set up, once it was spawned (during its startup check).
+    setting_up: Option<String>,
+    /// When that setup's startup check ends.
+    setup_ends: Option<Instant>,
+    /// Hand-offs from `setting_up` that wait for its setup to end.
+    waiting: usize,
+    /// The guard was released while hand-offs from this run waited: it is theirs next.
+    reserved_for: Option<String>,
+}
+
+/// The one run guard shared by `/run`, the inbox and autopoll: whoever holds it sets up a
+/// run. Released on drop, panics included.
+pub struct RunGuard<'a>(&'a App);
 
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        let mut g = self.0.guard_state();
+        g.held = false;
+        let setting_up = g.setting_up.take();
+        g.setup_ends = None;
+        if g.waiting > 0 {
+            g.reserved_for = setting_up;
+        }
+        drop(g);
+        self.0.guard_released.notify_all();
     }
 }
 
@@ -154,7 +186,9 @@ pub struct App {
     pub cfg: Config,
     /// `LOOPER_URL` for children: the full address of `/run`.
     pub url: String,
-    guard: AtomicBool,
+    guard: Mutex<GuardState>,
+    /// Notified whenever the run guard is released.
+    guard_released: Condvar,
     pub shutdown: Shutdown,
     runs: Mutex<Runs>,
     /// Notified whenever a run exits (and at shutdown).
@@ -166,6 +200,10 @@ pub struct App {
     pub path_var: Option<String>,
     pub history: History,
     pub autopoll: Mutex<AutopollState>,
+    /// Inboxes of the workspaces Looper runs in, newest last (see [`crate::inbox`]).
+    inboxes: Mutex<Vec<PathBuf>>,
+    /// Looper's own executable, for runs' `LOOPER_BIN`.
+    pub self_exe: Option<PathBuf>,
     /// The HTTP server now listening (it is replaced when accepting fails), so that the
     /// signal thread and the sweeper can wake the loop.
     http: Mutex<Listening>,
@@ -198,7 +236,8 @@ impl App {
     pub fn new(cfg: Config, url: String, path_var: Option<String>) -> App {
         App {
             url,
-            guard: AtomicBool::new(false),
+            guard: Mutex::new(GuardState::default()),
+            guard_released: Condvar::new(),
             shutdown: Shutdown::default(),
             runs: Mutex::new(Runs::default()),
             run_exited: Condvar::new(),
@@ -209,6 +248,8 @@ impl App {
             path_var,
             autopoll: Mutex::new(AutopollState::default()),
             http: Mutex::new(Listening::default()),
+            inboxes: Mutex::new(Vec::new()),
+            self_exe: std::env::current_exe().ok(),
         }
     }
 
@@ -260,6 +301,23 @@ impl App {
         }
     }
 
+    /// Looks into `inbox` from now on (the most recent [`MAX_INBOXES`] are watched).
+    pub fn watch_inbox(&self, inbox: PathBuf) {
+        let mut list = self.inboxes.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|p| *p != inbox);
+        list.push(inbox);
+        let excess = list.len().saturating_sub(MAX_INBOXES);
+        list.drain(..excess);
+    }
+
+    /// The inboxes to look into.
+    pub fn inboxes(&self) -> Vec<PathBuf> {
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A fresh 8-hex-digit id (splitmix64 over a random seed).
     pub fn new_id(&self) -> String {
         let mut z = self
@@ -271,16 +329,69 @@ impl App {
         format!("{:08x}", (z ^ (z >> 31)) >> 32)
     }
 
-    /// The run guard, unless someone else holds it.
+    fn guard_state(&self) -> MutexGuard<'_, GuardState> {
+        self.guard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The run guard, unless someone else holds it (or it is promised to a hand-off).
     pub fn try_guard(&self) -> Option<RunGuard<'_>> {
-        self.guard
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| RunGuard(&self.guard))
+        let mut g = self.guard_state();
+        if g.held || g.reserved_for.is_some() {
+            return None;
+        }
+        g.held = true;
+        Some(RunGuard(self))
+    }
+
+    /// The run guard for a trigger sent by run `from`: when `from` is the run whose setup
+    /// holds the guard (the agent called back during the startup check), waits for that
+    /// setup to end instead of answering busy. `None`: busy, or shutdown.
+    pub fn handoff_guard(&self, from: &str) -> Option<RunGuard<'_>> {
+        let mut g = self.guard_state();
+        let mut waited = false;
+        let taken = loop {
+            let free = !g.held && g.reserved_for.as_deref().is_none_or(|r| r == from);
+            if free {
+                g.held = true;
+                g.reserved_for = None;
+                break true;
+            }
+            let wait = g.held && g.setting_up.as_deref() == Some(from);
+            let now = Instant::now();
+            let deadline = g.setup_ends.unwrap_or(now) + HANDOFF_SLACK;
+            if !wait || now >= deadline || self.shutdown.is_set() {
+                break false;
+            }
+            if !waited {
+                waited = true;
+                g.waiting += 1;
+            }
+            let step = (deadline - now).min(HANDOFF_POLL);
+            g = self
+                .guard_released
+                .wait_timeout(g, step)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        if waited {
+            g.waiting -= 1;
+        }
+        if !taken && g.waiting == 0 && g.reserved_for.as_deref() == Some(from) {
+            g.reserved_for = None;
+        }
+        taken.then(|| RunGuard(self))
+    }
+
+    /// Marks `run_id` as the run whose setup the guard holder is doing, its startup check
+    /// lasting `check` from now: hand-offs from it wait instead of being refused.
+    pub fn setting_up(&self, run_id: &str, check: Duration) {
+        let mut g = self.guard_state();
+        g.setting_up = Some(run_id.to_string());
+        g.setup_ends = Some(Instant::now() + check);
     }
 
     pub fn guard_held(&self) -> bool {
-        self.guard.load(Ordering::Acquire)
+        self.guard_state().held
     }
 
     pub fn runs(&self) -> MutexGuard<'_, Runs> {
@@ -485,6 +596,36 @@ mod tests {
         a.finish_run("ok", 0);
         assert_eq!(a.autopoll_state().crashes, 0);
         assert!(a.autopoll_state().backoff_until.is_none());
+    }
+
+    /// A hand-off from the run being set up waits for the guard and gets it before anyone
+    /// else; a trigger from any other run is refused at once.
+    #[test]
+    fn a_handoff_from_the_run_being_set_up_waits_for_the_guard() {
+        let a = std::sync::Arc::new(app());
+        let setup = a.try_guard().expect("free");
+        a.setting_up("r1", Duration::from_secs(5));
+        assert!(
+            a.handoff_guard("other").is_none(),
+            "another run's hand-off waited"
+        );
+        let b = a.clone();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let waiter = std::thread::spawn(move || {
+            let guard = b.handoff_guard("r1");
+            let _ = released.recv();
+            guard.is_some()
+        });
+        while a.guard_state().waiting == 0 {
+            std::thread::yield_now();
+        }
+        drop(setup);
+        // Promised to the waiting hand-off (or taken by it): nobody else slips in.
+        assert!(a.try_guard().is_none(), "the guard went to someone else");
+        release.send(()).unwrap();
+        assert!(waiter.join().unwrap(), "the hand-off did not get the guard");
+        assert!(!a.guard_held());
+        assert!(a.try_guard().is_some());
     }
 
     #[test]

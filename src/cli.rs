@@ -12,6 +12,10 @@ use crate::server;
 
 /// How often `trigger --follow` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How long `trigger` waits for Looper to answer a request left in its inbox.
+const INBOX_ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long `trigger` tries to open a connection before it turns to the inbox.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a CLI request may take: a `/run` waits for its delay and startup check.
 const CLIENT_TIMEOUT_SECS: u64 = 3600;
 
@@ -52,7 +56,12 @@ options:
   --url URL                             the server (default: $LOOPER_URL, with or without /run,
                                         else http://127.0.0.1:$LOOPER_PORT)
   --follow                              print the new run's log until it exits
+  --inbox                               leave the request in $LOOPER_INBOX instead of HTTP
   --help
+
+Inside a run, when Looper cannot be reached over HTTP (codex's sandbox allows no socket),
+the request goes into $LOOPER_INBOX: `queued <path>` on stderr, then Looper's answer as
+over HTTP (waiting up to 30 s; without an answer the request stays queued, exit 0).
 
 The token comes from $LOOPER_API_TOKEN. Exit code 0 when the answer is ok (with --follow:
 and the run exited 0), 1 otherwise, 2 for a usage error.
@@ -296,7 +305,7 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
             "--delay",
             "--url",
         ],
-        &["--follow"],
+        &["--follow", "--inbox"],
     )?;
     let message = flags
         .text("--message")?
@@ -326,7 +335,24 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
         body["codex_exec_delay_seconds"] = json!(secs);
     }
     let base = base_url(flags.values.get("--url").map(String::as_str), env);
-    let (status, answer) = call("POST", &base, "/run", Some(&body), env)?;
+    let inbox = env
+        .get("LOOPER_INBOX")
+        .filter(|p| !p.trim().is_empty())
+        .map(std::path::PathBuf::from);
+    let (status, answer) = match inbox {
+        Some(dir) if flags.has("--inbox") || !reachable(&base) => {
+            match through_inbox(&dir, &body)? {
+                Some(answered) => answered,
+                None => return Ok(0),
+            }
+        }
+        None if flags.has("--inbox") => {
+            return Err(usage(
+                "--inbox needs LOOPER_INBOX (set in every run Looper starts)",
+            ))
+        }
+        _ => call("POST", &base, "/run", Some(&body), env)?,
+    };
     let _ = writeln!(out, "{answer}");
     let ok = answer["ok"] == json!(true);
     if !ok {
@@ -354,6 +380,73 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
         return Ok(if rc == 0 { 0 } else { 1 });
     }
     Ok(0)
+}
+
+/// Whether a connection to the server at `base` can be opened at all. Inside codex's
+/// sandbox it cannot (no socket may be created); nor while Looper is down.
+fn reachable(base: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Some(authority) = base
+        .strip_prefix("http://")
+        .map(|rest| rest.split('/').next().unwrap_or(rest))
+    else {
+        // Not plain http: let the HTTP client try and say what is wrong.
+        return true;
+    };
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let Ok(addrs) = with_port.to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, CONNECT_TIMEOUT).is_ok())
+}
+
+/// Leaves `body` in the inbox `dir` (written as `.tmp`, then renamed, so Looper takes it
+/// only when complete) and waits for Looper's answer. `None` when none came in time.
+fn through_inbox(dir: &std::path::Path, body: &Value) -> Result<Option<(u16, Value)>, Fail> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let name = format!("trigger-{stamp}-{}.json", std::process::id());
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(&name));
+    let cannot = |e: std::io::Error| Fail(format!("cannot write {}: {e}", path.display()), 1);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(cannot)?;
+    f.write_all(body.to_string().as_bytes()).map_err(cannot)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(cannot)?;
+    eprintln!("looper: queued {}", path.display());
+    let answer_path = crate::inbox::answer_path(dir, &name);
+    let deadline = std::time::Instant::now() + INBOX_ANSWER_WAIT;
+    while std::time::Instant::now() < deadline {
+        if let Ok(bytes) = std::fs::read(&answer_path) {
+            let answer: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Fail(format!("{} is not JSON: {e}", answer_path.display()), 1))?;
+            let status = answer["status"].as_u64().unwrap_or(0) as u16;
+            return Ok(Some((status, answer["body"].clone())));
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+    eprintln!(
+        "looper: no answer within {} s; the request stays queued in {} for Looper to take",
+        INBOX_ANSWER_WAIT.as_secs(),
+        dir.display()
+    );
+    Ok(None)
 }
 
 /// Prints a run log as it grows until its trailer; the run's return code.

@@ -120,9 +120,55 @@ pub fn command_line(binary: &Path, args: &[OsString]) -> String {
         .join(" ")
 }
 
+/// Whether `dir` lies inside a git work tree, as codex demands of its workspace: some
+/// directory from `dir` up holds a `.git` directory (with a `HEAD`) or a `.git` file
+/// pointing elsewhere (`gitdir: ...`, worktrees and submodules). Read from the file system
+/// alone: no `git` process.
+pub fn inside_git_work_tree(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    dir.ancestors().any(|d| {
+        let dot_git = d.join(".git");
+        match std::fs::metadata(&dot_git) {
+            Ok(m) if m.is_dir() => dot_git.join("HEAD").is_file(),
+            Ok(m) if m.is_file() => std::fs::read(&dot_git)
+                .map(|b| b.starts_with(b"gitdir:"))
+                .unwrap_or(false),
+            _ => false,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_work_trees_are_found_from_any_depth() {
+        let dir = std::env::temp_dir().join(format!("looper-git-{}", std::process::id()));
+        let deep = dir.join("repo/src/deep");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert!(!inside_git_work_tree(&deep), "no .git yet");
+        std::fs::create_dir_all(dir.join("repo/.git")).unwrap();
+        assert!(
+            !inside_git_work_tree(&deep),
+            "a .git without HEAD is no repository"
+        );
+        std::fs::write(dir.join("repo/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        assert!(inside_git_work_tree(&deep));
+        assert!(inside_git_work_tree(&dir.join("repo")));
+        assert!(!inside_git_work_tree(&dir));
+        std::fs::create_dir_all(dir.join("wt")).unwrap();
+        std::fs::write(
+            dir.join("wt/.git"),
+            "gitdir: /elsewhere/.git/worktrees/wt\n",
+        )
+        .unwrap();
+        assert!(inside_git_work_tree(&dir.join("wt")));
+        assert!(!inside_git_work_tree(&dir.join("missing")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn quoting_round_trips_awkward_prompts() {

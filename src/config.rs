@@ -39,6 +39,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_HUNG_RUN_SECONDS",
     "LOOPER_NOTIFY_ON_EXIT",
     "LOOPER_ALLOW_UNAUTHENTICATED",
+    "LOOPER_REQUIRE_GIT",
     "ZULIP_SITE",
     "ZULIP_BOT_EMAIL",
     "ZULIP_BOT_API_KEY",
@@ -78,14 +79,16 @@ pub struct Config {
     pub hung_run: Duration,
     pub notify_on_exit: bool,
     pub allow_unauthenticated: bool,
+    /// Refuse workspaces outside a git work tree before any effect (codex refuses them).
+    pub require_git: bool,
     /// The directory relative paths (binary candidates) are taken from.
     pub cwd: PathBuf,
     pub zulip: Zulip,
 }
 
-/// Variables the server does not read: Looper sets the first two for its runs (and
-/// `looper trigger` reads them back); the wrapper script reads `LOOPER_BIN`.
-pub const CLIENT_VARS: &[&str] = &["LOOPER_RUN_ID", "LOOPER_URL", "LOOPER_BIN"];
+/// Variables the server does not read: Looper sets them for its runs, and `looper trigger`
+/// and the wrapper script read them back.
+pub const CLIENT_VARS: &[&str] = &["LOOPER_RUN_ID", "LOOPER_URL", "LOOPER_BIN", "LOOPER_INBOX"];
 
 /// Variables that look like Looper's but that nothing reads: likely typos.
 pub fn unknown_vars(env: &HashMap<String, String>) -> Vec<String> {
@@ -277,6 +280,7 @@ impl Config {
             hung_run: v.seconds("LOOPER_HUNG_RUN_SECONDS", 0.0)?,
             notify_on_exit: v.flag("LOOPER_NOTIFY_ON_EXIT", false)?,
             allow_unauthenticated,
+            require_git: v.flag("LOOPER_REQUIRE_GIT", true)?,
             cwd: cwd.to_path_buf(),
             zulip,
         })

@@ -164,6 +164,21 @@ impl History {
         rows.iter().rev().find(|r| r.return_code.is_some()).cloned()
     }
 
+    /// The workspaces of the newest runs, newest first, each once, at most `limit`.
+    pub fn recent_workspaces(&self, limit: usize) -> Vec<std::path::PathBuf> {
+        let rows = self.rows();
+        let mut out: Vec<std::path::PathBuf> = Vec::new();
+        for row in rows.iter().rev() {
+            if out.len() == limit {
+                break;
+            }
+            if !out.contains(&row.workspace) {
+                out.push(row.workspace.clone());
+            }
+        }
+        out
+    }
+
     /// The row of `run_id`, if it is among the kept rows.
     pub fn get(&self, run_id: &str) -> Option<Row> {
         let rows = self.rows();

@@ -398,31 +398,7 @@ fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
 
 fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
     let body = read_body(rq)?;
-    let req = run::parse_request(&body)?;
-    // A late call from an old run is refused as stale even while another run is being set
-    // up, so that its caller learns why.
-    let stale = || {
-        req.from_run_id
-            .as_deref()
-            .and_then(|from| run::stale_reason(app, from))
-    };
-    if let Some(e) = stale() {
-        return Err(e);
-    }
-    let Some(_guard) = app.try_guard() else {
-        return Err(ApiError::new(409, "busy: another run is in progress"));
-    };
-    // Looked at again under the guard: a run may have been replaced meanwhile.
-    if let Some(e) = stale() {
-        return Err(e);
-    }
-    let value = run::execute(app, &req, request_id, Trigger::Http)?;
-    log::info!(
-        "run.success request_id={request_id} started={} pid={}",
-        value["codex_exec_started"],
-        value["codex_exec_result"]["pid"]
-    );
-    Ok(value)
+    run::submit(app, &body, request_id, Trigger::Http)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //! - [`procs`]: `/proc` scanning, process trees, stopping, the socket sweep; all `unsafe`
 //!   lives here.
 //! - [`output`]: run logs and the per-child copy loop.
+//! - [`inbox`]: the hand-off that needs no network: `/run` bodies dropped as files into
+//!   `<workspace>/.looper/inbox`, taken by one thread through the same pipeline.
 //! - [`autopoll`]: the idle poller, hung runs and crash-loop back-off.
 //! - [`history`]: `runs.jsonl`, the run history behind `/runs`.
 //! - [`zulip`]: credentials, recipients, sending.
@@ -25,6 +27,7 @@ pub mod codex;
 pub mod config;
 pub mod history;
 pub mod http;
+pub mod inbox;
 pub mod logging;
 pub mod output;
 pub mod procs;

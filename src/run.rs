@@ -29,6 +29,9 @@ pub const BUILTIN_PROMPT: &str = "Read TODO.md in this repository. Take the firs
 do it and check that it works, then update TODO.md: what you changed, what failed, and what is left. \
 Keep TODO.md the single source of truth for the next run.";
 
+/// Variables of Looper's that never reach a run: the Zulip credentials.
+const SECRET_VARS: [&str; 3] = ["ZULIP_BOT_API_KEY", "ZULIP_BOT_EMAIL", "ZULIP_SITE"];
+
 /// Lines of the run log quoted in an `exited early` error.
 const EARLY_EXIT_TAIL_LINES: usize = 12;
 
@@ -184,6 +187,8 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Trigger {
     Http,
+    /// A request file dropped into a run's inbox (the hand-off that needs no network).
+    Inbox,
     Autopoll,
 }
 
@@ -191,6 +196,7 @@ impl Trigger {
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Http => "http",
+            Trigger::Inbox => "inbox",
             Trigger::Autopoll => "autopoll",
         }
     }
@@ -273,6 +279,12 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
     };
     if !plan.prompt.is_empty() {
         check_workspace(&plan)?;
+        if app.cfg.require_git && !codex::inside_git_work_tree(&plan.workspace) {
+            return Err(ApiError::bad_request(format!(
+                "workspace is not inside a git work tree: {} (codex refuses to run outside git; run `git init` there, or set LOOPER_REQUIRE_GIT=0)",
+                plan.workspace.display()
+            )));
+        }
         let found = codex::resolve(
             req.codex_exec_binary.as_deref(),
             app.cfg.codex_exec_binary.as_deref(),
@@ -422,6 +434,46 @@ fn join(pids: &[i32]) -> String {
         .map(i32::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Takes a `/run` body, from HTTP or an inbox file, through everything `POST /run` does:
+/// validation, the stale hand-off check, the run guard (a hand-off from the run still being
+/// set up waits for that setup), the pipeline.
+pub fn submit(
+    app: &Arc<App>,
+    body: &[u8],
+    request_id: &str,
+    trigger: Trigger,
+) -> Result<Value, ApiError> {
+    let req = parse_request(body)?;
+    // A late call from an old run is refused as stale even while another run is being set
+    // up, so that its caller learns why.
+    let stale = || {
+        req.from_run_id
+            .as_deref()
+            .and_then(|from| stale_reason(app, from))
+    };
+    if let Some(e) = stale() {
+        return Err(e);
+    }
+    let guard = match req.from_run_id.as_deref() {
+        Some(from) => app.handoff_guard(from),
+        None => app.try_guard(),
+    };
+    let Some(_guard) = guard else {
+        return Err(ApiError::new(409, "busy: another run is in progress"));
+    };
+    // Looked at again under the guard: a run may have been replaced meanwhile.
+    if let Some(e) = stale() {
+        return Err(e);
+    }
+    let value = execute(app, &req, request_id, trigger)?;
+    log::info!(
+        "run.success request_id={request_id} started={} pid={}",
+        value["codex_exec_started"],
+        value["codex_exec_result"]["pid"]
+    );
+    Ok(value)
 }
 
 /// A run that was spawned: what the response reports.
@@ -604,6 +656,7 @@ fn launch(
     }
 
     let check = req.startup_check.unwrap_or(app.cfg.startup_check);
+    app.setting_up(&run_id, check);
     log::debug!(
         "run.step request_id={request_id} action=startup_check seconds={:.3}",
         check.as_secs_f64()
@@ -699,6 +752,29 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         .stderr(writer2)
         .env("LOOPER_RUN_ID", l.run_id)
         .env("LOOPER_URL", &app.url);
+    // Looper's own secrets stay with Looper; the API token stays because the hand-off over
+    // HTTP needs it.
+    for secret in SECRET_VARS {
+        cmd.env_remove(secret);
+    }
+    if let Some(exe) = &app.self_exe {
+        cmd.env("LOOPER_BIN", exe);
+    }
+    match crate::inbox::prepare(&l.plan.workspace) {
+        Ok(inbox) => {
+            cmd.env("LOOPER_INBOX", &inbox);
+            app.watch_inbox(inbox);
+        }
+        Err(e) => {
+            cmd.env_remove("LOOPER_INBOX");
+            log::warn!(
+                "inbox.unavailable request_id={} workspace={} error={} hint=\"the run can hand off over HTTP only\"",
+                l.request_id,
+                Q(&l.plan.workspace.to_string_lossy()),
+                Q(&e.to_string())
+            );
+        }
+    }
     procs::detach_on_spawn(&mut cmd);
     let mut file = file.try_clone().map_err(|e| fail("log file", e))?;
 

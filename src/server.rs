@@ -182,6 +182,14 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
 
     // Runs of a previous Looper that ended meanwhile get their history rows completed.
     crate::run::settle_unwatched(&app, None);
+    // Hand-offs of runs started before this start are picked up too.
+    for ws in std::iter::once(app.cfg.workspace.clone()).chain(app.history.recent_workspaces(8)) {
+        let inbox = crate::inbox::dir_for(&ws);
+        if inbox.is_dir() {
+            app.watch_inbox(inbox);
+        }
+    }
+    crate::inbox::start(&app);
     let autopoll = crate::autopoll::start(&app);
     crate::http::serve(&app, server, &addr);
     if let Some(handle) = autopoll {

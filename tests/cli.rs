@@ -4,31 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{FakeZulip, Fixture, Looper};
+use common::{cli, stderr, stdout, FakeZulip, Fixture, Looper};
 use serde_json::{json, Value};
-
-/// Runs `looper <args>` with `env` (nothing else of the test's environment but PATH).
-fn cli(fx: &Fixture, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_looper"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &fx.dir)
-        .envs(env.iter().copied())
-        .current_dir(&fx.dir)
-        .output()
-        .expect("run looper cli")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn url(looper: &Looper) -> String {
     looper.url("/run")

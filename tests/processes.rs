@@ -3,15 +3,9 @@
 
 mod common;
 
-use common::{alive, read, wait_for, Fixture};
+use common::{alive, pid_of, read, wait_for, Fixture};
 use serde_json::json;
 use std::os::unix::process::ExitStatusExt;
-
-fn pid_of(answer: &common::Answer) -> u64 {
-    answer.body["codex_exec_result"]["pid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no pid in {}", answer.body))
-}
 
 fn log_path_of(answer: &common::Answer) -> String {
     answer.body["codex_exec_result"]["log_path"]

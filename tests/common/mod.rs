@@ -53,20 +53,34 @@ fn cmdline(pid: u64) -> String {
         .unwrap_or_default()
 }
 
-/// The fake codex binary built from `examples/fake_codex.rs`.
-fn fake_codex_binary() -> PathBuf {
+/// A binary built from `examples/<name>.rs` (the fake codex, the stand-in model).
+pub fn example_binary(name: &str) -> PathBuf {
     let looper = PathBuf::from(env!("CARGO_BIN_EXE_looper"));
     let path = looper
         .parent()
         .expect("target dir")
         .join("examples")
-        .join("fake_codex");
+        .join(name);
     assert!(
         path.exists(),
         "{} is missing: `cargo test` builds it; with a filtered run, `cargo build --examples` first",
         path.display()
     );
     path
+}
+
+/// Makes `dir` an empty git repository the way `git init` lays one out (codex, and so
+/// Looper, run only inside a git work tree), without needing git itself.
+pub fn make_git_repo(dir: &Path) {
+    for sub in [".git/objects", ".git/refs/heads", ".git/refs/tags"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("create .git");
+    }
+    std::fs::write(dir.join(".git/HEAD"), "ref: refs/heads/main\n").expect("write HEAD");
+    std::fs::write(
+        dir.join(".git/config"),
+        "[core]\n\trepositoryformatversion = 0\n\tbare = false\n",
+    )
+    .expect("write .git/config");
 }
 
 /// A test's own directory with `bin/<fake codex>`, `ws/` (workspace), `rec/` (what the
@@ -87,9 +101,11 @@ impl Fixture {
         for sub in ["bin", "ws", "rec", "logs"] {
             std::fs::create_dir_all(dir.join(sub)).expect("create test dir");
         }
+        make_git_repo(&dir.join("ws"));
         let codex_name = format!("fake-codex-{unique}");
         let codex_path = dir.join("bin").join(&codex_name);
-        std::os::unix::fs::symlink(fake_codex_binary(), &codex_path).expect("link fake codex");
+        std::os::unix::fs::symlink(example_binary("fake_codex"), &codex_path)
+            .expect("link fake codex");
         Fixture {
             dir,
             codex_name,
@@ -565,6 +581,42 @@ impl Drop for FakeZulip {
     fn drop(&mut self) {
         self.server.unblock();
     }
+}
+
+/// The pid of the run a `/run` answer started.
+pub fn pid_of(answer: &Answer) -> u64 {
+    answer.body["codex_exec_result"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in {}", answer.body))
+}
+
+/// The id of the run a `/run` answer started.
+pub fn run_id_of(answer: &Answer) -> String {
+    answer.body["run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run_id in {}", answer.body))
+        .to_string()
+}
+
+/// Runs `looper <args>` with `env` (nothing else of the test's environment but PATH).
+pub fn cli(fx: &Fixture, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_looper"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &fx.dir)
+        .envs(env.iter().copied())
+        .current_dir(&fx.dir)
+        .output()
+        .expect("run looper cli")
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Reads `path` relative to nothing; a helper for string asserts with context.

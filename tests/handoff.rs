@@ -1,0 +1,353 @@
+//! Black-box tests of the hand-off from a run to the next (SPEC §10): the inbox that needs no
+//! network, `looper trigger` falling back to it, a hand-off sent during the startup check,
+//! the git check before any effect, and what a run's environment holds.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{alive, cli, pid_of, run_id_of, stderr, stdout, wait_for, FakeZulip, Fixture, Looper};
+use serde_json::{json, Value};
+
+/// Drops a request into `inbox` as an agent would: `*.tmp`, then renamed.
+fn drop_request(inbox: &Path, name: &str, body: &str) {
+    let tmp = inbox.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, body).expect("write request");
+    std::fs::rename(&tmp, inbox.join(name)).expect("rename request");
+}
+
+/// Waits for Looper's answer to the request file `name`.
+fn answer_of(looper: &Looper, inbox: &Path, name: &str) -> Value {
+    let stem = name.strip_suffix(".json").unwrap_or(name);
+    let path = inbox.join("done").join(format!("{stem}.answer.json"));
+    let text = wait_for(&format!("the answer to {name}"), || {
+        std::fs::read_to_string(&path).ok()
+    });
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("answer {text:?} is not JSON ({e})\n{}", looper.tail()))
+}
+
+fn zulip_env(zulip: &FakeZulip) -> Vec<(&'static str, String)> {
+    vec![
+        ("ZULIP_SITE", zulip.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
+        ("ZULIP_BOT_API_KEY", "zulip-secret-key".into()),
+    ]
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// Every run gets `LOOPER_INBOX` (a private, git-ignored directory in its workspace) and
+/// `LOOPER_BIN`; Looper's Zulip credentials never reach it.
+#[test]
+fn a_run_gets_its_inbox_and_looper_but_no_zulip_secrets() {
+    let fx = Fixture::new("env");
+    let zulip = FakeZulip::start();
+    let mut env = zulip_env(&zulip);
+    env.push(("LOOPER_API_TOKEN", "tok".into()));
+    let looper = fx.start_owned(&env);
+    let a = looper.post_with(
+        "/run",
+        &json!({"zulip_message": "m"}).to_string(),
+        &[("X-Looper-Token", "tok")],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let rec = looper.record_of(pid_of(&a));
+    let inbox = fx.path("ws/.looper/inbox");
+    assert_eq!(rec["looper_inbox"], json!(inbox));
+    assert_eq!(mode(&inbox), 0o700);
+    assert_eq!(mode(&fx.path("ws/.looper")), 0o700);
+    assert_eq!(common::read(fx.path("ws/.looper/.gitignore")), "*\n");
+    assert_eq!(rec["looper_bin"], json!(env!("CARGO_BIN_EXE_looper")));
+    assert_eq!(
+        rec["zulip_vars"],
+        json!([]),
+        "Zulip variables reached the run"
+    );
+    assert_eq!(
+        rec["looper_token"],
+        json!("tok"),
+        "the hand-off needs the token"
+    );
+}
+
+/// A request file from the active run replaces it like `POST /run` would: announced,
+/// the old run stopped, the asked run started (history trigger "inbox"), and the answer an
+/// HTTP caller would have got written beside the request in `done/`.
+#[test]
+fn an_inbox_request_from_the_active_run_replaces_it() {
+    let fx = Fixture::new("inbox");
+    let zulip = FakeZulip::start();
+    let looper = fx.start_owned(&zulip_env(&zulip));
+    let first = looper.run(json!({"codex_prompt": "first"}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let (old_pid, old_id) = (pid_of(&first), run_id_of(&first));
+    let inbox = PathBuf::from(looper.record_of(old_pid)["looper_inbox"].as_str().unwrap());
+
+    let body = json!({"zulip_message": "handed off", "codex_prompt": "second",
+                      "from_run_id": old_id, "codex_exec_delay_seconds": 0});
+    drop_request(&inbox, "next.json", &body.to_string());
+    let answer = answer_of(&looper, &inbox, "next.json");
+    assert_eq!(answer["status"], 200, "{answer}\n{}", looper.tail());
+    let reply = &answer["body"];
+    assert_eq!(reply["codex_exec_started"], true);
+    assert!(
+        reply["killed_codex_exec_pids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(old_pid)),
+        "{reply}"
+    );
+    assert!(!alive(old_pid));
+    let new_pid = reply["codex_exec_result"]["pid"].as_u64().unwrap();
+    assert!(alive(new_pid));
+    assert_eq!(
+        looper.record_of(new_pid)["argv"].as_array().unwrap().last(),
+        Some(&json!("second"))
+    );
+    assert!(
+        inbox.join("done/next.json").is_file(),
+        "request not kept in done/"
+    );
+    assert!(
+        !inbox.join("next.json").exists(),
+        "request left in the inbox"
+    );
+    let contents: Vec<String> = zulip
+        .messages()
+        .iter()
+        .map(|m| m.form()["content"].clone())
+        .collect();
+    assert_eq!(contents.last().map(String::as_str), Some("handed off"));
+    let runs = looper.get("/runs").body;
+    assert_eq!(runs["runs"][0]["trigger"], "inbox", "{runs}");
+    assert_eq!(runs["runs"][0]["run_id"], reply["run_id"]);
+}
+
+/// Junk in an inbox — bad JSON, wrong types, a symlink, a FIFO, an oversized file, a wrong
+/// name, a stale hand-off — is answered with its error and changes nothing; a file still
+/// being written (`*.tmp`) is left alone.
+#[test]
+fn junk_in_the_inbox_is_answered_and_changes_nothing() {
+    let fx = Fixture::new("inbox-junk");
+    let zulip = FakeZulip::start();
+    let looper = fx.start_owned(&zulip_env(&zulip));
+    let live = looper.run(json!({"codex_prompt": "keep me"}));
+    assert_eq!(live.status, 200, "{}", live.body);
+    let pid = pid_of(&live);
+    let inbox = fx.path("ws/.looper/inbox");
+    let announced = zulip.messages().len();
+
+    let valid = json!({"zulip_message": "m", "codex_prompt": "x"}).to_string();
+    let outside = fx.path("outside.json");
+    std::fs::write(&outside, &valid).unwrap();
+    std::fs::write(inbox.join("partial.json.tmp"), &valid).unwrap();
+    let fifo = std::ffi::CString::new(inbox.join("fifo.json").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path inside this test's directory.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink(&outside, inbox.join("link.json")).unwrap();
+    let mut big = valid.clone().into_bytes();
+    big.resize(1024 * 1024 + 1, b' ');
+    drop_request(&inbox, "big.json", std::str::from_utf8(&big).unwrap());
+    drop_request(&inbox, "bad.json", "{\"zulip_message\": ");
+    drop_request(&inbox, "types.json", r#"{"zulip_message": 5}"#);
+    drop_request(&inbox, "array.json", "[1, 2]");
+    drop_request(&inbox, "notes.txt", &valid);
+    let stale = json!({"zulip_message": "m", "from_run_id": "0ld0ld00"}).to_string();
+    drop_request(&inbox, "stale.json", &stale);
+
+    for (name, status, words) in [
+        ("fifo.json", 400, "not a regular file"),
+        ("link.json", 400, "symbolic link"),
+        ("big.json", 413, "1 MiB"),
+        ("bad.json", 400, "JSON"),
+        ("types.json", 400, "zulip_message"),
+        ("array.json", 400, "object"),
+        ("notes.txt", 400, "<name>.json"),
+        ("stale.json", 409, "stale"),
+    ] {
+        let answer = answer_of(&looper, &inbox, name);
+        assert_eq!(answer["status"], status, "{name}: {answer}");
+        assert_eq!(answer["body"]["ok"], false, "{name}: {answer}");
+        let error = answer["body"]["error"].as_str().unwrap_or("");
+        assert!(error.contains(words), "{name}: {error}");
+    }
+    assert!(
+        inbox.join("partial.json.tmp").exists(),
+        "a file being written was taken"
+    );
+    assert!(alive(pid), "junk disturbed the live run");
+    assert_eq!(zulip.messages().len(), announced, "junk was announced");
+    assert_eq!(looper.get("/health").status, 200);
+    assert_eq!(looper.get("/status").body["active"]["pid"], json!(pid));
+    assert!(
+        looper.server_log().contains("inbox.answer"),
+        "{}",
+        looper.tail()
+    );
+}
+
+/// Inside codex's sandbox no socket can be opened: `looper trigger` then leaves the request
+/// in `$LOOPER_INBOX`, says `queued <path>`, and reports Looper's answer as over HTTP;
+/// `--inbox` forces that way; a stale request's refusal reaches the caller.
+#[test]
+fn looper_trigger_falls_back_to_the_inbox() {
+    let fx = Fixture::new("trigger-inbox");
+    let looper = fx.start(&[]);
+    let first = looper.run(json!({"codex_prompt": "first"}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let (old_pid, old_id) = (pid_of(&first), run_id_of(&first));
+    let inbox = fx.path("ws/.looper/inbox");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/run", l.local_addr().unwrap().port())
+    };
+    let inbox_text = inbox.to_string_lossy().into_owned();
+    let run_env = |url: &str, id: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("LOOPER_URL", url.to_string()),
+            ("LOOPER_RUN_ID", id.to_string()),
+            ("LOOPER_INBOX", inbox_text.clone()),
+        ]
+    };
+    let env = run_env(&dead, &old_id);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = cli(
+        &fx,
+        &["trigger", "--message", "next", "--prompt", "second"],
+        &pairs,
+    );
+    assert!(o.status.success(), "{}\n{}", stderr(&o), looper.tail());
+    assert!(
+        stderr(&o).contains(&format!("queued {}", inbox.display())),
+        "{}",
+        stderr(&o)
+    );
+    let answer: Value = serde_json::from_str(stdout(&o).trim()).expect("JSON on stdout");
+    assert_eq!(answer["ok"], true, "{answer}");
+    let second_id = answer["run_id"].as_str().unwrap().to_string();
+    assert!(!alive(old_pid));
+    assert_eq!(looper.get("/runs").body["runs"][0]["trigger"], "inbox");
+
+    // Forced, although HTTP would work (`--url`; LOOPER_URL is left at another address, so
+    // that this caller is not taken for part of the run it replaces and stopped with it).
+    let env = run_env(&dead, &second_id);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let live_url = looper.url("/run");
+    let args = [
+        "trigger",
+        "--inbox",
+        "--url",
+        &live_url,
+        "--message",
+        "third",
+        "--prompt",
+        "p",
+    ];
+    let o = cli(&fx, &args, &pairs);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("queued"), "{}", stderr(&o));
+
+    // The first run's id is stale now: refused, and the caller is told.
+    let env = run_env(&dead, &old_id);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = cli(
+        &fx,
+        &["trigger", "--message", "late", "--prompt", "p"],
+        &pairs,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("409") && stderr(&o).contains("stale"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Without LOOPER_INBOX, --inbox is a usage error.
+    let o = cli(&fx, &["trigger", "--inbox", "--message", "m"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// A hand-off from the run that a `/run` is still setting up (its startup check) waits for
+/// that setup to end and then proceeds; another trigger meanwhile still gets `409 busy`.
+#[test]
+fn a_handoff_during_the_startup_check_waits_for_it() {
+    let fx = Fixture::new("handoff-race");
+    let looper = std::sync::Arc::new(fx.start(&[]));
+    let l1 = looper.clone();
+    let first = std::thread::spawn(move || {
+        l1.run(json!({"codex_prompt": "first", "codex_exec_startup_check_seconds": 3}))
+    });
+    // The run exists (it wrote its record) while its /run is still in the startup check.
+    let rec = wait_for("the first run's record", || {
+        looper.records().into_iter().next()
+    });
+    let first_id = rec["looper_run_id"].as_str().unwrap().to_string();
+    let busy = looper.run(json!({"codex_prompt": "other"}));
+    assert_eq!(busy.status, 409, "{}", busy.body);
+    assert!(busy.body["error"].as_str().unwrap().contains("busy"));
+    let handoff = looper.run(json!({"codex_prompt": "second", "from_run_id": first_id}));
+    let first = first.join().unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(handoff.status, 200, "{}\n{}", handoff.body, looper.tail());
+    assert!(handoff.body["killed_codex_exec_pids"]
+        .as_array()
+        .unwrap()
+        .contains(&rec["pid"]));
+    assert!(!alive(rec["pid"].as_u64().unwrap()));
+    assert!(alive(pid_of(&handoff)));
+    let log = looper.server_log();
+    let first_done = log
+        .find(&format!("run.success request_id={first_id}"))
+        .unwrap();
+    let second_start = log
+        .find(&format!(
+            "run.start request_id={}",
+            handoff.body["request_id"].as_str().unwrap()
+        ))
+        .unwrap();
+    assert!(
+        first_done < second_start,
+        "the hand-off did not wait:\n{log}"
+    );
+}
+
+/// A workspace outside a git work tree (named in the request, or the default) is refused
+/// before anything happens: nothing announced, nothing stopped. `LOOPER_REQUIRE_GIT=0`
+/// lets it through.
+#[test]
+fn a_workspace_outside_git_is_refused_before_any_effect() {
+    let fx = Fixture::new("nogit");
+    let zulip = FakeZulip::start();
+    let plain = fx.path("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let looper = fx.start_owned(&zulip_env(&zulip));
+    let live = looper.run(json!({"codex_prompt": "keep me"}));
+    assert_eq!(live.status, 200, "{}", live.body);
+    let announced = zulip.messages().len();
+    let a = looper.run(json!({"workspace": plain, "codex_prompt": "x"}));
+    assert_eq!(a.status, 400, "{}", a.body);
+    let error = a.body["error"].as_str().unwrap();
+    assert!(
+        error.contains("git") && error.contains(plain.to_str().unwrap()),
+        "{error}"
+    );
+    assert_eq!(zulip.messages().len(), announced, "announced anyway");
+    assert!(alive(pid_of(&live)), "the live run was stopped");
+    drop(looper);
+
+    let mut env = zulip_env(&zulip);
+    env.push(("LOOPER_WORKSPACE", plain.to_string_lossy().into_owned()));
+    let looper = fx.start_owned(&env);
+    let a = looper.run(json!({"codex_prompt": "x"}));
+    assert_eq!(a.status, 400, "{}", a.body);
+    drop(looper);
+
+    env.push(("LOOPER_REQUIRE_GIT", "0".into()));
+    let looper = fx.start_owned(&env);
+    let a = looper.run(json!({"codex_prompt": "x"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+}
