@@ -1,0 +1,434 @@
+//! The real-codex suite (SPEC §10): the real `looper` binary drives the real Codex CLI
+//! (`@openai/codex`, found through `LOOPER_REAL_CODEX`), which talks to our stand-in model
+//! server (`examples/fake_model.rs`) on 127.0.0.1 with a `CODEX_HOME` that sends nothing
+//! anywhere else, in a git workspace, inside codex's default `workspace-write` sandbox (no
+//! network). The tests are `#[ignore]`d so that `cargo test` needs only the Rust toolchain;
+//! `scripts/test-real-codex` installs codex and runs them with `--ignored`.
+//!
+//! Safe beside someone's own codex: Looper's process-name matcher is scoped to a name that
+//! no process has, so it stops only what carries its runs' `LOOPER_RUN_ID` and their
+//! descendants — the runs these tests started.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{alive, pid_of, run_id_of, wait_for, FakeZulip, Fixture, Looper};
+use serde_json::{json, Value};
+
+/// The real codex to drive.
+fn real_codex() -> PathBuf {
+    let path = std::env::var_os("LOOPER_REAL_CODEX")
+        .map(PathBuf::from)
+        .expect("LOOPER_REAL_CODEX names the codex binary (scripts/test-real-codex sets it)");
+    assert!(path.exists(), "{} does not exist", path.display());
+    path
+}
+
+/// The stand-in model server, stopped when dropped.
+struct Model {
+    child: Child,
+    port: u16,
+}
+
+impl Model {
+    fn start(env: &[(&str, &str)]) -> Model {
+        let mut child = Command::new(common::example_binary("fake_model"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fake_model");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read port");
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fake_model said {line:?}"));
+        Model { child, port }
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One scenario's world: a git workspace, a `CODEX_HOME` pointing codex at the model, and
+/// the environment for Looper.
+struct World {
+    fx: Fixture,
+    _model: Model,
+    _codex_home: TempHome,
+    env: Vec<(&'static str, String)>,
+}
+
+/// `CODEX_HOME` lives outside `/tmp` (codex warns in every run there), under `target/`.
+struct TempHome(PathBuf);
+
+impl Drop for TempHome {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run git");
+    assert!(status.success(), "git {args:?} failed in {}", dir.display());
+}
+
+impl World {
+    fn new(tag: &str, model_env: &[(&str, &str)]) -> World {
+        let fx = Fixture::new(tag);
+        let ws = fx.path("ws");
+        std::fs::remove_dir_all(ws.join(".git")).expect("drop the fixture's bare .git");
+        git(&ws, &["init", "-q"]);
+        std::fs::write(ws.join("TODO.md"), "- [ ] nothing\n").unwrap();
+        git(&ws, &["add", "TODO.md"]);
+        git(&ws, &["commit", "-q", "-m", "start"]);
+        let model = Model::start(model_env);
+        let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("real-codex")
+            .join(fx.dir.file_name().unwrap());
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join("config.toml"), codex_config(model.port)).unwrap();
+        let env = vec![
+            (
+                "CODEX_EXEC_BINARY",
+                real_codex().to_string_lossy().into_owned(),
+            ),
+            ("CODEX_HOME", home.to_string_lossy().into_owned()),
+            ("CODEX_EXEC_STARTUP_CHECK_SECONDS", "0.5".into()),
+        ];
+        World {
+            fx,
+            _model: model,
+            _codex_home: TempHome(home),
+            env,
+        }
+    }
+
+    fn start(&self, extra: &[(&'static str, String)]) -> Looper {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().cloned());
+        self.fx.start_owned(&env)
+    }
+
+    fn ws(&self) -> PathBuf {
+        self.fx.path("ws")
+    }
+}
+
+/// A config that needs no login and sends nothing anywhere but the model on `port`.
+fn codex_config(port: u16) -> String {
+    format!(
+        r#"model = "gpt-5.5"
+model_provider = "fake"
+check_for_update_on_startup = false
+[model_providers.fake]
+name = "fake"
+base_url = "http://127.0.0.1:{port}/v1"
+wire_api = "responses"
+requires_openai_auth = false
+[features]
+plugins = false
+[analytics]
+enabled = false
+[otel]
+exporter = "none"
+trace_exporter = "none"
+metrics_exporter = "none"
+"#
+    )
+}
+
+/// `(pid, parent, comm)` of every process.
+fn processes() -> Vec<(u64, u64, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        out.push((pid, ppid, comm));
+    }
+    out
+}
+
+/// `root` and all its live descendants, with their program names.
+fn tree(root: u64) -> Vec<(u64, String)> {
+    let procs = processes();
+    let mut children: HashMap<u64, Vec<(u64, String)>> = HashMap::new();
+    for (pid, ppid, comm) in &procs {
+        children
+            .entry(*ppid)
+            .or_default()
+            .push((*pid, comm.clone()));
+    }
+    let mut out: Vec<(u64, String)> = procs
+        .iter()
+        .filter(|p| p.0 == root)
+        .map(|p| (p.0, p.2.clone()))
+        .collect();
+    let mut i = 0;
+    while i < out.len() {
+        let pid = out[i].0;
+        out.extend(children.get(&pid).cloned().unwrap_or_default());
+        i += 1;
+    }
+    out
+}
+
+/// Waits until the run `pid`'s tree runs `program` (its tool command), and returns the tree.
+fn tree_running(pid: u64, program: &str) -> Vec<(u64, String)> {
+    wait_for(&format!("{program} under run {pid}"), || {
+        let t = tree(pid);
+        t.iter().any(|(_, c)| c == program).then_some(t)
+    })
+}
+
+fn describe(tree: &[(u64, String)]) -> String {
+    tree.iter()
+        .map(|(pid, comm)| format!("{comm}({pid})"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The history row of `run_id` once it has ended.
+fn ended_row(looper: &Looper, run_id: &str) -> Value {
+    wait_for(&format!("run {run_id} to end"), || {
+        let runs = looper.get("/runs").body;
+        runs["runs"]
+            .as_array()?
+            .iter()
+            .find(|r| r["run_id"] == run_id && !r["return_code"].is_null())
+            .cloned()
+    })
+}
+
+/// The newest run in the history other than `not`.
+fn newest_run_besides(looper: &Looper, not: &str) -> Value {
+    wait_for("a newer run", || {
+        let runs = looper.get("/runs").body;
+        let first = runs["runs"].as_array()?.first()?.clone();
+        (first["run_id"] != not).then_some(first)
+    })
+}
+
+/// A run of the real codex whose tool command sleeps is replaced by a fresh run: every
+/// process of the old tree (node shim, native codex, sandbox, bwrap, inner codex, shell,
+/// sleep) is reported stopped and is gone, and the new run finishes with 0.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn replaces_a_run_whose_tool_command_sleeps() {
+    let w = World::new("rc-replace", &[]);
+    let looper = w.start(&[]);
+    let first = looper.run(json!({"codex_prompt": "RUN: sleep 300"}));
+    assert_eq!(first.status, 200, "{}\n{}", first.body, looper.tail());
+    let old = tree_running(pid_of(&first), "sleep");
+    eprintln!("real codex process tree: {}", describe(&old));
+    let second = looper.run(json!({"codex_prompt": "RUN: echo replaced-ok"}));
+    assert_eq!(second.status, 200, "{}\n{}", second.body, looper.tail());
+    let killed: HashSet<u64> = second.body["killed_codex_exec_pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    for (pid, comm) in &old {
+        assert!(
+            killed.contains(pid),
+            "{comm}({pid}) not reported stopped: {killed:?}"
+        );
+        assert!(!alive(*pid), "{comm}({pid}) still alive");
+    }
+    let row = ended_row(&looper, &run_id_of(&second));
+    assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
+    let first_row = ended_row(&looper, &run_id_of(&first));
+    assert_eq!(first_row["stop_reason"], "replaced", "{first_row}");
+}
+
+/// The agent's last step, `looper trigger` from a tool command inside the default sandbox
+/// (no socket can be opened), hands off through the inbox: the run that triggered is
+/// replaced and the asked run starts and finishes.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn the_loop_goes_on_through_looper_trigger_in_the_sandbox() {
+    let w = World::new("rc-trigger", &[]);
+    let zulip = FakeZulip::start();
+    let looper = w.start(&[
+        ("ZULIP_SITE", zulip.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
+        ("ZULIP_BOT_API_KEY", "k".into()),
+    ]);
+    let prompt = r#"RUN: "$LOOPER_BIN" trigger --message 'next run please' --prompt 'RUN: echo second-run-ok'"#;
+    let first = looper.run(json!({"codex_prompt": prompt}));
+    assert_eq!(first.status, 200, "{}\n{}", first.body, looper.tail());
+    let first_id = run_id_of(&first);
+    let second = newest_run_besides(&looper, &first_id);
+    assert_eq!(second["trigger"], "inbox", "{second}");
+    let row = ended_row(&looper, second["run_id"].as_str().unwrap());
+    assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
+    let log = common::read(row["log_path"].as_str().unwrap());
+    assert!(log.contains("second-run-ok"), "{log}");
+    let first_row = ended_row(&looper, &first_id);
+    assert_eq!(first_row["stop_reason"], "replaced", "{first_row}");
+    let texts: Vec<String> = zulip
+        .messages()
+        .iter()
+        .map(|m| m.form()["content"].clone())
+        .collect();
+    assert!(texts.contains(&"next run please".to_string()), "{texts:?}");
+    let done = std::fs::read_dir(w.ws().join(".looper/inbox/done"))
+        .unwrap()
+        .count();
+    assert_eq!(done, 2, "the request and its answer in done/");
+}
+
+/// The same loop through the wrapper script copied into the workspace.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn the_loop_goes_on_through_the_wrapper_script() {
+    let w = World::new("rc-wrapper", &[]);
+    let scripts = w.ws().join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let wrapper = scripts.join("run-codex-task.sh");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run-codex-task.sh"),
+        &wrapper,
+    )
+    .unwrap();
+    std::fs::write(
+        scripts.join("looper-prompt.md"),
+        "RUN: echo wrapper-second-ok\n",
+    )
+    .unwrap();
+    let looper = w.start(&[]);
+    let first =
+        looper.run(json!({"codex_prompt": "RUN: scripts/run-codex-task.sh 'wrapper hand-off'"}));
+    assert_eq!(first.status, 200, "{}\n{}", first.body, looper.tail());
+    let second = newest_run_besides(&looper, &run_id_of(&first));
+    assert_eq!(second["trigger"], "inbox", "{second}");
+    let row = ended_row(&looper, second["run_id"].as_str().unwrap());
+    assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
+    assert!(common::read(row["log_path"].as_str().unwrap()).contains("wrapper-second-ok"));
+}
+
+/// A hand-off sent while the `/run` that started its run is still inside its startup check
+/// waits for that check and proceeds (no `409 busy`).
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn a_handoff_inside_the_startup_check_proceeds() {
+    let w = World::new("rc-race", &[]);
+    let looper = w.start(&[]);
+    let prompt =
+        r#"RUN: "$LOOPER_BIN" trigger --message 'quick hand-off' --prompt 'RUN: echo raced-ok'"#;
+    let first = looper.run(json!({"codex_prompt": prompt, "codex_exec_startup_check_seconds": 6}));
+    assert_eq!(first.status, 200, "{}\n{}", first.body, looper.tail());
+    assert!(first.body["codex_exec_result"]["startup_return_code"].is_null());
+    let second = newest_run_besides(&looper, &run_id_of(&first));
+    let row = ended_row(&looper, second["run_id"].as_str().unwrap());
+    assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
+    let log = looper.server_log();
+    let sent = log
+        .find("inbox.take")
+        .unwrap_or_else(|| panic!("no inbox request:\n{log}"));
+    let first_done = log
+        .find(&format!("run.success request_id={}", run_id_of(&first)))
+        .unwrap();
+    assert!(
+        sent < first_done,
+        "the hand-off came after the startup check:\n{log}"
+    );
+    assert!(!log.contains("busy"), "{log}");
+}
+
+/// A workspace outside git is refused before any effect; without the check, the real codex
+/// fails at once there, which is why the check exists.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn a_non_git_workspace_is_refused_before_any_effect() {
+    let w = World::new("rc-nogit", &[]);
+    let plain = w.fx.path("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let zulip = FakeZulip::start();
+    let zulip_env = [
+        ("ZULIP_SITE", zulip.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
+        ("ZULIP_BOT_API_KEY", "k".into()),
+    ];
+    let looper = w.start(&zulip_env);
+    let live = looper.run(json!({"codex_prompt": "RUN: sleep 300"}));
+    assert_eq!(live.status, 200, "{}", live.body);
+    let tree = tree_running(pid_of(&live), "sleep");
+    let announced = zulip.messages().len();
+    let refused = looper.run(json!({"codex_prompt": "RUN: echo x", "workspace": plain}));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body["error"].as_str().unwrap().contains("git"));
+    assert_eq!(zulip.messages().len(), announced);
+    assert!(
+        tree.iter().all(|(pid, _)| alive(*pid)),
+        "the live run was touched"
+    );
+    drop(looper);
+
+    let mut env = zulip_env.to_vec();
+    env.push(("LOOPER_REQUIRE_GIT", "0".into()));
+    let looper = w.start(&env);
+    let a = looper.run(json!({"codex_prompt": "RUN: echo x", "workspace": plain,
+                              "codex_exec_startup_check_seconds": 5}));
+    assert_eq!(a.status, 500, "{}", a.body);
+    let error = a.body["error"].as_str().unwrap();
+    assert!(
+        error.contains("exited early") && error.contains("rc=1"),
+        "{error}"
+    );
+}
+
+/// Looper's shutdown stops the whole tree of the real codex and exits 0.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn shutdown_stops_the_whole_tree() {
+    let w = World::new("rc-shutdown", &[]);
+    let mut looper = w.start(&[]);
+    let a = looper.run(json!({"codex_prompt": "RUN: sleep 300"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let tree = tree_running(pid_of(&a), "sleep");
+    looper.signal(libc::SIGTERM);
+    assert_eq!(looper.wait_exit(), Some(0));
+    for (pid, comm) in &tree {
+        assert!(!alive(*pid), "{comm}({pid}) outlived Looper's shutdown");
+    }
+}
