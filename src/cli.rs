@@ -12,7 +12,8 @@ use crate::server;
 
 /// How often `trigger --follow` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
-/// How long `trigger` waits for Looper to answer a request left in its inbox.
+/// How long `trigger` waits for Looper to answer a request left in its inbox, unless
+/// `LOOPER_INBOX_WAIT_SECONDS` says otherwise.
 const INBOX_ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// How long `trigger` tries to open a connection before it turns to the inbox.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,7 +62,8 @@ options:
 
 Inside a run, when Looper cannot be reached over HTTP (codex's sandbox allows no socket),
 the request goes into $LOOPER_INBOX: `queued <path>` on stderr, then Looper's answer as
-over HTTP (waiting up to 30 s; without an answer the request stays queued, exit 0).
+over HTTP (waiting up to 30 s, or $LOOPER_INBOX_WAIT_SECONDS; without an answer the request
+stays queued, exit 0).
 
 The token comes from $LOOPER_API_TOKEN. Exit code 0 when the answer is ok (with --follow:
 and the run exited 0), 1 otherwise, 2 for a usage error.
@@ -341,7 +343,16 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
         .map(std::path::PathBuf::from);
     let (status, answer) = match inbox {
         Some(dir) if flags.has("--inbox") || !reachable(&base) => {
-            match through_inbox(&dir, &body)? {
+            let wait = match env
+                .get("LOOPER_INBOX_WAIT_SECONDS")
+                .filter(|v| !v.trim().is_empty())
+            {
+                Some(raw) => crate::config::parse_seconds(raw).map_err(|why| {
+                    usage(format!("LOOPER_INBOX_WAIT_SECONDS: {why}, got {raw:?}"))
+                })?,
+                None => INBOX_ANSWER_WAIT,
+            };
+            match through_inbox(&dir, &body, wait)? {
                 Some(answered) => answered,
                 None => return Ok(0),
             }
@@ -411,7 +422,11 @@ fn reachable(base: &str) -> bool {
 
 /// Leaves `body` in the inbox `dir` (written as `.tmp`, then renamed, so Looper takes it
 /// only when complete) and waits for Looper's answer. `None` when none came in time.
-fn through_inbox(dir: &std::path::Path, body: &Value) -> Result<Option<(u16, Value)>, Fail> {
+fn through_inbox(
+    dir: &std::path::Path,
+    body: &Value,
+    wait: Duration,
+) -> Result<Option<(u16, Value)>, Fail> {
     use std::os::unix::fs::OpenOptionsExt;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -431,7 +446,7 @@ fn through_inbox(dir: &std::path::Path, body: &Value) -> Result<Option<(u16, Val
     std::fs::rename(&tmp, &path).map_err(cannot)?;
     eprintln!("looper: queued {}", path.display());
     let answer_path = crate::inbox::answer_path(dir, &name);
-    let deadline = std::time::Instant::now() + INBOX_ANSWER_WAIT;
+    let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {
         if let Ok(bytes) = std::fs::read(&answer_path) {
             let answer: Value = serde_json::from_slice(&bytes)
@@ -443,7 +458,7 @@ fn through_inbox(dir: &std::path::Path, body: &Value) -> Result<Option<(u16, Val
     }
     eprintln!(
         "looper: no answer within {} s; the request stays queued in {} for Looper to take",
-        INBOX_ANSWER_WAIT.as_secs(),
+        wait.as_secs_f64(),
         dir.display()
     );
     Ok(None)

@@ -88,7 +88,13 @@ pub struct Config {
 
 /// Variables the server does not read: Looper sets them for its runs, and `looper trigger`
 /// and the wrapper script read them back.
-pub const CLIENT_VARS: &[&str] = &["LOOPER_RUN_ID", "LOOPER_URL", "LOOPER_BIN", "LOOPER_INBOX"];
+pub const CLIENT_VARS: &[&str] = &[
+    "LOOPER_RUN_ID",
+    "LOOPER_URL",
+    "LOOPER_BIN",
+    "LOOPER_INBOX",
+    "LOOPER_INBOX_WAIT_SECONDS",
+];
 
 /// Variables that look like Looper's but that nothing reads: likely typos.
 pub fn unknown_vars(env: &HashMap<String, String>) -> Vec<String> {

@@ -266,6 +266,22 @@ fn looper_trigger_falls_back_to_the_inbox() {
         stderr(&o)
     );
 
+    // An inbox no Looper looks into: no answer in time, the request stays queued, exit 0.
+    let unwatched = fx.path("unwatched");
+    std::fs::create_dir_all(&unwatched).unwrap();
+    let unwatched_text = unwatched.to_string_lossy().into_owned();
+    let env = [
+        ("LOOPER_URL", dead.as_str()),
+        ("LOOPER_INBOX", unwatched_text.as_str()),
+        ("LOOPER_INBOX_WAIT_SECONDS", "0.5"),
+    ];
+    let o = cli(&fx, &["trigger", "--message", "m"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stays queued"), "{}", stderr(&o));
+    let queued: Vec<_> = std::fs::read_dir(&unwatched).unwrap().flatten().collect();
+    assert_eq!(queued.len(), 1, "the request is not waiting in the inbox");
+    assert!(queued[0].file_name().to_string_lossy().ends_with(".json"));
+
     // Without LOOPER_INBOX, --inbox is a usage error.
     let o = cli(&fx, &["trigger", "--inbox", "--message", "m"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
