@@ -204,17 +204,10 @@ pub struct App {
     inboxes: Mutex<Vec<PathBuf>>,
     /// Looper's own executable, for runs' `LOOPER_BIN`.
     pub self_exe: Option<PathBuf>,
-    /// The HTTP server now listening (it is replaced when accepting fails), so that the
-    /// signal thread and the sweeper can wake the loop.
-    http: Mutex<Listening>,
-}
-
-/// The HTTP server being served: `None` while the loop is replacing it.
-#[derive(Default)]
-struct Listening {
-    server: Option<Arc<tiny_http::Server>>,
-    /// Counts servers set, so that a sweep that began before a replacement acts on nothing.
-    generation: u64,
+    /// The listening socket, so that shutdown can wake the accept loop.
+    listener: Mutex<Option<Arc<std::net::TcpListener>>>,
+    /// The HTTP connections being served.
+    pub connections: Arc<crate::http::Connections>,
 }
 
 fn seed() -> u64 {
@@ -247,57 +240,29 @@ impl App {
             cfg,
             path_var,
             autopoll: Mutex::new(AutopollState::default()),
-            http: Mutex::new(Listening::default()),
+            listener: Mutex::new(None),
+            connections: Arc::default(),
             inboxes: Mutex::new(Vec::new()),
             self_exe: std::env::current_exe().ok(),
         }
     }
 
-    fn listening(&self) -> std::sync::MutexGuard<'_, Listening> {
-        self.http.lock().unwrap_or_else(|e| e.into_inner())
+    /// Makes `listener` the socket that [`App::unblock_server`] wakes.
+    pub fn set_listener(&self, listener: &Arc<std::net::TcpListener>) {
+        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(listener));
     }
 
-    /// Makes `server` the one served (at start, and after listening again).
-    pub fn set_server(&self, server: &Arc<tiny_http::Server>) {
-        let mut l = self.listening();
-        l.server = Some(Arc::clone(server));
-        l.generation += 1;
-    }
-
-    /// Wakes the HTTP loop (at shutdown).
+    /// Wakes the accept loop (at shutdown): shutting the listening socket makes a blocked
+    /// `accept` return at once. The socket stays open (we hold it) until the loop is done.
     pub fn unblock_server(&self) {
-        if let Some(s) = self.listening().server.as_ref() {
-            s.unblock();
-        }
-    }
-
-    /// Which server is current, for [`App::listener_lost`].
-    pub fn server_generation(&self) -> u64 {
-        self.listening().generation
-    }
-
-    /// The loop is about to retire its server and listen again; the sweeper leaves it alone
-    /// meanwhile, and nothing here keeps the retired server alive. Returns whether the
-    /// sweeper had asked for it.
-    pub fn begin_relisten(&self) -> bool {
-        self.listening().server.take().is_none()
-    }
-
-    /// The sweeper found no listening socket while server `generation` was current: tiny_http's
-    /// accept thread has ended without a word (it panics when it cannot duplicate an accepted
-    /// socket for want of descriptors, and the listener goes with it). Wakes the loop so that
-    /// it listens again, unless the server was replaced since or is being replaced.
-    pub fn listener_lost(&self, generation: u64) -> bool {
-        let mut l = self.listening();
-        if l.generation != generation {
-            return false;
-        }
-        match l.server.take() {
-            Some(s) => {
-                s.unblock();
-                true
-            }
-            None => false,
+        use std::os::fd::AsRawFd;
+        if let Some(l) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            crate::sys::shutdown_socket(l.as_raw_fd());
         }
     }
 

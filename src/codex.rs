@@ -80,8 +80,14 @@ pub fn resolve(
         .ok_or_else(|| "codex".to_string())
 }
 
+/// The longest prompt `exec` can pass: Linux refuses any single argument of 128 KiB or more
+/// (`MAX_ARG_STRLEN`, counting its terminating NUL) with "Argument list too long".
+pub const MAX_PROMPT_BYTES: usize = 128 * 1024 - 1;
+
 /// The arguments after the binary: `--ask-for-approval never exec --sandbox workspace-write
-/// -C <workspace> <prompt>`, the prompt as one element.
+/// -C <workspace> <prompt>`, the prompt as one element. A prompt that starts with `-` (a
+/// TODO line such as `- [ ] next`) comes after `--`, so that codex takes it as the prompt
+/// and not as an option.
 pub fn exec_args(workspace: &Path, prompt: &str) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--ask-for-approval",
@@ -95,6 +101,9 @@ pub fn exec_args(workspace: &Path, prompt: &str) -> Vec<OsString> {
     .map(OsString::from)
     .collect();
     args.push(workspace.as_os_str().to_owned());
+    if prompt.starts_with('-') {
+        args.push(OsString::from("--"));
+    }
     args.push(OsString::from(prompt));
     args
 }
@@ -183,6 +192,11 @@ mod tests {
         assert_eq!(
             command_line(Path::new("/bin/codex"), &args),
             "/bin/codex --ask-for-approval never exec --sandbox workspace-write -C '/w s' 'do it'"
+        );
+        let args = exec_args(Path::new("/w"), "- [ ] next");
+        assert_eq!(
+            command_line(Path::new("codex"), &args),
+            "codex --ask-for-approval never exec --sandbox workspace-write -C /w -- '- [ ] next'"
         );
     }
 

@@ -1,416 +1,573 @@
-//! The HTTP side: one blocking tiny_http loop that routes each request. `/health` is
-//! answered on the loop itself and touches no lock of the run path; a `/run` moves to a
-//! worker thread at once (reading its body included), so that a slow client or a slow run
-//! never holds the loop.
+//! HTTP/1.1 on std's `TcpListener` and the `httparse` crate: one blocking accept loop hands
+//! each connection to a thread of its own, which reads one request at a time, lets
+//! [`crate::api`] answer it (`/health` at once; `/run`'s pipeline on this same thread, behind
+//! the one run guard) and writes the answer before it reads the next.
+//!
+//! Why not tiny_http (the design's first choice): tiny_http 0.12 drains a body it was not
+//! asked to read by allocating the whole declared length when the request is dropped, on
+//! every answer path, so one `Content-Length: 1000000000000` killed Looper; it also read
+//! heads of any size and drained unread bodies and pipelines on its loop. Here every limit
+//! sits where the bytes arrive:
+//! - a request head is at most [`MAX_HEAD`] bytes and must arrive within [`HEAD_DEADLINE`];
+//! - a body is at most [`MAX_BODY`] (`413` from its declared length, never allocated from
+//!   it) and must arrive within [`BODY_DEADLINE`]; a body that is not read is never drained:
+//!   the answer says `Connection: close` and the connection is closed;
+//! - every read and write has [`IO_TIMEOUT`]; a connection waits that long for its next
+//!   request;
+//! - at most [`MAX_CONNECTIONS`] connections are served; past that the oldest connection
+//!   still waiting for a request head is closed to make room (so slow-loris clients cannot
+//!   crowd out a probe), and when none waits the newcomer gets `503`;
+//! - one request is in flight per connection: a client that pipelines and never reads
+//!   blocks only its own thread, until the write timeout closes it;
+//! - a thread that cannot be spawned is a logged refusal (the connection is closed).
 
-use std::io::ErrorKind;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response};
 
 use crate::app::App;
 use crate::logging::Q;
-use crate::run::{self, ApiError, Trigger};
+use crate::run::ApiError;
 
-/// Largest `/run` body we read (SPEC §2).
+/// Largest request body (SPEC §2).
 pub const MAX_BODY: usize = 1024 * 1024;
-/// The longest a client may take to send a `/run` body.
-const BODY_DEADLINE: Duration = Duration::from_secs(15);
-/// How long to wait before listening again when binding fails, and the first pause when
-/// accepting fails again soon after listening again.
-const RELISTEN_BACKOFF: Duration = Duration::from_millis(200);
-/// The longest pause before listening again while accepting keeps failing.
-const RELISTEN_MAX_PAUSE: Duration = Duration::from_secs(5);
-/// Accept failures further apart than this are unrelated: the next one gets no pause.
-const RELISTEN_CALM: Duration = Duration::from_secs(30);
-/// A retired server is dropped after this long without a request.
-const DRAIN_QUIET: Duration = Duration::from_secs(10);
-/// `/run` requests allowed on worker threads at once; more get a 503.
-const MAX_INFLIGHT: usize = 64;
+/// Largest request head: request line and headers.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Headers a request may carry.
+const MAX_HEADERS: usize = 64;
+/// The longest a client may take to send a whole request head.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest a client may take to send a whole body.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
+/// The longest one read or write may block; also how long a kept-alive connection waits for
+/// its next request.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Closed connections whose threads are still ending may hold this many places beyond
+/// [`MAX_CONNECTIONS`].
+const EVICTED_SLACK: usize = 64;
+/// Pauses after an accept failure (say, out of descriptors), doubling while it goes on.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// What each read asks for at most.
+const READ_CHUNK: usize = 8 * 1024;
 
-fn json_header() -> Header {
-    // A constant, valid header: from_bytes cannot fail on it.
-    Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-        .unwrap_or_else(|_| unreachable!())
+/// A parsed request head: what Looper needs of it, owned.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    pub method: String,
+    /// The request target as sent (path and query).
+    pub target: String,
+    /// The target without its query.
+    pub path: String,
+    /// Header names (lower case) and values of the headers Looper reads.
+    pub headers: Vec<(String, String)>,
+    /// The declared body length; `None` when absent.
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    expect_continue: bool,
+    /// The client wants the connection closed after this request.
+    close: bool,
 }
 
-/// Sends `body` with `status`. A client that hung up is not our failure: ignore the error.
-fn respond(rq: Request, status: u16, body: &Value) {
-    let response = Response::from_string(body.to_string())
-        .with_status_code(status)
-        .with_header(json_header());
-    let _ = rq.respond(response);
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
+impl Head {
+    /// The values of header `name` (lower case).
+    pub fn header<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
-    diff == 0
+
+    /// Whether the request declares a body.
+    pub fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+
+    /// The value of query parameter `key`.
+    pub fn query(&self, key: &str) -> Option<&str> {
+        let (_, query) = self.target.split_once('?')?;
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+    }
 }
 
-/// Whether `rq` carries the token (`Authorization: Bearer` or `X-Looper-Token`).
-fn authorized(app: &App, rq: &Request) -> bool {
-    let Some(token) = app.cfg.api_token.as_deref() else {
-        return true;
+/// Headers kept from a request (the rest are read past).
+const KEPT_HEADERS: [&str; 2] = ["authorization", "x-looper-token"];
+
+/// Parses a request head at the start of `buf`: `Ok(None)` while it is incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ApiError::new(431, "too many request headers"))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "malformed HTTP request: {e}"
+            )))
+        }
     };
-    let mut ok = false;
-    for h in rq.headers() {
-        let value = h.value.as_str().trim();
-        let offered = if h.field.equiv("Authorization") {
-            match value.split_once(' ') {
-                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-                _ => continue,
+    let target = req.path.unwrap_or("/").to_string();
+    let mut head = Head {
+        method: req.method.unwrap_or("").to_string(),
+        path: target.split('?').next().unwrap_or("").to_string(),
+        target,
+        // HTTP/1.0 closes unless asked to keep the connection.
+        close: req.version == Some(0),
+        ..Head::default()
+    };
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        let value = String::from_utf8_lossy(h.value).trim().to_string();
+        match name.as_str() {
+            "content-length" => {
+                let n = parse_length(&value)?;
+                if head.content_length.is_some_and(|m| m != n) {
+                    return Err(ApiError::bad_request("conflicting Content-Length headers"));
+                }
+                head.content_length = Some(n);
             }
-        } else if h.field.equiv("X-Looper-Token") {
-            value
-        } else {
-            continue;
-        };
-        ok |= constant_time_eq(offered.as_bytes(), token.as_bytes());
+            "transfer-encoding" => head.chunked = true,
+            "expect" => head.expect_continue = value.eq_ignore_ascii_case("100-continue"),
+            "connection" => {
+                for token in value.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("close") {
+                        head.close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        head.close = false;
+                    }
+                }
+            }
+            n if KEPT_HEADERS.contains(&n) => head.headers.push((name, value)),
+            _ => {}
+        }
     }
-    ok
+    if head.chunked && head.content_length.is_some() {
+        return Err(ApiError::bad_request(
+            "a request may not carry both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(Some((head, len)))
 }
 
-/// Serves until the server is unblocked at shutdown. tiny_http stops accepting for good
-/// after any accept error (say, out of file descriptors), or silently when its accept thread
-/// panics (the sweeper notices the listener gone and wakes us): then we listen again on the
-/// same address, and serve what still comes in on the old server's open connections.
-pub fn serve(app: &Arc<App>, mut server: Arc<tiny_http::Server>, addr: &str) {
-    // While descriptors stay exhausted a fresh listener fails at once again: pause before
-    // listening again, doubling while failures follow each other, so as not to spin.
+/// A `Content-Length` value: digits only. A number too large for any body Looper takes
+/// counts as `u64::MAX` (refused as too large, never allocated).
+fn parse_length(value: &str) -> Result<u64, ApiError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(format!(
+            "Content-Length must be a number, got {value:?}"
+        )));
+    }
+    Ok(value.parse::<u64>().unwrap_or(u64::MAX))
+}
+
+/// The connections being served, so that the accept loop can make room.
+#[derive(Default)]
+pub struct Connections {
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    /// Each connection's socket and, while it waits for a request head, since when.
+    entries: HashMap<u64, (RawFd, Option<Instant>)>,
+}
+
+impl Connections {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for the connection on `fd`, closing the connection that has waited longest
+    /// for a request head when all places are taken; `None` when none waits.
+    fn admit(self: &Arc<Self>, fd: RawFd) -> Option<Slot> {
+        let mut t = self.table();
+        let waiting = t.entries.values().filter(|e| e.1.is_some()).count();
+        let busy = t.entries.len() - waiting;
+        if t.entries.len() >= MAX_CONNECTIONS {
+            if busy >= MAX_CONNECTIONS || t.entries.len() >= MAX_CONNECTIONS + EVICTED_SLACK {
+                return None;
+            }
+            let oldest = t
+                .entries
+                .iter()
+                .filter_map(|(id, (fd, since))| since.map(|s| (s, *id, *fd)))
+                .min();
+            let (_, id, victim) = oldest?;
+            // The entry is removed before its socket is closed (see `Slot`), so `victim`
+            // is still that connection's open socket while we hold the lock.
+            crate::sys::shutdown_socket(victim);
+            if let Some(e) = t.entries.get_mut(&id) {
+                e.1 = None;
+            }
+            log::debug!("http.evicted reason=waiting_for_head");
+        }
+        t.next_id += 1;
+        let id = t.next_id;
+        t.entries.insert(id, (fd, Some(Instant::now())));
+        Some(Slot {
+            conns: Arc::clone(self),
+            id,
+        })
+    }
+
+    /// Connections being served now.
+    pub fn count(&self) -> usize {
+        self.table().entries.len()
+    }
+}
+
+/// A connection's place; freed on drop, before its socket is closed.
+struct Slot {
+    conns: Arc<Connections>,
+    id: u64,
+}
+
+impl Slot {
+    /// Marks the connection as waiting for a request head (it may be closed for room) or not.
+    fn waiting(&self, yes: bool) {
+        if let Some(e) = self.conns.table().entries.get_mut(&self.id) {
+            e.1 = yes.then(Instant::now);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conns.table().entries.remove(&self.id);
+    }
+}
+
+/// One connection: its place first, so that it is given up before the socket closes.
+struct Conn {
+    slot: Slot,
+    stream: TcpStream,
+    /// Bytes read but not yet used (the start of the next request).
+    buf: Vec<u8>,
+}
+
+/// Serves until shutdown; the signal thread wakes the blocked `accept` by shutting the
+/// listening socket (see [`App::unblock_server`]).
+pub fn serve(app: &Arc<App>, listener: &TcpListener) {
+    let conns = Arc::clone(&app.connections);
     let mut pause = Duration::ZERO;
-    let mut last_failure: Option<Instant> = None;
     loop {
-        let error = match server.recv() {
-            Ok(rq) => {
-                handle(app, rq);
-                continue;
+        let stream = match listener.accept() {
+            Ok((stream, _)) => {
+                pause = Duration::ZERO;
+                stream
             }
             Err(_) if app.shutdown.is_set() => return,
-            Err(e) => e,
-        };
-        let error = if app.begin_relisten() {
-            "the listening socket is gone (tiny_http's accept thread ended)".to_string()
-        } else {
-            error.to_string()
-        };
-        pause = match last_failure {
-            Some(t) if t.elapsed() < RELISTEN_CALM => {
-                (pause * 2).clamp(RELISTEN_BACKOFF, RELISTEN_MAX_PAUSE)
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+                log::error!(
+                    "http.accept_failed error={} pause_ms={}",
+                    Q(&e.to_string()),
+                    pause.as_millis()
+                );
+                if app.shutdown.wait(pause) {
+                    return;
+                }
+                continue;
             }
-            _ => Duration::ZERO,
         };
-        last_failure = Some(Instant::now());
-        log::error!(
-            "http.accept_failed error={} action=listen_again pause_ms={}",
-            Q(&error),
-            pause.as_millis()
-        );
-        // The retired server is served until it goes quiet, then dropped, which frees its
-        // port should it still hold it.
-        drain(app, server);
-        if app.shutdown.wait(pause) {
-            return;
-        }
-        let Some(fresh) = listen_again(app, addr) else {
-            return;
-        };
-        // A shutdown that began before the fresh server was set found nothing to wake.
         if app.shutdown.is_set() {
             return;
         }
-        server = fresh;
-    }
-}
-
-/// Binds `addr` again, retrying every [`RELISTEN_BACKOFF`]; `None` at shutdown. Each new
-/// reason for failing is logged once.
-fn listen_again(app: &App, addr: &str) -> Option<Arc<tiny_http::Server>> {
-    let mut last_error = String::new();
-    loop {
-        match crate::server::listen(addr) {
-            Ok(s) => {
-                let s = Arc::new(s);
-                app.set_server(&s);
-                log::info!("http.listening addr={}", Q(addr));
-                return Some(s);
-            }
-            Err(e) => {
-                let e = e.to_string();
-                if e != last_error {
-                    log::error!("http.listen_failed error={} action=retry", Q(&e));
-                    last_error = e;
-                }
-                if app.shutdown.wait(RELISTEN_BACKOFF) {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// Serves the requests still coming in on a retired server's open connections until they
-/// go quiet.
-fn drain(app: &Arc<App>, old: Arc<tiny_http::Server>) {
-    let app = Arc::clone(app);
-    let spawned = std::thread::Builder::new()
-        .name("http-drain".into())
-        .spawn(move || {
-            while let Ok(Some(rq)) = old.recv_timeout(DRAIN_QUIET) {
-                handle(&app, rq);
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("http.drain_failed error={}", Q(&e.to_string()));
-    }
-}
-
-fn handle(app: &Arc<App>, rq: Request) {
-    let started = Instant::now();
-    let method = rq.method().clone();
-    let path = rq.url().split('?').next().unwrap_or("").to_string();
-    if path == "/health" && matches!(method, Method::Get | Method::Head) {
-        // Health probes are frequent: only at DEBUG, and no id, lock or allocation beyond
-        // the answer itself.
-        respond(rq, 200, &json!({"ok": true}));
-        log::debug!(
-            "http.end method={method} path=/health status=200 duration_ms={:.3}",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-        return;
-    }
-    let ex = Exchange {
-        request_id: app.new_id(),
-        method,
-        path,
-        started,
-    };
-    log::info!(
-        "http.start request_id={} method={} path={}",
-        ex.request_id,
-        ex.method,
-        Q(&ex.path)
-    );
-    let (path, method) = (ex.path.as_str(), &ex.method);
-    let known = ["/health", "/run", "/status", "/runs"];
-    let outcome: Result<Value, ApiError> = match (path, method) {
-        (p, _) if known.contains(&p) && p != "/health" && !authorized(app, &rq) => {
-            Err(ApiError::new(401, "unauthorized"))
-        }
-        ("/run", Method::Post) => {
-            spawn_run(app, rq, ex);
-            return;
-        }
-        ("/status", Method::Get) => Ok(status(app)),
-        ("/runs", Method::Get) => runs(app, rq.url()),
-        (p, _) if known.contains(&p) => Err(ApiError::new(
-            405,
-            format!("method {method} is not allowed on {p}"),
-        )),
-        _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
-    };
-    ex.finish(rq, outcome);
-}
-
-/// `GET /status`: what runs, what ended last, what autopoll will do.
-fn status(app: &App) -> Value {
-    let (active, last_exit) = {
-        let runs = app.runs();
-        (runs.active().cloned(), runs.exits.back().cloned())
-    };
-    let active = active.map(|r| {
-        let last_output_at = std::fs::metadata(&r.log_path)
-            .and_then(|m| m.modified())
-            .ok()
-            .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339());
-        json!({
-            "run_id": r.run_id,
-            "request_id": r.request_id,
-            "pid": r.pid,
-            "workspace": r.workspace,
-            "log_path": r.log_path,
-            "started_at": r.started_at,
-            "last_output_at": last_output_at,
-        })
-    });
-    let last_exit = last_exit.or_else(|| {
-        // After a restart: the newest finished run in the history.
-        let row = app.history.last_finished()?;
-        Some(crate::app::Exit {
-            return_code: row.return_code?,
-            ended_at: row.ended_at?,
-            duration_seconds: row.duration_seconds.unwrap_or(0.0),
-            run_id: row.run_id,
-        })
-    });
-    let poll = app.autopoll_state().clone();
-    let backoff_until = poll
-        .backoff_until
-        .filter(|until| *until > std::time::Instant::now())
-        .and(poll.backoff_until_text);
-    json!({
-        "ok": true,
-        "run_in_progress": app.guard_held(),
-        "active": active,
-        "last_exit": last_exit,
-        "autopoll": {
-            "enabled": app.cfg.autopoll,
-            "interval_seconds": app.cfg.idle_poll.as_secs_f64(),
-            "stale_seconds": app.cfg.idle_stale.as_secs_f64(),
-            "next_tick_at": if app.cfg.autopoll { poll.next_tick_at } else { None },
-            "backoff_until": backoff_until,
-            "consecutive_crashes": poll.crashes,
-        },
-        "version": env!("CARGO_PKG_VERSION"),
-    })
-}
-
-/// `GET /runs?limit=N`: the newest runs first.
-fn runs(app: &App, url: &str) -> Result<Value, ApiError> {
-    let mut limit = 50;
-    if let Some((_, query)) = url.split_once('?') {
-        for pair in query.split('&') {
-            if let Some(v) = pair.strip_prefix("limit=") {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=crate::history::MAX_ROWS).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request("limit must be a whole number from 1 to 1000")
-                    })?;
-            }
-        }
-    }
-    Ok(json!({"ok": true, "runs": app.history.newest(limit)}))
-}
-
-/// What one request is about, for its `http.end` line.
-struct Exchange {
-    request_id: String,
-    method: Method,
-    path: String,
-    started: Instant,
-}
-
-impl Exchange {
-    /// Answers with the outcome and logs `http.end`.
-    fn finish(&self, rq: Request, outcome: Result<Value, ApiError>) {
-        let (status, body) = match outcome {
-            Ok(body) => (200, body),
-            Err(e) => (e.status, e.body()),
+        let Some(slot) = conns.admit(stream.as_raw_fd()) else {
+            log::warn!("http.refused reason=connections limit={MAX_CONNECTIONS}");
+            refuse(stream);
+            continue;
         };
-        respond(rq, status, &body);
-        log::info!(
-            "http.end request_id={} method={} path={} status={status} duration_ms={:.3}",
-            self.request_id,
-            self.method,
-            Q(&self.path),
-            self.started.elapsed().as_secs_f64() * 1000.0
-        );
+        let conn = Conn {
+            slot,
+            stream,
+            buf: Vec::new(),
+        };
+        let worker_app = Arc::clone(app);
+        let spawned = std::thread::Builder::new()
+            .name("http-conn".into())
+            .spawn(move || serve_connection(&worker_app, conn));
+        if let Err(e) = spawned {
+            // The connection went down with the closure: the client sees it close.
+            log::error!("http.refused reason=thread error={}", Q(&e.to_string()));
+        }
     }
 }
 
-/// Hands a `/run` to a worker thread: body, validation, guard, pipeline, answer.
-fn spawn_run(app: &Arc<App>, rq: Request, ex: Exchange) {
-    if app.inflight.fetch_add(1, Ordering::AcqRel) >= MAX_INFLIGHT {
-        app.inflight.fetch_sub(1, Ordering::AcqRel);
-        ex.finish(
-            rq,
-            Err(ApiError::new(503, "busy: too many requests in flight")),
-        );
-        return;
-    }
-    let worker_app = Arc::clone(app);
-    let spawned = std::thread::Builder::new()
-        .name(format!("run-{}", ex.request_id))
-        .spawn(move || {
-            let app = worker_app;
-            let mut rq = rq;
-            let outcome = serve_run(&app, &mut rq, &ex.request_id);
-            if let Err(e) = &outcome {
-                log::warn!(
-                    "run.fail request_id={} status={} error={}",
-                    ex.request_id,
+/// Answers `503` to a connection there is no room for, without reading or waiting.
+fn refuse(stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let body = ApiError::new(503, "busy: too many connections").body();
+    let _ = (&stream).write_all(&response_bytes(503, &body.to_string(), true, false));
+}
+
+/// What the answer to one request was, for the connection to go on or close.
+pub struct Outcome {
+    pub status: u16,
+    pub body: String,
+}
+
+fn serve_connection(app: &Arc<App>, mut conn: Conn) {
+    let _ = conn.stream.set_nodelay(true);
+    let _ = conn.stream.set_write_timeout(Some(IO_TIMEOUT));
+    loop {
+        conn.slot.waiting(true);
+        let head = match read_head(&mut conn) {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => {
+                // A broken head: answer and close (the rest of the stream means nothing).
+                let _ = write_response(
+                    &mut conn.stream,
+                    e.status,
+                    &e.body().to_string(),
+                    true,
+                    false,
+                );
+                log::info!(
+                    "http.end method=- path=- status={} error={}",
                     e.status,
                     Q(&e.message)
                 );
-            }
-            ex.finish(rq, outcome);
-            app.inflight.fetch_sub(1, Ordering::AcqRel);
-        });
-    if let Err(e) = spawned {
-        // The request went down with the closure; the client sees its connection close.
-        app.inflight.fetch_sub(1, Ordering::AcqRel);
-        log::error!("http.worker_failed error={}", Q(&e.to_string()));
-    }
-}
-
-fn read_body(rq: &mut Request) -> Result<Vec<u8>, ApiError> {
-    let too_large = || ApiError::new(413, "body is larger than 1 MiB");
-    if rq.body_length().is_some_and(|n| n > MAX_BODY) {
-        return Err(too_large());
-    }
-    let deadline = Instant::now() + BODY_DEADLINE;
-    let timed_out = || ApiError::new(408, "timed out reading the request body");
-    let mut body = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let reader = rq.as_reader();
-    loop {
-        // Each read is bounded by the socket's timeout; the whole body by the deadline.
-        let n = match reader.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(timed_out())
-            }
-            Err(e) => {
-                return Err(ApiError::bad_request(format!(
-                    "could not read the body: {e}"
-                )))
+                return;
             }
         };
-        body.extend_from_slice(&chunk[..n]);
-        if body.len() > MAX_BODY {
-            return Err(too_large());
+        conn.slot.waiting(false);
+        let mut rq = Request {
+            head,
+            conn: &mut conn,
+            body_read: false,
+        };
+        let outcome = crate::api::handle(app, &mut rq);
+        // An unread body is never drained: the connection closes instead.
+        let close = rq.head.close || (rq.head.has_body() && !rq.body_read);
+        let head_only = rq.head.method == "HEAD";
+        drop(rq);
+        let written = write_response(
+            &mut conn.stream,
+            outcome.status,
+            &outcome.body,
+            close,
+            head_only,
+        );
+        if close || written.is_err() || app.shutdown.is_set() {
+            return;
         }
-        if Instant::now() > deadline {
-            return Err(timed_out());
-        }
     }
-    // Cut off before the announced length arrived (the sweeper shuts silent clients).
-    if rq.body_length().is_some_and(|n| body.len() < n) {
-        return Err(timed_out());
-    }
-    if body.len() > MAX_BODY {
-        return Err(too_large());
-    }
-    Ok(body)
 }
 
-fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
-    let body = read_body(rq)?;
-    run::submit(app, &body, request_id, Trigger::Http)
+/// One request being answered, with access to its body.
+pub struct Request<'a> {
+    pub head: Head,
+    conn: &'a mut Conn,
+    body_read: bool,
+}
+
+impl Request<'_> {
+    /// Reads the whole body (at most [`MAX_BODY`], within [`BODY_DEADLINE`]).
+    pub fn body(&mut self) -> Result<Vec<u8>, ApiError> {
+        if self.head.chunked {
+            return Err(ApiError::new(
+                411,
+                "send the body with a Content-Length (chunked bodies are not accepted)",
+            ));
+        }
+        let len = self.head.content_length.unwrap_or(0);
+        if len > MAX_BODY as u64 {
+            return Err(ApiError::new(413, "body is larger than 1 MiB"));
+        }
+        let len = len as usize;
+        if self.head.expect_continue && self.conn.buf.len() < len {
+            self.conn
+                .stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        }
+        let mut body = Vec::with_capacity(len);
+        let from_buf = len.min(self.conn.buf.len());
+        body.extend(self.conn.buf.drain(..from_buf));
+        let deadline = Instant::now() + BODY_DEADLINE;
+        let timed_out = || ApiError::new(408, "timed out reading the request body");
+        let mut chunk = [0u8; READ_CHUNK];
+        while body.len() < len {
+            let want = (len - body.len()).min(READ_CHUNK);
+            match read_some(&mut self.conn.stream, &mut chunk[..want], deadline) {
+                Ok(0) => {
+                    return Err(ApiError::bad_request(
+                        "the body ended before its Content-Length",
+                    ))
+                }
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Err(e) if is_timeout(&e) => return Err(timed_out()),
+                Err(e) => {
+                    return Err(ApiError::bad_request(format!(
+                        "could not read the body: {e}"
+                    )))
+                }
+            }
+        }
+        self.body_read = true;
+        Ok(body)
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// One read, waiting at most [`IO_TIMEOUT`] and never past `deadline`.
+fn read_some(stream: &mut TcpStream, into: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left.min(IO_TIMEOUT)))?;
+        match stream.read(into) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Reads the next request head. `Ok(None)`: the client closed, or sent nothing while the
+/// connection waited for its next request.
+fn read_head(conn: &mut Conn) -> Result<Option<Head>, ApiError> {
+    let deadline = Instant::now() + HEAD_DEADLINE;
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some((head, len)) = parse_head(&conn.buf)? {
+                conn.buf.drain(..len);
+                return Ok(Some(head));
+            }
+        }
+        if conn.buf.len() >= MAX_HEAD {
+            return Err(ApiError::new(431, "request head is larger than 16 KiB"));
+        }
+        let want = (MAX_HEAD - conn.buf.len()).min(READ_CHUNK);
+        match read_some(&mut conn.stream, &mut chunk[..want], deadline) {
+            Ok(0) => return Ok(None),
+            Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+            Err(_) if conn.buf.is_empty() => return Ok(None),
+            Err(e) if is_timeout(&e) => {
+                return Err(ApiError::new(408, "timed out reading the request head"))
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+fn response_bytes(status: u16, body: &str, close: bool, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        reason(status),
+        body.len(),
+        if close { "close" } else { "keep-alive" }
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// Writes one answer whole (bounded by the write timeout). A client that hung up is not our
+/// failure: the caller just closes.
+fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    body: &str,
+    close: bool,
+    head_only: bool,
+) -> std::io::Result<()> {
+    stream.write_all(&response_bytes(status, body, close, head_only))?;
+    if close {
+        // Half-close first, so that the client reads the whole answer before the end.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn head(raw: &str) -> Result<Option<(Head, usize)>, ApiError> {
+        parse_head(raw.as_bytes())
+    }
+
     #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
+    fn heads_parse_with_what_looper_needs() {
+        let raw = "POST /runs?limit=5 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: 12\r\nExpect: 100-continue\r\n\r\n{\"a\":";
+        let (h, len) = head(raw).unwrap().unwrap();
+        assert_eq!(len, raw.len() - 5);
+        assert_eq!((h.method.as_str(), h.path.as_str()), ("POST", "/runs"));
+        assert_eq!(h.query("limit"), Some("5"));
+        assert_eq!(h.content_length, Some(12));
+        assert!(h.expect_continue && !h.close && h.has_body());
+        assert_eq!(h.header("authorization").collect::<Vec<_>>(), ["Bearer t"]);
+        assert!(head("GET /health HTTP/1.1\r\nHost: x\r\n")
+            .unwrap()
+            .is_none());
+        let (h, _) = head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(h.close, "HTTP/1.0 closes by default");
+    }
+
+    #[test]
+    fn hostile_heads_are_refused() {
+        let huge = head("GET / HTTP/1.1\r\nContent-Length: 18446744073709551615999\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(huge.content_length, Some(u64::MAX));
+        for (raw, status) in [
+            ("GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            ("GET\x00 / HTTP/1.1\r\n\r\n", 400),
+        ] {
+            assert_eq!(head(raw).unwrap_err().status, status, "{raw:?}");
+        }
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(head(&raw).unwrap_err().status, 431);
     }
 }

@@ -6,12 +6,15 @@
 //! - [`cli`]: the command line; `main` only calls [`cli::main`].
 //! - [`config`]: every environment variable, parsed and validated from a map.
 //! - [`server`]: start-up (directories, log, socket, signals) and shutdown.
-//! - [`http`]: the tiny_http loop, routing, auth and body limits.
+//! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse`: the accept loop, one thread
+//!   per connection, every limit on what a client sends.
+//! - [`api`]: what each request gets: routing, the token, `/status`, `/runs`, `/run`.
 //! - [`app`]: state shared by the threads: the run guard, live runs, shutdown.
 //! - [`run`]: the `/run` pipeline: validate → announce → stop → spawn → startup check.
 //! - [`codex`]: binary resolution and the exact command line.
-//! - [`procs`]: `/proc` scanning, process trees, stopping, the socket sweep; all `unsafe`
-//!   lives here.
+//! - [`procs`]: `/proc` scanning, process trees, stopping; its `unsafe` calls, and
+//!   [`sys`]'s socket call, each carry a `// SAFETY:`.
+//! - [`sys`]: safe wrappers around raw calls outside process handling.
 //! - [`output`]: run logs and the per-child copy loop.
 //! - [`inbox`]: the hand-off that needs no network: `/run` bodies dropped as files into
 //!   `<workspace>/.looper/inbox`, taken by one thread through the same pipeline.
@@ -20,6 +23,7 @@
 //! - [`zulip`]: credentials, recipients, sending.
 //! - [`logging`]: the server log's line format and sink.
 
+pub mod api;
 pub mod app;
 pub mod autopoll;
 pub mod cli;
@@ -33,4 +37,5 @@ pub mod output;
 pub mod procs;
 pub mod run;
 pub mod server;
+pub mod sys;
 pub mod zulip;

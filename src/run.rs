@@ -267,6 +267,17 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
         Some(p) => p.clone(),
         None => default_prompt(app)?,
     };
+    if prompt.len() > codex::MAX_PROMPT_BYTES {
+        let source = match (&req.prompt, &app.cfg.prompt_file) {
+            (None, Some(file)) => format!("LOOPER_PROMPT_FILE {}", file.display()),
+            _ => "the prompt".to_string(),
+        };
+        return Err(ApiError::bad_request(format!(
+            "{source} is {} bytes; codex exec takes at most {} (Linux passes no single argument of 128 KiB or more)",
+            prompt.len(),
+            codex::MAX_PROMPT_BYTES
+        )));
+    }
     let workspace = match &req.workspace {
         Some(w) => app.cfg.cwd.join(w),
         None => app.cfg.workspace.clone(),
@@ -503,6 +514,7 @@ pub fn execute(
     );
     let plan = plan(app, req)?;
 
+    refuse_after_shutdown(app)?;
     log::info!("run.step request_id={request_id} action=announce");
     let zulip_output = if trigger == Trigger::Autopoll {
         "skipped: autopoll does not announce".to_string()
@@ -510,6 +522,7 @@ pub fn execute(
         announce(app, req, request_id)?
     };
 
+    refuse_after_shutdown(app)?;
     log::info!("run.step request_id={request_id} action=stop");
     let stopped = stop_runs(
         app,
@@ -561,6 +574,18 @@ pub fn execute(
     }))
 }
 
+/// After SIGTERM no step with an effect begins.
+fn refuse_after_shutdown(app: &App) -> Result<(), ApiError> {
+    if app.shutdown.is_set() {
+        return Err(shutting_down());
+    }
+    Ok(())
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(503, "Looper is shutting down")
+}
+
 fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String, ApiError> {
     let (via, outcome) = match &req.zulip_script_path {
         Some(script) => (
@@ -609,7 +634,7 @@ fn launch(
             delay.as_secs_f64()
         );
         if app.shutdown.wait(delay) {
-            return Err(ApiError::new(503, "Looper is shutting down"));
+            return Err(shutting_down());
         }
     }
 
@@ -648,7 +673,16 @@ fn launch(
         log_path: &log_path,
         output_start: header.len() as u64,
     };
-    let live = spawn(app, &launch, &file)?;
+    let live = match spawn(app, &launch, &file) {
+        Ok(live) => live,
+        Err(e) => {
+            // Nothing ran: no log is left behind to look like a run (or like activity to
+            // autopoll).
+            drop(file);
+            let _ = std::fs::remove_file(&log_path);
+            return Err(e);
+        }
+    };
     drop(file);
     let pid = live.pid;
     if app.cfg.log_retention > 0 {
@@ -782,7 +816,7 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
     // prevents it.
     let mut runs = app.runs();
     if app.shutdown.is_set() {
-        return Err(ApiError::new(503, "Looper is shutting down"));
+        return Err(shutting_down());
     }
     let mut child = cmd.spawn().map_err(|e| fail("spawn", e))?;
     // The Command holds our copies of the pipe's write end: without dropping it the copy

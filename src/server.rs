@@ -15,10 +15,6 @@ use crate::config::{Config, ConfigError};
 use crate::logging::{self, Q};
 use crate::procs;
 
-/// How long a client connection may stall on one read or write.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often silent connections are looked for.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// What the copy threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
 
@@ -83,44 +79,18 @@ fn callback_host(host: &str) -> String {
     }
 }
 
-/// Binds the listening socket. Connections inherit its send timeout ([`CLIENT_TIMEOUT`]), so
-/// a client that stops reading cannot hold a thread for long; clients that stop sending are
-/// cut off by the connection sweeper.
-pub fn listen(addr: &str) -> Result<tiny_http::Server, StartError> {
-    use std::os::fd::AsRawFd;
-    let cannot = |e: &dyn fmt::Display| {
+/// Binds the listening socket. "Address in use" says what to do about it.
+pub fn listen(addr: &str) -> Result<std::net::TcpListener, StartError> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another Looper? `looper status` tells; or choose another LOOPER_PORT)"
+        } else {
+            ""
+        };
         StartError::Io(format!(
-            "cannot listen on {addr} (LOOPER_HOST/LOOPER_PORT): {e}"
+            "cannot listen on {addr} (LOOPER_HOST/LOOPER_PORT): {e}{hint}"
         ))
-    };
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| cannot(&e))?;
-    procs::set_socket_timeout(listener.as_raw_fd(), libc::SO_SNDTIMEO, CLIENT_TIMEOUT)
-        .map_err(|e| cannot(&e))?;
-    tiny_http::Server::from_listener(listener, None).map_err(|e| cannot(&e))
-}
-
-/// Every [`SWEEP_INTERVAL`], cuts off client connections silent for [`CLIENT_TIMEOUT`], and
-/// wakes the HTTP loop to listen again when the listening socket has disappeared.
-fn start_sweeper(app: &Arc<App>, port: u16) -> Result<(), StartError> {
-    let app = Arc::clone(app);
-    std::thread::Builder::new()
-        .name("conn-sweeper".into())
-        .spawn(move || {
-            while !app.shutdown.wait(SWEEP_INTERVAL) {
-                let generation = app.server_generation();
-                let Some(sweep) = procs::sweep_sockets(port, CLIENT_TIMEOUT) else {
-                    continue;
-                };
-                if sweep.cut > 0 {
-                    log::debug!("http.idle_clients_cut count={}", sweep.cut);
-                }
-                if !sweep.listening && !app.shutdown.is_set() {
-                    app.listener_lost(generation);
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| StartError::Io(format!("cannot start the connection sweeper: {e}")))
+    })
 }
 
 /// Runs the server until SIGTERM/SIGINT; `Err` when it cannot start.
@@ -135,22 +105,14 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             cfg.server_log_path.display()
         ))
     })?;
-    let server = listen(&socket_text(&cfg.host, cfg.port))?;
+    let listener = Arc::new(listen(&socket_text(&cfg.host, cfg.port))?);
     procs::ignore_file_size_signal();
-    let port = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.port())
-        .unwrap_or(cfg.port);
-    // Listening again after an accept failure must take the same port, even for port 0.
-    let addr = socket_text(&cfg.host, port);
-    let server = Arc::new(server);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
     let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
     let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned()));
-    app.set_server(&server);
+    app.set_listener(&listener);
     // Signal handling is in place before anyone can learn that we are up.
     start_signal_thread(&app)?;
-    start_sweeper(&app, port)?;
 
     for name in crate::config::unknown_vars(env) {
         log::warn!("config.unknown_variable name={name} hint=\"not a Looper variable; a typo?\"");
@@ -191,7 +153,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     }
     crate::inbox::start(&app);
     let autopoll = crate::autopoll::start(&app);
-    crate::http::serve(&app, server, &addr);
+    crate::http::serve(&app, &listener);
     if let Some(handle) = autopoll {
         let _ = handle.join();
     }

@@ -127,7 +127,14 @@ fn the_token_guards_run() {
     ] {
         let a = looper.post_with("/run", body, &headers);
         assert_eq!(a.status, 401, "{headers:?}");
-        assert_eq!(a.body, json!({"ok": false, "error": "unauthorized"}));
+        assert_eq!(a.body["ok"], false);
+        let error = a.body["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("unauthorized")
+                && error.contains("Authorization: Bearer")
+                && error.contains("X-Looper-Token"),
+            "the 401 should name the headers to send: {error}"
+        );
     }
     let a = looper.post_with(
         "/run",

@@ -432,3 +432,17 @@ fn shutdown_stops_the_whole_tree() {
         assert!(!alive(*pid), "{comm}({pid}) outlived Looper's shutdown");
     }
 }
+
+/// A prompt that starts with `-` (a TODO line) reaches the real codex as its prompt (Looper
+/// puts `--` before it); without that, codex reads it as an option and exits 2.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn a_prompt_starting_with_a_dash_reaches_codex() {
+    let w = World::new("rc-dash", &[]);
+    let looper = w.start(&[]);
+    let a = looper.run(json!({"codex_prompt": "- [ ] take the first item\nRUN: echo dash-ok"}));
+    assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+    let row = ended_row(&looper, &run_id_of(&a));
+    assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
+    assert!(common::read(row["log_path"].as_str().unwrap()).contains("dash-ok"));
+}

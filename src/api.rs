@@ -1,0 +1,242 @@
+//! What each HTTP request gets: routing, the token, `/health`, `/status`, `/runs`, and
+//! `/run` (read on its connection's thread, then [`crate::run::submit`]). The transport —
+//! reading requests, limits, writing answers — is [`crate::http`]'s.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::http::{Head, Outcome, Request};
+use crate::logging::Q;
+use crate::run::{self, ApiError, Trigger};
+
+/// `/run` requests being read or served at once; more get a 503.
+const MAX_INFLIGHT: usize = 64;
+
+/// The paths Looper serves; all but `/health` need the token when one is set.
+const KNOWN: [&str; 4] = ["/health", "/run", "/status", "/runs"];
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// Whether the request carries the token (`Authorization: Bearer` or `X-Looper-Token`).
+fn authorized(app: &App, head: &Head) -> bool {
+    let Some(token) = app.cfg.api_token.as_deref() else {
+        return true;
+    };
+    let bearer = head.header("authorization").filter_map(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    let mut ok = false;
+    for offered in bearer.chain(head.header("x-looper-token")) {
+        ok |= constant_time_eq(offered.as_bytes(), token.as_bytes());
+    }
+    ok
+}
+
+/// Answers one request.
+pub fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
+    let started = Instant::now();
+    let (method, path) = (rq.head.method.as_str(), rq.head.path.as_str());
+    if path == "/health" && matches!(method, "GET" | "HEAD") {
+        // Health probes are frequent: only at DEBUG, and no id or lock.
+        log::debug!("http.end method={method} path=/health status=200");
+        return Outcome {
+            status: 200,
+            body: r#"{"ok":true}"#.to_string(),
+        };
+    }
+    let request_id = app.new_id();
+    log::info!(
+        "http.start request_id={request_id} method={} path={}",
+        Q(method),
+        Q(path)
+    );
+    let outcome = route(app, rq, &request_id);
+    let (status, body) = match outcome {
+        Ok(body) => (200, body),
+        Err(e) => (e.status, e.body()),
+    };
+    log::info!(
+        "http.end request_id={request_id} method={} path={} status={status} duration_ms={:.3}",
+        Q(&rq.head.method),
+        Q(&rq.head.path),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Outcome {
+        status,
+        body: body.to_string(),
+    }
+}
+
+fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
+    let (method, path) = (rq.head.method.as_str(), rq.head.path.as_str());
+    if !KNOWN.contains(&path) {
+        return Err(ApiError::new(404, format!("no such endpoint: {path}")));
+    }
+    if path != "/health" && !authorized(app, &rq.head) {
+        return Err(ApiError::new(
+            401,
+            "unauthorized: send the token as `Authorization: Bearer <token>` or `X-Looper-Token: <token>`",
+        ));
+    }
+    match (path, method) {
+        ("/run", "POST") => serve_run(app, rq, request_id),
+        ("/status", "GET") => Ok(status(app)),
+        ("/runs", "GET") => runs(app, &rq.head),
+        (p, m) => Err(ApiError::new(
+            405,
+            format!("method {m} is not allowed on {p}"),
+        )),
+    }
+}
+
+/// A place among the `/run`s in flight, given back on drop (panics included).
+struct Inflight<'a>(&'a AtomicUsize);
+
+impl<'a> Inflight<'a> {
+    fn take(count: &'a AtomicUsize) -> Option<Inflight<'a>> {
+        let taken = count.fetch_add(1, Ordering::AcqRel) < MAX_INFLIGHT;
+        let slot = Inflight(count);
+        taken.then_some(slot)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `POST /run`: the body, then the pipeline. A panic anywhere in it is a JSON `500` (the
+/// panic itself is a `thread.panicked` line in the log); the guards it held are released.
+fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
+    let Some(_slot) = Inflight::take(&app.inflight) else {
+        return Err(ApiError::new(503, "busy: too many requests in flight"));
+    };
+    let body = rq.body()?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run::submit(app, &body, request_id, Trigger::Http)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ApiError::new(
+            500,
+            "internal error while serving this request (thread.panicked in the server log)",
+        ))
+    });
+    if let Err(e) = &outcome {
+        log::warn!(
+            "run.fail request_id={request_id} status={} error={}",
+            e.status,
+            Q(&e.message)
+        );
+    }
+    outcome
+}
+
+/// `GET /status`: what runs, what ended last, what autopoll will do.
+fn status(app: &App) -> Value {
+    let (active, last_exit) = {
+        let runs = app.runs();
+        (runs.active().cloned(), runs.exits.back().cloned())
+    };
+    let active = active.map(|r| {
+        let last_output_at = std::fs::metadata(&r.log_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339());
+        json!({
+            "run_id": r.run_id,
+            "request_id": r.request_id,
+            "pid": r.pid,
+            "workspace": r.workspace,
+            "log_path": r.log_path,
+            "started_at": r.started_at,
+            "last_output_at": last_output_at,
+        })
+    });
+    let last_exit = last_exit.or_else(|| {
+        // After a restart: the newest finished run in the history.
+        let row = app.history.last_finished()?;
+        Some(crate::app::Exit {
+            return_code: row.return_code?,
+            ended_at: row.ended_at?,
+            duration_seconds: row.duration_seconds.unwrap_or(0.0),
+            run_id: row.run_id,
+        })
+    });
+    let poll = app.autopoll_state().clone();
+    let backoff_until = poll
+        .backoff_until
+        .filter(|until| *until > std::time::Instant::now())
+        .and(poll.backoff_until_text);
+    json!({
+        "ok": true,
+        "run_in_progress": app.guard_held(),
+        "active": active,
+        "last_exit": last_exit,
+        "autopoll": {
+            "enabled": app.cfg.autopoll,
+            "interval_seconds": app.cfg.idle_poll.as_secs_f64(),
+            "stale_seconds": app.cfg.idle_stale.as_secs_f64(),
+            "next_tick_at": if app.cfg.autopoll { poll.next_tick_at } else { None },
+            "backoff_until": backoff_until,
+            "consecutive_crashes": poll.crashes,
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `GET /runs?limit=N`: the newest runs first.
+fn runs(app: &App, head: &Head) -> Result<Value, ApiError> {
+    let limit = match head.query("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::history::MAX_ROWS).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit must be a whole number from 1 to 1000"))?,
+    };
+    Ok(json!({"ok": true, "runs": app.history.newest(limit)}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn the_inflight_slot_is_given_back_on_every_path() {
+        let count = AtomicUsize::new(0);
+        let held: Vec<_> = (0..MAX_INFLIGHT)
+            .map(|_| Inflight::take(&count).unwrap())
+            .collect();
+        assert!(Inflight::take(&count).is_none(), "past the limit");
+        drop(held);
+        let _ = std::panic::catch_unwind(|| {
+            let _slot = Inflight::take(&count).unwrap();
+            panic!("a worker panics");
+        });
+        assert_eq!(count.load(Ordering::Acquire), 0);
+    }
+}
