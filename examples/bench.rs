@@ -79,6 +79,8 @@ fn start_looper(b: &Bins, dir: &Path, env: &[(&str, String)]) -> (Server, Durati
         .env("CODEX_EXEC_BINARY", &codex)
         .env("LOOPER_CODEX_PROCESS_NAMES", "fake-codex-bench")
         .env("LOOPER_WORKSPACE", dir.join("ws"))
+        // The fake codex needs no git repository.
+        .env("LOOPER_REQUIRE_GIT", "0")
         .env("CODEX_EXEC_LOG_DIR", dir.join("logs"))
         .env("CODEX_EXEC_DELAY_SECONDS", "0")
         .env("CODEX_EXEC_STARTUP_CHECK_SECONDS", "0")

@@ -46,7 +46,7 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
 /// its next request.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 512;
 /// Closed connections whose threads are still ending may hold this many places beyond
 /// [`MAX_CONNECTIONS`].
 const EVICTED_SLACK: usize = 64;
