@@ -13,7 +13,12 @@
 //!   `LOOPER_RUN_ID`, like codex's tool commands; it sleeps until killed;
 //! - `orphan`: start a helper that escapes to a new session and is re-parented away from us,
 //!   keeping `LOOPER_RUN_ID`;
-//! - `close-stdout`: close stdout and stderr and go on running.
+//! - `close-stdout`: close stdout and stderr and go on running;
+//! - `hold-output`: start a helper (`fake-tool`) that keeps our stdout and stderr open and
+//!   sleeps until killed, as codex's shell-snapshot shells do;
+//! - `term-spawns`: wait until SIGTERM comes, then start a helper (`fake-late`, keeping
+//!   `LOOPER_RUN_ID`, its pid written to `$FAKE_CODEX_RECORD_DIR/late-<pid>.txt`) and exit,
+//!   as a tool that forks as it dies.
 //!
 //! Without `FAKE_CODEX` it does `record;print:fake codex working;sleep:600`.
 
@@ -41,7 +46,9 @@ fn sleep_forever_helper(name: &str, keep_run_id: bool) -> Command {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let script = std::env::var("FAKE_CODEX")
         .unwrap_or_else(|_| "record;print:fake codex working;sleep:600".to_string());
     let mut helpers: Vec<u32> = Vec::new();
@@ -93,6 +100,30 @@ fn main() {
                     .expect("orphan pid");
                 helpers.push(pid);
             }
+            "hold-output" => {
+                let exe = std::env::current_exe().expect("own path");
+                let mut c = Command::new(exe);
+                c.arg0("fake-tool")
+                    .env("FAKE_CODEX", "sleep:600")
+                    .env_remove("FAKE_CODEX_RECORD_DIR")
+                    .stdin(Stdio::null())
+                    .process_group(0);
+                helpers.push(c.spawn().expect("spawn output holder").id());
+            }
+            "term-spawns" => {
+                let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                signal_hook::flag::register(libc::SIGTERM, term.clone()).expect("handler");
+                while !term.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let mut c = sleep_forever_helper("fake-late", true);
+                c.process_group(0);
+                let late = c.spawn().expect("spawn late helper").id();
+                if let Ok(dir) = std::env::var("FAKE_CODEX_RECORD_DIR") {
+                    let _ = std::fs::write(format!("{dir}/late-{late}.txt"), late.to_string());
+                }
+                std::process::exit(0);
+            }
             "close-stdout" => {
                 let _ = std::io::stdout().flush();
                 // SAFETY: closing our own standard descriptors; nothing uses them afterwards.
@@ -129,8 +160,8 @@ fn record(args: &[String], helpers: &[u32]) {
     let value = serde_json::json!({
         "pid": pid,
         "argv": args,
-        "cwd": std::env::current_dir().ok(),
-        "stdin": std::fs::read_link("/proc/self/fd/0").ok(),
+        "cwd": std::env::current_dir().ok().map(|d| d.to_string_lossy().into_owned()),
+        "stdin": std::fs::read_link("/proc/self/fd/0").ok().map(|d| d.to_string_lossy().into_owned()),
         "sid": sid,
         "pgid": pgid,
         "looper_run_id": std::env::var("LOOPER_RUN_ID").ok(),
@@ -138,7 +169,7 @@ fn record(args: &[String], helpers: &[u32]) {
         "looper_inbox": std::env::var("LOOPER_INBOX").ok(),
         "looper_bin": std::env::var("LOOPER_BIN").ok(),
         "looper_token": std::env::var("LOOPER_API_TOKEN").ok(),
-        "zulip_vars": std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("ZULIP_")).collect::<Vec<_>>(),
+        "zulip_vars": std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()).filter(|k| k.starts_with("ZULIP_")).collect::<Vec<_>>(),
         "helpers": helpers,
     });
     let tmp = format!("{dir}/.{pid}.tmp");

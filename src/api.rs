@@ -161,8 +161,8 @@ fn status(app: &App) -> Value {
             "run_id": r.run_id,
             "request_id": r.request_id,
             "pid": r.pid,
-            "workspace": r.workspace,
-            "log_path": r.log_path,
+            "workspace": r.workspace.to_string_lossy(),
+            "log_path": r.log_path.to_string_lossy(),
             "started_at": r.started_at,
             "last_output_at": last_output_at,
         })

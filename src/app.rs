@@ -25,6 +25,9 @@ pub struct LiveRun {
     pub request_id: String,
     pub trigger: &'static str,
     pub pid: u32,
+    /// The child's start time (clock ticks since boot): with the pid, it names this process
+    /// and no later one that gets the same pid.
+    pub start_time: Option<u64>,
     pub workspace: PathBuf,
     pub log_path: PathBuf,
     pub started_at: String,
@@ -70,9 +73,9 @@ pub struct Runs {
     pub exits: VecDeque<Exit>,
     /// Basenames of every binary we launched, so that later stops recognise those runs.
     pub binaries: HashSet<String>,
-    /// Runs Looper is stopping on purpose, with the reason (`replaced`, `hung`, `shutdown`):
-    /// their deaths are no crashes.
-    pub stopping: HashMap<String, String>,
+    /// Runs Looper is stopping on purpose, with the reason: their deaths are no crashes.
+    /// Set only when a stop actually begins.
+    pub stopping: HashMap<String, StopReason>,
 }
 
 impl Runs {
@@ -82,6 +85,27 @@ impl Runs {
 
     pub fn exit_of(&self, run_id: &str) -> Option<&Exit> {
         self.exits.iter().rev().find(|e| e.run_id == run_id)
+    }
+}
+
+/// Why Looper stopped one of its runs (the history row's `stop_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A fresh run replaced it.
+    Replaced,
+    /// Its log stopped growing for `LOOPER_HUNG_RUN_SECONDS`.
+    Hung,
+    /// Looper shut down.
+    Shutdown,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Replaced => "replaced",
+            StopReason::Hung => "hung",
+            StopReason::Shutdown => "shutdown",
+        }
     }
 }
 
@@ -283,8 +307,19 @@ impl App {
             .clone()
     }
 
-    /// A fresh 8-hex-digit id (splitmix64 over a random seed).
+    /// A fresh 8-hex-digit id (splitmix64 over a random seed) that the history has never
+    /// held, in either form a run id takes (`<id>`, or `auto<id>` for autopoll): 8 hex
+    /// digits collide often enough over a long-lived history (about 25 % by 50,000 runs).
     pub fn new_id(&self) -> String {
+        loop {
+            let id = self.next_id();
+            if !self.history.knows_id(&id) && !self.history.knows_id(&format!("auto{id}")) {
+                return id;
+            }
+        }
+    }
+
+    fn next_id(&self) -> String {
         let mut z = self
             .ids
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
@@ -374,7 +409,7 @@ impl App {
         let (live, reason) = {
             let runs = self.runs();
             let live = runs.live.iter().find(|r| r.run_id == run_id)?.clone();
-            (live, runs.stopping.get(run_id).cloned())
+            (live, runs.stopping.get(run_id).copied())
         };
         let elapsed = live.started.elapsed();
         let duration_seconds = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
@@ -383,7 +418,7 @@ impl App {
             ended_at: Some(ended_at.clone()),
             return_code: Some(return_code),
             duration_seconds: Some(duration_seconds),
-            stop_reason: reason.clone(),
+            stop_reason: reason.map(|r| r.as_str().to_string()),
             ..live.row()
         };
         self.history.record(row.clone());
@@ -443,6 +478,13 @@ impl App {
         })
     }
 
+    /// Wakes whoever waits for a run's exit (at shutdown). The lock their condition is read
+    /// under is taken first, so that a waiter between its check and its wait is not missed.
+    pub fn wake_exit_waiters(&self) {
+        drop(self.runs());
+        self.run_exited.notify_all();
+    }
+
     /// Waits up to `limit` (or until shutdown) for `run_id` to exit; its exit when it did.
     pub fn wait_exit(&self, run_id: &str, limit: Duration) -> Option<Exit> {
         let runs = self.runs();
@@ -494,6 +536,22 @@ mod tests {
             .all(|i| i.len() == 8 && i.chars().all(|c| c.is_ascii_hexdigit())));
     }
 
+    /// An id the history already holds is never handed out again.
+    #[test]
+    fn ids_the_history_holds_are_skipped() {
+        let a = app();
+        let seed = a.ids.load(Ordering::Relaxed);
+        let first = a.next_id();
+        let second = a.next_id();
+        a.ids.store(seed, Ordering::Relaxed);
+        a.history.record(live(&first).row());
+        assert_eq!(a.new_id(), second, "the held id was handed out again");
+        a.ids.store(seed, Ordering::Relaxed);
+        a.history.record(live(&format!("auto{second}")).row());
+        let third = a.new_id();
+        assert!(third != first && third != second);
+    }
+
     #[test]
     fn the_guard_is_exclusive_until_dropped() {
         let a = app();
@@ -509,6 +567,7 @@ mod tests {
             request_id: id.into(),
             trigger: "autopoll",
             pid: 1,
+            start_time: None,
             workspace: "/w".into(),
             log_path: "/nonexistent/l".into(),
             started_at: String::new(),
@@ -554,7 +613,7 @@ mod tests {
         assert_eq!(announced, 1, "announced once");
         // A run Looper stopped itself is no crash; a clean exit resets.
         a.runs().live.push(live("s"));
-        a.runs().stopping.insert("s".into(), "replaced".into());
+        a.runs().stopping.insert("s".into(), StopReason::Replaced);
         a.finish_run("s", -15);
         assert_eq!(a.autopoll_state().crashes, 5);
         a.runs().live.push(live("ok"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::app::{App, LiveRun};
+use crate::app::{App, LiveRun, StopReason};
 use crate::logging::Q;
 use crate::run::{self, RunRequest, Trigger};
 
@@ -26,17 +26,22 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
     )
 }
 
-/// Whether any codex exec run (ours or not) is alive.
-fn any_live_run(app: &App) -> bool {
-    !app.runs().live.is_empty() || !run::find_runs(app, None, None).is_empty()
+/// Whether any codex exec run (ours or not) is alive; `None` when `/proc` cannot tell.
+fn any_live_run(app: &App) -> Option<bool> {
+    if !app.runs().live.is_empty() {
+        return Some(true);
+    }
+    run::find_runs(app, None, None).ok().map(|r| !r.is_empty())
 }
 
-/// One autopoll tick; `first` ignores the staleness window.
+/// One autopoll tick; `first` ignores the staleness window. It decides without the run
+/// guard (so a trigger arriving meanwhile is not refused as busy) and takes the guard only
+/// to start a run.
 fn tick(app: &Arc<App>, first: bool) {
-    let Some(_guard) = app.try_guard() else {
+    if app.guard_held() {
         log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
         return;
-    };
+    }
     if app
         .autopoll_state()
         .backoff_until
@@ -46,9 +51,16 @@ fn tick(app: &Arc<App>, first: bool) {
         return;
     }
     run::settle_unwatched(app, None);
-    if any_live_run(app) {
-        log::debug!("codex.exec.autopoll.skip reason=live_run");
-        return;
+    match any_live_run(app) {
+        Some(false) => {}
+        Some(true) => {
+            log::debug!("codex.exec.autopoll.skip reason=live_run");
+            return;
+        }
+        None => {
+            log::warn!("codex.exec.autopoll.skip reason=proc_unreadable");
+            return;
+        }
     }
     if !first {
         if let Some(age) = newest_log_age(&app.cfg.log_dir) {
@@ -61,14 +73,24 @@ fn tick(app: &Arc<App>, first: bool) {
             }
         }
     }
-    start_run(app, RunRequest::default(), "idle");
+    let Some(_guard) = app.try_guard() else {
+        log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
+        return;
+    };
+    // A trigger may have started a run between the look above and the guard.
+    if !app.runs().live.is_empty() {
+        log::debug!("codex.exec.autopoll.skip reason=live_run");
+        return;
+    }
+    start_run(app, RunRequest::default(), "idle", StopReason::Replaced);
 }
 
 /// Starts a run through the common pipeline (no announcement); the caller holds the guard.
-fn start_run(app: &Arc<App>, req: RunRequest, why: &str) {
+/// The runs it stops get `reason`.
+fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
     let request_id = format!("auto{}", app.new_id());
     log::info!("codex.exec.autopoll.start request_id={request_id} reason={why}");
-    match run::execute(app, &req, &request_id, Trigger::Autopoll) {
+    match run::execute_replacing(app, &req, &request_id, Trigger::Autopoll, reason) {
         Ok(v) => log::info!(
             "codex.exec.autopoll.started request_id={request_id} pid={}",
             v["codex_exec_result"]["pid"]
@@ -114,15 +136,12 @@ fn check_hung(app: &Arc<App>) {
         live.pid,
         silent.as_secs_f64()
     );
-    app.runs()
-        .stopping
-        .insert(live.run_id.clone(), "hung".to_string());
     let req = RunRequest {
         prompt: Some(live.prompt.clone()),
         workspace: Some(live.workspace.to_string_lossy().into_owned()),
         ..RunRequest::default()
     };
-    start_run(app, req, "hung");
+    start_run(app, req, "hung", StopReason::Hung);
 }
 
 /// How often hung runs are looked for: a quarter of the limit, within bounds.

@@ -3,7 +3,7 @@
 //! command with its own `--help`.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -319,7 +319,7 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
     }
     if let Some(ws) = flags.values.get("--workspace") {
         let abs = std::path::absolute(ws).unwrap_or_else(|_| ws.into());
-        body["workspace"] = json!(abs);
+        body["workspace"] = json!(abs.to_string_lossy());
     }
     let from = flags
         .values
@@ -386,11 +386,35 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
         log_path
     );
     if flags.has("--follow") {
-        let rc = follow(&log_path, out)?;
-        eprintln!("looper: run exited with return code {rc}");
-        return Ok(if rc == 0 { 0 } else { 1 });
+        let run_id = answer["run_id"].as_str().unwrap_or_default();
+        let rc = follow(&base, env, run_id, result["pid"].as_u64(), &log_path, out)?;
+        match rc {
+            Some(rc) => eprintln!("looper: run exited with return code {rc}"),
+            None => eprintln!("looper: run ended; its return code is unknown"),
+        }
+        return Ok(if rc == Some(0) { 0 } else { 1 });
     }
     Ok(0)
+}
+
+/// Whether run `run_id` has ended, as the server's history says: `Some(return code)` once
+/// it has (`Some(None)`: ended, code unknown), `None` while it runs. `Err` when the server
+/// cannot be asked.
+fn run_end(
+    base: &str,
+    env: &HashMap<String, String>,
+    run_id: &str,
+) -> Result<Option<Option<i32>>, Fail> {
+    let (_, runs) = call("GET", base, "/runs?limit=100", None, env)?;
+    let row = runs["runs"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["run_id"] == run_id));
+    Ok(match row {
+        Some(r) if r["ended_at"].is_null() => None,
+        Some(r) => Some(r["return_code"].as_i64().map(|c| c as i32)),
+        // Fallen out of the newest rows: long over.
+        None => Some(None),
+    })
 }
 
 /// Whether a connection to the server at `base` can be opened at all. Inside codex's
@@ -464,35 +488,45 @@ fn through_inbox(
     Ok(None)
 }
 
-/// Prints a run log as it grows until its trailer; the run's return code.
-fn follow(path: &str, out: &mut dyn Write) -> Result<i32, Fail> {
+/// Prints a run's log as it grows until the run has ended, and returns its return code
+/// (`None`: unknown). The end is learnt from the server's history, never from the log's text
+/// (which the run itself writes); while the server cannot be asked, from whether the run's
+/// process `pid` still lives.
+fn follow(
+    base: &str,
+    env: &HashMap<String, String>,
+    run_id: &str,
+    pid: Option<u64>,
+    path: &str,
+    out: &mut dyn Write,
+) -> Result<Option<i32>, Fail> {
     let mut file = std::fs::File::open(path).map_err(|e| {
         Fail(
             format!("cannot follow {path}: {e} (is the server on this machine?)"),
             1,
         )
     })?;
-    let mut offset = 0u64;
-    let mut tail = String::new();
-    loop {
+    let mut print_new = |file: &mut std::fs::File| {
         let mut chunk = Vec::new();
-        let _ = file.seek(SeekFrom::Start(offset));
-        let n = file.read_to_end(&mut chunk).unwrap_or(0);
-        if n > 0 {
-            offset += n as u64;
+        if file.read_to_end(&mut chunk).is_ok() && !chunk.is_empty() {
             let _ = out.write_all(&chunk);
             let _ = out.flush();
-            tail.push_str(&String::from_utf8_lossy(&chunk));
-            if tail.len() > 4096 {
-                let cut = tail.len() - 4096;
-                let cut = (cut..tail.len())
-                    .find(|i| tail.is_char_boundary(*i))
-                    .unwrap_or(0);
-                tail.drain(..cut);
+        }
+    };
+    loop {
+        print_new(&mut file);
+        let ended = match run_end(base, env, run_id) {
+            Ok(end) => end,
+            Err(_) => {
+                let gone = pid.is_none_or(|p| !crate::procs::is_alive(p as i32));
+                gone.then_some(None)
             }
-            if let Some(rc) = crate::output::trailer_code(&tail) {
-                return Ok(rc);
-            }
+        };
+        if let Some(rc) = ended {
+            // The trailer (and anything written last) may land just after the end is known.
+            std::thread::sleep(FOLLOW_POLL);
+            print_new(&mut file);
+            return Ok(rc);
         }
         std::thread::sleep(FOLLOW_POLL);
     }

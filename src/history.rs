@@ -3,7 +3,7 @@
 //! restarts; a torn line from a crash mid-write is skipped with a warning. The newest rows
 //! are also kept in memory so that `/runs` reads no file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -24,7 +24,9 @@ pub struct Row {
     /// `http` or `autopoll`.
     pub trigger: String,
     pub pid: u32,
+    #[serde(serialize_with = "lossy_path")]
     pub workspace: PathBuf,
+    #[serde(serialize_with = "lossy_path")]
     pub log_path: PathBuf,
     pub started_at: String,
     pub ended_at: Option<String>,
@@ -36,10 +38,21 @@ pub struct Row {
     pub stop_reason: Option<String>,
 }
 
+/// A path as JSON text, whatever bytes it holds (JSON strings are UTF-8; a path need not be).
+pub fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
 /// The history file and its newest rows.
 pub struct History {
     path: PathBuf,
+    /// Held while a line is appended (and over the memory update before it, so that lines
+    /// reach the file in the order their rows changed). Readers never take it.
+    writer: Mutex<()>,
+    /// Memory only: what `/runs` and `/status` read.
     rows: Mutex<VecDeque<Row>>,
+    /// Every run id the file ever held, so that no id is handed out twice.
+    ids: Mutex<HashSet<String>>,
 }
 
 /// Folds the lines of a history file into rows in start order; the count of bad lines.
@@ -82,6 +95,7 @@ impl History {
             text = String::from_utf8_lossy(&bytes).into_owned();
         }
         let (rows, bad) = parse(&text);
+        let ids = rows.iter().map(|r| r.run_id.clone()).collect();
         if bad > 0 {
             log::warn!(
                 "history.skipped_lines count={bad} path={}",
@@ -91,7 +105,9 @@ impl History {
         let start = rows.len().saturating_sub(MAX_ROWS);
         History {
             path,
+            writer: Mutex::new(()),
             rows: Mutex::new(rows.into_iter().skip(start).collect()),
+            ids: Mutex::new(ids),
         }
     }
 
@@ -99,24 +115,27 @@ impl History {
         self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `id` was ever a run id in this history.
+    pub fn knows_id(&self, id: &str) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
     /// Records a row (new, or a later state of a known run) in memory and in the file.
     pub fn record(&self, row: Row) {
-        let rows = self.rows();
-        self.record_locked(rows, row);
+        self.record_if(row, |_, _| true);
     }
 
     /// Records the end of a run unless its row has ended meanwhile; whether it did.
     pub fn record_end_once(&self, row: Row) -> bool {
-        let rows = self.rows();
-        let open = rows
-            .iter()
-            .rev()
-            .find(|r| r.run_id == row.run_id)
-            .is_some_and(|r| r.ended_at.is_none());
-        if open {
-            self.record_locked(rows, row);
-        }
-        open
+        self.record_if(row, |rows, row| {
+            rows.iter()
+                .rev()
+                .find(|r| r.run_id == row.run_id)
+                .is_some_and(|r| r.ended_at.is_none())
+        })
     }
 
     /// The rows of runs that have not ended, as far as this history knows.
@@ -128,19 +147,44 @@ impl History {
             .collect()
     }
 
-    fn record_locked(&self, mut rows: std::sync::MutexGuard<'_, VecDeque<Row>>, row: Row) {
-        let mut line = serde_json::to_string(&row).unwrap_or_default();
-        line.push('\n');
-        match rows.iter_mut().rev().find(|r| r.run_id == row.run_id) {
-            Some(known) => *known = row,
-            None => {
-                rows.push_back(row);
-                if rows.len() > MAX_ROWS {
-                    rows.pop_front();
+    /// Records `row` when `wanted` says so, given the rows in memory; whether it did. The
+    /// file is written outside the rows' lock: `/runs` never waits for the disk.
+    fn record_if(&self, row: Row, wanted: impl FnOnce(&VecDeque<Row>, &Row) -> bool) -> bool {
+        let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut rows = self.rows();
+            if !wanted(&rows, &row) {
+                return false;
+            }
+            match rows.iter_mut().rev().find(|r| r.run_id == row.run_id) {
+                Some(known) => *known = row.clone(),
+                None => {
+                    rows.push_back(row.clone());
+                    if rows.len() > MAX_ROWS {
+                        rows.pop_front();
+                    }
                 }
             }
         }
-        // One write of a whole line under the lock: lines never interleave.
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(row.run_id.clone());
+        let line = match serde_json::to_string(&row) {
+            Ok(mut line) => {
+                line.push('\n');
+                line
+            }
+            Err(e) => {
+                log::error!(
+                    "history.serialize_failed run_id={} error={}",
+                    row.run_id,
+                    Q(&e.to_string())
+                );
+                return true;
+            }
+        };
+        // One write of a whole line: lines never interleave.
         let written =
             crate::logging::open_append(&self.path).and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = written {
@@ -150,6 +194,7 @@ impl History {
                 Q(&e.to_string())
             );
         }
+        true
     }
 
     /// The newest `limit` rows, newest first.

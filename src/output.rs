@@ -1,15 +1,22 @@
-//! Per-run log files: the name, the header and trailer, and the copy loop that moves a
-//! child's combined output into the file in large chunks while mirroring whole lines into the
-//! server log.
+//! Per-run log files: the name, the header and trailer, and the watcher of one child. The
+//! child writes its combined output into its log itself (the file, opened for append, is its
+//! stdout and stderr), so a run keeps every byte when Looper dies; the watcher waits for the
+//! child's exit, meanwhile mirrors whole lines from the file into the server log, and then
+//! appends the trailer.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::process::Child;
+use std::time::Duration;
 
-/// The pipe buffer we ask for: a child that floods output fills it in fewer, larger steps.
-pub const PIPE_SIZE: usize = 1024 * 1024;
-/// The most we read from the pipe at a time: large, so that a flood costs few syscalls.
-const COPY_CHUNK: usize = 256 * 1024;
+/// How often the watcher looks for new output to mirror while the child runs (an exit wakes
+/// it at once).
+const MIRROR_POLL: Duration = Duration::from_millis(50);
+/// The most the mirror reads at a time: large, so that a flood costs few syscalls.
+const MIRROR_CHUNK: usize = 256 * 1024;
+/// The most the mirror reads before it looks at the child again.
+const MIRROR_ROUND: u64 = 64 * 1024 * 1024;
 /// A line longer than this is mirrored in pieces rather than held back forever.
 const MAX_MIRROR_LINE: usize = 64 * 1024;
 
@@ -97,46 +104,73 @@ impl LineCarry {
     }
 }
 
-/// Copies `reader` into `file` until end of file, mirroring whole lines into the server log
-/// when `mirror` is on (one write per chunk). A failing file write (disk full, log
-/// directory removed) is logged once per streak and the pipe keeps being drained, so the
-/// child never blocks on a full pipe. Returns the bytes read.
-pub fn copy(reader: &mut impl Read, file: &mut File, mirror: bool, request_id: &str) -> u64 {
+/// Mirrors the log's new bytes from `*offset` on (up to `end`, else at most
+/// [`MIRROR_ROUND`]) into the server log.
+fn mirror_new(
+    file: &mut File,
+    offset: &mut u64,
+    end: Option<u64>,
+    lines: &mut LineCarry,
+    sink: &crate::logging::Sink,
+    buf: &mut [u8],
+) {
+    let limit = end.unwrap_or(*offset + MIRROR_ROUND);
+    if file.seek(SeekFrom::Start(*offset)).is_err() {
+        return;
+    }
+    while *offset < limit {
+        let want = ((limit - *offset) as usize).min(buf.len());
+        match file.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                *offset += n as u64;
+                lines.feed(sink, &buf[..n]);
+            }
+        }
+    }
+}
+
+/// Watches `child` until it exits — its exit, not the end of its output: a background
+/// process that inherited the log (codex's shell snapshots do) does not keep a finished run
+/// alive. With `mirror`, whole lines of what it writes into `log_path` after byte `from` go to
+/// the server log as they come. Returns the return code (`-N` for a signal) and the bytes
+/// the run wrote.
+pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i32, u64) {
+    use std::os::unix::process::ExitStatusExt;
     let sink = if mirror { crate::logging::sink() } else { None };
-    let mut lines = LineCarry { carry: Vec::new() };
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut total = 0u64;
-    let mut failing = false;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("codex.exec.output.read_failed request_id={request_id} error={e}");
+    let reader = sink.and_then(|s| File::open(log_path).ok().map(|f| (s, f)));
+    if let Some((sink, mut file)) = reader {
+        let pid = child.id() as i32;
+        let mut lines = LineCarry { carry: Vec::new() };
+        let mut buf = vec![0u8; MIRROR_CHUNK];
+        let mut offset = from;
+        loop {
+            let exited = crate::procs::wait_gone(pid, MIRROR_POLL);
+            if exited {
+                // What was written up to the exit; later writers are not waited for.
+                let end = file.metadata().map(|m| m.len()).unwrap_or(offset);
+                mirror_new(
+                    &mut file,
+                    &mut offset,
+                    Some(end),
+                    &mut lines,
+                    sink,
+                    &mut buf,
+                );
                 break;
             }
-        };
-        total += n as u64;
-        match file.write_all(&buf[..n]) {
-            Ok(()) => failing = false,
-            Err(e) if !failing => {
-                failing = true;
-                log::error!(
-                    "codex.exec.output.write_failed request_id={request_id} error={}",
-                    crate::logging::Q(&e.to_string())
-                );
-            }
-            Err(_) => {}
+            mirror_new(&mut file, &mut offset, None, &mut lines, sink, &mut buf);
         }
-        if let Some(sink) = sink {
-            lines.feed(sink, &buf[..n]);
-        }
-    }
-    if let Some(sink) = sink {
         lines.finish(sink);
     }
-    total
+    let return_code = match child.wait() {
+        Ok(status) => status
+            .code()
+            .unwrap_or_else(|| -status.signal().unwrap_or(0)),
+        Err(_) => -1,
+    };
+    let size = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(from);
+    (return_code, size.saturating_sub(from))
 }
 
 /// The last `lines` lines of a file from byte `from` on (reading at most its last 64 KiB),
@@ -185,15 +219,10 @@ mod tests {
     }
 
     #[test]
-    fn copy_moves_every_byte() {
+    fn tail_reads_the_last_lines() {
         let dir = std::env::temp_dir().join(format!("looper-out-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.log");
-        let mut file = File::create(&path).unwrap();
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        let n = copy(&mut &data[..], &mut file, true, "t");
-        assert_eq!(n, data.len() as u64);
-        assert_eq!(std::fs::read(&path).unwrap(), data);
         std::fs::write(&path, "a\nb\nc\nd\n").unwrap();
         assert_eq!(tail(&path, 0, 2), "c\nd");
         assert_eq!(tail(&path, 4, 9), "c\nd");

@@ -65,6 +65,11 @@ fn read_stat(pid: i32) -> Option<(i32, u64)> {
     Some((ppid, start))
 }
 
+/// The start time of `pid` (clock ticks since boot), unless it is gone or a zombie.
+pub fn start_time(pid: i32) -> Option<u64> {
+    read_stat(pid).map(|(_, start)| start)
+}
+
 /// Whether `pid` names a live (not zombie) process right now.
 pub fn is_alive(pid: i32) -> bool {
     read_stat(pid).is_some()
@@ -87,9 +92,17 @@ fn numbered_entries(dir: &Path) -> Option<Vec<(i32, fs::DirEntry)>> {
 }
 
 /// One snapshot of the processes of user `uid`. Entries that vanish mid-scan are skipped.
-pub fn scan(uid: u32) -> Vec<ProcInfo> {
+pub fn scan(uid: u32) -> std::io::Result<Vec<ProcInfo>> {
+    scan_in(Path::new("/proc"), uid)
+}
+
+/// [`scan`] of a `/proc` mounted at `proc`. Not being able to list it is an error, never an
+/// empty table: "nothing runs" would start a second codex beside the first.
+fn scan_in(proc: &Path, uid: u32) -> std::io::Result<Vec<ProcInfo>> {
     let mut out = Vec::new();
-    for (pid, _) in numbered_entries(Path::new("/proc")).unwrap_or_default() {
+    let entries = numbered_entries(proc)
+        .ok_or_else(|| std::io::Error::other(format!("cannot list {}", proc.display())))?;
+    for (pid, _) in entries {
         let base = Path::new("/proc").join(pid.to_string());
         match fs::metadata(&base) {
             Ok(m) if m.uid() == uid => {}
@@ -125,7 +138,7 @@ pub fn scan(uid: u32) -> Vec<ProcInfo> {
             looper_url,
         });
     }
-    out
+    Ok(out)
 }
 
 fn basename(s: &str) -> &str {
@@ -205,8 +218,9 @@ pub struct Selector<'a> {
     pub looper_url: &'a str,
     /// Only these run ids, when stopping the runs of this server at shutdown.
     pub only_run_ids: Option<&'a HashSet<String>>,
-    /// Processes to stop whatever they look like (the children Looper spawned itself).
-    pub extra_pids: &'a [i32],
+    /// Processes to stop whatever they look like (the children Looper spawned itself), each
+    /// named by pid and start time, so that a pid reused since is left alone.
+    pub extra_pids: &'a [(i32, u64)],
     pub self_pid: i32,
 }
 
@@ -227,7 +241,12 @@ pub fn select(table: &[ProcInfo], sel: &Selector) -> Vec<ProcInfo> {
             None => ours(p) || is_codex_exec(&p.argv, sel.names),
         })
         .map(|p| p.pid)
-        .chain(sel.extra_pids.iter().copied())
+        .chain(
+            table
+                .iter()
+                .filter(|p| sel.extra_pids.contains(&(p.pid, p.start_time)))
+                .map(|p| p.pid),
+        )
         .collect();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for p in table {
@@ -261,6 +280,8 @@ pub struct StopReport {
 /// A handle on one target process that cannot be confused with a later one of the same pid.
 struct Target {
     pid: i32,
+    /// Its start time, re-checked before a signal when there is no pidfd.
+    start_time: u64,
     /// A pidfd when the kernel has them (Linux 5.3+): it signals the right process and
     /// becomes readable when the process exits.
     fd: Option<OwnedFd>,
@@ -290,6 +311,10 @@ impl Target {
                     0,
                 )
             },
+            // Without a pidfd the pid is checked again right before the signal.
+            None if read_stat(self.pid).map(|(_, start)| start) != Some(self.start_time) => {
+                return false
+            }
             // SAFETY: kill(2) with a pid we just verified by its start time.
             None => i64::from(unsafe { libc::kill(self.pid, sig) }),
         };
@@ -347,53 +372,95 @@ fn wait_exits<'a>(targets: &[&'a Target], limit: Duration) -> Vec<&'a Target> {
     }
 }
 
-/// Stops `procs`: SIGTERM to all, wait up to `grace` for them to exit, SIGKILL the rest.
-/// Each is re-checked by start time before it is signalled, so a reused pid is left alone.
-pub fn stop(procs: &[ProcInfo], grace: Duration) -> StopReport {
-    let mut report = StopReport::default();
-    let mut targets = Vec::new();
-    for p in procs {
-        let fd = pidfd_open(p.pid);
-        match read_stat(p.pid) {
-            Some((_, start)) if start == p.start_time => {}
-            // Gone (or a zombie, or another process now) since the scan.
-            _ => {
-                report.killed.push(p.pid);
+/// How long a stop waits for its signalled processes before it looks into `/proc` again for
+/// processes of the same runs started meanwhile (a trap that spawns, a tool that forks as it
+/// dies).
+pub const RESCAN_EVERY: Duration = Duration::from_millis(100);
+
+/// One stop in progress: the processes it has signalled, each by a handle that cannot be
+/// confused with a later process of the same pid.
+#[derive(Default)]
+pub struct Stop {
+    targets: Vec<Target>,
+    /// Processes the kernel would not let us signal.
+    denied: Vec<i32>,
+}
+
+impl Stop {
+    /// Sends SIGTERM to each of `procs` not signalled yet (checked by start time first: one
+    /// gone, a zombie, or another process now is skipped). Returns how many were signalled.
+    pub fn terminate(&mut self, procs: &[ProcInfo]) -> usize {
+        let mut sent = 0;
+        for p in procs {
+            if self.covers(p) {
                 continue;
             }
+            let fd = pidfd_open(p.pid);
+            if read_stat(p.pid).map(|(_, start)| start) != Some(p.start_time) {
+                continue;
+            }
+            let t = Target {
+                pid: p.pid,
+                start_time: p.start_time,
+                fd,
+            };
+            if t.signal(libc::SIGTERM) {
+                let argv0 = p.argv.first().map(String::as_str).unwrap_or("?");
+                log::debug!("process.kill.term pid={} argv0={}", p.pid, Q(argv0));
+                self.targets.push(t);
+                sent += 1;
+            } else if !t.exited() {
+                log::warn!("process.kill.denied pid={}", p.pid);
+                self.denied.push(p.pid);
+            }
         }
-        let t = Target { pid: p.pid, fd };
-        if t.signal(libc::SIGTERM) {
-            let argv0 = p.argv.first().map(String::as_str).unwrap_or("?");
-            log::debug!("process.kill.term pid={} argv0={}", p.pid, Q(argv0));
-            targets.push(t);
-        } else if t.exited() {
-            report.killed.push(p.pid);
-        } else {
-            log::warn!("process.kill.denied pid={}", p.pid);
-            report.remaining.push(p.pid);
+        sent
+    }
+
+    /// Whether `p` was signalled by this stop already, or cannot be.
+    pub fn covers(&self, p: &ProcInfo) -> bool {
+        self.denied.contains(&p.pid)
+            || self
+                .targets
+                .iter()
+                .any(|t| t.pid == p.pid && t.start_time == p.start_time)
+    }
+
+    /// Waits up to `limit` for every signalled process to exit; whether they all have.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let all: Vec<&Target> = self.targets.iter().collect();
+        wait_exits(&all, limit).is_empty()
+    }
+
+    /// SIGKILLs the signalled processes still alive, waits for them a little, and says what
+    /// became of every process this stop signalled: `killed` holds those signalled and gone,
+    /// `remaining` those still alive (or never signalled: denied).
+    pub fn finish(self) -> StopReport {
+        let all: Vec<&Target> = self.targets.iter().collect();
+        let survivors = wait_exits(&all, Duration::ZERO);
+        for t in &survivors {
+            log::info!("process.kill.sigkill pid={} reason=survived_sigterm", t.pid);
+            t.signal(libc::SIGKILL);
         }
-    }
-    let all: Vec<&Target> = targets.iter().collect();
-    let survivors = wait_exits(&all, grace);
-    for t in &survivors {
-        log::info!("process.kill.sigkill pid={} reason=survived_sigterm", t.pid);
-        t.signal(libc::SIGKILL);
-    }
-    let remaining: HashSet<i32> = wait_exits(&survivors, KILL_WAIT)
-        .iter()
-        .map(|t| t.pid)
-        .collect();
-    for t in &targets {
-        if remaining.contains(&t.pid) {
-            report.remaining.push(t.pid);
-        } else {
-            report.killed.push(t.pid);
+        let remaining: HashSet<i32> = wait_exits(&survivors, KILL_WAIT)
+            .iter()
+            .map(|t| t.pid)
+            .collect();
+        let mut report = StopReport::default();
+        for t in &self.targets {
+            if remaining.contains(&t.pid) {
+                report.remaining.push(t.pid);
+            } else {
+                report.killed.push(t.pid);
+            }
         }
+        report.remaining.extend(self.denied);
+        report.killed.sort_unstable();
+        report.killed.dedup();
+        report.remaining.sort_unstable();
+        report.remaining.dedup();
+        report
     }
-    report.killed.sort_unstable();
-    report.remaining.sort_unstable();
-    report
 }
 
 /// Sends `sig` to `pid`, a child this process spawned and has not reaped yet (so the pid
@@ -401,6 +468,15 @@ pub fn stop(procs: &[ProcInfo], grace: Duration) -> StopReport {
 pub fn signal_child(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our unreaped child.
     unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// SIGKILLs `pid`, a child we spawned and have not reaped, and reaps it.
+pub fn kill_and_reap_child(pid: u32) {
+    signal_child(pid, libc::SIGKILL);
+    let mut status = 0;
+    // SAFETY: waitpid(2) on our own unreaped child, with a valid pointer to our int; it
+    // returns once the child (just killed) has exited.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
 }
 
 /// Sends `sig` to the process group led by `pid`, a child we spawned with its own group.
@@ -434,13 +510,6 @@ pub fn ignore_file_size_signal() {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
-/// Asks for a pipe buffer of `bytes` (the kernel caps it at `/proc/sys/fs/pipe-max-size`):
-/// a child that floods output then fills it in fewer, larger steps. Best effort.
-pub fn grow_pipe(fd: i32, bytes: usize) {
-    // SAFETY: fcntl(F_SETPIPE_SZ) on a pipe descriptor the caller owns; no memory is passed.
-    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, bytes as libc::c_int) };
-}
-
 /// The real user id of this process.
 pub fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail and has no preconditions.
@@ -451,6 +520,7 @@ pub fn current_uid() -> u32 {
 pub fn wait_gone(pid: i32, limit: Duration) -> bool {
     let t = Target {
         pid,
+        start_time: 0,
         fd: pidfd_open(pid),
     };
     wait_exits(&[&t], limit).is_empty()
@@ -466,6 +536,13 @@ mod tests {
 
     fn defaults() -> Names {
         Names::new(None, [])
+    }
+
+    #[test]
+    fn an_unreadable_proc_is_an_error_not_an_empty_table() {
+        assert!(scan_in(Path::new("/nonexistent/proc"), current_uid()).is_err());
+        let table = scan(current_uid()).expect("/proc is readable here");
+        assert!(table.iter().any(|p| p.pid == std::process::id() as i32));
     }
 
     #[test]
@@ -601,6 +678,33 @@ mod tests {
         assert_eq!(pids, vec![20]);
     }
 
+    /// A child of ours is named by pid and start time: a process that got the same pid
+    /// later (a reused pid) is left alone.
+    #[test]
+    fn our_children_are_known_by_pid_and_start_time() {
+        let table = vec![
+            proc(20, 1, "some-program", None),
+            proc(21, 20, "its-child", None),
+        ];
+        let names = defaults();
+        let select_with = |extra: &[(i32, u64)]| -> Vec<i32> {
+            let sel = Selector {
+                names: &names,
+                looper_url: "u",
+                only_run_ids: None,
+                extra_pids: extra,
+                self_pid: 5,
+            };
+            select(&table, &sel).iter().map(|p| p.pid).collect()
+        };
+        // `proc` gives each process the start time of its pid number.
+        assert_eq!(select_with(&[(20, 20)]), vec![20, 21]);
+        assert!(
+            select_with(&[(20, 19)]).is_empty(),
+            "a reused pid was taken"
+        );
+    }
+
     #[test]
     fn scanning_survives_processes_vanishing_mid_scan() {
         // Short-lived children come and go while we scan: entries that vanish are skipped.
@@ -613,7 +717,7 @@ mod tests {
         });
         let me = std::process::id() as i32;
         for _ in 0..40 {
-            let table = scan(current_uid());
+            let table = scan(current_uid()).unwrap();
             assert!(table.iter().any(|p| p.pid == me));
         }
         churn.join().unwrap();
@@ -622,7 +726,7 @@ mod tests {
     #[test]
     fn scan_sees_this_process() {
         let me = std::process::id() as i32;
-        let table = scan(current_uid());
+        let table = scan(current_uid()).unwrap();
         let mine = table.iter().find(|p| p.pid == me).expect("own entry");
         assert!(!mine.argv.is_empty());
     }

@@ -6,8 +6,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -15,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::app::{App, Finished, LiveRun};
+use crate::app::{App, Finished, LiveRun, StopReason};
 use crate::codex;
 use crate::config::MAX_SECONDS;
 use crate::history::Row;
@@ -148,25 +146,24 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
             "zulip_message is required and must not be empty",
         ));
     }
-    let prompt = match string_field(&obj, "codex_prompt")? {
-        Some(p) => Some(p),
-        None => string_field(&obj, "prompt")?,
-    };
+    // Every field is checked, the aliases too, even when the field they stand in for wins.
+    let legacy_prompt = string_field(&obj, "prompt")?;
+    let prompt = string_field(&obj, "codex_prompt")?.or(legacy_prompt);
+    let mut legacy_sum = None;
+    for key in LEGACY_DELAYS {
+        if let Some(d) = seconds_field(&obj, key)? {
+            *legacy_sum.get_or_insert(0.0) += d;
+        }
+    }
     let delay = match seconds_field(&obj, "codex_exec_delay_seconds")? {
         Some(d) => Some(d),
         None => {
-            let mut sum = None;
-            for key in LEGACY_DELAYS {
-                if let Some(d) = seconds_field(&obj, key)? {
-                    *sum.get_or_insert(0.0) += d;
-                }
-            }
-            if sum.is_some_and(|s| s > MAX_SECONDS) {
+            if legacy_sum.is_some_and(|s| s > MAX_SECONDS) {
                 return Err(ApiError::bad_request(
                     "the legacy delay fields add up to more than 86400 seconds",
                 ));
             }
-            sum
+            legacy_sum
         }
     };
     let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
@@ -316,7 +313,7 @@ pub fn find_runs(
     app: &App,
     binary: Option<&Path>,
     only_run_ids: Option<&HashSet<String>>,
-) -> Vec<procs::ProcInfo> {
+) -> Result<Vec<procs::ProcInfo>, ApiError> {
     let (names, ours) = {
         let runs = app.runs();
         let binaries = runs
@@ -325,11 +322,22 @@ pub fn find_runs(
             .map(String::as_str)
             .chain(binary.and_then(|b| b.to_str()));
         let names = procs::Names::new(app.cfg.process_names.as_deref(), binaries);
-        let ours: Vec<i32> = runs.live.iter().map(|r| r.pid as i32).collect();
+        let ours: Vec<(i32, u64)> = runs
+            .live
+            .iter()
+            .filter_map(|r| Some((r.pid as i32, r.start_time?)))
+            .collect();
         (names, ours)
     };
-    let table = procs::scan(procs::current_uid());
-    procs::select(
+    let table = procs::scan(procs::current_uid()).map_err(|e| {
+        ApiError::new(
+            500,
+            format!(
+                "cannot read /proc to find live codex runs ({e}); nothing was stopped or started"
+            ),
+        )
+    })?;
+    Ok(procs::select(
         &table,
         &procs::Selector {
             names: &names,
@@ -338,7 +346,7 @@ pub fn find_runs(
             extra_pids: &ours,
             self_pid: std::process::id() as i32,
         },
-    )
+    ))
 }
 
 /// Stops every live codex exec run of this user (SPEC §3), or with `only_run_ids` just
@@ -348,40 +356,61 @@ pub fn stop_runs(
     binary: Option<&Path>,
     only_run_ids: Option<&HashSet<String>>,
     request_id: &str,
-    reason: &str,
-) -> procs::StopReport {
-    let targets = find_runs(app, binary, only_run_ids);
-    let pids: Vec<i32> = targets.iter().map(|p| p.pid).collect();
-    {
+    reason: StopReason,
+) -> Result<procs::StopReport, ApiError> {
+    let mut targets = find_runs(app, binary, only_run_ids)?;
+    let mark_ours = |targets: &[procs::ProcInfo]| {
         // Our runs among the targets die on purpose: not crashes, and their history says why.
         let mut runs = app.runs();
         let ours: Vec<String> = runs
             .live
             .iter()
-            .filter(|r| pids.contains(&(r.pid as i32)))
+            .filter(|r| targets.iter().any(|p| p.pid == r.pid as i32))
             .map(|r| r.run_id.clone())
             .collect();
         for id in ours {
-            runs.stopping
-                .entry(id)
-                .or_insert_with(|| reason.to_string());
+            runs.stopping.entry(id).or_insert(reason);
         }
-    }
+    };
+    mark_ours(&targets);
+    let pids: Vec<i32> = targets.iter().map(|p| p.pid).collect();
     log::info!(
         "process.kill.start request_id={request_id} count={} pids={}",
         targets.len(),
         Q(&join(&pids))
     );
-    let report = procs::stop(&targets, app.cfg.stop_grace);
+    // SIGTERM, then look again until nothing of these runs is left or the grace is over:
+    // a process started meanwhile (a trap that spawns, a tool forking as it dies) carries
+    // the same run id or descends from a target, and is stopped too.
+    let deadline = Instant::now() + app.cfg.stop_grace;
+    let mut stop = procs::Stop::default();
+    let mut stopped_ids: HashSet<String> = HashSet::new();
+    loop {
+        stopped_ids.extend(targets.iter().filter_map(|p| p.run_id.clone()));
+        stop.terminate(&targets);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let all_gone = stop.wait(left.min(procs::RESCAN_EVERY));
+        if Instant::now() >= deadline {
+            break;
+        }
+        targets = match find_runs(app, binary, only_run_ids) {
+            Ok(t) => t,
+            Err(_) => break,
+        };
+        mark_ours(&targets);
+        if all_gone && targets.iter().all(|p| stop.covers(p)) {
+            break;
+        }
+    }
+    let report = stop.finish();
     log::info!(
         "process.kill.done request_id={request_id} killed={} remaining={}",
         Q(&join(&report.killed)),
         Q(&join(&report.remaining))
     );
-    // Runs a previous Looper started have no copy thread here to record their end.
-    let stopped: HashSet<String> = targets.iter().filter_map(|p| p.run_id.clone()).collect();
-    settle_unwatched(app, Some((&stopped, reason)));
-    report
+    // Runs a previous Looper started have no watcher here to record their end.
+    settle_unwatched(app, Some((&stopped_ids, reason)));
+    Ok(report)
 }
 
 /// Completes the history rows of runs that ended while no Looper watched them: started by
@@ -390,7 +419,7 @@ pub fn stop_runs(
 /// log's trailer when it has one, else stays `null`; `ended_at` is the log's last change.
 /// The runs in `stopped` were just stopped by us, for its reason. Costs nothing (no `/proc`
 /// scan) when every open row is a live run of ours.
-pub fn settle_unwatched(app: &App, stopped: Option<(&HashSet<String>, &str)>) {
+pub fn settle_unwatched(app: &App, stopped: Option<(&HashSet<String>, StopReason)>) {
     let open = app.history.unended();
     let ours: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
     let candidates: Vec<_> = open
@@ -400,10 +429,11 @@ pub fn settle_unwatched(app: &App, stopped: Option<(&HashSet<String>, &str)>) {
     if candidates.is_empty() {
         return;
     }
-    let alive: HashSet<String> = procs::scan(procs::current_uid())
-        .into_iter()
-        .filter_map(|p| p.run_id)
-        .collect();
+    // Unreadable /proc: nothing can be told about them now; look again later.
+    let Ok(table) = procs::scan(procs::current_uid()) else {
+        return;
+    };
+    let alive: HashSet<String> = table.into_iter().filter_map(|p| p.run_id).collect();
     for row in candidates {
         if alive.contains(&row.run_id) {
             continue;
@@ -421,7 +451,7 @@ pub fn settle_unwatched(app: &App, stopped: Option<(&HashSet<String>, &str)>) {
             });
         let stop_reason = stopped
             .filter(|(ids, _)| ids.contains(&row.run_id))
-            .map(|(_, reason)| reason.to_string())
+            .map(|(_, reason)| reason.as_str().to_string())
             .or(row.stop_reason.clone());
         let (run_id, pid) = (row.run_id.clone(), row.pid);
         let settled = Row {
@@ -503,6 +533,17 @@ pub fn execute(
     request_id: &str,
     trigger: Trigger,
 ) -> Result<Value, ApiError> {
+    execute_replacing(app, req, request_id, trigger, StopReason::Replaced)
+}
+
+/// [`execute`], with the reason the runs it stops get (hung-run replacement says `hung`).
+pub fn execute_replacing(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    trigger: Trigger,
+    stop_reason: StopReason,
+) -> Result<Value, ApiError> {
     log::info!(
         "run.start request_id={request_id} trigger={} prompt_chars={} workspace={}",
         trigger.as_str(),
@@ -529,8 +570,8 @@ pub fn execute(
         plan.binary.as_ref().map(|b| b.0.as_path()),
         None,
         request_id,
-        "replaced",
-    );
+        stop_reason,
+    )?;
 
     let spawned = if plan.prompt.is_empty() {
         log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
@@ -542,7 +583,7 @@ pub fn execute(
     let result = spawned.as_ref().map(|s| {
         json!({
             "pid": s.pid,
-            "log_path": s.log_path,
+            "log_path": s.log_path.to_string_lossy(),
             "command": s.command,
             "startup_return_code": s.startup_return_code,
         })
@@ -550,7 +591,7 @@ pub fn execute(
     let killed = &stopped.killed;
     let remaining = &stopped.remaining;
     let (binary, source) = match &plan.binary {
-        Some((b, s)) => (json!(b), json!(s.as_str())),
+        Some((b, s)) => (json!(b.to_string_lossy()), json!(s.as_str())),
         None => (Value::Null, Value::Null),
     };
     Ok(json!({
@@ -560,7 +601,7 @@ pub fn execute(
         "zulip_output": zulip_output,
         "killed_codex_exec_pids": killed,
         "remaining_codex_exec_pids": remaining,
-        "workspace": plan.workspace,
+        "workspace": plan.workspace.to_string_lossy(),
         "codex_exec_binary": binary,
         "codex_exec_binary_source": source,
         "codex_exec_started": spawned.is_some(),
@@ -676,10 +717,12 @@ fn launch(
     let live = match spawn(app, &launch, &file) {
         Ok(live) => live,
         Err(e) => {
-            // Nothing ran: no log is left behind to look like a run (or like activity to
-            // autopoll).
+            // When nothing ran, no log is left behind to look like a run (or like activity
+            // to autopoll); a run that did start keeps its log beside its history row.
             drop(file);
-            let _ = std::fs::remove_file(&log_path);
+            if app.history.get(&run_id).is_none() {
+                let _ = std::fs::remove_file(&log_path);
+            }
             return Err(e);
         }
     };
@@ -766,8 +809,9 @@ struct Launch<'a> {
     output_start: u64,
 }
 
-/// Spawns the child in its own session with its output on one pipe, registers it as live,
-/// and hands child, pipe and log file to a copy thread that writes the trailer at exit.
+/// Spawns the child in its own session, writing its combined output into its log itself,
+/// registers it as live, and hands it to a watcher thread that mirrors its output, reaps it
+/// and writes the trailer.
 fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
     let fail = |what: &str, e: std::io::Error| {
         ApiError::new(
@@ -775,15 +819,14 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
             format!("could not start {}: {what}: {e}", l.binary.display()),
         )
     };
-    let (mut reader, writer) = std::io::pipe().map_err(|e| fail("pipe", e))?;
-    procs::grow_pipe(reader.as_raw_fd(), output::PIPE_SIZE);
-    let writer2 = writer.try_clone().map_err(|e| fail("pipe", e))?;
+    let stdout = file.try_clone().map_err(|e| fail("log file", e))?;
+    let stderr = file.try_clone().map_err(|e| fail("log file", e))?;
     let mut cmd = Command::new(l.binary);
     cmd.args(l.args)
         .current_dir(&l.plan.workspace)
         .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
+        .stdout(stdout)
+        .stderr(stderr)
         .env("LOOPER_RUN_ID", l.run_id)
         .env("LOOPER_URL", &app.url);
     // Looper's own secrets stay with Looper; the API token stays because the hand-off over
@@ -812,15 +855,9 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
     procs::detach_on_spawn(&mut cmd);
     let mut file = file.try_clone().map_err(|e| fail("log file", e))?;
 
-    // Spawn and register under one lock, so that a shutdown either sees this run or
-    // prevents it.
-    let mut runs = app.runs();
-    if app.shutdown.is_set() {
-        return Err(shutting_down());
-    }
+    refuse_after_shutdown(app)?;
+    // Forked outside any lock; registered right after.
     let mut child = cmd.spawn().map_err(|e| fail("spawn", e))?;
-    // The Command holds our copies of the pipe's write end: without dropping it the copy
-    // thread would never see end-of-file.
     drop(cmd);
     let pid = child.id();
     let live = LiveRun {
@@ -828,17 +865,21 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         request_id: l.request_id.to_string(),
         trigger: l.trigger.as_str(),
         pid,
+        // Our unreaped child: the pid cannot be anyone else's yet.
+        start_time: procs::start_time(pid as i32),
         workspace: l.plan.workspace.clone(),
         log_path: l.log_path.to_path_buf(),
         started_at: chrono::Local::now().to_rfc3339(),
         started: Instant::now(),
         prompt: l.plan.prompt.clone(),
     };
-    if let Some(name) = l.binary.file_name().and_then(|n| n.to_str()) {
-        runs.binaries.insert(name.to_string());
+    {
+        let mut runs = app.runs();
+        if let Some(name) = l.binary.file_name().and_then(|n| n.to_str()) {
+            runs.binaries.insert(name.to_string());
+        }
+        runs.live.push(live.clone());
     }
-    runs.live.push(live.clone());
-    drop(runs);
     app.history.record(live.row());
     log::info!(
         "codex.exec.spawn request_id={} run_id={} pid={pid} log_path={}",
@@ -853,16 +894,10 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
     let log_path = l.log_path.to_path_buf();
     let output_start = l.output_start;
     let mirror = app.cfg.mirror_output;
-    let copier = std::thread::Builder::new()
-        .name(format!("copy-{}", l.run_id))
+    let watcher = std::thread::Builder::new()
+        .name(format!("watch-{}", l.run_id))
         .spawn(move || {
-            let bytes = output::copy(&mut reader, &mut file, mirror, &req_id);
-            let return_code = match child.wait() {
-                Ok(status) => status
-                    .code()
-                    .unwrap_or_else(|| -status.signal().unwrap_or(0)),
-                Err(_) => -1,
-            };
+            let (return_code, bytes) = output::watch(&mut child, &log_path, output_start, mirror);
             if let Err(e) = file.write_all(output::trailer(return_code).as_bytes()) {
                 log::error!(
                     "codex.exec.output.write_failed request_id={req_id} error={}",
@@ -877,11 +912,20 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
                 announce_exit(&thread_app, &done, &log_path, output_start);
             }
         });
-    if let Err(e) = copier {
-        // No thread to reap it: stop it ourselves rather than leave an orphan.
-        procs::signal_child(pid, libc::SIGKILL);
+    if let Err(e) = watcher {
+        // No thread to watch it: stop and reap it ourselves rather than leave an orphan or
+        // a zombie. Its log keeps what it wrote, with a trailer.
+        procs::kill_and_reap_child(pid);
+        let _ = crate::logging::open_append(l.log_path)
+            .and_then(|mut f| f.write_all(output::trailer(-libc::SIGKILL).as_bytes()));
         app.finish_run(l.run_id, -libc::SIGKILL);
-        return Err(fail("copy thread", e));
+        return Err(fail("watcher thread", e));
+    }
+    // A shutdown that looked at the live runs before this one was registered would leave
+    // it running: stop it here.
+    if app.shutdown.is_set() {
+        procs::signal_child(pid, libc::SIGTERM);
+        return Err(shutting_down());
     }
     Ok(live)
 }
@@ -1015,6 +1059,120 @@ mod tests {
         assert_eq!(err.message, "zulip_message must be valid UTF-8");
         let err = parse_request(b"\xff\xfe").unwrap_err();
         assert_eq!(err.status, 400);
+    }
+
+    /// Random JSON objects over the known fields, with values of every type: the validator
+    /// accepts exactly those an independent reading of the rules accepts, and keeps what
+    /// they say.
+    #[test]
+    fn random_requests_are_judged_by_the_rules() {
+        let mut x: u64 = 0x5DEE_CE66_D1CE_4E5B;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let strings = [
+            "zulip_message",
+            "codex_prompt",
+            "prompt",
+            "workspace",
+            "codex_exec_binary",
+            "zulip_script_path",
+            "from_run_id",
+        ];
+        let seconds = [
+            "codex_exec_delay_seconds",
+            "codex_exec_startup_check_seconds",
+            "startup_delay_seconds",
+            "sidebar_delay_seconds",
+            "new_task_delay_seconds",
+            "prompt_send_delay_seconds",
+        ];
+        let values = [
+            json!(null),
+            json!("m"),
+            json!("  "),
+            json!(""),
+            json!("a\0b"),
+            json!(0),
+            json!(1.5),
+            json!(-1),
+            json!(86400),
+            json!(86400.5),
+            json!(50000),
+            json!(true),
+            json!([1]),
+            json!({"a": 1}),
+            json!("7"),
+        ];
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut obj = Map::new();
+            for (n, key) in strings
+                .iter()
+                .chain(&seconds)
+                .chain(&["unknown_field"])
+                .enumerate()
+            {
+                if next(2) == 0 {
+                    // Mostly a value of the field's own kind, sometimes anything at all.
+                    let pool: &[Value] = match (next(8), n < strings.len()) {
+                        (0, _) => &values,
+                        (_, true) => &values[..5],
+                        (_, false) => &values[5..11],
+                    };
+                    obj.insert(
+                        key.to_string(),
+                        pool[next(pool.len() as u64) as usize].clone(),
+                    );
+                }
+            }
+            let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
+            let string_ok =
+                |k: &str| get(k).is_none_or(|v| v.as_str().is_some_and(|s| !s.contains('\0')));
+            let secs = |k: &str| get(k).map(|v| v.as_f64());
+            let secs_ok =
+                |k: &str| secs(k).is_none_or(|v| v.is_some_and(|v| (0.0..=86400.0).contains(&v)));
+            let message_ok = get("zulip_message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| !m.trim().is_empty());
+            let legacy_sum: f64 = seconds[2..].iter().filter_map(|k| secs(k).flatten()).sum();
+            let delay_given = get("codex_exec_delay_seconds").is_some();
+            // The legacy delays are summed only when the modern field is absent.
+            let legacy_ok =
+                seconds[2..].iter().all(|k| secs_ok(k)) && (delay_given || legacy_sum <= 86400.0);
+            let expect_ok = message_ok
+                && strings.iter().all(|k| string_ok(k))
+                && secs_ok("codex_exec_delay_seconds")
+                && secs_ok("codex_exec_startup_check_seconds")
+                && legacy_ok;
+            let body = Value::Object(obj.clone()).to_string();
+            match parse_request(body.as_bytes()) {
+                Ok(r) => {
+                    assert!(expect_ok, "accepted {body}");
+                    accepted += 1;
+                    let prompt = get("codex_prompt")
+                        .or(get("prompt"))
+                        .and_then(Value::as_str);
+                    assert_eq!(r.prompt.as_deref(), prompt, "{body}");
+                    assert_eq!(
+                        Some(r.zulip_message.as_str()),
+                        get("zulip_message").and_then(Value::as_str)
+                    );
+                }
+                Err(e) => {
+                    assert!(!expect_ok, "refused {body}: {}", e.message);
+                    assert_eq!(e.status, 400, "{body}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     #[test]

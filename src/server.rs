@@ -10,7 +10,7 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::app::App;
+use crate::app::{App, StopReason};
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, Q};
 use crate::procs;
@@ -175,7 +175,7 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
                 if seen == 1 {
                     log::info!("server.signal signal={sig} action=shutdown");
                     app.shutdown.trigger();
-                    app.run_exited.notify_all();
+                    app.wake_exit_waiters();
                     app.unblock_server();
                 } else {
                     log::warn!("server.signal signal={sig} action=exit_now");
@@ -193,7 +193,11 @@ fn shutdown(app: &App) {
     let ids: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
-        crate::run::stop_runs(app, None, Some(&ids), "shutdown", "shutdown");
+        if let Err(e) =
+            crate::run::stop_runs(app, None, Some(&ids), "shutdown", StopReason::Shutdown)
+        {
+            log::error!("server.stop.failed error={}", Q(&e.message));
+        }
     }
     if !app.wait_all_exited(TRAILER_WAIT) {
         log::warn!("server.stop.trailers_pending");

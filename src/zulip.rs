@@ -21,6 +21,8 @@ pub const ZULIP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How long a `zulip_script_path` program may run before it is killed.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long its output may still take to arrive once it has exited.
+const SCRIPT_OUTPUT_WAIT: Duration = Duration::from_secs(1);
 
 /// The bot's credentials and where they came from.
 #[derive(Clone)]
@@ -331,7 +333,14 @@ impl Zulip {
                 .send()
                 .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
             if response.status_code == 429 && attempt == 1 {
-                let wait = retry_after(&response);
+                let header = response
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                    .map(|(_, v)| v.as_str());
+                // Never longer than a request may take.
+                let limit = MAX_RETRY_AFTER.min(Duration::from_secs(self.timeout_secs));
+                let wait = retry_after(header, limit);
                 log::info!(
                     "zulip.send.retry status=429 wait_s={:.1}",
                     wait.as_secs_f64()
@@ -359,16 +368,26 @@ fn warn_if_shared(path: &Path, warnings: &mut Vec<String>) {
     }
 }
 
-/// How long a 429 asks us to wait, within [`MAX_RETRY_AFTER`].
-fn retry_after(response: &minreq::Response) -> Duration {
-    let secs = response
-        .headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .unwrap_or(1.0);
-    Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER)
+/// How long a 429 asks us to wait, at most `limit`: `Retry-After` as seconds or as an HTTP
+/// date; anything else (garbage, a negative, an absurd number) means one second. Clamped
+/// before it becomes a `Duration`, which panics on values it cannot hold.
+fn retry_after(value: Option<&str>, limit: Duration) -> Duration {
+    const DEFAULT: f64 = 1.0;
+    let secs = match value.map(str::trim) {
+        None | Some("") => DEFAULT,
+        Some(v) => match v.parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => n,
+            Ok(_) => DEFAULT,
+            Err(_) => chrono::DateTime::parse_from_rfc2822(v)
+                .map(|at| {
+                    (at.timestamp_millis() - chrono::Utc::now().timestamp_millis()) as f64 / 1000.0
+                })
+                .ok()
+                .filter(|n| *n >= 0.0)
+                .unwrap_or(DEFAULT),
+        },
+    };
+    Duration::from_secs_f64(secs.min(limit.as_secs_f64()))
 }
 
 /// A Zulip answer as JSON when it is a success, else an error that says what Zulip said.
@@ -504,20 +523,21 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
     std::thread::spawn(move || {
         let mut out = Vec::new();
         let _ = reader.read_to_end(&mut out);
-        let status = child.wait();
-        let _ = tx.send((out, status));
+        let _ = tx.send(out);
     });
-    let (out, status) = match rx.recv_timeout(SCRIPT_TIMEOUT) {
-        Ok(done) => done,
-        Err(_) => {
-            // Its reaper thread still owns the Child, so the group is still ours.
-            crate::procs::signal_child_group(pid, libc::SIGKILL);
-            return Err(ZulipError(format!(
-                "Zulip script {path} did not finish within {}s",
-                SCRIPT_TIMEOUT.as_secs()
-            )));
-        }
-    };
+    // The child is reaped here and only here, after the wait: until then its pid (and
+    // process group) cannot belong to anyone else, so the kill below hits only the script.
+    if !crate::procs::wait_gone(pid as i32, SCRIPT_TIMEOUT) {
+        crate::procs::signal_child_group(pid, libc::SIGKILL);
+        let _ = child.wait();
+        return Err(ZulipError(format!(
+            "Zulip script {path} did not finish within {}s",
+            SCRIPT_TIMEOUT.as_secs()
+        )));
+    }
+    let status = child.wait();
+    // Whatever the script printed; a helper it left holding the pipe is not waited for long.
+    let out = rx.recv_timeout(SCRIPT_OUTPUT_WAIT).unwrap_or_default();
     let text = String::from_utf8_lossy(&out).trim().to_string();
     match status {
         Ok(s) if s.success() => Ok(text),
@@ -532,6 +552,42 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_defensively() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(retry_after(Some("3"), ten), Duration::from_secs(3));
+        assert_eq!(retry_after(Some("0.5"), ten), Duration::from_millis(500));
+        for absurd in ["1e20", "18446744073709551616"] {
+            assert_eq!(retry_after(Some(absurd), ten), ten, "{absurd}");
+        }
+        for junk in [
+            "-5",
+            "NaN",
+            "inf",
+            "1e400",
+            "soon",
+            "",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(
+                retry_after(Some(junk), ten),
+                Duration::from_secs(1),
+                "{junk:?}"
+            );
+        }
+        assert_eq!(retry_after(None, ten), Duration::from_secs(1));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc2822();
+        let wait = retry_after(Some(&later), ten);
+        assert!(
+            wait > Duration::from_secs(2) && wait <= Duration::from_secs(4),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_after(Some("7"), Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

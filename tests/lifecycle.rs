@@ -308,6 +308,7 @@ fn a_crash_loop_backs_off() {
         ("LOOPER_AUTO_START_WHEN_IDLE", "1".to_string()),
         ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
         ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
+        ("LOOPER_LOG_LEVEL", "DEBUG".into()),
         (
             "FAKE_CODEX",
             "record;print:cannot authenticate;exit:1".into(),
@@ -319,10 +320,22 @@ fn a_crash_loop_backs_off() {
         s["autopoll"]["backoff_until"].is_string().then_some(s)
     });
     assert!(status["autopoll"]["consecutive_crashes"].as_u64().unwrap() >= 3);
-    // Watch for five seconds: the back-off (at least 10 s) holds further starts.
-    std::thread::sleep(std::time::Duration::from_secs(5));
+    // The back-off (at least 10 s) holds further starts: watch 10 ticks skip for it.
     let starts = looper.records().len();
-    assert!((3..=4).contains(&starts), "{starts} starts in about 5 s");
+    let skipped_before = looper.server_log().matches("reason=backoff").count();
+    wait_for("ten ticks held back", || {
+        let skipped = looper.server_log().matches("reason=backoff").count();
+        (skipped >= skipped_before + 10).then_some(())
+    });
+    assert_eq!(
+        looper.records().len(),
+        starts,
+        "a run started during the back-off"
+    );
+    assert!(
+        (3..=4).contains(&starts),
+        "{starts} starts before the back-off"
+    );
     let notices: Vec<String> = z
         .messages()
         .iter()

@@ -226,18 +226,6 @@ fn describe(tree: &[(u64, String)]) -> String {
         .join(" ")
 }
 
-/// The history row of `run_id` once it has ended.
-fn ended_row(looper: &Looper, run_id: &str) -> Value {
-    wait_for(&format!("run {run_id} to end"), || {
-        let runs = looper.get("/runs").body;
-        runs["runs"]
-            .as_array()?
-            .iter()
-            .find(|r| r["run_id"] == run_id && !r["return_code"].is_null())
-            .cloned()
-    })
-}
-
 /// The newest run in the history other than `not`.
 fn newest_run_besides(looper: &Looper, not: &str) -> Value {
     wait_for("a newer run", || {
@@ -274,9 +262,9 @@ fn replaces_a_run_whose_tool_command_sleeps() {
         );
         assert!(!alive(*pid), "{comm}({pid}) still alive");
     }
-    let row = ended_row(&looper, &run_id_of(&second));
+    let row = looper.ended_row(&run_id_of(&second));
     assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
-    let first_row = ended_row(&looper, &run_id_of(&first));
+    let first_row = looper.ended_row(&run_id_of(&first));
     assert_eq!(first_row["stop_reason"], "replaced", "{first_row}");
 }
 
@@ -299,11 +287,11 @@ fn the_loop_goes_on_through_looper_trigger_in_the_sandbox() {
     let first_id = run_id_of(&first);
     let second = newest_run_besides(&looper, &first_id);
     assert_eq!(second["trigger"], "inbox", "{second}");
-    let row = ended_row(&looper, second["run_id"].as_str().unwrap());
+    let row = looper.ended_row(second["run_id"].as_str().unwrap());
     assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
     let log = common::read(row["log_path"].as_str().unwrap());
     assert!(log.contains("second-run-ok"), "{log}");
-    let first_row = ended_row(&looper, &first_id);
+    let first_row = looper.ended_row(&first_id);
     assert_eq!(first_row["stop_reason"], "replaced", "{first_row}");
     let texts: Vec<String> = zulip
         .messages()
@@ -341,7 +329,7 @@ fn the_loop_goes_on_through_the_wrapper_script() {
     assert_eq!(first.status, 200, "{}\n{}", first.body, looper.tail());
     let second = newest_run_besides(&looper, &run_id_of(&first));
     assert_eq!(second["trigger"], "inbox", "{second}");
-    let row = ended_row(&looper, second["run_id"].as_str().unwrap());
+    let row = looper.ended_row(second["run_id"].as_str().unwrap());
     assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
     assert!(common::read(row["log_path"].as_str().unwrap()).contains("wrapper-second-ok"));
 }
@@ -352,27 +340,36 @@ fn the_loop_goes_on_through_the_wrapper_script() {
 #[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
 fn a_handoff_inside_the_startup_check_proceeds() {
     let w = World::new("rc-race", &[]);
-    let looper = w.start(&[]);
+    let looper = std::sync::Arc::new(w.start(&[]));
     let prompt =
         r#"RUN: "$LOOPER_BIN" trigger --message 'quick hand-off' --prompt 'RUN: echo raced-ok'"#;
-    let first = looper.run(json!({"codex_prompt": prompt, "codex_exec_startup_check_seconds": 6}));
+    let l1 = looper.clone();
+    let first = std::thread::spawn(move || {
+        l1.run(json!({"codex_prompt": prompt, "codex_exec_startup_check_seconds": 6}))
+    });
+    // The agent's request reaches the inbox while the first /run still waits out its check.
+    let done = w.ws().join(".looper/inbox/done");
+    wait_for("the hand-off in the inbox", || {
+        std::fs::read_dir(&done).ok()?.next().map(|_| ())
+    });
+    assert!(
+        !first.is_finished(),
+        "the hand-off came after the startup check"
+    );
+    let first = first.join().unwrap();
     assert_eq!(first.status, 200, "{}\n{}", first.body, looper.tail());
     assert!(first.body["codex_exec_result"]["startup_return_code"].is_null());
     let second = newest_run_besides(&looper, &run_id_of(&first));
-    let row = ended_row(&looper, second["run_id"].as_str().unwrap());
+    let row = looper.ended_row(second["run_id"].as_str().unwrap());
     assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
-    let log = looper.server_log();
-    let sent = log
-        .find("inbox.take")
-        .unwrap_or_else(|| panic!("no inbox request:\n{log}"));
-    let first_done = log
-        .find(&format!("run.success request_id={}", run_id_of(&first)))
-        .unwrap();
-    assert!(
-        sent < first_done,
-        "the hand-off came after the startup check:\n{log}"
-    );
-    assert!(!log.contains("busy"), "{log}");
+    let answers: Vec<Value> = std::fs::read_dir(&done)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".answer.json"))
+        .map(|e| serde_json::from_str(&common::read(e.path())).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["status"], 200, "{}", answers[0]);
 }
 
 /// A workspace outside git is refused before any effect; without the check, the real codex
@@ -442,7 +439,7 @@ fn a_prompt_starting_with_a_dash_reaches_codex() {
     let looper = w.start(&[]);
     let a = looper.run(json!({"codex_prompt": "- [ ] take the first item\nRUN: echo dash-ok"}));
     assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
-    let row = ended_row(&looper, &run_id_of(&a));
+    let row = looper.ended_row(&run_id_of(&a));
     assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
     assert!(common::read(row["log_path"].as_str().unwrap()).contains("dash-ok"));
 }

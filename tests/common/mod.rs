@@ -159,6 +159,11 @@ impl Fixture {
     /// fail as on a full disk, `RLIMIT_NOFILE` to run it out of descriptors).
     pub fn start_limited(&self, extra: &[(&str, &str)], limits: &[Limit]) -> Looper {
         let (child, stderr_path) = self.spawn_limited(extra, limits);
+        self.wait_ready(child, stderr_path)
+    }
+
+    /// Waits until the Looper just spawned listens.
+    fn wait_ready(&self, child: Child, stderr_path: PathBuf) -> Looper {
         let mut looper = Looper {
             child: Some(child),
             port: 0,
@@ -184,12 +189,22 @@ impl Fixture {
         looper
     }
 
+    /// [`Fixture::start`] with another working directory than the test's own.
+    pub fn start_in(&self, cwd: &Path, extra: &[(&str, &str)]) -> Looper {
+        let (child, stderr_path) = self.spawn_in(cwd, extra, &[]);
+        self.wait_ready(child, stderr_path)
+    }
+
     /// Spawns Looper without waiting (for start-up failures).
     pub fn spawn(&self, extra: &[(&str, &str)]) -> (Child, PathBuf) {
         self.spawn_limited(extra, &[])
     }
 
     fn spawn_limited(&self, extra: &[(&str, &str)], limits: &[Limit]) -> (Child, PathBuf) {
+        self.spawn_in(&self.dir, extra, limits)
+    }
+
+    fn spawn_in(&self, cwd: &Path, extra: &[(&str, &str)], limits: &[Limit]) -> (Child, PathBuf) {
         let mut env: HashMap<String, String> = self.base_env().into_iter().collect();
         for (k, v) in extra {
             if v.is_empty() {
@@ -204,7 +219,7 @@ impl Fixture {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_looper"));
         cmd.env_clear()
             .envs(env)
-            .current_dir(&self.dir)
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -335,6 +350,18 @@ impl Looper {
             status: response.status_code,
             body,
         }
+    }
+
+    /// The history row of `run_id` once the run has ended.
+    pub fn ended_row(&self, run_id: &str) -> Value {
+        wait_for(&format!("run {run_id} to end"), || {
+            let runs = self.get("/runs").body;
+            runs["runs"]
+                .as_array()?
+                .iter()
+                .find(|r| r["run_id"] == run_id && !r["return_code"].is_null())
+                .cloned()
+        })
     }
 
     /// Every record the fake codex wrote, oldest first.
