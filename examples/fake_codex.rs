@@ -8,6 +8,7 @@
 //! - `print:<text>` / `stderr:<text>`: a line on stdout / stderr;
 //! - `flood:<bytes>`: that many bytes of 100-byte lines on stdout, as fast as it can;
 //! - `sleep:<seconds>`; `exit:<code>`; `await:<path>`: wait until that file exists;
+//! - `chatter:<n>`: `line 0` to `line <n-1>` on stdout, one every 20 ms;
 //! - `ignore-term`: ignore SIGTERM from now on (helpers started later inherit that);
 //! - `grandchild`: start a helper (`fake-tool`) in a process group of its own, without
 //!   `LOOPER_RUN_ID`, like codex's tool commands; it sleeps until killed;
@@ -66,6 +67,13 @@ fn main() {
             "record" => record(&args, &helpers),
             "print" => println!("{arg}"),
             "stderr" => eprintln!("{arg}"),
+            "chatter" => {
+                for i in 0..arg.parse::<u32>().expect("chatter:<n>") {
+                    println!("line {i}");
+                    let _ = std::io::stdout().flush();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             "flood" => flood(arg.parse().expect("flood:<bytes>")),
             "sleep" => std::thread::sleep(Duration::from_secs_f64(arg.parse().expect("sleep:<s>"))),
             "await" => {

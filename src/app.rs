@@ -97,6 +97,9 @@ pub enum StopReason {
     Hung,
     /// Looper shut down.
     Shutdown,
+    /// Someone else ended it with SIGTERM, SIGINT or SIGHUP (a person, a script, the
+    /// system): no crash.
+    External,
 }
 
 impl StopReason {
@@ -105,6 +108,7 @@ impl StopReason {
             StopReason::Replaced => "replaced",
             StopReason::Hung => "hung",
             StopReason::Shutdown => "shutdown",
+            StopReason::External => "external",
         }
     }
 }
@@ -411,6 +415,13 @@ impl App {
             let live = runs.live.iter().find(|r| r.run_id == run_id)?.clone();
             (live, runs.stopping.get(run_id).copied())
         };
+        // Ended by a polite signal Looper did not send: stopped from outside.
+        let external = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].map(|sig| -sig);
+        let reason = reason.or_else(|| {
+            external
+                .contains(&return_code)
+                .then_some(StopReason::External)
+        });
         let elapsed = live.started.elapsed();
         let duration_seconds = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
         let ended_at = chrono::Local::now().to_rfc3339();

@@ -31,7 +31,9 @@ fn any_live_run(app: &App) -> Option<bool> {
     if !app.runs().live.is_empty() {
         return Some(true);
     }
-    run::find_runs(app, None, None).ok().map(|r| !r.is_empty())
+    run::find_runs(app, None, None, &app.cfg.workspace)
+        .ok()
+        .map(|r| !r.is_empty())
 }
 
 /// One autopoll tick; `first` ignores the staleness window. It decides without the run

@@ -40,6 +40,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_NOTIFY_ON_EXIT",
     "LOOPER_ALLOW_UNAUTHENTICATED",
     "LOOPER_REQUIRE_GIT",
+    "LOOPER_SERVER_LOG_MAX_BYTES",
+    "LOOPER_STOP_SCOPE",
     "ZULIP_SITE",
     "ZULIP_BOT_EMAIL",
     "ZULIP_BOT_API_KEY",
@@ -52,6 +54,28 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_ZULIP_TIMEOUT_SECONDS",
 ];
 
+/// Which live runs a trigger stops (`LOOPER_STOP_SCOPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopScope {
+    /// Every live `codex exec` of the user (the original's behaviour).
+    All,
+    /// Only runs whose workspace is the new run's, with everything they started.
+    Workspace,
+    /// Only the runs this Looper started.
+    Own,
+}
+
+impl StopScope {
+    fn parse(raw: &str) -> Option<StopScope> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "all" => Some(StopScope::All),
+            "workspace" => Some(StopScope::Workspace),
+            "own" => Some(StopScope::Own),
+            _ => None,
+        }
+    }
+}
+
 /// The validated configuration of one server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,6 +86,8 @@ pub struct Config {
     pub log_level: LevelFilter,
     pub log_dir: PathBuf,
     pub server_log_path: PathBuf,
+    /// Rotate the server log before it grows past this many bytes (`0`: never).
+    pub server_log_max_bytes: u64,
     pub codex_exec_binary: Option<String>,
     pub exec_delay: Duration,
     pub startup_check: Duration,
@@ -79,6 +105,8 @@ pub struct Config {
     pub hung_run: Duration,
     pub notify_on_exit: bool,
     pub allow_unauthenticated: bool,
+    /// Which runs a trigger stops.
+    pub stop_scope: StopScope,
     /// Refuse workspaces outside a git work tree before any effect (codex refuses them).
     pub require_git: bool,
     /// The directory relative paths (binary candidates) are taken from.
@@ -227,6 +255,22 @@ impl Config {
             Some(p) => absolute(cwd, p),
             None => log_dir.join("looper-server.log"),
         };
+        let server_log_max_bytes = match v.get("LOOPER_SERVER_LOG_MAX_BYTES") {
+            None => 16 * 1024 * 1024,
+            Some(raw) => raw.parse::<u64>().map_err(|_| {
+                ConfigError(format!(
+                    "LOOPER_SERVER_LOG_MAX_BYTES: expected a whole number of bytes (0 = never rotate), got {raw:?}"
+                ))
+            })?,
+        };
+        let stop_scope = match v.get("LOOPER_STOP_SCOPE") {
+            None => StopScope::All,
+            Some(raw) => StopScope::parse(raw).ok_or_else(|| {
+                ConfigError(format!(
+                    "LOOPER_STOP_SCOPE: expected all, workspace or own, got {raw:?}"
+                ))
+            })?,
+        };
         let workspace = v
             .get("LOOPER_WORKSPACE")
             .map(|p| absolute(cwd, p))
@@ -266,6 +310,8 @@ impl Config {
             log_level,
             log_dir,
             server_log_path,
+            server_log_max_bytes,
+            stop_scope,
             codex_exec_binary: v.get("CODEX_EXEC_BINARY").map(str::to_string),
             exec_delay: v.seconds("CODEX_EXEC_DELAY_SECONDS", 1.0)?,
             startup_check: v.seconds("CODEX_EXEC_STARTUP_CHECK_SECONDS", 1.0)?,
@@ -334,6 +380,8 @@ mod tests {
             ("LOOPER_AUTO_START_WHEN_IDLE", "maybe"),
             ("LOOPER_LOG_LEVEL", "loud"),
             ("LOOPER_LOG_RETENTION", "-3"),
+            ("LOOPER_SERVER_LOG_MAX_BYTES", "16M"),
+            ("LOOPER_STOP_SCOPE", "mine"),
         ] {
             let err = cfg(&[(key, value)]).unwrap_err();
             assert!(err.0.starts_with(key), "{key}={value}: {err}");

@@ -8,15 +8,94 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+/// Rotated server logs kept beside the current one: `.1` (newest) to `.3`.
+const ROTATED_KEPT: u32 = 3;
+
 /// Where every server-log line goes. One lock keeps the two copies in the same order.
 pub struct Sink {
-    file: Mutex<Option<File>>,
+    file: Mutex<LogFile>,
     to_stderr: bool,
+}
+
+/// The server log file and what rotating it needs.
+struct LogFile {
+    file: Option<File>,
+    path: PathBuf,
+    /// Bytes in the current file.
+    size: u64,
+    /// Rotate before the file would grow past this (`0`: never).
+    max_bytes: u64,
+}
+
+impl LogFile {
+    /// Writes whole lines, rotating first whenever the next lines would not fit, so that a
+    /// line is never split between two files (a single line longer than the limit gets a
+    /// file to itself).
+    fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = self.max_bytes.saturating_sub(self.size) as usize;
+            if self.max_bytes == 0 || bytes.len() <= room {
+                self.append(bytes);
+                return;
+            }
+            let fits = bytes[..room]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map(|i| i + 1);
+            let n = match fits {
+                Some(n) => n,
+                None if self.size == 0 => bytes
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |i| i + 1),
+                None => 0,
+            };
+            self.append(&bytes[..n]);
+            bytes = &bytes[n..];
+            if !bytes.is_empty() && !self.rotate() {
+                // Cannot rotate (say, the directory went read-only): keep writing here.
+                self.append(bytes);
+                return;
+            }
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if let Some(f) = self.file.as_mut() {
+            if f.write_all(bytes).is_ok() {
+                self.size += bytes.len() as u64;
+            }
+        }
+    }
+
+    /// `looper-server.log` becomes `.1`, `.1` becomes `.2`, ..., the oldest goes; a fresh
+    /// file follows. Whether it worked.
+    fn rotate(&mut self) -> bool {
+        let numbered = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        for n in (1..ROTATED_KEPT).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if std::fs::rename(&self.path, numbered(1)).is_err() {
+            return false;
+        }
+        match open_append(&self.path) {
+            Ok(f) => {
+                self.file = Some(f);
+                self.size = 0;
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl Sink {
@@ -27,9 +106,7 @@ impl Sink {
         if self.to_stderr {
             let _ = io::stderr().lock().write_all(bytes);
         }
-        if let Some(f) = file.as_mut() {
-            let _ = f.write_all(bytes);
-        }
+        file.write(bytes);
     }
 }
 
@@ -108,12 +185,19 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Opens the server log for appending and installs the logger. Fails when the file cannot
-/// be opened, which stops the server at start.
-pub fn init(path: &Path, level: LevelFilter) -> io::Result<()> {
+/// Opens the server log for appending and installs the logger; the log is rotated before
+/// it grows past `max_bytes` (`0`: never). Fails when the file cannot be opened, which stops
+/// the server at start.
+pub fn init(path: &Path, level: LevelFilter, max_bytes: u64) -> io::Result<()> {
     let file = open_append(path)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = SINK.set(Sink {
-        file: Mutex::new(Some(file)),
+        file: Mutex::new(LogFile {
+            file: Some(file),
+            path: path.to_path_buf(),
+            size,
+            max_bytes,
+        }),
         to_stderr: true,
     });
     if log::set_boxed_logger(Box::new(ServerLogger { level })).is_ok() {
@@ -177,6 +261,46 @@ mod tests {
         assert_eq!(Q("two words").to_string(), "\"two words\"");
         assert_eq!(Q("a=b").to_string(), "\"a=b\"");
         assert_eq!(Q("line\nbreak").to_string(), "\"line\\nbreak\"");
+    }
+
+    #[test]
+    fn rotation_keeps_three_files_and_never_splits_a_line() {
+        let dir = std::env::temp_dir().join(format!("looper-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("looper-server.log");
+        let mut log = LogFile {
+            file: Some(open_append(&path).unwrap()),
+            path: path.clone(),
+            size: 0,
+            max_bytes: 100,
+        };
+        for i in 0..40 {
+            // Batches of several lines, as the mirror writes them.
+            log.write(format!("line {i:02} aaaaaaaa\nline {i:02} bbbbbbbb\n").as_bytes());
+        }
+        let mut long = vec![b'z'; 250];
+        long.push(b'\n');
+        log.write(&long);
+        log.write(b"after\n");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        for n in 1..=3 {
+            let text = read(&dir.join(format!("looper-server.log.{n}")));
+            assert!(!text.is_empty() && text.ends_with('\n'), ".{n}: {text:?}");
+            assert!(
+                text.len() <= 100 || !text.trim_end().contains('\n'),
+                ".{n}: {text:?}"
+            );
+        }
+        assert!(!dir.join("looper-server.log.4").exists());
+        assert_eq!(read(&path), "after\n");
+        assert_eq!(
+            read(&dir.join("looper-server.log.1")).len(),
+            251,
+            "the long line alone"
+        );
+        let older = read(&dir.join("looper-server.log.3"));
+        assert!(older.lines().all(|l| l.len() == 16), "{older:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

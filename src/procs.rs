@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::logging::Q;
@@ -49,6 +49,47 @@ pub struct ProcInfo {
     pub run_id: Option<String>,
     /// The value of `LOOPER_URL` in its environment, if any.
     pub looper_url: Option<String>,
+    /// Its working directory, when it can be read.
+    pub cwd: Option<PathBuf>,
+}
+
+impl ProcInfo {
+    /// The workspace of a `codex exec` process: its `-C`/`--cd` argument (relative to its
+    /// working directory), else its working directory.
+    pub fn workspace(&self) -> Option<PathBuf> {
+        let mut args = self.argv.iter().skip(1);
+        let mut named = None;
+        while let Some(a) = args.next() {
+            if a == "-C" || a == "--cd" {
+                named = args.next().cloned();
+            } else if let Some(v) = a.strip_prefix("--cd=") {
+                named = Some(v.to_string());
+            } else if a == "--" {
+                break;
+            }
+        }
+        match named {
+            Some(dir) => Some(match &self.cwd {
+                Some(cwd) => cwd.join(dir),
+                None => PathBuf::from(dir),
+            }),
+            None => self.cwd.clone(),
+        }
+    }
+}
+
+/// Which runs a selection takes (when it is not a shutdown's list of run ids).
+pub enum Scope<'a> {
+    /// Every live codex exec run of the user, and every process of ours.
+    All,
+    /// Only processes carrying a run id of ours.
+    Own,
+    /// Only codex exec runs whose workspace is `dir` (canonical), and processes carrying one
+    /// of `run_ids` (runs of that workspace).
+    Workspace {
+        dir: &'a Path,
+        run_ids: &'a HashSet<String>,
+    },
 }
 
 /// `(ppid, start_time)` from `/proc/<pid>/stat`, or `None` for a zombie or a gone process.
@@ -136,6 +177,7 @@ fn scan_in(proc: &Path, uid: u32) -> std::io::Result<Vec<ProcInfo>> {
             argv,
             run_id,
             looper_url,
+            cwd: fs::read_link(base.join("cwd")).ok(),
         });
     }
     Ok(out)
@@ -218,6 +260,8 @@ pub struct Selector<'a> {
     pub looper_url: &'a str,
     /// Only these run ids, when stopping the runs of this server at shutdown.
     pub only_run_ids: Option<&'a HashSet<String>>,
+    /// Otherwise, which runs (`LOOPER_STOP_SCOPE`).
+    pub scope: Scope<'a>,
     /// Processes to stop whatever they look like (the children Looper spawned itself), each
     /// named by pid and start time, so that a pid reused since is left alone.
     pub extra_pids: &'a [(i32, u64)],
@@ -238,7 +282,20 @@ pub fn select(table: &[ProcInfo], sel: &Selector) -> Vec<ProcInfo> {
         .iter()
         .filter(|p| match sel.only_run_ids {
             Some(ids) => ours(p) && p.run_id.as_ref().is_some_and(|id| ids.contains(id)),
-            None => ours(p) || is_codex_exec(&p.argv, sel.names),
+            None => match &sel.scope {
+                Scope::All => ours(p) || is_codex_exec(&p.argv, sel.names),
+                Scope::Own => ours(p),
+                Scope::Workspace { dir, run_ids } => {
+                    let of_run =
+                        ours(p) && p.run_id.as_ref().is_some_and(|id| run_ids.contains(id));
+                    let in_dir = || {
+                        p.workspace()
+                            .and_then(|w| w.canonicalize().ok())
+                            .is_some_and(|w| w == *dir)
+                    };
+                    of_run || (is_codex_exec(&p.argv, sel.names) && in_dir())
+                }
+            },
         })
         .map(|p| p.pid)
         .chain(
@@ -387,34 +444,39 @@ pub struct Stop {
 }
 
 impl Stop {
-    /// Sends SIGTERM to each of `procs` not signalled yet (checked by start time first: one
-    /// gone, a zombie, or another process now is skipped). Returns how many were signalled.
+    /// Sends SIGTERM to each of `procs` not signalled yet. All of them are pinned first (a
+    /// pidfd, and the start time checked: one gone, a zombie, or another process now is
+    /// left out), then signalled, so that a process that dies because its parent was just
+    /// signalled still counts as stopped by this stop. Returns how many were taken.
     pub fn terminate(&mut self, procs: &[ProcInfo]) -> usize {
-        let mut sent = 0;
-        for p in procs {
-            if self.covers(p) {
-                continue;
-            }
-            let fd = pidfd_open(p.pid);
-            if read_stat(p.pid).map(|(_, start)| start) != Some(p.start_time) {
-                continue;
-            }
-            let t = Target {
-                pid: p.pid,
-                start_time: p.start_time,
-                fd,
-            };
-            if t.signal(libc::SIGTERM) {
+        let pinned: Vec<(Target, &ProcInfo)> = procs
+            .iter()
+            .filter(|p| !self.covers(p))
+            .filter_map(|p| {
+                let fd = pidfd_open(p.pid);
+                (read_stat(p.pid).map(|(_, start)| start) == Some(p.start_time)).then(|| {
+                    let t = Target {
+                        pid: p.pid,
+                        start_time: p.start_time,
+                        fd,
+                    };
+                    (t, p)
+                })
+            })
+            .collect();
+        let mut taken = 0;
+        for (t, p) in pinned {
+            if t.signal(libc::SIGTERM) || t.exited() {
                 let argv0 = p.argv.first().map(String::as_str).unwrap_or("?");
                 log::debug!("process.kill.term pid={} argv0={}", p.pid, Q(argv0));
                 self.targets.push(t);
-                sent += 1;
-            } else if !t.exited() {
+                taken += 1;
+            } else {
                 log::warn!("process.kill.denied pid={}", p.pid);
                 self.denied.push(p.pid);
             }
         }
-        sent
+        taken
     }
 
     /// Whether `p` was signalled by this stop already, or cannot be.
@@ -604,6 +666,7 @@ mod tests {
             argv: argv(cmd),
             run_id: run.map(|r| r.0.to_string()),
             looper_url: run.map(|r| r.1.to_string()),
+            cwd: None,
         }
     }
 
@@ -630,6 +693,7 @@ mod tests {
             names: &names,
             looper_url: url,
             only_run_ids: None,
+            scope: Scope::All,
             extra_pids: &[],
             self_pid: 10,
         };
@@ -651,6 +715,7 @@ mod tests {
             names: &names,
             looper_url: url,
             only_run_ids: None,
+            scope: Scope::All,
             extra_pids: &[],
             self_pid: 21,
         };
@@ -671,6 +736,7 @@ mod tests {
             names: &names,
             looper_url: url,
             only_run_ids: Some(&ids),
+            scope: Scope::All,
             extra_pids: &[],
             self_pid: 5,
         };
@@ -692,6 +758,7 @@ mod tests {
                 names: &names,
                 looper_url: "u",
                 only_run_ids: None,
+                scope: Scope::All,
                 extra_pids: extra,
                 self_pid: 5,
             };
@@ -703,6 +770,22 @@ mod tests {
             select_with(&[(20, 19)]).is_empty(),
             "a reused pid was taken"
         );
+    }
+
+    #[test]
+    fn a_runs_workspace_is_its_cd_argument_else_its_directory() {
+        let mut p = proc(
+            20,
+            1,
+            "codex --ask-for-approval never exec -C ws -- -C x",
+            None,
+        );
+        p.cwd = Some("/home/me".into());
+        assert_eq!(p.workspace(), Some(PathBuf::from("/home/me/ws")));
+        p.argv = argv("codex exec --cd=/abs hi");
+        assert_eq!(p.workspace(), Some(PathBuf::from("/abs")));
+        p.argv = argv("codex exec hi");
+        assert_eq!(p.workspace(), Some(PathBuf::from("/home/me")));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::app::{App, Finished, LiveRun, StopReason};
 use crate::codex;
+use crate::config::StopScope;
 use crate::config::MAX_SECONDS;
 use crate::history::Row;
 use crate::logging::Q;
@@ -313,6 +314,7 @@ pub fn find_runs(
     app: &App,
     binary: Option<&Path>,
     only_run_ids: Option<&HashSet<String>>,
+    workspace: &Path,
 ) -> Result<Vec<procs::ProcInfo>, ApiError> {
     let (names, ours) = {
         let runs = app.runs();
@@ -337,12 +339,53 @@ pub fn find_runs(
             ),
         )
     })?;
+    // LOOPER_STOP_SCOPE=workspace: the runs of this workspace only, ours and earlier
+    // Loopers' (known from the history) included.
+    let dir = workspace
+        .canonicalize()
+        .unwrap_or_else(|_| workspace.to_path_buf());
+    let same_dir = |w: &Path| w.canonicalize().is_ok_and(|w| w == dir);
+    let (scope_ids, ours): (HashSet<String>, Vec<(i32, u64)>) = match app.cfg.stop_scope {
+        StopScope::Workspace => {
+            let runs = app.runs();
+            let ids = app
+                .history
+                .newest(crate::history::MAX_ROWS)
+                .into_iter()
+                .filter(|r| same_dir(&r.workspace))
+                .map(|r| r.run_id)
+                .chain(
+                    runs.live
+                        .iter()
+                        .filter(|r| same_dir(&r.workspace))
+                        .map(|r| r.run_id.clone()),
+                )
+                .collect();
+            let pids = runs
+                .live
+                .iter()
+                .filter(|r| same_dir(&r.workspace))
+                .filter_map(|r| Some((r.pid as i32, r.start_time?)))
+                .collect();
+            (ids, pids)
+        }
+        _ => (HashSet::new(), ours),
+    };
+    let scope = match app.cfg.stop_scope {
+        StopScope::All => procs::Scope::All,
+        StopScope::Own => procs::Scope::Own,
+        StopScope::Workspace => procs::Scope::Workspace {
+            dir: &dir,
+            run_ids: &scope_ids,
+        },
+    };
     Ok(procs::select(
         &table,
         &procs::Selector {
             names: &names,
             looper_url: &app.url,
             only_run_ids,
+            scope,
             extra_pids: &ours,
             self_pid: std::process::id() as i32,
         },
@@ -355,10 +398,11 @@ pub fn stop_runs(
     app: &App,
     binary: Option<&Path>,
     only_run_ids: Option<&HashSet<String>>,
+    workspace: &Path,
     request_id: &str,
     reason: StopReason,
 ) -> Result<procs::StopReport, ApiError> {
-    let mut targets = find_runs(app, binary, only_run_ids)?;
+    let mut targets = find_runs(app, binary, only_run_ids, workspace)?;
     let mark_ours = |targets: &[procs::ProcInfo]| {
         // Our runs among the targets die on purpose: not crashes, and their history says why.
         let mut runs = app.runs();
@@ -393,7 +437,7 @@ pub fn stop_runs(
         if Instant::now() >= deadline {
             break;
         }
-        targets = match find_runs(app, binary, only_run_ids) {
+        targets = match find_runs(app, binary, only_run_ids, workspace) {
             Ok(t) => t,
             Err(_) => break,
         };
@@ -569,6 +613,7 @@ pub fn execute_replacing(
         app,
         plan.binary.as_ref().map(|b| b.0.as_path()),
         None,
+        &plan.workspace,
         request_id,
         stop_reason,
     )?;

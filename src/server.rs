@@ -99,7 +99,12 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         .map_err(|e| StartError::Io(format!("cannot read the working directory: {e}")))?;
     let cfg = Config::from_env(env, &cwd).map_err(StartError::Config)?;
     prepare_dirs(&cfg)?;
-    logging::init(&cfg.server_log_path, cfg.log_level).map_err(|e| {
+    logging::init(
+        &cfg.server_log_path,
+        cfg.log_level,
+        cfg.server_log_max_bytes,
+    )
+    .map_err(|e| {
         StartError::Io(format!(
             "LOOPER_SERVER_LOG_PATH: cannot write to {}: {e}",
             cfg.server_log_path.display()
@@ -193,9 +198,14 @@ fn shutdown(app: &App) {
     let ids: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
-        if let Err(e) =
-            crate::run::stop_runs(app, None, Some(&ids), "shutdown", StopReason::Shutdown)
-        {
+        if let Err(e) = crate::run::stop_runs(
+            app,
+            None,
+            Some(&ids),
+            &app.cfg.workspace,
+            "shutdown",
+            StopReason::Shutdown,
+        ) {
             log::error!("server.stop.failed error={}", Q(&e.message));
         }
     }

@@ -1,0 +1,173 @@
+//! Black-box tests of faults around the loop (SPEC §12): runs that outlive Looper, loops side
+//! by side, stops from outside, a bounded server log.
+
+mod common;
+
+use std::path::Path;
+
+use common::{alive, pid_of, wait_for, FakeZulip, Fixture};
+use serde_json::json;
+
+/// A chatty run outlives a `kill -9` of Looper with every line in its log (the run writes
+/// its log itself), and the next Looper completes its history row.
+#[test]
+fn a_run_outlives_a_killed_looper_with_every_line() {
+    let fx = Fixture::new("kill9");
+    let mut looper = fx.start(&[("FAKE_CODEX", "record;chatter:100;exit:0")]);
+    let a = looper.run(json!({"codex_prompt": "chatty"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let pid = pid_of(&a);
+    let log_path = a.body["codex_exec_result"]["log_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the first lines", || {
+        common::read(&log_path).contains("line 5\n").then_some(())
+    });
+    looper.signal(libc::SIGKILL);
+    looper.wait_exit();
+    wait_for("the run to finish on its own", || {
+        (!alive(pid)).then_some(())
+    });
+    let text = common::read(&log_path);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("line ")).collect();
+    let expected: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected, "lines lost after Looper died");
+    // The next Looper completes the row of the run that ended while no one watched.
+    let next = fx.start(&[]);
+    let runs = next.get("/runs").body;
+    let row = &runs["runs"][0];
+    assert_eq!(row["run_id"], a.body["run_id"]);
+    assert!(row["ended_at"].is_string(), "{row}");
+    // No trailer (no one was there to write it): the return code is unknown.
+    assert!(row["return_code"].is_null(), "{row}");
+}
+
+/// Two Loopers with `LOOPER_STOP_SCOPE=workspace`, one per repository, leave each other's
+/// runs alone while each still replaces its own; `own` leaves even a codex started by hand
+/// in the same workspace alone.
+#[test]
+fn loops_side_by_side_leave_each_other_alone() {
+    let fx = Fixture::new("scope");
+    let ws2 = fx.path("ws2");
+    common::make_git_repo(&ws2);
+    let logs2 = fx.path("logs2");
+    let one = fx.start(&[("LOOPER_STOP_SCOPE", "workspace")]);
+    let two = fx.start_owned(&[
+        ("LOOPER_STOP_SCOPE", "workspace".into()),
+        ("LOOPER_WORKSPACE", ws2.to_string_lossy().into_owned()),
+        ("CODEX_EXEC_LOG_DIR", logs2.to_string_lossy().into_owned()),
+    ]);
+    let a1 = one.run(json!({"codex_prompt": "in ws"}));
+    let b1 = two.run(json!({"codex_prompt": "in ws2"}));
+    assert_eq!(
+        (a1.status, b1.status),
+        (200, 200),
+        "{} {}",
+        a1.body,
+        b1.body
+    );
+    let a2 = one.run(json!({"codex_prompt": "in ws again"}));
+    assert_eq!(a2.status, 200, "{}", a2.body);
+    assert!(!alive(pid_of(&a1)), "its own run was not replaced");
+    assert!(alive(pid_of(&b1)), "the other loop's run was stopped");
+    let b2 = two.run(json!({"codex_prompt": "in ws2 again"}));
+    assert_eq!(b2.status, 200, "{}", b2.body);
+    assert!(!alive(pid_of(&b1)));
+    assert!(alive(pid_of(&a2)), "the other loop's run was stopped");
+    drop((one, two));
+
+    // `own`: a codex exec started by hand in the very same workspace is left alone.
+    let mut by_hand = std::process::Command::new(&fx.codex_path)
+        .args(["--ask-for-approval", "never", "exec", "-C"])
+        .arg(fx.path("ws"))
+        .arg("by hand")
+        .env("FAKE_CODEX", "sleep:600")
+        .spawn()
+        .expect("start a run by hand");
+    let own = fx.start(&[("LOOPER_STOP_SCOPE", "own")]);
+    let c1 = own.run(json!({"codex_prompt": "first"}));
+    let c2 = own.run(json!({"codex_prompt": "second"}));
+    assert_eq!((c1.status, c2.status), (200, 200));
+    assert!(!alive(pid_of(&c1)));
+    let hand_alive = alive(u64::from(by_hand.id()));
+    let _ = by_hand.kill();
+    let _ = by_hand.wait();
+    assert!(hand_alive, "scope own stopped a run it did not start");
+}
+
+/// Runs ended from outside (SIGTERM, SIGINT, SIGHUP that Looper did not send) are no
+/// crashes: three in a row start no back-off and no "keeps failing" announcement, and
+/// their rows say `external`.
+#[test]
+fn stops_from_outside_are_no_crashes() {
+    let fx = Fixture::new("external");
+    let z = FakeZulip::start();
+    let looper = fx.start_owned(&[
+        ("ZULIP_SITE", z.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
+        ("ZULIP_BOT_API_KEY", "k".into()),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1".into()),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
+    ]);
+    for (i, sig) in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGTERM]
+        .into_iter()
+        .enumerate()
+    {
+        let rec = wait_for("autopoll to start a run", || {
+            looper.records().into_iter().nth(i)
+        });
+        let pid = rec["pid"].as_u64().unwrap();
+        // SAFETY: kill(2) on the fake codex this test's Looper started for it.
+        unsafe { libc::kill(pid as i32, sig) };
+        let row = looper.ended_row(rec["looper_run_id"].as_str().unwrap());
+        assert_eq!(row["stop_reason"], "external", "{row}");
+    }
+    let status = looper.get("/status").body;
+    assert_eq!(status["autopoll"]["consecutive_crashes"], 0, "{status}");
+    assert!(status["autopoll"]["backoff_until"].is_null(), "{status}");
+    assert!(z.messages().is_empty(), "announced: {:?}", z.messages());
+}
+
+/// A flood of mirrored output leaves the server log capped and rotated to `.1`–`.3`, with
+/// no line lost in the middle or split between files.
+#[test]
+fn a_flood_leaves_the_server_log_capped_and_rotated() {
+    let fx = Fixture::new("rotate");
+    let looper = fx.start(&[
+        ("LOOPER_SERVER_LOG_MAX_BYTES", "200000"),
+        ("FAKE_CODEX", "record;flood:3000000;exit:0"),
+    ]);
+    let a = looper.run(json!({"codex_prompt": "flood"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    looper.ended_row(a.body["run_id"].as_str().unwrap());
+    let log_dir = fx.path("logs");
+    let file = |suffix: &str| log_dir.join(format!("looper-server.log{suffix}"));
+    for suffix in ["", ".1", ".2", ".3"] {
+        let path = file(suffix);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            size > 0 && size <= 200_000,
+            "{}: {size} bytes",
+            path.display()
+        );
+        check_whole_lines(&path);
+    }
+    assert!(!file(".4").exists(), "more than three rotated logs kept");
+    assert_eq!(looper.get("/health").status, 200);
+}
+
+/// Every line of a server log is a whole event or a whole mirrored line.
+fn check_whole_lines(path: &Path) {
+    let text = common::read(path);
+    assert!(text.ends_with('\n'), "{} ends mid-line", path.display());
+    for line in text.lines() {
+        let event = line.starts_with("20") && line.contains(" INFO ")
+            || line.contains(" WARNING ")
+            || line.contains(" DEBUG ")
+            || line.contains(" ERROR ");
+        let mirrored = line.len() == 99 && line.bytes().all(|b| b == b'x');
+        assert!(event || mirrored, "{}: split line {line:?}", path.display());
+    }
+}
