@@ -78,12 +78,18 @@ impl LineCarry {
     fn feed(&mut self, sink: &crate::logging::Sink, chunk: &[u8]) {
         match chunk.iter().rposition(|b| *b == b'\n') {
             Some(last) => {
-                if self.carry.is_empty() {
-                    sink.write(&chunk[..=last]);
-                } else {
-                    self.carry.extend_from_slice(&chunk[..=last]);
+                let mut whole = &chunk[..=last];
+                if !self.carry.is_empty() {
+                    // Complete the carried line alone (no copy of the whole chunk); the
+                    // rest goes out as it is. Each write holds whole lines only.
+                    let first = whole.iter().position(|b| *b == b'\n').unwrap_or(last);
+                    self.carry.extend_from_slice(&whole[..=first]);
                     sink.write(&self.carry);
                     self.carry.clear();
+                    whole = &whole[first + 1..];
+                }
+                if !whole.is_empty() {
+                    sink.write(whole);
                 }
                 self.carry.extend_from_slice(&chunk[last + 1..]);
             }
@@ -105,7 +111,7 @@ impl LineCarry {
 }
 
 /// Mirrors the log's new bytes from `*offset` on (up to `end`, else at most
-/// [`MIRROR_ROUND`]) into the server log.
+/// [`MIRROR_ROUND`]) into the server log. Whether it stopped at that bound (more may wait).
 fn mirror_new(
     file: &mut File,
     offset: &mut u64,
@@ -113,21 +119,22 @@ fn mirror_new(
     lines: &mut LineCarry,
     sink: &crate::logging::Sink,
     buf: &mut [u8],
-) {
+) -> bool {
     let limit = end.unwrap_or(*offset + MIRROR_ROUND);
     if file.seek(SeekFrom::Start(*offset)).is_err() {
-        return;
+        return false;
     }
     while *offset < limit {
         let want = ((limit - *offset) as usize).min(buf.len());
         match file.read(&mut buf[..want]) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return false,
             Ok(n) => {
                 *offset += n as u64;
                 lines.feed(sink, &buf[..n]);
             }
         }
     }
+    true
 }
 
 /// Watches `child` until it exits — its exit, not the end of its output: a background
@@ -144,8 +151,11 @@ pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i3
         let mut lines = LineCarry { carry: Vec::new() };
         let mut buf = vec![0u8; MIRROR_CHUNK];
         let mut offset = from;
+        let mut behind = false;
         loop {
-            let exited = crate::procs::wait_gone(pid, MIRROR_POLL);
+            // Behind a flood: look at the child without waiting, and read on.
+            let poll = if behind { Duration::ZERO } else { MIRROR_POLL };
+            let exited = crate::procs::wait_gone(pid, poll);
             if exited {
                 // What was written up to the exit; later writers are not waited for.
                 let end = file.metadata().map(|m| m.len()).unwrap_or(offset);
@@ -159,7 +169,7 @@ pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i3
                 );
                 break;
             }
-            mirror_new(&mut file, &mut offset, None, &mut lines, sink, &mut buf);
+            behind = mirror_new(&mut file, &mut offset, None, &mut lines, sink, &mut buf);
         }
         lines.finish(sink);
     }
