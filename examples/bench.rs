@@ -271,9 +271,9 @@ fn copy_run(b: &Bins, dir: &Path, mirror: bool) -> Copy {
     let history = std::fs::read_to_string(dir.join("logs/runs.jsonl")).unwrap_or_default();
     let secs = history
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|row| row["duration_seconds"].as_f64())
-        .last()
+        .find_map(|row| row["duration_seconds"].as_f64())
         .unwrap_or_else(|| t0.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(dir.join("logs"));
     Copy {

@@ -9,6 +9,8 @@
 //! - `flood:<bytes>`: that many bytes of 100-byte lines on stdout, as fast as it can;
 //! - `sleep:<seconds>`; `exit:<code>`; `await:<path>`: wait until that file exists;
 //! - `chatter:<n>`: `line 0` to `line <n-1>` on stdout, one every 20 ms;
+//! - `exit-if-prompt:<prompt>:<code>`: exit with that code when the prompt (the last
+//!   argument) is exactly `<prompt>`;
 //! - `ignore-term`: ignore SIGTERM from now on (helpers started later inherit that);
 //! - `grandchild`: start a helper (`fake-tool`) in a process group of its own, without
 //!   `LOOPER_RUN_ID`, like codex's tool commands; it sleeps until killed;
@@ -67,6 +69,12 @@ fn main() {
             "record" => record(&args, &helpers),
             "print" => println!("{arg}"),
             "stderr" => eprintln!("{arg}"),
+            "exit-if-prompt" => {
+                let (prompt, code) = arg.rsplit_once(':').expect("exit-if-prompt:<p>:<code>");
+                if args.last().map(String::as_str) == Some(prompt) {
+                    std::process::exit(code.parse().expect("a code"));
+                }
+            }
             "chatter" => {
                 for i in 0..arg.parse::<u32>().expect("chatter:<n>") {
                     println!("line {i}");

@@ -194,6 +194,8 @@ fn status(app: &App) -> Value {
             "next_tick_at": if app.cfg.autopoll { poll.next_tick_at } else { None },
             "backoff_until": backoff_until,
             "consecutive_crashes": poll.crashes,
+            "paused_until": poll.paused_until.map(|t| t.to_rfc3339()),
+            "pause_reason": poll.paused_until.map(|_| "usage_limit"),
         },
         "version": env!("CARGO_PKG_VERSION"),
     })

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::history::{History, Row};
+use crate::limits::UsageLimit;
 
 /// Exits we remember for the startup check and stale hand-offs.
 const RECENT_EXITS: usize = 32;
@@ -100,6 +101,8 @@ pub enum StopReason {
     /// Someone else ended it with SIGTERM, SIGINT or SIGHUP (a person, a script, the
     /// system): no crash.
     External,
+    /// It ended on codex's usage limit: no crash either.
+    UsageLimit,
 }
 
 impl StopReason {
@@ -109,6 +112,7 @@ impl StopReason {
             StopReason::Hung => "hung",
             StopReason::Shutdown => "shutdown",
             StopReason::External => "external",
+            StopReason::UsageLimit => "usage_limit",
         }
     }
 }
@@ -133,6 +137,9 @@ pub struct AutopollState {
     pub backoff_until_text: Option<String>,
     /// Whether the current crash loop was announced already.
     pub announced: bool,
+    /// Codex hit its usage limit: autopoll starts nothing before this time (the reset plus
+    /// a margin).
+    pub paused_until: Option<chrono::DateTime<chrono::Local>>,
 }
 
 /// What ending a run changed, for the copy thread to announce outside the locks.
@@ -140,6 +147,8 @@ pub struct Finished {
     pub row: Row,
     /// Set when this exit started a back-off (announce it once).
     pub backoff_started: Option<Duration>,
+    /// Set when this exit started a usage-limit pause (announce it once).
+    pub pause_started: Option<UsageLimit>,
 }
 
 /// How often a hand-off waiting for a run's setup looks at the shutdown flag.
@@ -409,7 +418,13 @@ impl App {
     /// Records a run's exit (history, crash-loop accounting) and wakes whoever waits for it.
     /// The history row is written before the run stops counting as live, so that whoever
     /// waits for the exit (shutdown, say, before the process ends) finds it recorded.
-    pub fn finish_run(&self, run_id: &str, return_code: i32) -> Option<Finished> {
+    /// `limit`: the run ended on codex's usage limit.
+    pub fn finish_run(
+        &self,
+        run_id: &str,
+        return_code: i32,
+        limit: Option<UsageLimit>,
+    ) -> Option<Finished> {
         let (live, reason) = {
             let runs = self.runs();
             let live = runs.live.iter().find(|r| r.run_id == run_id)?.clone();
@@ -418,9 +433,13 @@ impl App {
         // Ended by a polite signal Looper did not send: stopped from outside.
         let external = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP].map(|sig| -sig);
         let reason = reason.or_else(|| {
-            external
-                .contains(&return_code)
-                .then_some(StopReason::External)
+            if limit.is_some() {
+                Some(StopReason::UsageLimit)
+            } else {
+                external
+                    .contains(&return_code)
+                    .then_some(StopReason::External)
+            }
         });
         let elapsed = live.started.elapsed();
         let duration_seconds = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
@@ -452,7 +471,25 @@ impl App {
         let quick = elapsed < QUICK_EXIT;
         let mut state = self.autopoll_state();
         let mut backoff_started = None;
-        if quick && reason.is_some() {
+        let mut pause_started = None;
+        let paused_until = state.paused_until;
+        if let Some(limit) = &limit {
+            // Not a crash: codex will not work before the reset, whatever we do.
+            let margin =
+                chrono::Duration::from_std(self.cfg.usage_limit_margin).unwrap_or_default();
+            let until = limit.resets_at + margin;
+            let now = chrono::Local::now();
+            log::warn!(
+                "codex.exec.usage_limit run_id={run_id} resets_at={} stated={} paused_until={}",
+                limit.resets_at.to_rfc3339(),
+                limit.stated,
+                until.to_rfc3339()
+            );
+            if paused_until.is_none_or(|p| p <= now) {
+                pause_started = Some(limit.clone());
+            }
+            state.paused_until = Some(until);
+        } else if quick && reason.is_some() {
             // Looper stopped it: says nothing about codex's health.
         } else if quick && return_code != 0 {
             state.crashes += 1;
@@ -480,10 +517,16 @@ impl App {
             );
             *state = AutopollState {
                 next_tick_at: state.next_tick_at.take(),
+                paused_until,
                 ..AutopollState::default()
             };
         }
+        if return_code == 0 && state.paused_until.take().is_some() {
+            // Someone's run worked (bought credits, or the reset came early): go on.
+            log::info!("codex.exec.autopoll.resume reason=run_succeeded run_id={run_id}");
+        }
         Some(Finished {
+            pause_started,
             row,
             backoff_started,
         })
@@ -600,7 +643,7 @@ mod tests {
                 assert!(b.wait_all_exited(Duration::from_secs(30)));
                 b.history.get(&wid).and_then(|r| r.return_code)
             });
-            a.finish_run(&id, -15);
+            a.finish_run(&id, -15, None);
             assert_eq!(waiter.join().unwrap(), Some(-15), "round {i}");
         }
     }
@@ -612,7 +655,11 @@ mod tests {
         for i in 0..5 {
             let id = format!("c{i}");
             a.runs().live.push(live(&id));
-            if a.finish_run(&id, 1).unwrap().backoff_started.is_some() {
+            if a.finish_run(&id, 1, None)
+                .unwrap()
+                .backoff_started
+                .is_some()
+            {
                 announced += 1;
             }
         }
@@ -625,10 +672,10 @@ mod tests {
         // A run Looper stopped itself is no crash; a clean exit resets.
         a.runs().live.push(live("s"));
         a.runs().stopping.insert("s".into(), StopReason::Replaced);
-        a.finish_run("s", -15);
+        a.finish_run("s", -15, None);
         assert_eq!(a.autopoll_state().crashes, 5);
         a.runs().live.push(live("ok"));
-        a.finish_run("ok", 0);
+        a.finish_run("ok", 0, None);
         assert_eq!(a.autopoll_state().crashes, 0);
         assert!(a.autopoll_state().backoff_until.is_none());
     }

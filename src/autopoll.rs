@@ -52,6 +52,20 @@ fn tick(app: &Arc<App>, first: bool) {
         log::debug!("codex.exec.autopoll.skip reason=backoff");
         return;
     }
+    // Codex's usage limit: nothing before the reset; at the reset, a run at once.
+    let mut resumed = false;
+    {
+        let mut state = app.autopoll_state();
+        if let Some(until) = state.paused_until {
+            if chrono::Local::now() < until {
+                log::debug!("codex.exec.autopoll.skip reason=usage_limit");
+                return;
+            }
+            state.paused_until = None;
+            resumed = true;
+            log::info!("codex.exec.autopoll.resume reason=usage_limit_reset");
+        }
+    }
     run::settle_unwatched(app, None);
     match any_live_run(app) {
         Some(false) => {}
@@ -64,7 +78,7 @@ fn tick(app: &Arc<App>, first: bool) {
             return;
         }
     }
-    if !first {
+    if !first && !resumed {
         if let Some(age) = newest_log_age(&app.cfg.log_dir) {
             if age < app.cfg.idle_stale {
                 log::debug!(
@@ -84,7 +98,8 @@ fn tick(app: &Arc<App>, first: bool) {
         log::debug!("codex.exec.autopoll.skip reason=live_run");
         return;
     }
-    start_run(app, RunRequest::default(), "idle", StopReason::Replaced);
+    let why = if resumed { "usage_limit_reset" } else { "idle" };
+    start_run(app, RunRequest::default(), why, StopReason::Replaced);
 }
 
 /// Starts a run through the common pipeline (no announcement); the caller holds the guard.

@@ -604,6 +604,12 @@ pub fn describe_status(base: &str, s: &Value) -> String {
                 text(&p["backoff_until"])
             ));
         }
+        if !p["paused_until"].is_null() {
+            lines.push(format!(
+                "  paused: codex hit its usage limit; no run starts by itself until {} (then the loop resumes; a trigger of yours still runs)",
+                text(&p["paused_until"])
+            ));
+        }
     } else {
         lines.push("autopoll: off".to_string());
     }

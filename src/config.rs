@@ -42,6 +42,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_REQUIRE_GIT",
     "LOOPER_SERVER_LOG_MAX_BYTES",
     "LOOPER_STOP_SCOPE",
+    "LOOPER_USAGE_LIMIT_MARGIN_SECONDS",
     "ZULIP_SITE",
     "ZULIP_BOT_EMAIL",
     "ZULIP_BOT_API_KEY",
@@ -107,6 +108,8 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// Which runs a trigger stops.
     pub stop_scope: StopScope,
+    /// After codex's usage limit, how long past the reset autopoll waits.
+    pub usage_limit_margin: Duration,
     /// Refuse workspaces outside a git work tree before any effect (codex refuses them).
     pub require_git: bool,
     /// The directory relative paths (binary candidates) are taken from.
@@ -312,6 +315,7 @@ impl Config {
             server_log_path,
             server_log_max_bytes,
             stop_scope,
+            usage_limit_margin: v.seconds("LOOPER_USAGE_LIMIT_MARGIN_SECONDS", 60.0)?,
             codex_exec_binary: v.get("CODEX_EXEC_BINARY").map(str::to_string),
             exec_delay: v.seconds("CODEX_EXEC_DELAY_SECONDS", 1.0)?,
             startup_check: v.seconds("CODEX_EXEC_STARTUP_CHECK_SECONDS", 1.0)?,

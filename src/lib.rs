@@ -19,6 +19,7 @@
 //! - [`inbox`]: the hand-off that needs no network: `/run` bodies dropped as files into
 //!   `<workspace>/.looper/inbox`, taken by one thread through the same pipeline.
 //! - [`autopoll`]: the idle poller, hung runs and crash-loop back-off.
+//! - [`limits`]: codex's usage-limit error and the reset time it names.
 //! - [`history`]: `runs.jsonl`, the run history behind `/runs`.
 //! - [`zulip`]: credentials, recipients, sending.
 //! - [`logging`]: the server log's line format and sink.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod history;
 pub mod http;
 pub mod inbox;
+pub mod limits;
 pub mod logging;
 pub mod output;
 pub mod procs;

@@ -49,7 +49,8 @@ pub struct ProcInfo {
     pub run_id: Option<String>,
     /// The value of `LOOPER_URL` in its environment, if any.
     pub looper_url: Option<String>,
-    /// Its working directory, when it can be read.
+    /// Its working directory, when known already; else read from `/proc` when asked for
+    /// (only `LOOPER_STOP_SCOPE=workspace` needs it).
     pub cwd: Option<PathBuf>,
 }
 
@@ -57,6 +58,10 @@ impl ProcInfo {
     /// The workspace of a `codex exec` process: its `-C`/`--cd` argument (relative to its
     /// working directory), else its working directory.
     pub fn workspace(&self) -> Option<PathBuf> {
+        let cwd = self
+            .cwd
+            .clone()
+            .or_else(|| fs::read_link(format!("/proc/{}/cwd", self.pid)).ok());
         let mut args = self.argv.iter().skip(1);
         let mut named = None;
         while let Some(a) = args.next() {
@@ -69,11 +74,11 @@ impl ProcInfo {
             }
         }
         match named {
-            Some(dir) => Some(match &self.cwd {
+            Some(dir) => Some(match &cwd {
                 Some(cwd) => cwd.join(dir),
                 None => PathBuf::from(dir),
             }),
-            None => self.cwd.clone(),
+            None => cwd,
         }
     }
 }
@@ -177,7 +182,7 @@ fn scan_in(proc: &Path, uid: u32) -> std::io::Result<Vec<ProcInfo>> {
             argv,
             run_id,
             looper_url,
-            cwd: fs::read_link(base.join("cwd")).ok(),
+            cwd: None,
         });
     }
     Ok(out)

@@ -953,7 +953,13 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
             log::info!(
                 "codex.exec.exit request_id={req_id} run_id={rid} pid={pid} return_code={return_code} bytes={bytes}"
             );
-            if let Some(done) = thread_app.finish_run(&rid, return_code) {
+            let limit = (return_code != 0)
+                .then(|| {
+                    let tail = output::tail(&log_path, output_start, 40);
+                    crate::limits::detect(&tail, chrono::Local::now())
+                })
+                .flatten();
+            if let Some(done) = thread_app.finish_run(&rid, return_code, limit) {
                 announce_exit(&thread_app, &done, &log_path, output_start);
             }
         });
@@ -963,7 +969,7 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         procs::kill_and_reap_child(pid);
         let _ = crate::logging::open_append(l.log_path)
             .and_then(|mut f| f.write_all(output::trailer(-libc::SIGKILL).as_bytes()));
-        app.finish_run(l.run_id, -libc::SIGKILL);
+        app.finish_run(l.run_id, -libc::SIGKILL, None);
         return Err(fail("watcher thread", e));
     }
     // A shutdown that looked at the live runs before this one was registered would leave
@@ -988,6 +994,20 @@ fn announce_exit(app: &App, done: &Finished, log_path: &Path, output_start: u64)
             .collect::<String>()
     };
     let mut messages = Vec::new();
+    if let Some(limit) = &done.pause_started {
+        let when = if limit.stated {
+            format!("at {}", limit.resets_at.format("%Y-%m-%d %H:%M %Z"))
+        } else {
+            format!(
+                "at an unknown time (codex did not say; Looper tries again at {})",
+                limit.resets_at.format("%Y-%m-%d %H:%M %Z")
+            )
+        };
+        messages.push(format!(
+            "Looper: codex hit its usage limit (run {}). It resets {when}; autopoll starts nothing until then and resumes the loop by itself. A /run of your own still goes through.",
+            done.row.run_id
+        ));
+    }
     if let Some(backoff) = done.backoff_started {
         messages.push(format!(
             "Looper: codex keeps failing right after start (last rc={}); autopoll backs off for {:.0} s and longer while it goes on. Last output: {}",

@@ -443,3 +443,41 @@ fn a_prompt_starting_with_a_dash_reaches_codex() {
     assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
     assert!(common::read(row["log_path"].as_str().unwrap()).contains("dash-ok"));
 }
+
+/// When the model answers with the usage-limit error, the real codex prints it and exits 1;
+/// Looper reads the reset time from that output and autopoll pauses until then (no crash,
+/// no back-off), with `stop_reason: "usage_limit"` in the history.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn the_usage_limit_pauses_the_loop() {
+    let resets_at = chrono::Local::now() + chrono::Duration::hours(2);
+    let w = World::new(
+        "rc-limit",
+        &[("FAKE_MODEL_USAGE_LIMIT", &resets_at.timestamp().to_string())],
+    );
+    let looper = w.start(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1".into()),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
+    ]);
+    let status = wait_for("the pause", || {
+        let s = looper.get("/status").body;
+        s["autopoll"]["paused_until"].is_string().then_some(s)
+    });
+    assert_eq!(
+        status["autopoll"]["pause_reason"], "usage_limit",
+        "{status}"
+    );
+    assert_eq!(status["autopoll"]["consecutive_crashes"], 0, "{status}");
+    let until =
+        chrono::DateTime::parse_from_rfc3339(status["autopoll"]["paused_until"].as_str().unwrap())
+            .unwrap();
+    // Codex prints whole minutes; the pause adds a minute.
+    let off = (until.timestamp() - resets_at.timestamp()).abs();
+    assert!(off <= 120, "paused until {until}, reset at {resets_at}");
+    let runs = looper.get("/runs").body;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    assert_eq!(runs["runs"][0]["stop_reason"], "usage_limit", "{runs}");
+    let log = common::read(runs["runs"][0]["log_path"].as_str().unwrap());
+    assert!(log.contains("hit your usage limit"), "{log}");
+}
