@@ -1,5 +1,6 @@
-//! What each HTTP request gets: routing, the token, `/health`, `/status`, `/runs`, and
-//! `/run` (read on its connection's thread, then [`crate::run::submit`]). The transport —
+//! What each HTTP request gets: routing, the token, `/health`, `/status`, `/runs`, the page
+//! (`/`), `/metrics`, a run's log, and `/run` (read on its connection's thread, then
+//! [`crate::run::submit`]). The transport —
 //! reading requests, limits, writing answers — is [`crate::http`]'s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ use crate::run::{self, ApiError, Trigger};
 const MAX_INFLIGHT: usize = 64;
 
 /// The paths Looper serves; all but `/health` need the token when one is set.
-const KNOWN: [&str; 4] = ["/health", "/run", "/status", "/runs"];
+const KNOWN: [&str; 5] = ["/health", "/run", "/status", "/runs", "/metrics"];
 
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -46,6 +47,11 @@ fn authorized(app: &App, head: &Head) -> bool {
     ok
 }
 
+/// The page (`GET /`): one self-contained file, no data of its own (it asks the API).
+const PAGE: &str = include_str!("../assets/index.html");
+/// The most of a run's log one `/runs/<id>/log` answer holds.
+pub const MAX_LOG_CHUNK: u64 = 1024 * 1024;
+
 /// Answers one request.
 pub fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
     let started = Instant::now();
@@ -53,37 +59,58 @@ pub fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
     if path == "/health" && matches!(method, "GET" | "HEAD") {
         // Health probes are frequent: only at DEBUG, and no id or lock.
         log::debug!("http.end method={method} path=/health status=200");
-        return Outcome {
-            status: 200,
-            body: r#"{"ok":true}"#.to_string(),
-        };
+        return Outcome::json(200, r#"{"ok":true}"#.to_string());
     }
+    // Reading is frequent too (the page polls every 2 s): at DEBUG. Triggers stay at INFO.
+    let level = if method == "GET" {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
     let request_id = app.new_id();
-    log::info!(
+    log::log!(
+        level,
         "http.start request_id={request_id} method={} path={}",
         Q(method),
         Q(path)
     );
-    let outcome = route(app, rq, &request_id);
-    let (status, body) = match outcome {
-        Ok(body) => (200, body),
-        Err(e) => (e.status, e.body()),
-    };
-    log::info!(
-        "http.end request_id={request_id} method={} path={} status={status} duration_ms={:.3}",
+    let outcome = route(app, rq, &request_id)
+        .unwrap_or_else(|e| Outcome::json(e.status, e.body().to_string()));
+    log::log!(
+        level,
+        "http.end request_id={request_id} method={} path={} status={} duration_ms={:.3}",
         Q(&rq.head.method),
         Q(&rq.head.path),
+        outcome.status,
         started.elapsed().as_secs_f64() * 1000.0
     );
-    Outcome {
-        status,
-        body: body.to_string(),
-    }
+    outcome
 }
 
-fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
+fn ok_json(value: Value) -> Outcome {
+    Outcome::json(200, value.to_string())
+}
+
+fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, ApiError> {
     let (method, path) = (rq.head.method.as_str(), rq.head.path.as_str());
-    if !KNOWN.contains(&path) {
+    if path == "/" {
+        return match method {
+            "GET" | "HEAD" => Ok(Outcome {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: PAGE.as_bytes().to_vec(),
+                headers: vec![("Cache-Control", "no-store".into())],
+            }),
+            m => Err(ApiError::new(
+                405,
+                format!("method {m} is not allowed on /"),
+            )),
+        };
+    }
+    let log_of = path
+        .strip_prefix("/runs/")
+        .and_then(|rest| rest.strip_suffix("/log"));
+    if !KNOWN.contains(&path) && log_of.is_none() {
         return Err(ApiError::new(404, format!("no such endpoint: {path}")));
     }
     if path != "/health" && !authorized(app, &rq.head) {
@@ -93,14 +120,59 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, Ap
         ));
     }
     match (path, method) {
-        ("/run", "POST") => serve_run(app, rq, request_id),
-        ("/status", "GET") => Ok(status(app)),
-        ("/runs", "GET") => runs(app, &rq.head),
+        ("/run", "POST") => serve_run(app, rq, request_id).map(ok_json),
+        ("/status", "GET") => Ok(ok_json(status(app))),
+        ("/runs", "GET") => runs(app, &rq.head).map(ok_json),
+        ("/metrics", "GET") => Ok(Outcome {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: crate::metrics::render(app).into_bytes(),
+            headers: Vec::new(),
+        }),
+        (_, "GET") if log_of.is_some() => run_log(app, log_of.unwrap_or_default(), &rq.head),
         (p, m) => Err(ApiError::new(
             405,
             format!("method {m} is not allowed on {p}"),
         )),
     }
+}
+
+/// `GET /runs/<run_id>/log?offset=N`: the bytes of a run's log from byte N (the last MiB
+/// without an offset), at most [`MAX_LOG_CHUNK`], with the log's size in `X-Log-Size`. The
+/// file is the one the history names for that run, and only when it lies in the log
+/// directory: the id is looked up, never made into a path.
+fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let unknown = || ApiError::new(404, format!("no such run: {run_id}"));
+    let row = app.history.get(run_id).ok_or_else(unknown)?;
+    let gone = |_| ApiError::new(404, format!("the log of run {run_id} is gone"));
+    let dir = app.cfg.log_dir.canonicalize().map_err(gone)?;
+    let path = row.log_path.canonicalize().map_err(gone)?;
+    if path.parent() != Some(dir.as_path()) {
+        return Err(unknown());
+    }
+    let mut file = std::fs::File::open(&path).map_err(gone)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let offset = match head.query("offset") {
+        None => size.saturating_sub(MAX_LOG_CHUNK),
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("offset must be a whole number of bytes"))?
+            .min(size),
+    };
+    let mut body = Vec::new();
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.take(MAX_LOG_CHUNK).read_to_end(&mut body))
+        .map_err(|e| ApiError::new(500, format!("cannot read the log of run {run_id}: {e}")))?;
+    Ok(Outcome {
+        status: 200,
+        content_type: "text/plain; charset=utf-8",
+        body,
+        headers: vec![
+            ("X-Log-Size", size.to_string()),
+            ("X-Log-Offset", offset.to_string()),
+        ],
+    })
 }
 
 /// A place among the `/run`s in flight, given back on drop (panics included).

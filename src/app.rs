@@ -237,6 +237,8 @@ pub struct App {
     pub path_var: Option<String>,
     pub history: History,
     pub autopoll: Mutex<AutopollState>,
+    /// Runs started and ended since start, for `/metrics`.
+    counters: Mutex<crate::metrics::Counters>,
     /// Inboxes of the workspaces Looper runs in, newest last (see [`crate::inbox`]).
     inboxes: Mutex<Vec<PathBuf>>,
     /// Looper's own executable, for runs' `LOOPER_BIN`.
@@ -280,6 +282,7 @@ impl App {
             listener: Mutex::new(None),
             connections: Arc::default(),
             inboxes: Mutex::new(Vec::new()),
+            counters: Mutex::default(),
             self_exe: std::env::current_exe().ok(),
         }
     }
@@ -411,6 +414,10 @@ impl App {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn counters(&self) -> MutexGuard<'_, crate::metrics::Counters> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn autopoll_state(&self) -> MutexGuard<'_, AutopollState> {
         self.autopoll.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -452,6 +459,11 @@ impl App {
             ..live.row()
         };
         self.history.record(row.clone());
+        self.counters().ended(match reason {
+            Some(r) => r.as_str(),
+            None if return_code == 0 => "ok",
+            None => "failed",
+        });
 
         let mut runs = self.runs();
         runs.live.retain(|r| r.run_id != run_id);

@@ -20,7 +20,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a CLI request may take: a `/run` waits for its delay and startup check.
 const CLIENT_TIMEOUT_SECS: u64 = 3600;
 
-const USAGE: &str = "usage: looper [serve | trigger | status | runs | zulip check | zulip send] [--help] [--version]";
+const USAGE: &str = "usage: looper [serve | trigger | status | runs | logs | zulip check | zulip send] [--help] [--version]";
 
 const HELP: &str = "\
 looper - announce on Zulip, stop every live `codex exec` run, start one fresh run
@@ -30,6 +30,7 @@ usage:
   looper trigger [options]       ask the server for a fresh run (POST /run)
   looper status [--json]         what runs now, what ended last, what autopoll does
   looper runs [--limit N]        recent runs as a table
+  looper logs [RUN_ID] [-f]      a run's log (the active run's by default), -f follows it
   looper zulip check             where Zulip credentials come from, and the target
   looper zulip send <message>    post a message with the configured credentials
   looper <command> --help        help for one command
@@ -83,6 +84,19 @@ usage: looper status [--json] [--url URL]
 examples:
   looper status
   looper status --json | jq .active";
+
+const LOGS_HELP: &str = "\
+looper logs - print a run's log (the active run's by default)
+
+usage: looper logs [RUN_ID] [-f] [--url URL]
+
+  -f, --follow   keep printing as the log grows, until the run ends (exit 0 when it
+                 exited 0)
+
+examples:
+  looper logs
+  looper logs 0a1b2c3d
+  looper logs -f";
 
 const RUNS_HELP: &str = "\
 looper runs - recent runs, newest first
@@ -156,6 +170,10 @@ fn dispatch(
         ["trigger", rest @ ..] => trigger(rest, env, out),
         ["status", rest @ ..] => status(rest, env, out),
         ["runs", rest @ ..] => runs(rest, env, out),
+        ["logs", rest @ ..] if rest.contains(&"--help") || rest.contains(&"-h") => {
+            help(LOGS_HELP, out)
+        }
+        ["logs", rest @ ..] => logs(rest, env, out),
         ["zulip", "check"] => zulip_check(env, out),
         ["zulip", "send", message] => zulip_send(message, env, out),
         ["zulip", "send", ..] => Err(usage("zulip send takes one message (quote it)")),
@@ -387,7 +405,14 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
     );
     if flags.has("--follow") {
         let run_id = answer["run_id"].as_str().unwrap_or_default();
-        let rc = follow(&base, env, run_id, result["pid"].as_u64(), &log_path, out)?;
+        let rc = follow(
+            &base,
+            env,
+            run_id,
+            result["pid"].as_u64(),
+            Some(&log_path),
+            out,
+        )?;
         match rc {
             Some(rc) => eprintln!("looper: run exited with return code {rc}"),
             None => eprintln!("looper: run ended; its return code is unknown"),
@@ -488,33 +513,78 @@ fn through_inbox(
     Ok(None)
 }
 
+/// The bytes of run `run_id`'s log from `offset` on (at most a MiB), from the server's log
+/// API.
+fn fetch_log(
+    base: &str,
+    env: &HashMap<String, String>,
+    run_id: &str,
+    offset: u64,
+) -> Result<Vec<u8>, Fail> {
+    let url = format!("{base}/runs/{run_id}/log?offset={offset}");
+    let mut rq = minreq::get(url.as_str());
+    if let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) {
+        rq = rq.with_header("Authorization", format!("Bearer {}", token.trim()));
+    }
+    let response = rq
+        .with_timeout(30)
+        .send()
+        .map_err(|e| Fail(format!("cannot reach Looper at {base}: {e}"), 1))?;
+    if response.status_code != 200 {
+        let error: Value = serde_json::from_slice(response.as_bytes()).unwrap_or_default();
+        return Err(Fail(
+            format!(
+                "HTTP {}: {}",
+                response.status_code,
+                error["error"].as_str().unwrap_or("the server said no")
+            ),
+            1,
+        ));
+    }
+    Ok(response.into_bytes())
+}
+
+/// The bytes of the log file at `path` from `offset` on: when the server cannot be asked
+/// (inside codex's sandbox, say), a log on this machine is read directly.
+fn read_local(path: &str, offset: u64) -> Option<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut chunk = Vec::new();
+    file.take(crate::api::MAX_LOG_CHUNK)
+        .read_to_end(&mut chunk)
+        .ok()?;
+    Some(chunk)
+}
+
 /// Prints a run's log as it grows until the run has ended, and returns its return code
-/// (`None`: unknown). The end is learnt from the server's history, never from the log's text
-/// (which the run itself writes); while the server cannot be asked, from whether the run's
-/// process `pid` still lives.
+/// (`None`: unknown). The log comes from the server's log API (or, when the server cannot
+/// be asked, from `local`, the file on this machine); the end is learnt from the server's
+/// history, never from the log's text (which the run itself writes), and while the server
+/// cannot be asked, from whether the run's process `pid` still lives.
 fn follow(
     base: &str,
     env: &HashMap<String, String>,
     run_id: &str,
     pid: Option<u64>,
-    path: &str,
+    local: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<Option<i32>, Fail> {
-    let mut file = std::fs::File::open(path).map_err(|e| {
-        Fail(
-            format!("cannot follow {path}: {e} (is the server on this machine?)"),
-            1,
-        )
-    })?;
-    let mut print_new = |file: &mut std::fs::File| {
-        let mut chunk = Vec::new();
-        if file.read_to_end(&mut chunk).is_ok() && !chunk.is_empty() {
+    let mut offset = 0u64;
+    let mut print_new = |offset: &mut u64| -> bool {
+        let chunk = fetch_log(base, env, run_id, *offset)
+            .ok()
+            .or_else(|| local.and_then(|p| read_local(p, *offset)))
+            .unwrap_or_default();
+        if !chunk.is_empty() {
             let _ = out.write_all(&chunk);
             let _ = out.flush();
+            *offset += chunk.len() as u64;
         }
+        chunk.len() as u64 == crate::api::MAX_LOG_CHUNK
     };
     loop {
-        print_new(&mut file);
+        while print_new(&mut offset) {}
         let ended = match run_end(base, env, run_id) {
             Ok(end) => end,
             Err(_) => {
@@ -525,11 +595,64 @@ fn follow(
         if let Some(rc) = ended {
             // The trailer (and anything written last) may land just after the end is known.
             std::thread::sleep(FOLLOW_POLL);
-            print_new(&mut file);
+            while print_new(&mut offset) {}
             return Ok(rc);
         }
         std::thread::sleep(FOLLOW_POLL);
     }
+}
+
+/// `looper logs [RUN_ID] [-f]`: a run's log (the active run's by default), followed with
+/// `-f` until the run ends.
+fn logs(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let (named, flagged): (Vec<&str>, Vec<&str>) = args.iter().partition(|a| !a.starts_with('-'));
+    let flags = parse_flags(&flagged, &["--url"], &["-f", "--follow"])?;
+    if named.len() > 1 {
+        return Err(usage("logs takes at most one run id"));
+    }
+    let base = base_url(flags.values.get("--url").map(String::as_str), env);
+    let run_id = match named.first() {
+        Some(id) => id.to_string(),
+        None => {
+            let (_, s) = call("GET", &base, "/status", None, env)?;
+            s["active"]["run_id"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Fail(
+                        "no run is active; name one (`looper runs` lists them)".into(),
+                        1,
+                    )
+                })?
+        }
+    };
+    if flags.has("-f") || flags.has("--follow") {
+        let rc = follow(&base, env, &run_id, None, None, out)?;
+        return Ok(if rc == Some(0) { 0 } else { 1 });
+    }
+    // The last MiB of the log, as the API gives it without an offset.
+    let url = format!("{base}/runs/{run_id}/log");
+    let mut rq = minreq::get(url.as_str());
+    if let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) {
+        rq = rq.with_header("Authorization", format!("Bearer {}", token.trim()));
+    }
+    let response = rq
+        .with_timeout(30)
+        .send()
+        .map_err(|e| Fail(format!("cannot reach Looper at {base}: {e}"), 1))?;
+    if response.status_code != 200 {
+        let error: Value = serde_json::from_slice(response.as_bytes()).unwrap_or_default();
+        return Err(Fail(
+            format!(
+                "HTTP {}: {}",
+                response.status_code,
+                error["error"].as_str().unwrap_or("the server said no")
+            ),
+            1,
+        ));
+    }
+    let _ = out.write_all(response.as_bytes());
+    Ok(0)
 }
 
 fn status(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
@@ -758,6 +881,7 @@ mod tests {
             &["trigger", "--help"],
             &["status", "--help"],
             &["runs", "--help"],
+            &["logs", "--help"],
             &["zulip", "--help"],
             &["serve", "--help"],
         ] {

@@ -310,13 +310,29 @@ pub fn serve(app: &Arc<App>, listener: &TcpListener) {
 fn refuse(stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
     let body = ApiError::new(503, "busy: too many connections").body();
-    let _ = (&stream).write_all(&response_bytes(503, &body.to_string(), true, false));
+    let answer = Outcome::json(503, body.to_string());
+    let _ = (&stream).write_all(&response_bytes(&answer, true, false));
 }
 
-/// What the answer to one request was, for the connection to go on or close.
+/// The answer to one request.
 pub struct Outcome {
     pub status: u16,
-    pub body: String,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// Further headers (name, value).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Outcome {
+    /// A JSON answer.
+    pub fn json(status: u16, body: String) -> Outcome {
+        Outcome {
+            status,
+            content_type: "application/json",
+            body: body.into_bytes(),
+            headers: Vec::new(),
+        }
+    }
 }
 
 fn serve_connection(app: &Arc<App>, mut conn: Conn) {
@@ -329,13 +345,8 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
             Ok(None) => return,
             Err(e) => {
                 // A broken head: answer and close (the rest of the stream means nothing).
-                let _ = write_response(
-                    &mut conn.stream,
-                    e.status,
-                    &e.body().to_string(),
-                    true,
-                    false,
-                );
+                let answer = Outcome::json(e.status, e.body().to_string());
+                let _ = write_response(&mut conn.stream, &answer, true, false);
                 log::info!(
                     "http.end method=- path=- status={} error={}",
                     e.status,
@@ -355,13 +366,7 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
         let close = rq.head.close || (rq.head.has_body() && !rq.body_read);
         let head_only = rq.head.method == "HEAD";
         drop(rq);
-        let written = write_response(
-            &mut conn.stream,
-            outcome.status,
-            &outcome.body,
-            close,
-            head_only,
-        );
+        let written = write_response(&mut conn.stream, &outcome, close, head_only);
         if close || written.is_err() || app.shutdown.is_set() {
             return;
         }
@@ -489,16 +494,22 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn response_bytes(status: u16, body: &str, close: bool, head_only: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-        reason(status),
-        body.len(),
+fn response_bytes(answer: &Outcome, close: bool, head_only: bool) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        answer.status,
+        reason(answer.status),
+        answer.content_type,
+        answer.body.len(),
         if close { "close" } else { "keep-alive" }
-    )
-    .into_bytes();
+    );
+    for (name, value) in &answer.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
     if !head_only {
-        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(&answer.body);
     }
     out
 }
@@ -507,12 +518,11 @@ fn response_bytes(status: u16, body: &str, close: bool, head_only: bool) -> Vec<
 /// failure: the caller just closes.
 fn write_response(
     stream: &mut TcpStream,
-    status: u16,
-    body: &str,
+    answer: &Outcome,
     close: bool,
     head_only: bool,
 ) -> std::io::Result<()> {
-    stream.write_all(&response_bytes(status, body, close, head_only))?;
+    stream.write_all(&response_bytes(answer, close, head_only))?;
     if close {
         // Half-close first, so that the client reads the whole answer before the end.
         let _ = stream.shutdown(std::net::Shutdown::Write);

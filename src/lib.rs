@@ -8,7 +8,8 @@
 //! - [`server`]: start-up (directories, log, socket, signals) and shutdown.
 //! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse`: the accept loop, one thread
 //!   per connection, every limit on what a client sends.
-//! - [`api`]: what each request gets: routing, the token, `/status`, `/runs`, `/run`.
+//! - [`api`]: what each request gets: routing, the token, `/status`, `/runs`, `/run`, the
+//!   page (`assets/index.html`, built in), a run's log.
 //! - [`app`]: state shared by the threads: the run guard, live runs, shutdown.
 //! - [`run`]: the `/run` pipeline: validate → announce → stop → spawn → startup check.
 //! - [`codex`]: binary resolution and the exact command line.
@@ -19,6 +20,7 @@
 //! - [`inbox`]: the hand-off that needs no network: `/run` bodies dropped as files into
 //!   `<workspace>/.looper/inbox`, taken by one thread through the same pipeline.
 //! - [`autopoll`]: the idle poller, hung runs and crash-loop back-off.
+//! - [`metrics`]: `/metrics` in Prometheus' text format, and the counters behind it.
 //! - [`limits`]: codex's usage-limit error and the reset time it names.
 //! - [`history`]: `runs.jsonl`, the run history behind `/runs`.
 //! - [`zulip`]: credentials, recipients, sending.
@@ -35,6 +37,7 @@ pub mod http;
 pub mod inbox;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod output;
 pub mod procs;
 pub mod run;

@@ -925,6 +925,7 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         }
         runs.live.push(live.clone());
     }
+    app.counters().started(l.trigger.as_str());
     app.history.record(live.row());
     log::info!(
         "codex.exec.spawn request_id={} run_id={} pid={pid} log_path={}",
