@@ -2,7 +2,7 @@
 //! gone quiet (SPEC §5). It shares the run guard with `/run` and waits on the shutdown
 //! signal, never in a bare sleep.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,12 +26,21 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
     )
 }
 
+/// Where autopoll starts runs: `LOOPER_WORKSPACE`, else the workspace of the newest run in
+/// the history (a first trigger names the loop's workspace); else nowhere.
+pub fn workspace(app: &App) -> Option<PathBuf> {
+    if app.cfg.workspace_set {
+        return Some(app.cfg.workspace.clone());
+    }
+    app.history.recent_workspaces(1).into_iter().next()
+}
+
 /// Whether any codex exec run (ours or not) is alive; `None` when `/proc` cannot tell.
-fn any_live_run(app: &App) -> Option<bool> {
+fn any_live_run(app: &App, workspace: &Path) -> Option<bool> {
     if !app.runs().live.is_empty() {
         return Some(true);
     }
-    run::find_runs(app, None, None, &app.cfg.workspace)
+    run::find_runs(app, None, None, workspace)
         .ok()
         .map(|r| !r.is_empty())
 }
@@ -66,8 +75,12 @@ fn tick(app: &Arc<App>, first: bool) {
             log::info!("codex.exec.autopoll.resume reason=usage_limit_reset");
         }
     }
+    let Some(workspace) = workspace(app) else {
+        log::debug!("codex.exec.autopoll.skip reason=no_workspace");
+        return;
+    };
     run::settle_unwatched(app, None);
-    match any_live_run(app) {
+    match any_live_run(app, &workspace) {
         Some(false) => {}
         Some(true) => {
             log::debug!("codex.exec.autopoll.skip reason=live_run");
@@ -99,7 +112,11 @@ fn tick(app: &Arc<App>, first: bool) {
         return;
     }
     let why = if resumed { "usage_limit_reset" } else { "idle" };
-    start_run(app, RunRequest::default(), why, StopReason::Replaced);
+    let req = RunRequest {
+        workspace: Some(workspace.to_string_lossy().into_owned()),
+        ..RunRequest::default()
+    };
+    start_run(app, req, why, StopReason::Replaced);
 }
 
 /// Starts a run through the common pipeline (no announcement); the caller holds the guard.
@@ -189,6 +206,11 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                     cfg.idle_stale.as_secs_f64(),
                     cfg.hung_run.as_secs_f64()
                 );
+                if workspace(&app).is_none() {
+                    log::warn!(
+                        "codex.exec.autopoll.waiting reason=no_workspace hint=\"autopoll starts runs only in LOOPER_WORKSPACE, or in the workspace of the last run: set LOOPER_WORKSPACE, or trigger a first run\""
+                    );
+                }
             }
             let mut first = true;
             let mut next_tick = Instant::now() + cfg.idle_poll;

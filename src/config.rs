@@ -112,6 +112,11 @@ pub struct Config {
     pub usage_limit_margin: Duration,
     /// Refuse workspaces outside a git work tree before any effect (codex refuses them).
     pub require_git: bool,
+    /// Whether `LOOPER_WORKSPACE` was given (autopoll starts runs in no directory nobody
+    /// named).
+    pub workspace_set: bool,
+    /// `HOME`, for `~` in a request's workspace.
+    pub home: Option<String>,
     /// The directory relative paths (binary candidates) are taken from.
     pub cwd: PathBuf,
     pub zulip: Zulip,
@@ -206,10 +211,21 @@ pub fn parse_flag(raw: &str) -> Option<bool> {
     }
 }
 
-fn absolute(cwd: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
+/// `~` and `~/...` as a shell would read them (with `home`, the `HOME` variable); anything
+/// else unchanged.
+pub fn expand_home(p: &str, home: Option<&str>) -> PathBuf {
+    match (p.strip_prefix('~'), home) {
+        (Some(""), Some(h)) => PathBuf::from(h),
+        (Some(rest), Some(h)) if rest.starts_with('/') => Path::new(h).join(&rest[1..]),
+        _ => PathBuf::from(p),
+    }
+}
+
+/// A path setting: `~` expanded, then taken from `cwd` when relative.
+fn absolute(cwd: &Path, home: Option<&str>, p: &str) -> PathBuf {
+    let p = expand_home(p, home);
     if p.is_absolute() {
-        p.to_path_buf()
+        p
     } else {
         cwd.join(p)
     }
@@ -253,9 +269,10 @@ impl Config {
                 ))
             })?,
         };
-        let log_dir = absolute(cwd, v.get("CODEX_EXEC_LOG_DIR").unwrap_or("logs"));
+        let home = v.get("HOME");
+        let log_dir = absolute(cwd, home, v.get("CODEX_EXEC_LOG_DIR").unwrap_or("logs"));
         let server_log_path = match v.get("LOOPER_SERVER_LOG_PATH") {
-            Some(p) => absolute(cwd, p),
+            Some(p) => absolute(cwd, home, p),
             None => log_dir.join("looper-server.log"),
         };
         let server_log_max_bytes = match v.get("LOOPER_SERVER_LOG_MAX_BYTES") {
@@ -276,7 +293,7 @@ impl Config {
         };
         let workspace = v
             .get("LOOPER_WORKSPACE")
-            .map(|p| absolute(cwd, p))
+            .map(|p| absolute(cwd, home, p))
             .unwrap_or_else(|| cwd.to_path_buf());
         let process_names = v.get("LOOPER_CODEX_PROCESS_NAMES").map(|raw| {
             raw.split([',', ' '])
@@ -316,7 +333,9 @@ impl Config {
             server_log_max_bytes,
             stop_scope,
             usage_limit_margin: v.seconds("LOOPER_USAGE_LIMIT_MARGIN_SECONDS", 60.0)?,
-            codex_exec_binary: v.get("CODEX_EXEC_BINARY").map(str::to_string),
+            codex_exec_binary: v
+                .get("CODEX_EXEC_BINARY")
+                .map(|b| expand_home(b, home).to_string_lossy().into_owned()),
             exec_delay: v.seconds("CODEX_EXEC_DELAY_SECONDS", 1.0)?,
             startup_check: v.seconds("CODEX_EXEC_STARTUP_CHECK_SECONDS", 1.0)?,
             autopoll,
@@ -328,7 +347,9 @@ impl Config {
                 .get("LOOPER_DEFAULT_PROMPT")
                 .filter(|p| !p.trim().is_empty())
                 .cloned(),
-            prompt_file: v.get("LOOPER_PROMPT_FILE").map(|p| absolute(cwd, p)),
+            prompt_file: v.get("LOOPER_PROMPT_FILE").map(|p| absolute(cwd, home, p)),
+            home: home.map(str::to_string),
+            workspace_set: v.get("LOOPER_WORKSPACE").is_some(),
             stop_grace: v.seconds("LOOPER_STOP_GRACE_SECONDS", 5.0)?,
             process_names,
             mirror_output: v.flag("LOOPER_MIRROR_CODEX_OUTPUT", true)?,
@@ -403,6 +424,29 @@ mod tests {
         assert_eq!(c.port, 3456);
         assert!(c.api_token.is_none());
         assert_eq!(c.idle_poll, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_tilde_means_home_in_every_path_setting() {
+        let c = cfg(&[
+            ("HOME", "/home/me"),
+            ("LOOPER_WORKSPACE", "~/repo"),
+            ("LOOPER_PROMPT_FILE", "~/prompt.md"),
+            ("CODEX_EXEC_LOG_DIR", "~/logs"),
+            ("LOOPER_SERVER_LOG_PATH", "~"),
+            ("CODEX_EXEC_BINARY", "~/bin/codex"),
+        ])
+        .unwrap();
+        assert_eq!(c.workspace, Path::new("/home/me/repo"));
+        assert_eq!(
+            c.prompt_file.as_deref(),
+            Some(Path::new("/home/me/prompt.md"))
+        );
+        assert_eq!(c.log_dir, Path::new("/home/me/logs"));
+        assert_eq!(c.server_log_path, Path::new("/home/me"));
+        assert_eq!(c.codex_exec_binary.as_deref(), Some("/home/me/bin/codex"));
+        assert_eq!(expand_home("~user/x", Some("/h")), Path::new("~user/x"));
+        assert_eq!(expand_home("a/~/b", Some("/h")), Path::new("a/~/b"));
     }
 
     #[test]

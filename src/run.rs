@@ -76,7 +76,27 @@ pub struct RunRequest {
     pub startup_check: Option<Duration>,
     pub zulip_script_path: Option<String>,
     pub from_run_id: Option<String>,
+    /// Fields of the body Looper does not know (a typo such as `codex_promt`, or a wrapper's
+    /// extras): said in the log and the answer.
+    pub ignored_fields: Vec<String>,
 }
+
+/// Every field `/run` reads.
+const KNOWN_FIELDS: [&str; 13] = [
+    "zulip_message",
+    "codex_prompt",
+    "prompt",
+    "workspace",
+    "codex_exec_binary",
+    "codex_exec_delay_seconds",
+    "startup_delay_seconds",
+    "sidebar_delay_seconds",
+    "new_task_delay_seconds",
+    "prompt_send_delay_seconds",
+    "codex_exec_startup_check_seconds",
+    "zulip_script_path",
+    "from_run_id",
+];
 
 /// Legacy delay fields, summed when `codex_exec_delay_seconds` is absent.
 const LEGACY_DELAYS: [&str; 4] = [
@@ -178,6 +198,11 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
             .map(Duration::from_secs_f64),
         zulip_script_path: non_empty(string_field(&obj, "zulip_script_path")?),
         from_run_id: non_empty(string_field(&obj, "from_run_id")?),
+        ignored_fields: obj
+            .keys()
+            .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
+            .cloned()
+            .collect(),
     })
 }
 
@@ -260,6 +285,21 @@ fn check_workspace(plan: &Plan) -> Result<(), ApiError> {
     ))
 }
 
+/// `path` with `.` and `..` folded away (lexically: symlinks are left as they are).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
     let prompt = match &req.prompt {
         Some(p) => p.clone(),
@@ -277,7 +317,12 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
         )));
     }
     let workspace = match &req.workspace {
-        Some(w) => app.cfg.cwd.join(w),
+        // `~` as the original read it; `..` folded away so the answer names the directory.
+        Some(w) => normalize(
+            &app.cfg
+                .cwd
+                .join(crate::config::expand_home(w, app.cfg.home.as_deref())),
+        ),
         None => app.cfg.workspace.clone(),
     };
     let mut plan = Plan {
@@ -300,8 +345,11 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
             &app.cfg.cwd,
             app.path_var.as_deref(),
         )
-        .map_err(|name| {
-            ApiError::new(500, format!("required tool is missing from PATH: {name}"))
+        .map_err(|name| match &req.codex_exec_binary {
+            Some(_) => ApiError::bad_request(format!(
+                "codex_exec_binary not found: {name} (give a path to an executable, or a name on the server's PATH)"
+            )),
+            None => ApiError::new(500, format!("required tool is missing from PATH: {name}")),
         })?;
         plan.binary = Some(found);
     }
@@ -589,15 +637,22 @@ pub fn execute_replacing(
     stop_reason: StopReason,
 ) -> Result<Value, ApiError> {
     log::info!(
-        "run.start request_id={request_id} trigger={} prompt_chars={} workspace={}",
+        "run.start request_id={request_id} trigger={} prompt={} workspace={}",
         trigger.as_str(),
-        req.prompt
-            .as_ref()
-            .map(|p| p.chars().count() as i64)
-            .unwrap_or(-1),
-        Q(req.workspace.as_deref().unwrap_or("<default>"))
+        match &req.prompt {
+            None => "default".to_string(),
+            Some(p) if p.is_empty() => "empty".to_string(),
+            Some(p) => format!("{}_chars", p.chars().count()),
+        },
+        Q(req.workspace.as_deref().unwrap_or("default"))
     );
     let plan = plan(app, req)?;
+    if !req.ignored_fields.is_empty() {
+        log::warn!(
+            "run.ignored_fields request_id={request_id} fields={} hint=\"not /run fields; a typo?\"",
+            Q(&req.ignored_fields.join(","))
+        );
+    }
 
     refuse_after_shutdown(app)?;
     log::info!("run.step request_id={request_id} action=announce");
@@ -657,6 +712,7 @@ pub fn execute_replacing(
         "remaining_vscode_pids": remaining,
         "codex_prompt_sent": spawned.is_some(),
         "codex_send_result": result,
+        "ignored_fields": req.ignored_fields,
     }))
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -232,7 +232,8 @@ impl Zulip {
                 source: "env".to_string(),
             })
         } else {
-            let explicit = get(env, "ZULIPRC_PATH").map(PathBuf::from);
+            let explicit =
+                get(env, "ZULIPRC_PATH").map(|p| crate::config::expand_home(p, get(env, "HOME")));
             let path = explicit
                 .clone()
                 .or_else(|| get(env, "HOME").map(|h| Path::new(h).join(".zuliprc")));

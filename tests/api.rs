@@ -102,10 +102,15 @@ fn bad_input_is_refused_before_anything_happens() {
         json!("workspace is not a directory: /nonexistent/ws")
     );
     let a = looper.run(json!({"codex_prompt": "x", "codex_exec_binary": "no-such-codex-binary"}));
-    assert_eq!(a.status, 500);
     assert_eq!(
-        a.body["error"],
-        json!("required tool is missing from PATH: no-such-codex-binary")
+        a.status, 400,
+        "a binary the request names is bad input: {}",
+        a.body
+    );
+    let error = a.body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("codex_exec_binary not found: no-such-codex-binary"),
+        "{error}"
     );
     assert_eq!(zulip.messages().len(), announced, "bad input was announced");
     assert!(alive(pid), "bad input stopped the live run");
@@ -220,4 +225,28 @@ fn an_empty_prompt_announces_only() {
     assert_eq!(a.body["run_id"], json!(null));
     assert_eq!(a.body["codex_exec_result"], json!(null));
     assert!(looper.records().is_empty());
+}
+
+/// A field `/run` does not know (a typo such as `codex_promt`) is said in the answer and the
+/// log; `~` in a request's workspace is the home directory, and `..` is folded away.
+#[test]
+fn unknown_fields_are_said_and_a_tilde_is_home() {
+    let fx = Fixture::new("fields");
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let a = looper
+        .run(json!({"codex_promt": "typo", "password_store": "x", "workspace": "~/ws/../ws"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body["ignored_fields"],
+        json!(["codex_promt", "password_store"])
+    );
+    // HOME is the fixture's directory.
+    assert_eq!(a.body["workspace"], json!(fx.path("ws")));
+    let log = looper.server_log();
+    assert!(
+        log.contains("run.ignored_fields") && log.contains("codex_promt"),
+        "{log}"
+    );
+    let rec = looper.record_of(a.body["codex_exec_result"]["pid"].as_u64().unwrap());
+    assert_eq!(rec["cwd"], json!(fx.path("ws")));
 }

@@ -270,11 +270,11 @@ fn missing_pieces_between_runs() {
     std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
     let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
     let a = looper.run(json!({"codex_prompt": "x", "codex_exec_binary": not_exec}));
-    assert_eq!(a.status, 500, "{}", a.body);
+    assert_eq!(a.status, 400, "{}", a.body);
     assert!(a.body["error"]
         .as_str()
         .unwrap()
-        .starts_with("required tool is missing from PATH:"));
+        .starts_with("codex_exec_binary not found:"));
 
     std::fs::remove_dir_all(fx.path("logs")).unwrap();
     let a = looper.run(json!({"codex_prompt": "log dir is gone"}));

@@ -112,6 +112,12 @@ fn the_date_form_is_read_and_status_says_it() {
     let until =
         DateTime::parse_from_rfc3339(status["autopoll"]["paused_until"].as_str().unwrap()).unwrap();
     assert_eq!(until, minute + chrono::Duration::seconds(3600));
+    let metrics = minreq::get(looper.url("/metrics")).send().unwrap();
+    let line = format!("looper_usage_limit_until_seconds {}", until.timestamp());
+    assert!(
+        metrics.as_str().unwrap().lines().any(|l| l == line),
+        "no {line:?} in /metrics"
+    );
     let url = looper.url("/run");
     let o = common::cli(&fx, &["status"], &[("LOOPER_URL", url.as_str())]);
     let text = common::stdout(&o);

@@ -1,0 +1,126 @@
+//! Black-box tests of a newcomer's and an operator's day (SPEC §11): autopoll starts runs
+//! only where someone said, the wrapper works from a run's own environment under a bare
+//! PATH, and what people type (`~`, `-h`) means what they expect.
+
+mod common;
+
+use std::process::Command;
+
+use common::{wait_for, Fixture};
+use serde_json::json;
+
+/// With no `LOOPER_WORKSPACE` and no history, autopoll starts nothing (the working
+/// directory is nobody's choice) and the start-up log says why, naming `LOOPER_WORKSPACE`;
+/// once a first trigger names a workspace, autopoll keeps the loop going there.
+#[test]
+fn autopoll_starts_nothing_in_a_directory_nobody_named() {
+    let fx = Fixture::new("nobody-named");
+    common::make_git_repo(&fx.dir);
+    let looper = fx.start(&[
+        ("LOOPER_WORKSPACE", ""),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.1"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", "record;exit:0"),
+    ]);
+    let log = looper.server_log();
+    assert!(
+        log.contains("codex.exec.autopoll.waiting reason=no_workspace")
+            && log.contains("LOOPER_WORKSPACE"),
+        "{log}"
+    );
+    wait_for("ticks that start nothing", || {
+        let skipped = looper.server_log().matches("reason=no_workspace").count();
+        (skipped >= 10).then_some(())
+    });
+    assert!(
+        looper.records().is_empty(),
+        "autopoll started a run nobody asked for"
+    );
+    // A first trigger names the workspace; autopoll goes on there.
+    let a = looper.run(json!({"codex_prompt": "first", "workspace": fx.path("ws")}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let rec = wait_for("autopoll's own run", || looper.records().into_iter().nth(1));
+    assert_eq!(rec["cwd"], json!(fx.path("ws")));
+    assert!(looper.server_log().contains("codex.exec.autopoll.start"));
+}
+
+/// The wrapper, run as the loop runs it — from a run's own environment, under systemd's
+/// bare `PATH` — triggers through `LOOPER_BIN`, reads the original's message file, treats
+/// `--follow` as an option, and prints its own usage for `-h` without triggering anything.
+#[test]
+fn the_wrapper_works_from_a_run_under_a_bare_path() {
+    let fx = Fixture::new("wrapper-bare");
+    let repo = fx.path("ws");
+    let scripts = repo.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let wrapper = scripts.join("run-codex-task.sh");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run-codex-task.sh"),
+        &wrapper,
+    )
+    .unwrap();
+    std::fs::write(
+        scripts.join("run-codex-task.message.txt"),
+        "from the original's file\n",
+    )
+    .unwrap();
+    let zulip = common::FakeZulip::start();
+    let looper = fx.start_owned(&[
+        ("FAKE_CODEX", "record;sleep:600".into()),
+        ("ZULIP_SITE", zulip.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
+        ("ZULIP_BOT_API_KEY", "k".into()),
+    ]);
+    let first = looper.run(json!({"codex_prompt": "first"}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let rec = looper.record_of(first.body["codex_exec_result"]["pid"].as_u64().unwrap());
+    let run_env = |cmd: &mut Command| {
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &fx.dir)
+            .env("LOOPER_URL", rec["looper_url"].as_str().unwrap())
+            .env("LOOPER_BIN", rec["looper_bin"].as_str().unwrap())
+            .env("LOOPER_INBOX", rec["looper_inbox"].as_str().unwrap())
+            // Not this run's id: the wrapper here is not part of the run it replaces.
+            .current_dir(&repo);
+    };
+    for help in ["-h", "--help"] {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&wrapper).arg(help);
+        run_env(&mut cmd);
+        let o = cmd.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{help}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("usage: run-codex-task.sh"));
+    }
+    assert_eq!(looper.records().len(), 1, "-h triggered a run");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&wrapper);
+    run_env(&mut cmd);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the JSON answer");
+    assert_eq!(answer["ok"], true, "{answer}");
+    let runs = looper.get("/runs").body;
+    assert_eq!(runs["runs"][0]["workspace"], json!(repo));
+    let said = zulip.messages().last().map(|m| m.form()["content"].clone());
+    assert_eq!(
+        said.as_deref().map(str::trim),
+        Some("from the original's file")
+    );
+    // An option is an option, not the message.
+    let mut cmd = Command::new("bash");
+    cmd.arg(&wrapper).arg("--inbox").arg("the message");
+    run_env(&mut cmd);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("queued"),
+        "--inbox was not taken as an option"
+    );
+}
