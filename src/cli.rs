@@ -159,21 +159,30 @@ fn dispatch(
             let _ = writeln!(out, "looper {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
-        ["--help" | "-h" | "help"] | ["serve", "--help" | "-h"] => help(HELP, out),
+        ["--help" | "-h" | "help"] => help(HELP, out),
+        ["serve", "--help" | "-h"] => help(&serve_help(), out),
         [] | ["serve"] => Ok(serve(env)),
-        ["trigger", rest @ ..] if rest.contains(&"--help") => help(TRIGGER_HELP, out),
-        ["status", rest @ ..] if rest.contains(&"--help") => help(STATUS_HELP, out),
-        ["runs", rest @ ..] if rest.contains(&"--help") => help(RUNS_HELP, out),
-        ["zulip", rest @ ..] if rest.contains(&"--help") || rest.is_empty() => {
+        ["trigger", rest @ ..] if rest.contains(&"--help") || rest.contains(&"-h") => {
+            help(TRIGGER_HELP, out)
+        }
+        ["status", rest @ ..] if rest.contains(&"--help") || rest.contains(&"-h") => {
+            help(STATUS_HELP, out)
+        }
+        ["runs", rest @ ..] if rest.contains(&"--help") || rest.contains(&"-h") => {
+            help(RUNS_HELP, out)
+        }
+        ["zulip", rest @ ..]
+            if rest.contains(&"--help") || rest.contains(&"-h") || rest.is_empty() =>
+        {
             help(ZULIP_HELP, out)
         }
-        ["trigger", rest @ ..] => trigger(rest, env, out),
-        ["status", rest @ ..] => status(rest, env, out),
-        ["runs", rest @ ..] => runs(rest, env, out),
+        ["trigger", rest @ ..] => own_usage(trigger(rest, env, out), TRIGGER_HELP),
+        ["status", rest @ ..] => own_usage(status(rest, env, out), STATUS_HELP),
+        ["runs", rest @ ..] => own_usage(runs(rest, env, out), RUNS_HELP),
         ["logs", rest @ ..] if rest.contains(&"--help") || rest.contains(&"-h") => {
             help(LOGS_HELP, out)
         }
-        ["logs", rest @ ..] => logs(rest, env, out),
+        ["logs", rest @ ..] => own_usage(logs(rest, env, out), LOGS_HELP),
         ["zulip", "check"] => zulip_check(env, out),
         ["zulip", "send", message] => zulip_send(message, env, out),
         ["zulip", "send", ..] => Err(usage("zulip send takes one message (quote it)")),
@@ -182,6 +191,37 @@ fn dispatch(
             args.join(" ")
         ))),
     }
+}
+
+/// A subcommand's usage error ends with that subcommand's own usage line, not the general one.
+fn own_usage(result: Result<i32, Fail>, help: &str) -> Result<i32, Fail> {
+    result.map_err(|Fail(msg, code)| {
+        if code != 2 {
+            return Fail(msg, code);
+        }
+        let line = help
+            .lines()
+            .find(|l| l.starts_with("usage:"))
+            .unwrap_or(USAGE);
+        let msg = msg.strip_suffix(USAGE).unwrap_or(&msg).trim_end();
+        Fail(format!("{msg}\n{line}"), code)
+    })
+}
+
+/// `looper serve --help`: what it does, and every variable it reads.
+fn serve_help() -> String {
+    let mut text = String::from(
+        "looper serve - run the server (also: plain `looper`)\n\nusage: looper [serve]\n\n\
+         Configuration is by environment variables (an empty value counts as unset; see\n\
+         README.md for each one's default and meaning):\n",
+    );
+    for var in crate::config::KNOWN_VARS {
+        text.push_str(&format!("  {var}\n"));
+    }
+    text.push_str(
+        "\nexamples:\n  looper\n  LOOPER_WORKSPACE=~/src/app LOOPER_PORT=3457 looper serve",
+    );
+    text
 }
 
 fn serve(env: &HashMap<String, String>) -> i32 {
@@ -222,7 +262,9 @@ fn parse_flags(args: &[&str], with_value: &[&str], switches: &[&str]) -> Result<
                     .map(|v| v.to_string())
                     .ok_or_else(|| usage(format!("{name} needs a value")))?,
             };
-            flags.values.insert(name.to_string(), value);
+            if flags.values.insert(name.to_string(), value).is_some() {
+                return Err(usage(format!("{name} given twice")));
+            }
         } else if switches.contains(&name) && inline.is_none() {
             flags.switches.push(name.to_string());
         } else {
@@ -832,7 +874,16 @@ fn zulip_check(env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32
     let _ = writeln!(out, "key: (set, not shown)");
     let _ = writeln!(out, "target: {}", z.describe_target());
     let _ = writeln!(out, "timeout: {} s", z.timeout_secs);
-    Ok(0)
+    match crate::zulip::whoami(c, z.timeout_secs) {
+        Ok(who) => {
+            let _ = writeln!(out, "Zulip says: the credentials are {who}");
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = writeln!(out, "Zulip says no: {e}");
+            Ok(1)
+        }
+    }
 }
 
 fn zulip_send(
@@ -914,6 +965,40 @@ mod tests {
             assert_eq!(code, 2, "{cmd:?}: {text}");
             assert!(text.contains("usage: looper"), "{cmd:?}: {text}");
         }
+        // A subcommand's own usage, not the general one; a flag given twice is an error.
+        for (cmd, own) in [
+            (&["trigger", "--mesage", "x"][..], "usage: looper trigger"),
+            (&["runs", "--limit", "0"], "usage: looper runs"),
+            (
+                &["trigger", "--message", "a", "--message", "b"],
+                "usage: looper trigger",
+            ),
+            (&["logs", "a", "b"], "usage: looper logs"),
+        ] {
+            let (code, text) = run(cmd);
+            assert_eq!(code, 2, "{cmd:?}: {text}");
+            assert!(text.contains(own), "{cmd:?}: {text}");
+            assert!(!text.contains("[serve | trigger"), "{cmd:?}: {text}");
+        }
+        for cmd in [
+            &["trigger", "-h"][..],
+            &["status", "-h"],
+            &["runs", "-h"],
+            &["logs", "-h"],
+        ] {
+            let (code, text) = run(cmd);
+            assert_eq!(code, 0, "{cmd:?}: {text}");
+            assert!(
+                text.contains(&format!("usage: looper {}", cmd[0])),
+                "{cmd:?}: {text}"
+            );
+        }
+        let (code, text) = run(&["serve", "--help"]);
+        assert_eq!(code, 0);
+        assert!(
+            text.contains("LOOPER_WORKSPACE") && text.contains("ZULIP_TO"),
+            "{text}"
+        );
     }
 
     #[test]

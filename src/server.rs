@@ -97,7 +97,16 @@ pub fn listen(addr: &str) -> Result<std::net::TcpListener, StartError> {
 pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     let cwd = std::env::current_dir()
         .map_err(|e| StartError::Io(format!("cannot read the working directory: {e}")))?;
-    let cfg = Config::from_env(env, &cwd).map_err(StartError::Config)?;
+    let cfg = match Config::from_env(env, &cwd) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // The log is not open yet: say the likely typos on stderr, next to the error.
+            for name in crate::config::unknown_vars(env) {
+                eprintln!("looper: warning: {name} is not a Looper variable; a typo?");
+            }
+            return Err(StartError::Config(e));
+        }
+    };
     prepare_dirs(&cfg)?;
     logging::init(
         &cfg.server_log_path,
@@ -127,6 +136,36 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             "config.workspace_missing path={} hint=\"runs without a workspace of their own will fail until it exists (LOOPER_WORKSPACE)\"",
             Q(&app.cfg.workspace.to_string_lossy())
         );
+    }
+    // What the first trigger would find out, said now.
+    let found = crate::codex::resolve(
+        None,
+        app.cfg.codex_exec_binary.as_deref(),
+        &app.cfg.cwd,
+        app.path_var.as_deref(),
+    );
+    if let Err(name) = found {
+        let tried = match &app.cfg.codex_exec_binary {
+            Some(b) => format!("CODEX_EXEC_BINARY={b}"),
+            None => format!(
+                "{} and codex on PATH",
+                crate::codex::LOCAL_CANDIDATES.join(", ")
+            ),
+        };
+        log::warn!(
+            "config.codex_missing name={} tried={} hint=\"install codex, put it on PATH (under systemd: a PATH line in the unit's env file), or set CODEX_EXEC_BINARY\"",
+            Q(&name),
+            Q(&tried)
+        );
+    }
+    if let Some(file) = &app.cfg.prompt_file {
+        if let Err(e) = std::fs::read_to_string(file) {
+            log::warn!(
+                "config.prompt_file_unreadable path={} error={} hint=\"runs without a prompt of their own will fail until LOOPER_PROMPT_FILE can be read\"",
+                Q(&file.to_string_lossy()),
+                Q(&e.to_string())
+            );
+        }
     }
     for w in &app.cfg.zulip.warnings {
         log::warn!("zulip.config.warning message={}", Q(w));

@@ -451,6 +451,30 @@ fn lookup_user(creds: &Credentials, name: &str, timeout_secs: u64) -> Result<u64
         .ok_or_else(|| ZulipError(format!("Zulip has no user named {name:?} (ZULIP_TO)")))
 }
 
+/// Who the credentials belong to, as Zulip says (`GET /api/v1/users/me`):
+/// `<full name> <email> (user id <n>)`.
+pub fn whoami(creds: &Credentials, timeout_secs: u64) -> Result<String, ZulipError> {
+    let url = format!("{}/api/v1/users/me", creds.site);
+    let response = minreq::get(url.as_str())
+        .with_header("Authorization", basic_auth(creds))
+        .with_timeout(timeout_secs)
+        .send()
+        .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
+    let json = parse_zulip_answer(&response)?;
+    let text = |k: &str| {
+        json.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let id = json.get("user_id").and_then(|v| v.as_u64()).unwrap_or(0);
+    Ok(format!(
+        "{} <{}> (user id {id})",
+        text("full_name"),
+        text("email")
+    ))
+}
+
 fn basic_auth(creds: &Credentials) -> String {
     format!(
         "Basic {}",

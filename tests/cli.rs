@@ -198,6 +198,23 @@ fn zulip_check_and_send() {
         "{text}"
     );
     assert!(!text.contains("cli-secret-key") && !stderr(&o).contains("cli-secret-key"));
+    // It asks Zulip who the credentials belong to.
+    assert!(
+        text.contains("Zulip says: the credentials are Looper Bot <bot@example.com> (user id 99)"),
+        "{text}"
+    );
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let unusable = [
+        ("ZULIP_SITE", dead.as_str()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com"),
+        ("ZULIP_BOT_API_KEY", "k"),
+    ];
+    let o = cli(&fx, &["zulip", "check"], &unusable);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("Zulip says no") && stdout(&o).contains("unreachable"));
     let none = cli(&fx, &["zulip", "check"], &[]);
     assert_eq!(none.status.code(), Some(1));
     assert!(stdout(&none).contains("not configured"));

@@ -124,3 +124,34 @@ fn the_wrapper_works_from_a_run_under_a_bare_path() {
         "--inbox was not taken as an option"
     );
 }
+
+/// Start-up says what the first trigger would find out: a codex binary that cannot be
+/// found (naming what was tried), an unreadable `LOOPER_PROMPT_FILE`; and typo'd variables
+/// are named even when the start then fails.
+#[test]
+fn start_up_checks_what_it_can() {
+    let fx = Fixture::new("startup-checks");
+    let looper = fx.start(&[
+        ("CODEX_EXEC_BINARY", "/nonexistent/codex"),
+        ("LOOPER_PROMPT_FILE", "/nonexistent/prompt.md"),
+    ]);
+    let log = looper.server_log();
+    assert!(
+        log.contains("config.codex_missing")
+            && log.contains("CODEX_EXEC_BINARY=/nonexistent/codex"),
+        "{log}"
+    );
+    assert!(
+        log.contains("config.prompt_file_unreadable path=/nonexistent/prompt.md"),
+        "{log}"
+    );
+    drop(looper);
+    let (mut child, stderr_path) = fx.spawn(&[("LOOPER_PROT", "3457"), ("LOOPER_PORT", "http")]);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let text = common::read(stderr_path);
+    assert!(
+        text.contains("LOOPER_PORT") && text.contains("LOOPER_PROT") && text.contains("typo"),
+        "{text}"
+    );
+}

@@ -529,7 +529,13 @@ impl FakeZulip {
                         .collect(),
                     body,
                 };
-                let canned = if r.url.starts_with("/api/v1/users") {
+                let canned = if r.url.starts_with("/api/v1/users/me") {
+                    (
+                        200,
+                        vec![],
+                        r#"{"result":"success","msg":"","full_name":"Looper Bot","email":"bot@example.com","user_id":99}"#.to_string(),
+                    )
+                } else if r.url.starts_with("/api/v1/users") {
                     (
                         200,
                         vec![],
