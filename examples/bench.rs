@@ -312,6 +312,8 @@ fn main() {
         return;
     }
     let mut rows: Vec<(String, String, String)> = Vec::new();
+    // One line per SPEC §9 target: met or missed, with what was measured.
+    let mut verdicts: Vec<(bool, String)> = Vec::new();
     let wrk_secs = if quick { 3 } else { 10 };
 
     // Ready: spawn to the first 200 on /health.
@@ -321,20 +323,27 @@ fn main() {
         ready.push(t.as_secs_f64() * 1000.0);
         drop(s);
     }
+    let ready_ms = median(&mut ready);
     rows.push((
         "ready (median of 5)".into(),
-        format!("{:.1} ms", median(&mut ready)),
+        format!("{ready_ms:.1} ms"),
         "<= 10 ms".into(),
     ));
+    verdicts.push((ready_ms <= 10.0, format!("ready {ready_ms:.1} ms <= 10 ms")));
 
     // Idle memory and /health under wrk.
     let (s, _) = start_looper(&b, &dir, &[]);
     std::thread::sleep(Duration::from_secs(1));
     let rss = proc_status(s.child.id(), "VmRSS:");
+    let idle_mb = rss as f64 / 1024.0;
     rows.push((
         "idle resident memory".into(),
-        format!("{:.1} MB", rss as f64 / 1024.0),
+        format!("{idle_mb:.1} MB"),
         "<= 4 MB".into(),
+    ));
+    verdicts.push((
+        idle_mb <= 4.0,
+        format!("idle memory {idle_mb:.1} MB <= 4 MB"),
     ));
     let (rps, p99) = wrk(s.port, wrk_secs);
     drop(s);
@@ -362,6 +371,15 @@ fn main() {
         "  yardstick: bare tiny_http loop".into(),
         format!("{bare_rps:.0} req/s, p99 {bare_p99:.2} ms"),
         format!("ratio {:.0}%", 100.0 * rps / bare_rps),
+    ));
+    let ratio = 100.0 * rps / bare_rps;
+    verdicts.push((
+        ratio >= 50.0,
+        format!("/health {ratio:.0}% of the bare loop >= 50%"),
+    ));
+    verdicts.push((
+        p99 <= 2.0 || p99 <= 3.0 * bare_p99,
+        format!("/health p99 {p99:.2} ms <= 2 ms or <= 3x the bare loop's {bare_p99:.2} ms"),
     ));
     // For comparison: every /health request logged (LOOPER_LOG_LEVEL=DEBUG).
     let (s, _) = start_looper(&b, &dir, &[("LOOPER_LOG_LEVEL", "DEBUG".into())]);
@@ -398,10 +416,15 @@ fn main() {
         );
     }
     let max = walls.iter().cloned().fold(0.0, f64::max);
+    let run_ms = median(&mut walls);
     rows.push((
         "/run (median of 15, max)".into(),
-        format!("{:.1} ms, max {max:.1} ms", median(&mut walls)),
+        format!("{run_ms:.1} ms, max {max:.1} ms"),
         "<= 10 ms median".into(),
+    ));
+    verdicts.push((
+        run_ms <= 10.0,
+        format!("/run median {run_ms:.1} ms <= 10 ms"),
     ));
     drop(s);
 
@@ -458,6 +481,24 @@ fn main() {
         ),
         "flat".into(),
     ));
+    let off_ratio = 100.0 * off.mbps / straight;
+    verdicts.push((
+        off_ratio >= 90.0,
+        format!("mirror off: {off_ratio:.0}% of fake codex > FILE >= 90%"),
+    ));
+    verdicts.push((
+        off.cpu <= 0.3,
+        format!("mirror off: {:.2} CPU-s <= 0.3 per 200 MB", off.cpu),
+    ));
+    let on_ratio = 100.0 * on.mbps / dd;
+    verdicts.push((
+        on_ratio >= 60.0,
+        format!("mirror on: {on_ratio:.0}% of dd >= 60%"),
+    ));
+    verdicts.push((
+        on.cpu <= 1.5,
+        format!("mirror on: {:.2} CPU-s <= 1.5 per 200 MB", on.cpu),
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
@@ -467,4 +508,14 @@ fn main() {
     for (a, bb, c) in rows {
         println!("| {a:w0$} | {bb:w1$} | {c} |");
     }
+    println!();
+    for (met, text) in &verdicts {
+        println!("{} {text}", if *met { "met   " } else { "MISSED" });
+    }
+    let missed = verdicts.iter().filter(|v| !v.0).count();
+    println!(
+        "{} of {} targets met",
+        verdicts.len() - missed,
+        verdicts.len()
+    );
 }

@@ -38,7 +38,7 @@ usage:
 
 examples:
   looper
-  looper trigger --message 'Looper: fresh run' --prompt-file prompt.md --follow
+  looper trigger --message 'Looper: fresh run' --prompt-file scripts/example-prompt.md --follow
   looper status
 
 Configuration is by environment variables; see README.md.";
@@ -378,7 +378,9 @@ fn trigger(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) ->
         body["codex_prompt"] = json!(prompt);
     }
     if let Some(ws) = flags.values.get("--workspace") {
-        let abs = std::path::absolute(ws).unwrap_or_else(|_| ws.into());
+        let abs = std::path::absolute(ws)
+            .map(|p| crate::config::normalize(&p))
+            .unwrap_or_else(|_| ws.into());
         body["workspace"] = json!(abs.to_string_lossy());
     }
     let from = flags
@@ -718,9 +720,29 @@ fn status(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) -> 
 
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        // Timestamps to the second, in local time: the nanoseconds say nothing to a person.
+        Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => t
+                .with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+            Err(_) => s.clone(),
+        },
         Value::Null => "-".to_string(),
         other => other.to_string(),
+    }
+}
+
+/// When autopoll ticks next: a time in the past means a tick is under way.
+fn next_tick(v: &Value) -> String {
+    let past = v
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .is_some_and(|t| t < chrono::Local::now());
+    if past {
+        "now".to_string()
+    } else {
+        text(v)
     }
 }
 
@@ -760,7 +782,7 @@ pub fn describe_status(base: &str, s: &Value) -> String {
             "autopoll: every {} s when logs are quiet for {} s; next tick {}",
             text(&p["interval_seconds"]),
             text(&p["stale_seconds"]),
-            text(&p["next_tick_at"])
+            next_tick(&p["next_tick_at"])
         ));
         if !p["backoff_until"].is_null() {
             lines.push(format!(

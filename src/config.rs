@@ -221,6 +221,21 @@ pub fn expand_home(p: &str, home: Option<&str>) -> PathBuf {
     }
 }
 
+/// `path` with `.` and `..` folded away (lexically: symlinks are left as they are).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// A path setting: `~` expanded, then taken from `cwd` when relative.
 fn absolute(cwd: &Path, home: Option<&str>, p: &str) -> PathBuf {
     let p = expand_home(p, home);

@@ -53,6 +53,12 @@ const EVICTED_SLACK: usize = 64;
 /// Pauses after an accept failure (say, out of descriptors), doubling while it goes on.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// A client still sending a body we did not read (too large, or unauthorized) gets a short
+/// while to finish, so that closing does not reset the connection before it has read our
+/// answer: at most this long, and only for bodies up to [`LINGER_MAX_BODY`] (a larger
+/// declaration is not an honest client's).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_MAX_BODY: u64 = 16 * 1024 * 1024;
 /// What each read asks for at most.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -363,10 +369,15 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
         };
         let outcome = crate::api::handle(app, &mut rq);
         // An unread body is never drained: the connection closes instead.
-        let close = rq.head.close || (rq.head.has_body() && !rq.body_read);
+        let unread = rq.head.has_body() && !rq.body_read;
+        let close = rq.head.close || unread;
+        let declared = rq.head.content_length.unwrap_or(u64::MAX);
         let head_only = rq.head.method == "HEAD";
         drop(rq);
         let written = write_response(&mut conn.stream, &outcome, close, head_only);
+        if unread && declared <= LINGER_MAX_BODY && written.is_ok() {
+            linger(&mut conn.stream, declared);
+        }
         if close || written.is_err() || app.shutdown.is_set() {
             return;
         }
@@ -425,6 +436,21 @@ impl Request<'_> {
         }
         self.body_read = true;
         Ok(body)
+    }
+}
+
+/// After the answer (and our half-close), reads and discards what the client still sends,
+/// up to its declared body and for at most [`LINGER`], so that the client reads our answer
+/// instead of a reset. Bounded in time and bytes: never a drain of an arbitrary body.
+fn linger(stream: &mut TcpStream, declared: u64) {
+    let deadline = Instant::now() + LINGER;
+    let mut left = declared + READ_CHUNK as u64;
+    let mut sink = [0u8; READ_CHUNK];
+    while left > 0 {
+        match read_some(stream, &mut sink, deadline) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
     }
 }
 

@@ -285,21 +285,6 @@ fn check_workspace(plan: &Plan) -> Result<(), ApiError> {
     ))
 }
 
-/// `path` with `.` and `..` folded away (lexically: symlinks are left as they are).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
     let prompt = match &req.prompt {
         Some(p) => p.clone(),
@@ -318,7 +303,7 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
     }
     let workspace = match &req.workspace {
         // `~` as the original read it; `..` folded away so the answer names the directory.
-        Some(w) => normalize(
+        Some(w) => crate::config::normalize(
             &app.cfg
                 .cwd
                 .join(crate::config::expand_home(w, app.cfg.home.as_deref())),

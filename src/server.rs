@@ -251,6 +251,14 @@ fn shutdown(app: &App) {
     if !app.wait_all_exited(TRAILER_WAIT) {
         log::warn!("server.stop.trailers_pending");
     }
+    // Triggers still in flight are refused at their next step: let them answer (and log
+    // their end) before the last line.
+    let deadline = std::time::Instant::now() + TRAILER_WAIT;
+    while app.inflight.load(std::sync::atomic::Ordering::Acquire) > 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     log::info!("server.stop.done");
 }
 

@@ -261,7 +261,7 @@ fn the_wrapper_script_is_a_drop_in() {
     let run = |extra: &[(&str, &str)]| {
         Command::new("bash")
             .arg(&script)
-            .env("LOOPER_BIN", env!("CARGO_BIN_EXE_looper"))
+            .env("LOOPER_BIN", common::looper_binary())
             .env("LOOPER_URL", url(&looper))
             .env_remove("LOOPER_RUN_ID")
             .env_remove("LOOPER_API_TOKEN")

@@ -61,7 +61,7 @@ fn a_run_gets_its_inbox_and_looper_but_no_zulip_secrets() {
     assert_eq!(mode(&inbox), 0o700);
     assert_eq!(mode(&fx.path("ws/.looper")), 0o700);
     assert_eq!(common::read(fx.path("ws/.looper/.gitignore")), "*\n");
-    assert_eq!(rec["looper_bin"], json!(env!("CARGO_BIN_EXE_looper")));
+    assert_eq!(rec["looper_bin"], json!(common::looper_binary()));
     assert_eq!(
         rec["zulip_vars"],
         json!([]),

@@ -366,6 +366,17 @@ fn a_trigger_in_flight_at_shutdown_stops_nothing_more() {
         "the stop step ran after SIGTERM:\n{log}"
     );
     assert_eq!(log.matches("action=stop").count(), 1, "{log}");
+    // The refused trigger said its end (503) before the server's last line.
+    let lines: Vec<&str> = log.lines().collect();
+    let done = lines
+        .iter()
+        .position(|l| l.contains("server.stop.done"))
+        .expect("stop.done");
+    let refused = lines
+        .iter()
+        .position(|l| l.contains("http.end") && l.contains("status=503"))
+        .expect("the refused trigger's http.end");
+    assert!(refused < done, "{log}");
     let _ = foreign.kill();
     let _ = foreign.wait();
 }

@@ -113,6 +113,23 @@ fn the_wrapper_works_from_a_run_under_a_bare_path() {
         said.as_deref().map(str::trim),
         Some("from the original's file")
     );
+    // `--workspace` is reported as the directory it names (`..` folded away).
+    let o = common::cli(
+        &fx,
+        &[
+            "trigger",
+            "--message",
+            "m",
+            "--prompt",
+            "",
+            "--workspace",
+            "ws/scripts/..",
+        ],
+        &[("LOOPER_URL", rec["looper_url"].as_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let answer: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(answer["workspace"], json!(repo), "{answer}");
     // An option is an option, not the message.
     let mut cmd = Command::new("bash");
     cmd.arg(&wrapper).arg("--inbox").arg("the message");

@@ -53,6 +53,14 @@ fn cmdline(pid: u64) -> String {
         .unwrap_or_default()
 }
 
+/// The `looper` binary under test: the one cargo built, or `LOOPER_TEST_BINARY` (CI runs the
+/// suite once against the static build).
+pub fn looper_binary() -> PathBuf {
+    std::env::var_os("LOOPER_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_looper")))
+}
+
 /// A binary built from `examples/<name>.rs` (the fake codex, the stand-in model).
 pub fn example_binary(name: &str) -> PathBuf {
     let looper = PathBuf::from(env!("CARGO_BIN_EXE_looper"));
@@ -216,7 +224,7 @@ impl Fixture {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let stderr_path = self.dir.join(format!("looper-stderr-{n}.txt"));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_looper"));
+        let mut cmd = Command::new(looper_binary());
         cmd.env_clear()
             .envs(env)
             .current_dir(cwd)
@@ -633,7 +641,7 @@ pub fn run_id_of(answer: &Answer) -> String {
 
 /// Runs `looper <args>` with `env` (nothing else of the test's environment but PATH).
 pub fn cli(fx: &Fixture, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_looper"))
+    Command::new(looper_binary())
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
