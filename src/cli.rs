@@ -312,7 +312,13 @@ pub fn base_url(flag: Option<&str>, env: &HashMap<String, String>) -> String {
             format!("http://127.0.0.1:{port}")
         });
     let trimmed = raw.trim().trim_end_matches('/');
-    trimmed.strip_suffix("/run").unwrap_or(trimmed).to_string()
+    let base = trimmed.strip_suffix("/run").unwrap_or(trimmed);
+    // `127.0.0.1:3456` is what people type: it means plain HTTP.
+    if base.contains("://") {
+        base.to_string()
+    } else {
+        format!("http://{base}")
+    }
 }
 
 /// One request to the server; the JSON answer, or a message that says what went wrong.
@@ -1021,6 +1027,20 @@ mod tests {
             text.contains("LOOPER_WORKSPACE") && text.contains("ZULIP_TO"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_is_http() {
+        let env = HashMap::new();
+        assert_eq!(
+            base_url(Some("127.0.0.1:3456"), &env),
+            "http://127.0.0.1:3456"
+        );
+        assert_eq!(
+            base_url(Some("localhost:1/run/"), &env),
+            "http://localhost:1"
+        );
+        assert_eq!(base_url(Some("https://x/run"), &env), "https://x");
     }
 
     #[test]

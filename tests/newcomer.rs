@@ -172,3 +172,18 @@ fn start_up_checks_what_it_can() {
         "{text}"
     );
 }
+
+/// A port already in use stops the start with a message that says what to do.
+#[test]
+fn an_address_in_use_says_what_to_do() {
+    let fx = Fixture::new("in-use");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (mut child, stderr_path) = fx.spawn(&[("LOOPER_PORT", &port)]);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let text = common::read(stderr_path);
+    assert!(
+        text.contains("LOOPER_PORT") && text.contains("looper status") && text.contains(&port),
+        "{text}"
+    );
+}
