@@ -139,16 +139,28 @@ fn numbered_entries(dir: &Path) -> Option<Vec<(i32, fs::DirEntry)>> {
 
 /// One snapshot of the processes of user `uid`. Entries that vanish mid-scan are skipped.
 pub fn scan(uid: u32) -> std::io::Result<Vec<ProcInfo>> {
-    scan_in(Path::new("/proc"), uid)
+    scan_in(Path::new("/proc"), uid, &[])
+}
+
+/// [`scan`] again shortly after `previous`: a process already there is taken from it
+/// unread (reading `/proc` is slow on these machines, a few ms a scan); only new pids are
+/// read. For a stop's second look, which wants the processes born meanwhile.
+pub fn rescan(uid: u32, previous: &[ProcInfo]) -> std::io::Result<Vec<ProcInfo>> {
+    scan_in(Path::new("/proc"), uid, previous)
 }
 
 /// [`scan`] of a `/proc` mounted at `proc`. Not being able to list it is an error, never an
 /// empty table: "nothing runs" would start a second codex beside the first.
-fn scan_in(proc: &Path, uid: u32) -> std::io::Result<Vec<ProcInfo>> {
+fn scan_in(proc: &Path, uid: u32, previous: &[ProcInfo]) -> std::io::Result<Vec<ProcInfo>> {
     let mut out = Vec::new();
     let entries = numbered_entries(proc)
         .ok_or_else(|| std::io::Error::other(format!("cannot list {}", proc.display())))?;
+    let known: HashMap<i32, &ProcInfo> = previous.iter().map(|p| (p.pid, p)).collect();
     for (pid, _) in entries {
+        if let Some(p) = known.get(&pid) {
+            out.push((*p).clone());
+            continue;
+        }
         let base = Path::new("/proc").join(pid.to_string());
         match fs::metadata(&base) {
             Ok(m) if m.uid() == uid => {}
@@ -607,7 +619,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_proc_is_an_error_not_an_empty_table() {
-        assert!(scan_in(Path::new("/nonexistent/proc"), current_uid()).is_err());
+        assert!(scan_in(Path::new("/nonexistent/proc"), current_uid(), &[]).is_err());
         let table = scan(current_uid()).expect("/proc is readable here");
         assert!(table.iter().any(|p| p.pid == std::process::id() as i32));
     }

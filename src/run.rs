@@ -349,6 +349,31 @@ pub fn find_runs(
     only_run_ids: Option<&HashSet<String>>,
     workspace: &Path,
 ) -> Result<Vec<procs::ProcInfo>, ApiError> {
+    let table = scan_or_refuse(procs::scan(procs::current_uid()))?;
+    Ok(select_runs(app, &table, binary, only_run_ids, workspace))
+}
+
+fn scan_or_refuse(
+    scanned: std::io::Result<Vec<procs::ProcInfo>>,
+) -> Result<Vec<procs::ProcInfo>, ApiError> {
+    scanned.map_err(|e| {
+        ApiError::new(
+            500,
+            format!(
+                "cannot read /proc to find live codex runs ({e}); nothing was stopped or started"
+            ),
+        )
+    })
+}
+
+/// The processes of `table` a stop takes (see [`find_runs`]).
+fn select_runs(
+    app: &App,
+    table: &[procs::ProcInfo],
+    binary: Option<&Path>,
+    only_run_ids: Option<&HashSet<String>>,
+    workspace: &Path,
+) -> Vec<procs::ProcInfo> {
     let (names, ours) = {
         let runs = app.runs();
         let binaries = runs
@@ -364,14 +389,6 @@ pub fn find_runs(
             .collect();
         (names, ours)
     };
-    let table = procs::scan(procs::current_uid()).map_err(|e| {
-        ApiError::new(
-            500,
-            format!(
-                "cannot read /proc to find live codex runs ({e}); nothing was stopped or started"
-            ),
-        )
-    })?;
     // LOOPER_STOP_SCOPE=workspace: the runs of this workspace only, ours and earlier
     // Loopers' (known from the history) included.
     let dir = workspace
@@ -412,8 +429,8 @@ pub fn find_runs(
             run_ids: &scope_ids,
         },
     };
-    Ok(procs::select(
-        &table,
+    procs::select(
+        table,
         &procs::Selector {
             names: &names,
             looper_url: &app.url,
@@ -422,7 +439,7 @@ pub fn find_runs(
             extra_pids: &ours,
             self_pid: std::process::id() as i32,
         },
-    ))
+    )
 }
 
 /// Stops every live codex exec run of this user (SPEC §3), or with `only_run_ids` just
@@ -435,7 +452,8 @@ pub fn stop_runs(
     request_id: &str,
     reason: StopReason,
 ) -> Result<procs::StopReport, ApiError> {
-    let mut targets = find_runs(app, binary, only_run_ids, workspace)?;
+    let mut table = scan_or_refuse(procs::scan(procs::current_uid()))?;
+    let mut targets = select_runs(app, &table, binary, only_run_ids, workspace);
     let mark_ours = |targets: &[procs::ProcInfo]| {
         // Our runs among the targets die on purpose: not crashes, and their history says why.
         let mut runs = app.runs();
@@ -470,10 +488,12 @@ pub fn stop_runs(
         if Instant::now() >= deadline {
             break;
         }
-        targets = match find_runs(app, binary, only_run_ids, workspace) {
+        // New processes only: those already seen were judged above.
+        table = match procs::rescan(procs::current_uid(), &table) {
             Ok(t) => t,
             Err(_) => break,
         };
+        targets = select_runs(app, &table, binary, only_run_ids, workspace);
         mark_ours(&targets);
         if all_gone && targets.iter().all(|p| stop.covers(p)) {
             break;
