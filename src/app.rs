@@ -142,7 +142,7 @@ pub struct AutopollState {
     pub paused_until: Option<chrono::DateTime<chrono::Local>>,
 }
 
-/// What ending a run changed, for the copy thread to announce outside the locks.
+/// What ending a run changed, for the watcher thread to announce outside the locks.
 pub struct Finished {
     pub row: Row,
     /// Set when this exit started a back-off (announce it once).

@@ -563,15 +563,16 @@ fn through_inbox(
     Ok(None)
 }
 
-/// The bytes of run `run_id`'s log from `offset` on (at most a MiB), from the server's log
-/// API.
+/// The bytes of run `run_id`'s log from `offset` on (at most a MiB; without an offset, the
+/// last MiB), from the server's log API.
 fn fetch_log(
     base: &str,
     env: &HashMap<String, String>,
     run_id: &str,
-    offset: u64,
+    offset: Option<u64>,
 ) -> Result<Vec<u8>, Fail> {
-    let url = format!("{base}/runs/{run_id}/log?offset={offset}");
+    let query = offset.map(|o| format!("?offset={o}")).unwrap_or_default();
+    let url = format!("{base}/runs/{run_id}/log{query}");
     let mut rq = minreq::get(url.as_str());
     if let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) {
         rq = rq.with_header("Authorization", format!("Bearer {}", token.trim()));
@@ -622,7 +623,7 @@ fn follow(
 ) -> Result<Option<i32>, Fail> {
     let mut offset = 0u64;
     let mut print_new = |offset: &mut u64| -> bool {
-        let chunk = fetch_log(base, env, run_id, *offset)
+        let chunk = fetch_log(base, env, run_id, Some(*offset))
             .ok()
             .or_else(|| local.and_then(|p| read_local(p, *offset)))
             .unwrap_or_default();
@@ -680,28 +681,7 @@ fn logs(args: &[&str], env: &HashMap<String, String>, out: &mut dyn Write) -> Re
         let rc = follow(&base, env, &run_id, None, None, out)?;
         return Ok(if rc == Some(0) { 0 } else { 1 });
     }
-    // The last MiB of the log, as the API gives it without an offset.
-    let url = format!("{base}/runs/{run_id}/log");
-    let mut rq = minreq::get(url.as_str());
-    if let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) {
-        rq = rq.with_header("Authorization", format!("Bearer {}", token.trim()));
-    }
-    let response = rq
-        .with_timeout(30)
-        .send()
-        .map_err(|e| Fail(format!("cannot reach Looper at {base}: {e}"), 1))?;
-    if response.status_code != 200 {
-        let error: Value = serde_json::from_slice(response.as_bytes()).unwrap_or_default();
-        return Err(Fail(
-            format!(
-                "HTTP {}: {}",
-                response.status_code,
-                error["error"].as_str().unwrap_or("the server said no")
-            ),
-            1,
-        ));
-    }
-    let _ = out.write_all(response.as_bytes());
+    let _ = out.write_all(&fetch_log(&base, env, &run_id, None)?);
     Ok(0)
 }
 

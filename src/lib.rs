@@ -16,7 +16,7 @@
 //! - [`procs`]: `/proc` scanning, process trees, stopping; its `unsafe` calls, and
 //!   [`sys`]'s socket call, each carry a `// SAFETY:`.
 //! - [`sys`]: safe wrappers around raw calls outside process handling.
-//! - [`output`]: run logs and the per-child copy loop.
+//! - [`output`]: run logs (written by the runs themselves) and the per-child watcher.
 //! - [`inbox`]: the hand-off that needs no network: `/run` bodies dropped as files into
 //!   `<workspace>/.looper/inbox`, taken by one thread through the same pipeline.
 //! - [`autopoll`]: the idle poller, hung runs and crash-loop back-off.

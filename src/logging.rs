@@ -147,7 +147,7 @@ impl Log for ServerLogger {
         let line = if record.target().starts_with("looper") {
             format!("{now} {level} {}\n", record.args())
         } else {
-            // A library's own message (tiny_http, minreq): keep the event format.
+            // A library's own message (minreq, rustls): keep the event format.
             let message = record.args().to_string();
             format!(
                 "{now} {level} lib.log target={} message={}\n",
@@ -208,8 +208,7 @@ pub fn init(path: &Path, level: LevelFilter, max_bytes: u64) -> io::Result<()> {
 }
 
 /// A panic becomes one server-log event (not a stray stderr line that the log file never
-/// sees), naming the thread and the place. Panics inside a library's threads (tiny_http's
-/// accept thread, when it runs out of descriptors) are how their silent endings get told.
+/// sees), naming the thread and the place (a `/run` that panics is also answered `500`).
 fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     let payload = info.payload();
     let message = payload

@@ -15,7 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::logging::{self, Q};
 use crate::procs;
 
-/// What the copy threads get, after the runs were stopped, to write their trailers.
+/// What the watcher threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the server could not start (exit code 2 for configuration, 1 for the rest).
@@ -231,8 +231,8 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
         .map_err(|e| StartError::Io(format!("cannot start the signal thread: {e}")))
 }
 
-/// Stops the runs this server started (and everything they started), then gives their copy
-/// threads a moment to write trailers.
+/// Stops the runs this server started (and everything they started), then gives their
+/// watcher threads a moment to write trailers, and triggers in flight a moment to answer.
 fn shutdown(app: &App) {
     let ids: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
     log::info!("server.stop.start runs={}", ids.len());

@@ -421,15 +421,24 @@ fn parse_zulip_answer(response: &minreq::Response) -> Result<serde_json::Value, 
     )))
 }
 
-/// Resolves a full name, email or id to a user id through `GET /api/v1/users`.
-fn lookup_user(creds: &Credentials, name: &str, timeout_secs: u64) -> Result<u64, ZulipError> {
-    let url = format!("{}/api/v1/users", creds.site);
+/// `GET <site><path>` with the bot's credentials: Zulip's successful JSON answer.
+fn get_json(
+    creds: &Credentials,
+    path: &str,
+    timeout_secs: u64,
+) -> Result<serde_json::Value, ZulipError> {
+    let url = format!("{}{path}", creds.site);
     let response = minreq::get(url.as_str())
         .with_header("Authorization", basic_auth(creds))
         .with_timeout(timeout_secs)
         .send()
         .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
-    let json = parse_zulip_answer(&response)?;
+    parse_zulip_answer(&response)
+}
+
+/// Resolves a full name, email or id to a user id through `GET /api/v1/users`.
+fn lookup_user(creds: &Credentials, name: &str, timeout_secs: u64) -> Result<u64, ZulipError> {
+    let json = get_json(creds, "/api/v1/users", timeout_secs)?;
     let wanted = name.to_lowercase();
     json.get("members")
         .and_then(|m| m.as_array())
@@ -454,13 +463,7 @@ fn lookup_user(creds: &Credentials, name: &str, timeout_secs: u64) -> Result<u64
 /// Who the credentials belong to, as Zulip says (`GET /api/v1/users/me`):
 /// `<full name> <email> (user id <n>)`.
 pub fn whoami(creds: &Credentials, timeout_secs: u64) -> Result<String, ZulipError> {
-    let url = format!("{}/api/v1/users/me", creds.site);
-    let response = minreq::get(url.as_str())
-        .with_header("Authorization", basic_auth(creds))
-        .with_timeout(timeout_secs)
-        .send()
-        .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
-    let json = parse_zulip_answer(&response)?;
+    let json = get_json(creds, "/api/v1/users/me", timeout_secs)?;
     let text = |k: &str| {
         json.get(k)
             .and_then(|v| v.as_str())
