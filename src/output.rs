@@ -14,7 +14,7 @@ use std::time::Duration;
 /// it at once).
 const MIRROR_POLL: Duration = Duration::from_millis(50);
 /// The most the mirror reads at a time: large, so that a flood costs few syscalls.
-const MIRROR_CHUNK: usize = 256 * 1024;
+const MIRROR_CHUNK: usize = 1024 * 1024;
 /// The most the mirror reads before it looks at the child again.
 const MIRROR_ROUND: u64 = 64 * 1024 * 1024;
 /// A line longer than this is mirrored in pieces rather than held back forever.
