@@ -100,7 +100,7 @@ fn autopoll_ticks_never_make_a_trigger_busy() {
         .server_log()
         .matches("codex.exec.autopoll.skip")
         .count();
-    assert!(ticks > 50, "autopoll ticked only {ticks} times");
+    assert!(ticks > 10, "autopoll ticked only {ticks} times");
     assert_eq!(busy, 0, "{busy} of 150 triggers were refused as busy");
 }
 
