@@ -245,8 +245,6 @@ pub struct App {
     pub self_exe: Option<PathBuf>,
     /// The listening socket, so that shutdown can wake the accept loop.
     listener: Mutex<Option<Arc<std::net::TcpListener>>>,
-    /// The HTTP connections being served.
-    pub connections: Arc<crate::http::Connections>,
 }
 
 fn seed() -> u64 {
@@ -280,7 +278,6 @@ impl App {
             path_var,
             autopoll: Mutex::new(AutopollState::default()),
             listener: Mutex::new(None),
-            connections: Arc::default(),
             inboxes: Mutex::new(Vec::new()),
             counters: Mutex::default(),
             self_exe: std::env::current_exe().ok(),

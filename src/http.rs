@@ -178,7 +178,7 @@ fn parse_length(value: &str) -> Result<u64, ApiError> {
 
 /// The connections being served, so that the accept loop can make room.
 #[derive(Default)]
-pub struct Connections {
+struct Connections {
     table: Mutex<Table>,
 }
 
@@ -226,11 +226,6 @@ impl Connections {
             id,
         })
     }
-
-    /// Connections being served now.
-    pub fn count(&self) -> usize {
-        self.table().entries.len()
-    }
 }
 
 /// A connection's place; freed on drop, before its socket is closed.
@@ -265,7 +260,7 @@ struct Conn {
 /// Serves until shutdown; the signal thread wakes the blocked `accept` by shutting the
 /// listening socket (see [`App::unblock_server`]).
 pub fn serve(app: &Arc<App>, listener: &TcpListener) {
-    let conns = Arc::clone(&app.connections);
+    let conns = Arc::new(Connections::default());
     let mut pause = Duration::ZERO;
     loop {
         let stream = match listener.accept() {

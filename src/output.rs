@@ -147,7 +147,7 @@ pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i3
     let sink = if mirror { crate::logging::sink() } else { None };
     let reader = sink.and_then(|s| File::open(log_path).ok().map(|f| (s, f)));
     if let Some((sink, mut file)) = reader {
-        let pid = child.id() as i32;
+        let exit = crate::procs::Waiter::new(child.id() as i32);
         let mut lines = LineCarry { carry: Vec::new() };
         let mut buf = vec![0u8; MIRROR_CHUNK];
         let mut offset = from;
@@ -155,7 +155,7 @@ pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i3
         loop {
             // Behind a flood: look at the child without waiting, and read on.
             let poll = if behind { Duration::ZERO } else { MIRROR_POLL };
-            let exited = crate::procs::wait_gone(pid, poll);
+            let exited = exit.wait(poll);
             if exited {
                 // What was written up to the exit; later writers are not waited for.
                 let end = file.metadata().map(|m| m.len()).unwrap_or(offset);

@@ -595,14 +595,28 @@ pub fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// A process to wait for, opened once (a pidfd where the kernel has them) and waited on as
+/// often as needed. It is never signalled.
+pub struct Waiter(Target);
+
+impl Waiter {
+    pub fn new(pid: i32) -> Waiter {
+        Waiter(Target {
+            pid,
+            start_time: 0,
+            fd: pidfd_open(pid),
+        })
+    }
+
+    /// Waits up to `limit` for the process to exit; true when it has.
+    pub fn wait(&self, limit: Duration) -> bool {
+        wait_exits(&[&self.0], limit).is_empty()
+    }
+}
+
 /// Waits up to `limit` for `pid` (not necessarily our child) to exit; true when it has.
 pub fn wait_gone(pid: i32, limit: Duration) -> bool {
-    let t = Target {
-        pid,
-        start_time: 0,
-        fd: pidfd_open(pid),
-    };
-    wait_exits(&[&t], limit).is_empty()
+    Waiter::new(pid).wait(limit)
 }
 
 #[cfg(test)]
