@@ -28,6 +28,20 @@ pub fn log_file_name(now: chrono::DateTime<chrono::Local>, request_id: &str) -> 
     )
 }
 
+/// The start time in a run log's name (`YYYYMMDD-HHMMSS`), which sorts as it reads.
+pub fn log_name_stamp(name: &std::ffi::OsStr) -> Option<String> {
+    let name = name.to_str()?;
+    let stamp = name.strip_prefix("codex-exec-")?.get(..15)?;
+    let ok = stamp.bytes().enumerate().all(|(i, b)| {
+        if i == 8 {
+            b == b'-'
+        } else {
+            b.is_ascii_digit()
+        }
+    });
+    ok.then(|| stamp.to_string())
+}
+
 /// Whether a file name is a run log's (`codex-exec-*.log`).
 pub fn is_run_log(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
@@ -214,6 +228,13 @@ mod tests {
             log_file_name(t, "0a1b2c3d"),
             "codex-exec-20261125-080509-0a1b2c3d.log"
         );
+        let stamp = |n: &str| log_name_stamp(std::ffi::OsStr::new(n));
+        assert_eq!(
+            stamp("codex-exec-20261125-080509-0a1b2c3d.log").as_deref(),
+            Some("20261125-080509")
+        );
+        assert_eq!(stamp("codex-exec-2026x125-080509-0a.log"), None);
+        assert_eq!(stamp("codex-exec-short.log"), None);
         assert_eq!(
             header("0a1b2c3d", Path::new("/w"), "codex exec x"),
             "# looper_request_id=0a1b2c3d\n# workspace=/w\n# command=codex exec x\n\n"

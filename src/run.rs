@@ -2,7 +2,7 @@
 //! happens, then, under the run guard: announce → stop → (delay → spawn → startup check).
 //! Autopoll uses the same pipeline without the announcement.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
@@ -875,18 +875,41 @@ fn launch(
 }
 
 /// Keeps the `LOOPER_LOG_RETENTION` newest run logs, never removing a live run's log.
+///
+/// "Newest" is by start: the time in the file name, then, within one second, the order the
+/// history holds (a stopped run's trailer lands after its successor started, so the time a
+/// log last changed would rank it wrongly), then, for logs the history no longer holds, the
+/// time they last changed.
 fn prune_logs(app: &App) {
     let live: HashSet<PathBuf> = app.runs().live.iter().map(|r| r.log_path.clone()).collect();
+    let rank: HashMap<PathBuf, usize> = app
+        .history
+        .newest(crate::history::MAX_ROWS)
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| (row.log_path, i))
+        .collect();
     let Ok(dir) = std::fs::read_dir(&app.cfg.log_dir) else {
         return;
     };
-    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = dir
+    type Age = (
+        std::cmp::Reverse<String>,
+        usize,
+        std::cmp::Reverse<std::time::SystemTime>,
+    );
+    let mut logs: Vec<(Age, PathBuf)> = dir
         .flatten()
         .filter(|e| crate::output::is_run_log(&e.file_name()))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter_map(|e| {
+            let modified = e.metadata().ok()?.modified().ok()?;
+            let path = e.path();
+            let stamp = crate::output::log_name_stamp(&e.file_name()).unwrap_or_default();
+            let known = rank.get(&path).copied().unwrap_or(usize::MAX);
+            let age = (std::cmp::Reverse(stamp), known, std::cmp::Reverse(modified));
+            Some((age, path))
+        })
         .collect();
-    // Newest first: by time, then by name (which starts with the start time).
-    logs.sort_by(|a, b| b.cmp(a));
+    logs.sort();
     for (_, path) in logs.into_iter().skip(app.cfg.log_retention) {
         if live.contains(&path) {
             continue;

@@ -346,7 +346,9 @@ fn a_run_that_closes_stdout_is_still_tracked() {
     );
 }
 
-/// LOOPER_LOG_RETENTION keeps the N newest run logs, the active run's among them.
+/// LOOPER_LOG_RETENTION keeps the N newest run logs, the active run's among them. Newest
+/// means started last: an older log that changed later (a stopped run's trailer lands after
+/// its successor started) does not outrank a newer one.
 #[test]
 fn log_retention_keeps_the_newest() {
     let fx = Fixture::new("retention");
@@ -356,6 +358,14 @@ fn log_retention_keeps_the_newest() {
     ]);
     let mut paths = Vec::new();
     for i in 0..4 {
+        if i == 3 {
+            // The two older logs changed last.
+            let later = std::time::SystemTime::now() + Duration::from_secs(60);
+            for p in &paths[1..3] {
+                let f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                f.set_modified(later).unwrap();
+            }
+        }
         let a = looper.run(json!({"codex_prompt": format!("run {i}")}));
         assert_eq!(a.status, 200, "{}", a.body);
         paths.push(
