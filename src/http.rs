@@ -47,9 +47,11 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
-/// Closed connections whose threads are still ending may hold this many places beyond
-/// [`MAX_CONNECTIONS`].
+/// Evicted connections whose threads are still ending may hold this many places beyond
+/// [`MAX_CONNECTIONS`]; past that the accept loop waits for them to go (at most
+/// [`EVICTED_WAIT`]: their sockets are shut, so they end as soon as they are scheduled).
 const EVICTED_SLACK: usize = 64;
+const EVICTED_WAIT: Duration = Duration::from_secs(2);
 /// Pauses after an accept failure (say, out of descriptors), doubling while it goes on.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
@@ -180,13 +182,31 @@ fn parse_length(value: &str) -> Result<u64, ApiError> {
 #[derive(Default)]
 struct Connections {
     table: Mutex<Table>,
+    /// Signalled whenever a connection gives up its place.
+    freed: std::sync::Condvar,
 }
 
 #[derive(Default)]
 struct Table {
     next_id: u64,
-    /// Each connection's socket and, while it waits for a request head, since when.
-    entries: HashMap<u64, (RawFd, Option<Instant>)>,
+    /// Each connection's socket and what it is doing.
+    entries: HashMap<u64, (RawFd, State)>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    /// Waiting for a request head since then: it may be closed to make room.
+    Head(Instant),
+    /// Reading a body, being answered, or writing.
+    Busy,
+    /// Closed to make room; its thread has yet to end.
+    Evicted,
+}
+
+impl Table {
+    fn count(&self, state: fn(&State) -> bool) -> usize {
+        self.entries.values().filter(|e| state(&e.1)).count()
+    }
 }
 
 impl Connections {
@@ -198,29 +218,42 @@ impl Connections {
     /// for a request head when all places are taken; `None` when none waits.
     fn admit(self: &Arc<Self>, fd: RawFd) -> Option<Slot> {
         let mut t = self.table();
-        let waiting = t.entries.values().filter(|e| e.1.is_some()).count();
-        let busy = t.entries.len() - waiting;
-        if t.entries.len() >= MAX_CONNECTIONS {
-            if busy >= MAX_CONNECTIONS || t.entries.len() >= MAX_CONNECTIONS + EVICTED_SLACK {
+        // Evicted connections end on their own: under heavy load their threads may be slow
+        // to run, and a newcomer waits for them rather than being refused.
+        let give_up = Instant::now() + EVICTED_WAIT;
+        while t.entries.len() >= MAX_CONNECTIONS + EVICTED_SLACK
+            && t.count(|s| *s == State::Evicted) > 0
+        {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return None;
             }
+            t = match self.freed.wait_timeout(t, left) {
+                Ok((t, _)) => t,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        if t.count(|s| *s != State::Evicted) >= MAX_CONNECTIONS {
             let oldest = t
                 .entries
                 .iter()
-                .filter_map(|(id, (fd, since))| since.map(|s| (s, *id, *fd)))
+                .filter_map(|(id, (fd, state))| match state {
+                    State::Head(since) => Some((*since, *id, *fd)),
+                    _ => None,
+                })
                 .min();
             let (_, id, victim) = oldest?;
             // The entry is removed before its socket is closed (see `Slot`), so `victim`
             // is still that connection's open socket while we hold the lock.
             crate::sys::shutdown_socket(victim);
             if let Some(e) = t.entries.get_mut(&id) {
-                e.1 = None;
+                e.1 = State::Evicted;
             }
             log::debug!("http.evicted reason=waiting_for_head");
         }
         t.next_id += 1;
         let id = t.next_id;
-        t.entries.insert(id, (fd, Some(Instant::now())));
+        t.entries.insert(id, (fd, State::Head(Instant::now())));
         Some(Slot {
             conns: Arc::clone(self),
             id,
@@ -238,7 +271,13 @@ impl Slot {
     /// Marks the connection as waiting for a request head (it may be closed for room) or not.
     fn waiting(&self, yes: bool) {
         if let Some(e) = self.conns.table().entries.get_mut(&self.id) {
-            e.1 = yes.then(Instant::now);
+            if e.1 != State::Evicted {
+                e.1 = if yes {
+                    State::Head(Instant::now())
+                } else {
+                    State::Busy
+                };
+            }
         }
     }
 }
@@ -246,6 +285,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.conns.table().entries.remove(&self.id);
+        self.conns.freed.notify_all();
     }
 }
 
@@ -554,6 +594,56 @@ fn write_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past the cap the oldest head-waiter makes room; evicted connections whose threads
+    /// have not ended yet make a newcomer wait for them (a heavily loaded machine runs those
+    /// threads late), not be refused; only busy connections mean a refusal.
+    #[test]
+    fn the_table_evicts_head_waiters_and_waits_for_evicted_ones() {
+        let conns = Arc::new(Connections::default());
+        // -1: no descriptor, so the evictions shut nothing down.
+        let mut slots: Vec<Slot> = (0..MAX_CONNECTIONS)
+            .map(|_| conns.admit(-1).expect("room"))
+            .collect();
+        let evicted = |c: &Connections| c.table().count(|s| *s == State::Evicted);
+        for _ in 0..EVICTED_SLACK {
+            slots.push(conns.admit(-1).expect("room made by eviction"));
+        }
+        assert_eq!(evicted(&conns), EVICTED_SLACK);
+        // The table is at its bound; one evicted connection ends a little later.
+        let first_evicted = slots.remove(0);
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(first_evicted);
+        });
+        let waited = Instant::now();
+        let newcomer = conns.admit(-1);
+        assert!(
+            newcomer.is_some(),
+            "refused while an evicted connection was ending"
+        );
+        assert!(waited.elapsed() >= Duration::from_millis(50));
+        ender.join().unwrap();
+        slots.push(newcomer.unwrap());
+        // Every place busy, none evicted: a newcomer is refused at once.
+        for slot in &slots {
+            slot.waiting(false);
+        }
+        slots.retain(|s| {
+            conns
+                .table()
+                .entries
+                .get(&s.id)
+                .is_some_and(|e| e.1 == State::Busy)
+        });
+        let mut more = Vec::new();
+        while slots.len() + more.len() < MAX_CONNECTIONS {
+            let slot = conns.admit(-1).expect("room");
+            slot.waiting(false);
+            more.push(slot);
+        }
+        assert!(conns.admit(-1).is_none());
+    }
 
     fn head(raw: &str) -> Result<Option<(Head, usize)>, ApiError> {
         parse_head(raw.as_bytes())

@@ -301,15 +301,22 @@ fn missing_pieces_between_runs() {
 #[test]
 fn a_full_disk_does_not_block_the_child() {
     let fx = Fixture::new("full");
+    // The flood waits for the answer (else a fast death could be reported as an early exit).
+    let go = fx.path("go");
+    let script = format!(
+        "record;await:{};flood:8000000;print:the end;exit:0",
+        go.display()
+    );
     let looper = fx.start_limited(
         &[
-            ("FAKE_CODEX", "record;flood:8000000;print:the end;exit:0"),
+            ("FAKE_CODEX", script.as_str()),
             ("LOOPER_MIRROR_CODEX_OUTPUT", "0"),
         ],
         &[(libc::RLIMIT_FSIZE, 2_000_000)],
     );
     let a = looper.run(json!({"codex_prompt": "flood", "codex_exec_startup_check_seconds": 0}));
     assert_eq!(a.status, 200, "{}", a.body);
+    std::fs::write(&go, "").unwrap();
     let row = looper.ended_row(a.body["run_id"].as_str().unwrap());
     // Killed by SIGXFSZ at the limit, as any program writing past it.
     assert_eq!(row["return_code"], -libc::SIGXFSZ, "{row}");
