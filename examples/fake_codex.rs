@@ -173,8 +173,17 @@ fn record(args: &[String], helpers: &[u32]) {
     let pid = std::process::id();
     // SAFETY: getsid/getpgid on our own pid have no preconditions.
     let (sid, pgid) = unsafe { (libc::getsid(0), libc::getpgid(0)) };
+    // When it started, comparable between processes (pids wrap around on a busy machine).
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let started_ns = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128;
     let value = serde_json::json!({
         "pid": pid,
+        "started_ns": started_ns.to_string(),
         "argv": args,
         "cwd": std::env::current_dir().ok().map(|d| d.to_string_lossy().into_owned()),
         "stdin": std::fs::read_link("/proc/self/fd/0").ok().map(|d| d.to_string_lossy().into_owned()),

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{alive, wait_for, FakeZulip, Fixture};
+use common::{alive, fd_count, thread_count, wait_for, FakeZulip, Fixture};
 use serde_json::json;
 
 fn raw(looper: &common::Looper) -> TcpStream {
@@ -414,21 +414,6 @@ fn a_shared_zuliprc_is_warned_about() {
         );
         assert!(!err.contains("rc-secret-key"));
     }
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn thread_count(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Zombie children of `pid`.

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{alive, pid_of, wait_for, FakeZulip, Fixture, Looper};
+use common::{alive, fd_count, pid_of, thread_count, wait_for, FakeZulip, Fixture, Looper};
 use serde_json::json;
 
 fn raw(looper: &Looper) -> TcpStream {
@@ -190,18 +190,6 @@ fn trickling_and_unread_pipelines_freeze_nothing() {
     assert!(rest.starts_with("HTTP/1.1 408"), "{rest:?}");
     drop(writer.join());
     assert_alive_and_answering(&looper, "the pipeline");
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// A 1,000-connection slow-loris under `LimitNOFILE=1024` (systemd's default): the

@@ -34,6 +34,20 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// How many descriptors `pid` holds open.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// How many threads `pid` runs.
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -383,7 +397,12 @@ impl Looper {
                     .collect()
             })
             .unwrap_or_default();
-        out.sort_by_key(|v| v["pid"].as_u64());
+        // In start order (not by pid: pids wrap around on a busy machine).
+        out.sort_by_key(|v| {
+            v["started_ns"]
+                .as_str()
+                .and_then(|t| t.parse::<u128>().ok())
+        });
         out
     }
 
