@@ -639,6 +639,30 @@ mod tests {
         }
     }
 
+    /// Shutdown wakes a startup check waiting for its run's exit, wherever the waiter is
+    /// (before its check, between its check and its wait, or waiting): the check ends with
+    /// no exit instead of sitting out its limit.
+    #[test]
+    fn shutdown_wakes_whoever_waits_for_an_exit() {
+        let limit = Duration::from_secs(20);
+        for i in 0..100 {
+            let a = std::sync::Arc::new(app());
+            let b = a.clone();
+            let waiter = std::thread::spawn(move || {
+                let since = std::time::Instant::now();
+                let exit = b.wait_exit("r", limit);
+                (exit, since.elapsed())
+            });
+            // Now at once, now once the waiter is most likely waiting.
+            std::thread::sleep(Duration::from_millis(i % 3));
+            a.shutdown.trigger();
+            a.wake_exit_waiters();
+            let (exit, waited) = waiter.join().unwrap();
+            assert!(exit.is_none(), "round {i}");
+            assert!(waited < limit, "round {i}: the wake-up was lost");
+        }
+    }
+
     /// Whoever sees a run exit (shutdown, before the process ends) finds its history row
     /// complete.
     #[test]
