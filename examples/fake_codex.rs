@@ -180,10 +180,10 @@ fn record(args: &[String], helpers: &[u32]) {
     };
     // SAFETY: clock_gettime writes only into `now`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let started_ns = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128;
+    let started_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
     let value = serde_json::json!({
         "pid": pid,
-        "started_ns": started_ns.to_string(),
+        "started_ns": started_ns,
         "argv": args,
         "cwd": std::env::current_dir().ok().map(|d| d.to_string_lossy().into_owned()),
         "stdin": std::fs::read_link("/proc/self/fd/0").ok().map(|d| d.to_string_lossy().into_owned()),

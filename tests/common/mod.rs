@@ -398,11 +398,7 @@ impl Looper {
             })
             .unwrap_or_default();
         // In start order (not by pid: pids wrap around on a busy machine).
-        out.sort_by_key(|v| {
-            v["started_ns"]
-                .as_str()
-                .and_then(|t| t.parse::<u128>().ok())
-        });
+        out.sort_by_key(|v| v["started_ns"].as_u64());
         out
     }
 
