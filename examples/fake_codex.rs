@@ -21,7 +21,15 @@
 //!   sleeps until killed, as codex's shell-snapshot shells do;
 //! - `term-spawns`: wait until SIGTERM comes, then start a helper (`fake-late`, keeping
 //!   `LOOPER_RUN_ID`, its pid written to `$FAKE_CODEX_RECORD_DIR/late-<pid>.txt`) and exit,
-//!   as a tool that forks as it dies.
+//!   as a tool that forks as it dies;
+//! - `escape`: start a helper (`fake-escaped`) that leaves everything a stop by `/proc`
+//!   can see: a new session, an empty environment, re-parented away (`setsid env -i sh -c
+//!   'exec sleep 600' &` in a tool command does the same); it sleeps until killed;
+//! - `post:<json>` / `post-bare:<json>`: POST `<json>` to `$LOOPER_URL`, with
+//!   `Authorization: Bearer $LOOPER_API_TOKEN` (or `$FAKE_CODEX_POST_TOKEN` when set) / with
+//!   no token at all (the original's curl
+//!   wrapper, from inside a run), and write the answer's status and body to
+//!   `$FAKE_CODEX_RECORD_DIR/post-<pid>-<n>.json`.
 //!
 //! Without `FAKE_CODEX` it does `record;print:fake codex working;sleep:600`.
 
@@ -55,6 +63,28 @@ fn main() {
     let script = std::env::var("FAKE_CODEX")
         .unwrap_or_else(|_| "record;print:fake codex working;sleep:600".to_string());
     let mut helpers: Vec<u32> = Vec::new();
+    let mut posts = 0;
+    // `escape` mode: the middle process of a double fork, in a session of its own.
+    if script == "escape-parent" {
+        let exe = std::env::current_exe().expect("own path");
+        let mut c = Command::new(exe);
+        c.arg0("fake-escaped")
+            .env_clear()
+            .env("FAKE_CODEX", "sleep:600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid(2) in the forked child before exec is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = c.spawn().expect("spawn escaped");
+        println!("{}", child.id());
+        return;
+    }
     // `orphan` mode: the middle process of a double fork.
     if script == "orphan-parent" {
         let mut c = sleep_forever_helper("fake-orphan", true);
@@ -102,10 +132,14 @@ fn main() {
                 c.process_group(0);
                 helpers.push(c.spawn().expect("spawn grandchild").id());
             }
-            "orphan" => {
+            "post" | "post-bare" => {
+                posts += 1;
+                post(arg, cmd == "post", posts);
+            }
+            "escape" | "orphan" => {
                 let exe = std::env::current_exe().expect("own path");
                 let out = Command::new(exe)
-                    .env("FAKE_CODEX", "orphan-parent")
+                    .env("FAKE_CODEX", format!("{cmd}-parent"))
                     .stdin(Stdio::null())
                     .stderr(Stdio::null())
                     .output()
@@ -154,6 +188,35 @@ fn main() {
     }
 }
 
+/// POSTs `body` to `$LOOPER_URL` as a wrapper inside a run would, and records the answer.
+fn post(body: &str, with_token: bool, n: u32) {
+    let url = std::env::var("LOOPER_URL").expect("LOOPER_URL");
+    let mut rq = minreq::post(url)
+        .with_header("Content-Type", "application/json")
+        .with_body(body.to_string())
+        .with_timeout(60);
+    if with_token {
+        // FAKE_CODEX_POST_TOKEN: a token the agent found elsewhere (on disk, say).
+        let token = std::env::var("FAKE_CODEX_POST_TOKEN")
+            .or_else(|_| std::env::var("LOOPER_API_TOKEN"))
+            .unwrap_or_default();
+        rq = rq.with_header("Authorization", format!("Bearer {token}"));
+    }
+    let answer = match rq.send() {
+        Ok(r) => serde_json::json!({
+            "status": r.status_code,
+            "body": serde_json::from_slice::<serde_json::Value>(r.as_bytes()).unwrap_or_default(),
+        }),
+        Err(e) => serde_json::json!({"status": 0, "error": e.to_string()}),
+    };
+    if let Ok(dir) = std::env::var("FAKE_CODEX_RECORD_DIR") {
+        let pid = std::process::id();
+        let tmp = format!("{dir}/.post-{pid}-{n}.tmp");
+        std::fs::write(&tmp, answer.to_string()).expect("write post answer");
+        std::fs::rename(&tmp, format!("{dir}/post-{pid}-{n}.json")).expect("rename");
+    }
+}
+
 fn flood(mut bytes: usize) {
     let line = format!("{}\n", "x".repeat(99));
     let block = line.repeat(2621); // about 256 KiB
@@ -194,6 +257,7 @@ fn record(args: &[String], helpers: &[u32]) {
         "looper_inbox": std::env::var("LOOPER_INBOX").ok(),
         "looper_bin": std::env::var("LOOPER_BIN").ok(),
         "looper_token": std::env::var("LOOPER_API_TOKEN").ok(),
+        "looper_run_token": std::env::var("LOOPER_RUN_TOKEN").ok(),
         "zulip_vars": std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()).filter(|k| k.starts_with("ZULIP_")).collect::<Vec<_>>(),
         "helpers": helpers,
     });

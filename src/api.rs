@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::http::{Head, Outcome, Request};
 use crate::logging::Q;
 use crate::run::{self, ApiError, Trigger};
+use crate::trust::Caller;
 
 /// `/run` requests being read or served at once; more get a 503.
 const MAX_INFLIGHT: usize = 64;
@@ -31,20 +32,145 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Whether the request carries the token (`Authorization: Bearer` or `X-Looper-Token`).
-fn authorized(app: &App, head: &Head) -> bool {
-    let Some(token) = app.cfg.api_token.as_deref() else {
-        return true;
-    };
+/// The tokens a request offers (`Authorization: Bearer` or `X-Looper-Token`).
+fn offered_tokens(head: &Head) -> Vec<&str> {
     let bearer = head.header("authorization").filter_map(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
+    bearer.chain(head.header("x-looper-token")).collect()
+}
+
+/// Whether the request carries the operator's token (always true when none is set).
+fn operator(app: &App, head: &Head) -> bool {
+    let Some(token) = app.cfg.api_token.as_deref() else {
+        return true;
+    };
     let mut ok = false;
-    for offered in bearer.chain(head.header("x-looper-token")) {
+    for offered in offered_tokens(head) {
         ok |= constant_time_eq(offered.as_bytes(), token.as_bytes());
     }
     ok
+}
+
+/// The run whose token the request carries, if any.
+fn run_token_of(app: &App, head: &Head) -> Option<(String, std::path::PathBuf)> {
+    offered_tokens(head)
+        .into_iter()
+        .find_map(|t| app.run_of_token(t))
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        401,
+        "unauthorized: send the token as `Authorization: Bearer <token>` or `X-Looper-Token: <token>`",
+    )
+}
+
+/// Who sends a request with an effect (`POST /run`). A loopback connection whose client
+/// belongs to a run is that run's, whatever token it carries (an agent may have read the
+/// operator's from disk); then the operator's token; then a run's own token; then, with no
+/// token configured, a local caller.
+fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
+    let as_run = |run_id: String, workspace: Option<std::path::PathBuf>| {
+        let workspace = workspace
+            .or_else(|| app.workspace_of(&run_id))
+            .and_then(|w| w.canonicalize().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    403,
+                    format!("this request comes from run {run_id}, whose workspace Looper does not know: nothing was changed"),
+                )
+            })?;
+        Ok(Caller::Run {
+            run_id: Some(run_id),
+            workspace,
+        })
+    };
+    if let (Some(peer), Some(local)) = (rq.peer, rq.local) {
+        if let Some(run_id) = crate::trust::run_of_connection(app, peer, local) {
+            return as_run(run_id, None);
+        }
+    }
+    if app.cfg.api_token.is_some() && operator(app, &rq.head) {
+        return Ok(Caller::Operator);
+    }
+    if let Some((run_id, workspace)) = run_token_of(app, &rq.head) {
+        return as_run(run_id, Some(workspace));
+    }
+    if app.cfg.api_token.is_some() {
+        return Err(unauthorized());
+    }
+    Ok(Caller::Local)
+}
+
+/// What a browser may not make Looper do: answer a page that rebinds its own name to this
+/// address (every path), or take an effect or hand data to another site.
+fn browser_check(app: &App, head: &Head) -> Result<(), ApiError> {
+    if head.header("host").nth(1).is_some() {
+        return Err(ApiError::bad_request("a request carries one Host header"));
+    }
+    if let Some(host) = head.header("host").next() {
+        if !app.cfg.host_allowed(host) {
+            return Err(ApiError::new(
+                403,
+                format!(
+                    "Host {host:?} is not this server's name: use 127.0.0.1 or localhost, or add the name to LOOPER_ALLOWED_HOSTS"
+                ),
+            ));
+        }
+    }
+    let navigation = matches!(head.method.as_str(), "GET" | "HEAD") && head.path == "/";
+    if navigation || head.path == "/health" {
+        return Ok(());
+    }
+    if let Some(site) = head.header("sec-fetch-site").next() {
+        if !matches!(site.to_ascii_lowercase().as_str(), "same-origin" | "none") {
+            return Err(cross_site());
+        }
+    }
+    if let Some(origin) = head.header("origin").next() {
+        let authority = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'));
+        let host = head.header("host").next();
+        let same = matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h));
+        if !same {
+            return Err(cross_site());
+        }
+    }
+    Ok(())
+}
+
+fn cross_site() -> ApiError {
+    ApiError::new(
+        403,
+        "cross-site request refused: Looper answers its own page and clients such as curl, not other web sites",
+    )
+}
+
+/// `POST /run` takes JSON only: a browser sends `text/plain` and forms to any site without
+/// asking, JSON only after asking (CORS), which Looper never grants.
+fn require_json(head: &Head) -> Result<(), ApiError> {
+    let media = head.header("content-type").next().map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    if media.as_deref() == Some("application/json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        415,
+        format!(
+            "send the body as Content-Type: application/json (got {}); nothing was changed",
+            media
+                .as_deref()
+                .map_or("none".to_string(), |m| format!("{m:?}"))
+        ),
+    ))
 }
 
 /// The page (`GET /`): one self-contained file, no data of its own (it asks the API).
@@ -56,6 +182,16 @@ pub const MAX_LOG_CHUNK: u64 = 1024 * 1024;
 pub fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
     let started = Instant::now();
     let (method, path) = (rq.head.method.as_str(), rq.head.path.as_str());
+    if let Err(e) = browser_check(app, &rq.head) {
+        log::warn!(
+            "http.refused method={} path={} status={} error={}",
+            Q(method),
+            Q(path),
+            e.status,
+            Q(&e.message)
+        );
+        return Outcome::json(e.status, e.body().to_string());
+    }
     if path == "/health" && matches!(method, "GET" | "HEAD") {
         // Health probes are frequent: only at DEBUG, and no id or lock.
         log::debug!("http.end method={method} path=/health status=200");
@@ -99,7 +235,12 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
                 status: 200,
                 content_type: "text/html; charset=utf-8",
                 body: PAGE.as_bytes().to_vec(),
-                headers: vec![("Cache-Control", "no-store".into())],
+                headers: vec![
+                    ("Cache-Control", "no-store".into()),
+                    // Never inside another site's frame (clickjacking the buttons).
+                    ("Content-Security-Policy", "frame-ancestors 'none'".into()),
+                    ("X-Frame-Options", "DENY".into()),
+                ],
             }),
             m => Err(ApiError::new(
                 405,
@@ -113,14 +254,19 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
     if !KNOWN.contains(&path) && log_of.is_none() {
         return Err(ApiError::new(404, format!("no such endpoint: {path}")));
     }
-    if path != "/health" && !authorized(app, &rq.head) {
-        return Err(ApiError::new(
-            401,
-            "unauthorized: send the token as `Authorization: Bearer <token>` or `X-Looper-Token: <token>`",
-        ));
+    if (path, method) == ("/run", "POST") {
+        return serve_run(app, rq, request_id).map(ok_json);
+    }
+    if path != "/health" && !operator(app, &rq.head) {
+        if run_token_of(app, &rq.head).is_some() {
+            return Err(ApiError::new(
+                403,
+                "a run's token is good for its hand-off (POST /run) only",
+            ));
+        }
+        return Err(unauthorized());
     }
     match (path, method) {
-        ("/run", "POST") => serve_run(app, rq, request_id).map(ok_json),
         ("/status", "GET") => Ok(ok_json(status(app))),
         ("/runs", "GET") => runs(app, &rq.head).map(ok_json),
         ("/metrics", "GET") => Ok(Outcome {
@@ -198,9 +344,11 @@ fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value
     let Some(_slot) = Inflight::take(&app.inflight) else {
         return Err(ApiError::new(503, "busy: too many requests in flight"));
     };
+    let caller = caller_of(app, rq)?;
+    require_json(&rq.head)?;
     let body = rq.body()?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run::submit(app, &body, request_id, Trigger::Http)
+        run::submit(app, &body, request_id, Trigger::Http, &caller)
     }))
     .unwrap_or_else(|_| {
         Err(ApiError::new(
@@ -269,6 +417,7 @@ fn status(app: &App) -> Value {
             "paused_until": poll.paused_until.map(|t| t.to_rfc3339()),
             "pause_reason": poll.paused_until.map(|_| "usage_limit"),
         },
+        "stop_method": app.stop_method(),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

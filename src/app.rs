@@ -16,6 +16,23 @@ use crate::limits::UsageLimit;
 
 /// Exits we remember for the startup check and stale hand-offs.
 const RECENT_EXITS: usize = 32;
+/// Run tokens remembered, so that a run that just ended is still known as a run.
+const RECENT_TOKENS: usize = 64;
+
+/// A run's token and whose it is.
+struct RunToken {
+    token: String,
+    run_id: String,
+    workspace: PathBuf,
+}
+
+/// A run's cgroup.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub run_id: String,
+    pub workspace: PathBuf,
+    pub path: PathBuf,
+}
 /// Workspaces whose inboxes are watched at once.
 const MAX_INBOXES: usize = 32;
 
@@ -240,7 +257,15 @@ pub struct App {
     /// Runs started and ended since start, for `/metrics`.
     counters: Mutex<crate::metrics::Counters>,
     /// Inboxes of the workspaces Looper runs in, newest last (see [`crate::inbox`]).
-    inboxes: Mutex<Vec<PathBuf>>,
+    inboxes: Mutex<Vec<Arc<crate::inbox::Inbox>>>,
+    /// The tokens of the newest runs (`LOOPER_RUN_TOKEN`), newest last: a hand-off over
+    /// HTTP presents its run's.
+    run_tokens: Mutex<VecDeque<RunToken>>,
+    /// Where runs get cgroups of their own; `None`: stops use `/proc` only.
+    pub cgroups: Option<crate::cgroup::Cgroups>,
+    /// The cgroups of runs, until they are empty and removed (a run that exited may leave
+    /// an escaped process in its group: the next stop ends it).
+    groups: Mutex<Vec<Group>>,
     /// Looper's own executable, for runs' `LOOPER_BIN`.
     pub self_exe: Option<PathBuf>,
     /// The listening socket, so that shutdown can wake the accept loop.
@@ -279,9 +304,17 @@ impl App {
             autopoll: Mutex::new(AutopollState::default()),
             listener: Mutex::new(None),
             inboxes: Mutex::new(Vec::new()),
+            run_tokens: Mutex::new(VecDeque::new()),
+            cgroups: None,
+            groups: Mutex::new(Vec::new()),
             counters: Mutex::default(),
             self_exe: std::env::current_exe().ok(),
         }
+    }
+
+    /// The directory of Looper's own executable: local codex checkouts are looked for there.
+    pub fn own_dir(&self) -> Option<&std::path::Path> {
+        self.self_exe.as_deref().and_then(|e| e.parent())
     }
 
     /// Makes `listener` the socket that [`App::unblock_server`] wakes.
@@ -304,20 +337,127 @@ impl App {
     }
 
     /// Looks into `inbox` from now on (the most recent [`MAX_INBOXES`] are watched).
-    pub fn watch_inbox(&self, inbox: PathBuf) {
+    pub fn watch_inbox(&self, inbox: crate::inbox::Inbox) {
         let mut list = self.inboxes.lock().unwrap_or_else(|e| e.into_inner());
-        list.retain(|p| *p != inbox);
-        list.push(inbox);
+        list.retain(|i| i.workspace != inbox.workspace);
+        list.push(Arc::new(inbox));
         let excess = list.len().saturating_sub(MAX_INBOXES);
         list.drain(..excess);
     }
 
     /// The inboxes to look into.
-    pub fn inboxes(&self) -> Vec<PathBuf> {
+    pub fn inboxes(&self) -> Vec<Arc<crate::inbox::Inbox>> {
         self.inboxes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// A fresh random token for run `run_id` of `workspace`, remembered as that run's.
+    pub fn new_run_token(&self, run_id: &str, workspace: &std::path::Path) -> String {
+        let mut bytes = [0u8; 16];
+        if crate::sys::random_bytes(&mut bytes).is_err() {
+            // No kernel randomness: the id generator's stream, never a fixed value.
+            for chunk in bytes.chunks_mut(8) {
+                let v = self.ids.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+                chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+            }
+        }
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut list = self.run_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        list.push_back(RunToken {
+            token: token.clone(),
+            run_id: run_id.to_string(),
+            workspace: workspace.to_path_buf(),
+        });
+        while list.len() > RECENT_TOKENS {
+            list.pop_front();
+        }
+        token
+    }
+
+    /// The run (id and workspace) whose token `offered` is, compared in constant time.
+    pub fn run_of_token(&self, offered: &str) -> Option<(String, PathBuf)> {
+        let list = self.run_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = None;
+        for t in list.iter() {
+            if crate::api::constant_time_eq(offered.as_bytes(), t.token.as_bytes()) {
+                found = Some((t.run_id.clone(), t.workspace.clone()));
+            }
+        }
+        found
+    }
+
+    /// The workspace of run `run_id`, live or in the history.
+    pub fn workspace_of(&self, run_id: &str) -> Option<PathBuf> {
+        if let Some(live) = self.runs().live.iter().find(|r| r.run_id == run_id) {
+            return Some(live.workspace.clone());
+        }
+        self.history.get(run_id).map(|r| r.workspace)
+    }
+
+    /// How runs are stopped here: `cgroup` (each run in a cgroup of its own, ended whole)
+    /// or `proc` (processes found through `/proc` only).
+    pub fn stop_method(&self) -> &'static str {
+        if self.cgroups.is_some() {
+            "cgroup"
+        } else {
+            "proc"
+        }
+    }
+
+    /// Remembers the cgroup of a run.
+    pub fn add_group(&self, group: Group) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(group);
+    }
+
+    /// The cgroups of runs that still exist, `only` those of the given runs when set.
+    pub fn groups(&self) -> Vec<Group> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Removes the cgroup at `path` when it is empty (`kill`: ends what is in it first);
+    /// whether it is gone.
+    pub fn release_group(&self, path: &std::path::Path, kill: bool) -> bool {
+        let gone = if kill {
+            crate::cgroup::kill_and_remove(path)
+        } else {
+            crate::cgroup::remove(path)
+        };
+        if gone {
+            self.groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|g| g.path != path);
+        }
+        gone
+    }
+
+    /// For every run of ours, the pids in `table` that belong to it: its live process and
+    /// their descendants, and whatever sits in its cgroup.
+    pub fn run_members(&self, table: &[crate::procs::ProcInfo]) -> Vec<(String, Vec<i32>)> {
+        let live: Vec<(String, i32, Option<u64>)> = self
+            .runs()
+            .live
+            .iter()
+            .map(|r| (r.run_id.clone(), r.pid as i32, r.start_time))
+            .collect();
+        let mut out: Vec<(String, Vec<i32>)> = live
+            .into_iter()
+            .filter_map(|(id, pid, start)| {
+                Some((id, crate::procs::descendants(table, (pid, start?))))
+            })
+            .collect();
+        for g in self.groups() {
+            out.push((g.run_id.clone(), crate::cgroup::members(&g.path)));
+        }
+        out
     }
 
     /// A fresh 8-hex-digit id (splitmix64 over a random seed) that the history has never

@@ -321,6 +321,42 @@ pub fn base_url(flag: Option<&str>, env: &HashMap<String, String>) -> String {
     }
 }
 
+/// `rq` with `$LOOPER_API_TOKEN` as its bearer token, unless the server's port on this
+/// machine is held by another user: a program of theirs squatting Looper's port while
+/// Looper is down must not be handed the token.
+fn with_token(
+    rq: minreq::Request,
+    base: &str,
+    env: &HashMap<String, String>,
+) -> Result<minreq::Request, Fail> {
+    let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) else {
+        return Ok(rq);
+    };
+    if let Some(port) = loopback_port(base) {
+        let me = crate::procs::current_uid();
+        if let Some(owner) = crate::procs::listener_uid(port).filter(|u| *u != me) {
+            return Err(Fail(
+                format!(
+                    "port {port} on this machine is held by user {owner}, not by you (user {me}): LOOPER_API_TOKEN is not sent there. Is Looper running? Another user's program may be listening in its place"
+                ),
+                1,
+            ));
+        }
+    }
+    Ok(rq.with_header("Authorization", format!("Bearer {}", token.trim())))
+}
+
+/// The port of a plain-http address on this machine (`127.x`, `localhost`, `[::1]`).
+fn loopback_port(base: &str) -> Option<u16> {
+    let authority = base.strip_prefix("http://")?.split('/').next()?;
+    let name = crate::config::host_name(authority);
+    let port = match authority.rsplit_once(':') {
+        Some((_, p)) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+        _ => 80,
+    };
+    crate::config::is_loopback(name).then_some(port)
+}
+
 /// One request to the server; the JSON answer, or a message that says what went wrong.
 fn call(
     method: &str,
@@ -334,9 +370,7 @@ fn call(
         "POST" => minreq::post(url.as_str()),
         _ => minreq::get(url.as_str()),
     };
-    if let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) {
-        rq = rq.with_header("Authorization", format!("Bearer {}", token.trim()));
-    }
+    rq = with_token(rq, base, env)?;
     if let Some(b) = body {
         rq = rq
             .with_header("Content-Type", "application/json")
@@ -573,10 +607,7 @@ fn fetch_log(
 ) -> Result<Vec<u8>, Fail> {
     let query = offset.map(|o| format!("?offset={o}")).unwrap_or_default();
     let url = format!("{base}/runs/{run_id}/log{query}");
-    let mut rq = minreq::get(url.as_str());
-    if let Some(token) = env.get("LOOPER_API_TOKEN").filter(|t| !t.trim().is_empty()) {
-        rq = rq.with_header("Authorization", format!("Bearer {}", token.trim()));
-    }
+    let rq = with_token(minreq::get(url.as_str()), base, env)?;
     let response = rq
         .with_timeout(30)
         .send()
@@ -1007,6 +1038,15 @@ mod tests {
             text.contains("LOOPER_WORKSPACE") && text.contains("ZULIP_TO"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn loopback_ports_are_known() {
+        assert_eq!(loopback_port("http://127.0.0.1:3456"), Some(3456));
+        assert_eq!(loopback_port("http://localhost"), Some(80));
+        assert_eq!(loopback_port("http://[::1]:9/run"), Some(9));
+        assert_eq!(loopback_port("http://devbox:3456"), None);
+        assert_eq!(loopback_port("https://127.0.0.1:3456"), None);
     }
 
     #[test]

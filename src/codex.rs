@@ -4,7 +4,8 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Checkouts of codex next to the server that win over `PATH` (as in the original).
+/// Checkouts of codex next to Looper's own executable that win over `PATH` (the original
+/// looked beside its own script).
 pub const LOCAL_CANDIDATES: &[&str] = &[
     "codex/codex",
     "codex/codex-rs/target/release/codex",
@@ -37,45 +38,66 @@ fn is_executable_file(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Finds `name` the way a shell would: a path when it holds a `/`, else on `PATH`.
-pub fn find_program(name: &str, cwd: &Path, path_var: Option<&str>) -> Option<PathBuf> {
+/// Whether `p` lies inside `dir` (both taken as they really are, links resolved).
+fn inside(p: &Path, dir: &Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    p.canonicalize().is_ok_and(|p| p.starts_with(dir))
+}
+
+/// Finds `name` the way a shell would: a path when it holds a `/` (from `cwd`), else on
+/// `PATH`. `PATH` entries that are relative, or that lie inside `untrusted` (the run's
+/// workspace, which the agent writes), are passed over.
+pub fn find_program(
+    name: &str,
+    cwd: &Path,
+    path_var: Option<&str>,
+    untrusted: Option<&Path>,
+) -> Option<PathBuf> {
     if name.contains('/') {
         let p = cwd.join(name);
         return is_executable_file(&p).then_some(p);
     }
     path_var?
         .split(':')
-        .filter(|d| !d.is_empty())
+        .filter(|d| d.starts_with('/'))
         .map(|d| Path::new(d).join(name))
+        .filter(|p| untrusted.is_none_or(|w| !inside(p, w)))
         .find(|p| is_executable_file(p))
 }
 
-/// Request field, then `CODEX_EXEC_BINARY`, then local checkouts, then `codex` on `PATH`.
-/// `Err` carries the name that could not be found.
+/// Request field, then `CODEX_EXEC_BINARY`, then local checkouts beside Looper's own
+/// executable (`own_dir`; never one inside `workspace`), then `codex` on `PATH` (never a
+/// directory inside `workspace`). Names and relative paths of the request and the
+/// configuration are the operator's, taken from `cwd`. `Err` carries what was not found.
 pub fn resolve(
     requested: Option<&str>,
     configured: Option<&str>,
     cwd: &Path,
+    own_dir: Option<&Path>,
     path_var: Option<&str>,
+    workspace: &Path,
 ) -> Result<(PathBuf, Source), String> {
     if let Some(name) = requested {
-        return find_program(name, cwd, path_var)
+        return find_program(name, cwd, path_var, None)
             .map(|p| (p, Source::Request))
             .ok_or_else(|| name.to_string());
     }
     if let Some(name) = configured {
-        return find_program(name, cwd, path_var)
+        return find_program(name, cwd, path_var, None)
             .map(|p| (p, Source::Env))
             .ok_or_else(|| name.to_string());
     }
-    if let Some(p) = LOCAL_CANDIDATES
-        .iter()
-        .map(|c| cwd.join(c))
-        .find(|p| is_executable_file(p))
-    {
+    let local = own_dir.and_then(|dir| {
+        LOCAL_CANDIDATES
+            .iter()
+            .map(|c| dir.join(c))
+            .filter(|p| !inside(p, workspace))
+            .find(|p| is_executable_file(p))
+    });
+    if let Some(p) = local {
         return Ok((p, Source::Local));
     }
-    find_program("codex", cwd, path_var)
+    find_program("codex", cwd, path_var, Some(workspace))
         .map(|p| (p, Source::Path))
         .ok_or_else(|| "codex".to_string())
 }
@@ -204,32 +226,55 @@ mod tests {
     fn resolution_order() {
         let dir = std::env::temp_dir().join(format!("looper-codex-{}", std::process::id()));
         let bin = dir.join("bin");
+        let ws = dir.join("ws");
         std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(ws.join("bin")).unwrap();
         let exe = bin.join("codex");
         std::fs::write(&exe, "#!/bin/true\n").unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = bin.to_str().unwrap();
-        let r = resolve(None, None, &dir, Some(path)).unwrap();
+        let r = resolve(None, None, &dir, Some(&dir), Some(path), &ws).unwrap();
         assert_eq!(r, (exe.clone(), Source::Path));
         std::fs::create_dir_all(dir.join("codex")).unwrap();
         let local = dir.join("codex/codex");
         std::fs::copy(&exe, &local).unwrap();
         assert_eq!(
-            resolve(None, None, &dir, Some(path)).unwrap().1,
-            Source::Local
+            resolve(None, None, &ws, Some(&dir), Some(path), &ws).unwrap(),
+            (local.clone(), Source::Local)
         );
         assert_eq!(
-            resolve(None, Some("codex"), &dir, Some(path)).unwrap(),
+            resolve(None, Some("codex"), &dir, Some(&dir), Some(path), &ws).unwrap(),
             (exe.clone(), Source::Env)
         );
         assert_eq!(
-            resolve(Some("bin/codex"), Some("x"), &dir, None).unwrap(),
+            resolve(Some("bin/codex"), Some("x"), &dir, None, None, &ws).unwrap(),
             (dir.join("bin/codex"), Source::Request)
         );
         assert_eq!(
-            resolve(Some("nope"), None, &dir, Some(path)).unwrap_err(),
+            resolve(Some("nope"), None, &dir, None, Some(path), &ws).unwrap_err(),
             "nope"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What the agent can write never becomes the binary: not a checkout in the working
+    /// directory or the workspace, not a `PATH` entry inside the workspace or a relative one.
+    #[test]
+    fn the_workspace_never_provides_the_binary() {
+        let dir = std::env::temp_dir().join(format!("looper-codex-ws-{}", std::process::id()));
+        let ws = dir.join("ws");
+        let planted = ws.join("codex/codex");
+        std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+        std::fs::write(&planted, "#!/bin/true\n").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(ws.join("bin")).unwrap();
+        std::fs::copy(&planted, ws.join("bin/codex")).unwrap();
+        let on_path = format!("{}:codex:bin", ws.join("bin").display());
+        // Looper started in the workspace, or living in it: nothing found.
+        for own in [None, Some(ws.as_path())] {
+            let r = resolve(None, None, &ws, own, Some(&on_path), &ws);
+            assert_eq!(r, Err("codex".to_string()), "own dir {own:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -43,6 +43,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_SERVER_LOG_MAX_BYTES",
     "LOOPER_STOP_SCOPE",
     "LOOPER_USAGE_LIMIT_MARGIN_SECONDS",
+    "LOOPER_ALLOWED_HOSTS",
+    "LOOPER_ZULIP_SCRIPT",
     "ZULIP_SITE",
     "ZULIP_BOT_EMAIL",
     "ZULIP_BOT_API_KEY",
@@ -117,9 +119,69 @@ pub struct Config {
     pub workspace_set: bool,
     /// `HOME`, for `~` in a request's workspace.
     pub home: Option<String>,
-    /// The directory relative paths (binary candidates) are taken from.
+    /// The directory relative paths of the operator's are taken from.
     pub cwd: PathBuf,
+    /// Names a request's `Host` may carry besides the bound address, `localhost` and
+    /// loopback addresses (`LOOPER_ALLOWED_HOSTS`): anything else is refused, so that a web
+    /// page that rebinds a name of its own to 127.0.0.1 reads nothing.
+    pub allowed_hosts: Vec<String>,
+    /// A program that announces instead of the built-in Zulip client
+    /// (`LOOPER_ZULIP_SCRIPT`; a request's `zulip_script_path` wins, from the operator).
+    pub zulip_script: Option<String>,
     pub zulip: Zulip,
+}
+
+impl Config {
+    /// Looper's own directories, by the setting that names them: they must never lie
+    /// inside a workspace Looper runs (the agent would rewrite them).
+    pub fn own_dirs(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut dirs = vec![("CODEX_EXEC_LOG_DIR", self.log_dir.clone())];
+        if let Some(parent) = self.server_log_path.parent() {
+            dirs.push(("LOOPER_SERVER_LOG_PATH", parent.to_path_buf()));
+        }
+        dirs
+    }
+
+    /// Whether `host` (a request's `Host` header, port and all) names this server.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let name = host_name(host);
+        name.eq_ignore_ascii_case("localhost")
+            || name.eq_ignore_ascii_case(host_name(&self.host))
+            || name
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|a| a == "*" || name.eq_ignore_ascii_case(a))
+    }
+}
+
+/// The name in a `Host` value: without its port, and an IPv6 literal without brackets.
+pub fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// Where Looper keeps its own files by default: `$XDG_STATE_HOME/looper`, else
+/// `~/.local/state/looper`, else `./looper-state` — outside the working directory (often
+/// the workspace) whenever a home is known.
+fn default_state_dir(cwd: &Path, env: &Vars) -> PathBuf {
+    if let Some(xdg) = env.get("XDG_STATE_HOME").filter(|p| p.starts_with('/')) {
+        return Path::new(xdg).join("looper");
+    }
+    match env.get("HOME") {
+        Some(home) => Path::new(home).join(".local/state/looper"),
+        None => cwd.join("looper-state"),
+    }
 }
 
 /// Variables the server does not read: Looper sets them for its runs, and `looper trigger`
@@ -285,7 +347,10 @@ impl Config {
             })?,
         };
         let home = v.get("HOME");
-        let log_dir = absolute(cwd, home, v.get("CODEX_EXEC_LOG_DIR").unwrap_or("logs"));
+        let log_dir = match v.get("CODEX_EXEC_LOG_DIR") {
+            Some(dir) => absolute(cwd, home, dir),
+            None => default_state_dir(cwd, &v).join("logs"),
+        };
         let server_log_path = match v.get("LOOPER_SERVER_LOG_PATH") {
             Some(p) => absolute(cwd, home, p),
             None => log_dir.join("looper-server.log"),
@@ -374,6 +439,19 @@ impl Config {
             allow_unauthenticated,
             require_git: v.flag("LOOPER_REQUIRE_GIT", true)?,
             cwd: cwd.to_path_buf(),
+            allowed_hosts: v
+                .get("LOOPER_ALLOWED_HOSTS")
+                .map(|raw| {
+                    raw.split([',', ' '])
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| host_name(s).to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            zulip_script: v
+                .get("LOOPER_ZULIP_SCRIPT")
+                .map(|p| expand_home(p, home).to_string_lossy().into_owned()),
             zulip,
         })
     }
@@ -396,11 +474,17 @@ mod tests {
     fn defaults_work_on_a_fresh_machine() {
         let c = cfg(&[]).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 3456));
-        assert_eq!(c.log_dir, Path::new("/srv/looper/logs"));
+        // Outside the working directory, which is often the workspace the agent writes.
+        assert_eq!(
+            c.log_dir,
+            Path::new("/nonexistent/.local/state/looper/logs")
+        );
         assert_eq!(
             c.server_log_path,
-            Path::new("/srv/looper/logs/looper-server.log")
+            Path::new("/nonexistent/.local/state/looper/logs/looper-server.log")
         );
+        let c = cfg(&[("XDG_STATE_HOME", "/state")]).unwrap();
+        assert_eq!(c.log_dir, Path::new("/state/looper/logs"));
         assert_eq!(c.workspace, Path::new("/srv/looper"));
         assert_eq!(c.exec_delay, Duration::from_secs(1));
         assert_eq!(c.stop_grace, Duration::from_secs(5));
@@ -474,6 +558,34 @@ mod tests {
         ]
         .into();
         assert_eq!(unknown_vars(&env), vec!["LOOPER_PROT".to_string()]);
+    }
+
+    /// A `Host` must name this server: a rebinding page's own name is refused.
+    #[test]
+    fn hosts_are_judged_by_name() {
+        let c = cfg(&[("LOOPER_ALLOWED_HOSTS", "devbox, looper.example.com:443")]).unwrap();
+        for ok in [
+            "127.0.0.1:3456",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:3456",
+            "127.0.0.2",
+            "devbox:3456",
+            "looper.example.com",
+        ] {
+            assert!(c.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:3456",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "",
+            "devbox.evil",
+        ] {
+            assert!(!c.host_allowed(bad), "{bad}");
+        }
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("::1"), "::1");
     }
 
     #[test]

@@ -85,7 +85,15 @@ impl History {
     pub fn open(dir: &Path) -> History {
         let path = dir.join("runs.jsonl");
         let mut text = String::new();
-        if let Ok(mut f) = OpenOptions::new().read(true).append(true).open(&path) {
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        if let Ok(mut f) = opened {
             let mut bytes = Vec::new();
             let _ = f.read_to_end(&mut bytes);
             if bytes.last().is_some_and(|b| *b != b'\n') {

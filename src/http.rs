@@ -106,7 +106,14 @@ impl Head {
 }
 
 /// Headers kept from a request (the rest are read past).
-const KEPT_HEADERS: [&str; 2] = ["authorization", "x-looper-token"];
+const KEPT_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-looper-token",
+    "host",
+    "origin",
+    "sec-fetch-site",
+    "content-type",
+];
 
 /// Parses a request head at the start of `buf`: `Ok(None)` while it is incomplete.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ApiError> {
@@ -399,6 +406,8 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
         conn.slot.waiting(false);
         let mut rq = Request {
             head,
+            peer: conn.stream.peer_addr().ok(),
+            local: conn.stream.local_addr().ok(),
             conn: &mut conn,
             body_read: false,
         };
@@ -422,6 +431,9 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
 /// One request being answered, with access to its body.
 pub struct Request<'a> {
     pub head: Head,
+    /// The client's address and ours, when the socket tells.
+    pub peer: Option<std::net::SocketAddr>,
+    pub local: Option<std::net::SocketAddr>,
     conn: &'a mut Conn,
     body_read: bool,
 }
@@ -541,12 +553,14 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -557,7 +571,7 @@ fn reason(status: u16) -> &'static str {
 
 fn response_bytes(answer: &Outcome, close: bool, head_only: bool) -> Vec<u8> {
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\nX-Content-Type-Options: nosniff\r\n",
         answer.status,
         reason(answer.status),
         answer.content_type,

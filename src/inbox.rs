@@ -3,14 +3,20 @@
 //! in its workspace. Every run therefore gets `LOOPER_INBOX=<workspace>/.looper/inbox`: a
 //! file `<name>.json` dropped there (written as `*.tmp`, then renamed) holds a `/run` body.
 //! One thread looks into the inboxes Looper knows every [`POLL`], takes each complete file
-//! into `done/`, runs it through the same pipeline as `POST /run` ([`crate::run::submit`]),
-//! and writes `done/<name>.answer.json` with the status and body an HTTP caller would have
-//! got. Filesystem permissions are the authentication: the inbox is 0700, and a file that is
-//! a symlink, not a regular file, not ours or over 1 MiB is answered with an error unread.
+//! into `done/`, runs it through the same pipeline as `POST /run` ([`crate::run::submit`])
+//! as a request *of a run* of that workspace (the hand-off only: [`crate::trust`]), and
+//! writes `done/<name>.answer.json` with the status and body an HTTP caller would have got.
+//!
+//! Everything in a workspace is written by the agent, so nothing here follows a name it may
+//! have placed: `.looper`, the inbox and `done/` are opened once as directories without
+//! following links (a link, or a directory of another user, is refused), and every later
+//! step goes through those handles ([`crate::sys::Dir`]): requests are read only when they
+//! are regular files of ours with no other hard link, answers are written as new files and
+//! renamed into place, and pruning removes names inside `done/` only.
 
-use std::fs;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +26,8 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::logging::Q;
 use crate::run::{self, ApiError, Trigger};
+use crate::sys::{Dir, Kind};
+use crate::trust::Caller;
 
 /// How often the inboxes are looked into: a hand-off is picked up within a second.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -27,6 +35,8 @@ pub const POLL: Duration = Duration::from_millis(250);
 const DONE_KEPT: usize = 100;
 /// The suffix of an answer file in `done/`.
 pub const ANSWER_SUFFIX: &str = ".answer.json";
+/// The most a request file may hold (as a `/run` body).
+const MAX_REQUEST: u64 = crate::http::MAX_BODY as u64;
 
 /// The inbox of runs in `workspace`.
 pub fn dir_for(workspace: &Path) -> PathBuf {
@@ -35,32 +45,61 @@ pub fn dir_for(workspace: &Path) -> PathBuf {
 
 /// The answer file for the request file `name` (`x.json` → `done/x.answer.json`).
 pub fn answer_path(inbox: &Path, name: &str) -> PathBuf {
-    let stem = name.strip_suffix(".json").unwrap_or(name);
-    inbox.join("done").join(format!("{stem}{ANSWER_SUFFIX}"))
+    inbox.join("done").join(answer_name(name))
 }
 
-/// Creates `<workspace>/.looper/inbox` (and `done/`) with mode 0700, and
-/// `.looper/.gitignore` holding `*` so that git never sees any of it. Returns the inbox.
-pub fn prepare(workspace: &Path) -> io::Result<PathBuf> {
-    let looper_dir = workspace.join(".looper");
-    let inbox = dir_for(workspace);
-    let done = inbox.join("done");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&done)?;
-    // A directory made earlier (or by hand) with wider permissions is narrowed.
-    for dir in [&looper_dir, &inbox, &done] {
-        let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
-        if mode != 0o700 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+fn answer_name(name: &str) -> String {
+    let stem = name.strip_suffix(".json").unwrap_or(name);
+    format!("{stem}{ANSWER_SUFFIX}")
+}
+
+/// One workspace's inbox, held open.
+pub struct Inbox {
+    /// The workspace (canonical): requests from here are its runs' hand-offs.
+    pub workspace: PathBuf,
+    /// `<workspace>/.looper/inbox`, for runs' `LOOPER_INBOX`.
+    pub path: PathBuf,
+    dir: Dir,
+    done: Dir,
+}
+
+/// Opens (creating when missing, mode 0700) `<workspace>/.looper`, its `inbox` and
+/// `inbox/done`, none of them through a link, and writes `.looper/.gitignore` holding `*`
+/// when there is none, so that git never sees any of it.
+pub fn prepare(workspace: &Path) -> io::Result<Inbox> {
+    open(workspace, true)
+}
+
+/// [`prepare`] without creating anything: the inbox of a workspace, if it has a sound one.
+pub fn existing(workspace: &Path) -> io::Result<Inbox> {
+    open(workspace, false)
+}
+
+fn open(workspace: &Path, create: bool) -> io::Result<Inbox> {
+    let uid = crate::procs::current_uid();
+    let workspace = workspace.canonicalize()?;
+    let mode = create.then_some(0o700);
+    let ws = Dir::open(&workspace)?;
+    let looper = ws.subdir(".looper", mode, uid)?;
+    let dir = looper.subdir("inbox", mode, uid)?;
+    let done = dir.subdir("done", mode, uid)?;
+    if create {
+        // A directory made earlier (or by hand) with wider permissions is narrowed.
+        for d in [&looper, &dir, &done] {
+            d.chmod(0o700)?;
+        }
+        match looper.create_new(OsStr::new(".gitignore"), 0o644) {
+            Ok(mut f) => f.write_all(b"*\n")?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
         }
     }
-    let ignore = looper_dir.join(".gitignore");
-    if !ignore.exists() {
-        fs::write(&ignore, "*\n")?;
-    }
-    Ok(inbox)
+    Ok(Inbox {
+        path: dir_for(&workspace),
+        workspace,
+        dir,
+        done,
+    })
 }
 
 /// Starts the inbox thread. It ends at shutdown.
@@ -70,8 +109,8 @@ pub fn start(app: &Arc<App>) {
         .name("inbox".into())
         .spawn(move || {
             while !app.shutdown.wait(POLL) {
-                for dir in app.inboxes() {
-                    take_all(&app, &dir);
+                for inbox in app.inboxes() {
+                    take_all(&app, &inbox);
                 }
             }
             log::debug!("inbox.stopped");
@@ -89,47 +128,52 @@ fn is_request_name(name: &str) -> bool {
     !name.starts_with('.') && !name.ends_with(".tmp")
 }
 
-/// Takes every complete request in `dir`, oldest name first.
-fn take_all(app: &Arc<App>, dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+/// Takes every complete request in `inbox`, oldest name first.
+fn take_all(app: &Arc<App>, inbox: &Inbox) {
+    let Ok(entries) = inbox.dir.names() else {
         return;
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| is_request_name(n))
+    let mut names: Vec<OsString> = entries
+        .into_iter()
+        .filter(|n| is_request_name(&n.to_string_lossy()))
+        .filter(|n| inbox.dir.stat(n).is_ok_and(|e| e.kind != Kind::Dir))
         .collect();
     names.sort();
     for name in names {
         if app.shutdown.is_set() {
             return;
         }
-        take(app, dir, &name);
+        take(app, inbox, &name);
     }
 }
 
-/// Moves one request into `done/`, answers it there, and keeps `done/` bounded.
-fn take(app: &Arc<App>, dir: &Path, name: &str) {
-    let done_dir = dir.join("done");
-    let taken = done_dir.join(name);
-    if let Err(e) = fs::create_dir_all(&done_dir).and_then(|_| fs::rename(dir.join(name), &taken)) {
+/// Reads one request, moves it into `done/`, answers it there, and keeps `done/` bounded.
+fn take(app: &Arc<App>, inbox: &Inbox, name: &OsStr) {
+    let shown = name.to_string_lossy().into_owned();
+    let body = read_request(&inbox.dir, name, &shown);
+    if let Err(e) = inbox.dir.rename(name, &inbox.done, name) {
+        // Never taken twice: what cannot be moved is removed (it stays the agent's file).
         log::warn!(
             "inbox.take_failed dir={} file={} error={}",
-            Q(&dir.to_string_lossy()),
-            Q(name),
+            Q(&inbox.path.to_string_lossy()),
+            Q(&shown),
             Q(&e.to_string())
         );
+        let _ = inbox.dir.unlink(name);
         return;
     }
     let request_id = app.new_id();
     log::info!(
         "inbox.take request_id={request_id} dir={} file={}",
-        Q(&dir.to_string_lossy()),
-        Q(name)
+        Q(&inbox.path.to_string_lossy()),
+        Q(&shown)
     );
-    let outcome = read_request(&taken, name)
-        .and_then(|body| run::submit(app, &body, &request_id, Trigger::Inbox));
+    let caller = Caller::Run {
+        run_id: None,
+        workspace: inbox.workspace.clone(),
+    };
+    let outcome =
+        body.and_then(|body| run::submit(app, &body, &request_id, Trigger::Inbox, &caller));
     let (status, body) = match outcome {
         Ok(body) => (200, body),
         Err(e) => {
@@ -142,83 +186,86 @@ fn take(app: &Arc<App>, dir: &Path, name: &str) {
         }
     };
     let answer = json!({"status": status, "body": body, "request_id": request_id});
-    if let Err(e) = write_answer(&answer_path(dir, name), &answer) {
+    if let Err(e) = write_answer(&inbox.done, &answer_name(&shown), &request_id, &answer) {
         log::error!(
             "inbox.answer_failed request_id={request_id} error={}",
             Q(&e.to_string())
         );
     }
     log::info!("inbox.answer request_id={request_id} status={status}");
-    prune_done(&done_dir);
+    prune_done(&inbox.done);
 }
 
-/// The body of a request file, read only when it is a regular file of ours, no symlink, at
-/// most 1 MiB, and named `*.json`.
-fn read_request(path: &Path, name: &str) -> Result<Vec<u8>, ApiError> {
-    let refuse = |why: &str| ApiError::bad_request(format!("inbox file {name} refused: {why}"));
-    let meta = fs::symlink_metadata(path).map_err(|e| refuse(&e.to_string()))?;
-    if meta.file_type().is_symlink() {
-        return Err(refuse("it is a symbolic link"));
+/// The body of a request file, read only when it is named `*.json` and is a regular file of
+/// ours with no other hard link (one linked to a file elsewhere is not the agent's to hand
+/// over), at most 1 MiB, and still that file once opened.
+fn read_request(dir: &Dir, name: &OsStr, shown: &str) -> Result<Vec<u8>, ApiError> {
+    let refuse = |why: &str| ApiError::bad_request(format!("inbox file {shown:?} refused: {why}"));
+    let meta = dir.stat(name).map_err(|e| refuse(&e.to_string()))?;
+    match meta.kind {
+        Kind::Link => return Err(refuse("it is a symbolic link")),
+        Kind::File => {}
+        _ => return Err(refuse("it is not a regular file")),
     }
-    if !meta.is_file() {
-        return Err(refuse("it is not a regular file"));
-    }
-    if meta.uid() != crate::procs::current_uid() {
+    if meta.uid != crate::procs::current_uid() {
         return Err(refuse("it is not owned by Looper's user"));
     }
-    if !name.ends_with(".json") {
+    if meta.nlink != 1 {
+        return Err(refuse("it has other hard links"));
+    }
+    if !name.as_bytes().ends_with(b".json") {
         return Err(refuse("requests are named <name>.json"));
     }
     let too_large = || ApiError::new(413, "body is larger than 1 MiB");
-    if meta.len() > crate::http::MAX_BODY as u64 {
+    if meta.size > MAX_REQUEST {
         return Err(too_large());
     }
-    // No following a link swapped in meanwhile, and no blocking on a FIFO.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| refuse(&e.to_string()))?;
+    let file = dir.open_read(name).map_err(|e| refuse(&e.to_string()))?;
     let opened = file.metadata().map_err(|e| refuse(&e.to_string()))?;
-    if !opened.is_file() || opened.uid() != meta.uid() {
-        return Err(refuse("it changed while being read"));
+    {
+        use std::os::unix::fs::MetadataExt;
+        if !opened.is_file() || opened.ino() != meta.ino || opened.dev() != meta.dev {
+            return Err(refuse("it changed while being read"));
+        }
     }
     let mut body = Vec::new();
-    file.take(crate::http::MAX_BODY as u64 + 1)
+    file.take(MAX_REQUEST + 1)
         .read_to_end(&mut body)
         .map_err(|e| refuse(&e.to_string()))?;
-    if body.len() > crate::http::MAX_BODY {
+    if body.len() as u64 > MAX_REQUEST {
         return Err(too_large());
     }
     Ok(body)
 }
 
-/// Writes an answer whole (a `.tmp` renamed into place), readable by our user only.
-fn write_answer(path: &Path, answer: &Value) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(answer.to_string().as_bytes())?;
-    f.write_all(b"\n")?;
+/// Writes an answer whole, readable by our user only: a new file of a name nobody else
+/// knows, renamed over `name` (a link there is replaced, not followed).
+fn write_answer(done: &Dir, name: &str, request_id: &str, answer: &Value) -> io::Result<()> {
+    let tmp = OsString::from(format!(".answer-{request_id}.tmp"));
+    let mut f = done.create_new(&tmp, 0o600)?;
+    let written = f
+        .write_all(answer.to_string().as_bytes())
+        .and_then(|_| f.write_all(b"\n"));
     drop(f);
-    fs::rename(&tmp, path)
+    let moved = written.and_then(|_| done.rename(&tmp, done, OsStr::new(name)));
+    if moved.is_err() {
+        let _ = done.unlink(&tmp);
+    }
+    moved
 }
 
 /// Keeps the [`DONE_KEPT`] newest answers in `done/`, with their requests.
-fn prune_done(done: &Path) {
-    let Ok(entries) = fs::read_dir(done) else {
+fn prune_done(done: &Dir) {
+    let Ok(names) = done.names() else {
         return;
     };
-    let mut answers: Vec<(std::time::SystemTime, String)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
+    let mut answers: Vec<((i64, i64), String)> = names
+        .iter()
+        .filter_map(|n| {
+            let name = n.to_str()?;
             let stem = name.strip_suffix(ANSWER_SUFFIX)?.to_string();
-            Some((e.metadata().ok()?.modified().ok()?, stem))
+            let meta = done.stat(n).ok()?;
+            Some((meta.mtime, stem))
         })
         .collect();
     if answers.len() <= DONE_KEPT {
@@ -232,7 +279,11 @@ fn prune_done(done: &Path) {
             format!("{stem}.json"),
             stem.clone(),
         ] {
-            let _ = fs::remove_file(done.join(name));
+            let name = OsString::from(name);
+            // Names only: a directory planted there is left alone.
+            if done.stat(&name).is_ok_and(|e| e.kind != Kind::Dir) {
+                let _ = done.unlink(&name);
+            }
         }
     }
 }
@@ -240,6 +291,8 @@ fn prune_done(done: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn names_and_answers() {
@@ -263,7 +316,7 @@ mod tests {
         fs::create_dir_all(ws.join(".looper/inbox")).unwrap();
         fs::set_permissions(ws.join(".looper/inbox"), fs::Permissions::from_mode(0o755)).unwrap();
         let inbox = prepare(&ws).unwrap();
-        assert_eq!(inbox, ws.join(".looper/inbox"));
+        assert_eq!(inbox.path, ws.join(".looper/inbox"));
         for d in [".looper", ".looper/inbox", ".looper/inbox/done"] {
             let mode = fs::metadata(ws.join(d)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{d}");
@@ -291,7 +344,7 @@ mod tests {
                 .set_modified(t)
                 .unwrap();
         }
-        prune_done(&done);
+        prune_done(&Dir::open(&done).unwrap());
         assert!(!done.join("r000.json").exists());
         assert!(!done.join(format!("r004{ANSWER_SUFFIX}")).exists());
         assert!(done.join("r005.json").exists());

@@ -29,6 +29,7 @@
 pub mod api;
 pub mod app;
 pub mod autopoll;
+pub mod cgroup;
 pub mod cli;
 pub mod codex;
 pub mod config;
@@ -43,4 +44,5 @@ pub mod procs;
 pub mod run;
 pub mod server;
 pub mod sys;
+pub mod trust;
 pub mod zulip;

@@ -174,14 +174,27 @@ pub fn parse_level(value: &str) -> Option<LevelFilter> {
     }
 }
 
-/// Opens `path` for appending, creating it readable by its owner only: logs hold whatever
-/// codex printed, which may be private.
+/// Opens `path` for appending, creating it readable by its owner only (logs hold whatever
+/// codex printed, which may be private), and never through a link at its last component.
 pub fn open_append(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates `path` as a new file for appending (never an existing one, never through a
+/// link), readable by its owner only: a run's log.
+pub fn create_new_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 

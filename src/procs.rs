@@ -566,20 +566,173 @@ pub fn signal_child_group(pid: u32, sig: i32) {
 
 /// Makes the spawned program lead a session of its own (so that a terminal's or Looper's
 /// signals to our group do not reach it), with default handling of the signals Looper
-/// itself ignores.
-pub fn detach_on_spawn(cmd: &mut std::process::Command) {
+/// itself ignores; with `cgroup_procs` (an open `cgroup.procs` of the run's cgroup) it joins
+/// that cgroup before exec, so that everything it starts stays in it.
+pub fn detach_on_spawn(cmd: &mut std::process::Command, cgroup_procs: Option<i32>) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2)
-    // and signal(2), which are async-signal-safe; it touches no memory of the parent.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
+    // signal(2) and write(2) on a descriptor the parent keeps open until the spawn returns,
+    // all async-signal-safe; it reads no memory of the parent but its captured integer.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            if let Some(fd) = cgroup_procs {
+                // "0": the writing process itself. A failure leaves the run to the /proc
+                // method of stopping, which always applies too.
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
             Ok(())
         });
     }
+}
+
+/// SIGKILLs `pid`, read from a cgroup of one of our runs, if it is still in that cgroup
+/// (`group`, the cgroup's directory name) once pinned by a pidfd: a pid reused meanwhile is
+/// left alone.
+pub fn kill_member(pid: i32, group: &str) {
+    let Some(fd) = pidfd_open(pid) else {
+        return;
+    };
+    let inside = fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.starts_with("0::") && l.trim_end().ends_with(&format!("/{group}")))
+    });
+    if inside {
+        let t = Target {
+            pid,
+            start_time: 0,
+            fd: Some(fd),
+        };
+        t.signal(libc::SIGKILL);
+    }
+}
+
+/// One TCP socket from `/proc/net/tcp` or `/proc/net/tcp6`.
+#[derive(Debug, Clone, PartialEq)]
+struct NetSocket {
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    /// The kernel's state number: 1 established, 10 listening.
+    state: u8,
+    uid: u32,
+    inode: u64,
+}
+
+/// An address as `/proc/net/tcp{,6}` prints it: the address as native-endian 32-bit words
+/// in hex, a colon, the port in hex.
+fn net_address(text: &str) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip.to_canonical(), port))
+}
+
+fn parse_net_sockets(text: &str) -> Vec<NetSocket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(NetSocket {
+                local: net_address(f.get(1)?)?,
+                remote: net_address(f.get(2)?)?,
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                uid: f.get(7)?.parse().ok()?,
+                inode: f.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// This network namespace's TCP sockets, IPv4 and IPv6.
+fn net_sockets() -> Vec<NetSocket> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .flat_map(|t| parse_net_sockets(&t))
+        .collect()
+}
+
+fn canonical(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// The owner (uid) and inode of the client's end of a connection Looper accepted: `peer`
+/// is the client's address, `local` Looper's end. Asked of the kernel for that one socket
+/// ([`crate::sys::tcp_socket_owner`], microseconds), else read from `/proc/net/tcp{,6}`
+/// (milliseconds with many sockets about).
+pub fn client_socket(
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+) -> Option<(u32, u64)> {
+    let (peer, local) = (canonical(peer), canonical(local));
+    if let Some(found) = crate::sys::tcp_socket_owner(peer, local) {
+        return Some(found);
+    }
+    net_sockets()
+        .into_iter()
+        .find(|s| s.state == 1 && s.local == peer && s.remote == local && s.inode != 0)
+        .map(|s| (s.uid, s.inode))
+}
+
+/// The user owning the socket that listens on TCP `port` in this network namespace (the
+/// process that would receive a connection to it); `None` when none listens.
+pub fn listener_uid(port: u16) -> Option<u32> {
+    net_sockets()
+        .into_iter()
+        .find(|s| s.state == 10 && s.local.port() == port)
+        .map(|s| s.uid)
+}
+
+/// Whether process `pid` holds the socket with `inode` among its descriptors.
+pub fn holds_socket(pid: i32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
+}
+
+/// The pids of `table` that descend from the process `(pid, start_time)`, itself included.
+pub fn descendants(table: &[ProcInfo], root: (i32, u64)) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in table {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut out = Vec::new();
+    if !table.iter().any(|p| (p.pid, p.start_time) == root) {
+        return out;
+    }
+    let mut todo = vec![root.0];
+    while let Some(pid) = todo.pop() {
+        if out.contains(&pid) {
+            continue;
+        }
+        out.push(pid);
+        todo.extend(children.get(&pid).into_iter().flatten().copied());
+    }
+    out
 }
 
 /// Ignores SIGXFSZ, so that a full file-size limit makes writes fail with an error we log
@@ -835,6 +988,47 @@ mod tests {
             assert!(table.iter().any(|p| p.pid == me));
         }
         churn.join().unwrap();
+    }
+
+    #[test]
+    fn net_sockets_are_read_as_the_kernel_prints_them() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:0D80 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0\n   1: 0100007F:A1B2 0100007F:0D80 01 00000000:00000000 00:00000000 00000000     0        0 777 1 0\n";
+        let s = parse_net_sockets(v4);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].local, "127.0.0.1:3456".parse().unwrap());
+        assert_eq!((s[0].state, s[0].uid, s[0].inode), (10, 1000, 12345));
+        assert_eq!(s[1].remote, "127.0.0.1:3456".parse().unwrap());
+        assert_eq!(s[1].local.port(), 0xA1B2);
+        // ::1 and a v4-mapped address, as tcp6 prints them.
+        let one = net_address("00000000000000000000000001000000:0D80").unwrap();
+        assert_eq!(one, "[::1]:3456".parse().unwrap());
+        let mapped = net_address("0000000000000000FFFF00000100007F:0D80").unwrap();
+        assert_eq!(mapped, "127.0.0.1:3456".parse().unwrap());
+    }
+
+    /// A connection of this very process is found with its owner and descriptor.
+    #[test]
+    fn the_client_end_of_a_connection_is_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_s, peer) = l.accept().unwrap();
+        let (uid, inode) = client_socket(peer, l.local_addr().unwrap()).expect("found");
+        // The kernel's answer for that one socket agrees with the full listing.
+        let listed = net_sockets()
+            .into_iter()
+            .find(|s| s.local == peer && s.state == 1)
+            .map(|s| (s.uid, s.inode));
+        assert_eq!(
+            crate::sys::tcp_socket_owner(peer, l.local_addr().unwrap()),
+            listed
+        );
+        assert_eq!(uid, current_uid());
+        assert!(holds_socket(std::process::id() as i32, inode));
+        assert_eq!(
+            listener_uid(l.local_addr().unwrap().port()),
+            Some(current_uid())
+        );
+        drop(c);
     }
 
     #[test]

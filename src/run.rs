@@ -21,6 +21,7 @@ use crate::history::Row;
 use crate::logging::Q;
 use crate::output;
 use crate::procs;
+use crate::trust::Caller;
 
 /// The prompt used when neither the request, `LOOPER_PROMPT_FILE` nor
 /// `LOOPER_DEFAULT_PROMPT` gives one: the repeat-the-same-prompt pattern around `TODO.md`.
@@ -79,6 +80,9 @@ pub struct RunRequest {
     /// Fields of the body Looper does not know (a typo such as `codex_promt`, or a wrapper's
     /// extras): said in the log and the answer.
     pub ignored_fields: Vec<String>,
+    /// The known fields the body sets (not `null`), by their names, for judging who may
+    /// send them ([`crate::trust::admit`]).
+    pub fields: Vec<&'static str>,
 }
 
 /// Every field `/run` reads.
@@ -203,6 +207,10 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
             .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
             .cloned()
             .collect(),
+        fields: KNOWN_FIELDS
+            .into_iter()
+            .filter(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
+            .collect(),
     })
 }
 
@@ -301,7 +309,7 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
             codex::MAX_PROMPT_BYTES
         )));
     }
-    let workspace = match &req.workspace {
+    let named = match &req.workspace {
         // `~` as the original read it; `..` folded away so the answer names the directory.
         Some(w) => crate::config::normalize(
             &app.cfg
@@ -310,6 +318,9 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
         ),
         None => app.cfg.workspace.clone(),
     };
+    // The directory itself, not a link to it: the run, its answer and its history name
+    // the same place.
+    let workspace = named.canonicalize().unwrap_or(named);
     let mut plan = Plan {
         prompt,
         workspace,
@@ -318,6 +329,7 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
     };
     if !plan.prompt.is_empty() {
         check_workspace(&plan)?;
+        check_own_files_outside(app, &plan.workspace)?;
         if app.cfg.require_git && !codex::inside_git_work_tree(&plan.workspace) {
             return Err(ApiError::bad_request(format!(
                 "workspace is not inside a git work tree: {} (codex refuses to run outside git; run `git init` there, or set LOOPER_REQUIRE_GIT=0)",
@@ -328,7 +340,9 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
             req.codex_exec_binary.as_deref(),
             app.cfg.codex_exec_binary.as_deref(),
             &app.cfg.cwd,
+            app.own_dir(),
             app.path_var.as_deref(),
+            &plan.workspace,
         )
         .map_err(|name| match &req.codex_exec_binary {
             Some(_) => ApiError::bad_request(format!(
@@ -339,6 +353,22 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
         plan.binary = Some(found);
     }
     Ok(plan)
+}
+
+/// Looper's own files (run logs, the history, the server log) never lie inside a workspace
+/// it runs: the agent writes anything there, links included, and would rewrite them.
+fn check_own_files_outside(app: &App, workspace: &Path) -> Result<(), ApiError> {
+    for (setting, dir) in app.cfg.own_dirs() {
+        let dir = dir.canonicalize().unwrap_or(dir);
+        if dir.starts_with(workspace) {
+            return Err(ApiError::bad_request(format!(
+                "workspace {} holds Looper's own files ({setting} is {}): the agent could rewrite them. Move {setting} out of the workspace",
+                workspace.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The processes a stop would take: the runs that match (all live codex exec runs, or only
@@ -421,6 +451,15 @@ fn select_runs(
         }
         _ => (HashSet::new(), ours),
     };
+    // Whatever sits in the cgroups of these runs, however it left their sessions.
+    let mut ours = ours;
+    for group in groups_in_scope(app, only_run_ids, &dir) {
+        for pid in crate::cgroup::members(&group.path) {
+            if let Some(p) = table.iter().find(|p| p.pid == pid) {
+                ours.push((pid, p.start_time));
+            }
+        }
+    }
     let scope = match app.cfg.stop_scope {
         StopScope::All => procs::Scope::All,
         StopScope::Own => procs::Scope::Own,
@@ -440,6 +479,20 @@ fn select_runs(
             self_pid: std::process::id() as i32,
         },
     )
+}
+
+/// The cgroups a stop takes: every one of ours (for `only_run_ids`, at shutdown, too),
+/// or with `LOOPER_STOP_SCOPE=workspace` those of runs in `dir` (canonical).
+fn groups_in_scope(
+    app: &App,
+    only_run_ids: Option<&HashSet<String>>,
+    dir: &Path,
+) -> Vec<crate::app::Group> {
+    let mut groups = app.groups();
+    if only_run_ids.is_none() && app.cfg.stop_scope == StopScope::Workspace {
+        groups.retain(|g| g.workspace.canonicalize().is_ok_and(|w| w == dir));
+    }
+    groups
 }
 
 /// Stops every live codex exec run of this user (SPEC §3), or with `only_run_ids` just
@@ -500,6 +553,19 @@ pub fn stop_runs(
         }
     }
     let report = stop.finish();
+    // Last, each cgroup of these runs is ended whole and removed.
+    let dir = workspace
+        .canonicalize()
+        .unwrap_or_else(|_| workspace.to_path_buf());
+    for group in groups_in_scope(app, only_run_ids, &dir) {
+        if !app.release_group(&group.path, true) {
+            log::warn!(
+                "cgroup.kill_failed run_id={} path={}",
+                group.run_id,
+                Q(&group.path.to_string_lossy())
+            );
+        }
+    }
     log::info!(
         "process.kill.done request_id={request_id} killed={} remaining={}",
         Q(&join(&report.killed)),
@@ -575,15 +641,28 @@ fn join(pids: &[i32]) -> String {
 }
 
 /// Takes a `/run` body, from HTTP or an inbox file, through everything `POST /run` does:
-/// validation, the stale hand-off check, the run guard (a hand-off from the run still being
-/// set up waits for that setup), the pipeline.
+/// validation, what `caller` may ask for ([`crate::trust::admit`]), the stale hand-off
+/// check, the run guard (a hand-off from the run still being set up waits for that setup),
+/// the pipeline.
 pub fn submit(
     app: &Arc<App>,
     body: &[u8],
     request_id: &str,
     trigger: Trigger,
+    caller: &Caller,
 ) -> Result<Value, ApiError> {
-    let req = parse_request(body)?;
+    let mut req = parse_request(body)?;
+    crate::trust::admit(caller, &mut req, |id| {
+        app.workspace_of(id).and_then(|w| w.canonicalize().ok())
+    })
+    .inspect_err(|e| {
+        log::warn!(
+            "run.refused request_id={request_id} caller={} status={} error={}",
+            Q(&caller.describe()),
+            e.status,
+            Q(&e.message)
+        )
+    })?;
     // A late call from an old run is refused as stale even while another run is being set
     // up, so that its caller learns why.
     let stale = || {
@@ -734,7 +813,11 @@ fn shutting_down() -> ApiError {
 }
 
 fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String, ApiError> {
-    let (via, outcome) = match &req.zulip_script_path {
+    let script = req
+        .zulip_script_path
+        .as_ref()
+        .or(app.cfg.zulip_script.as_ref());
+    let (via, outcome) = match script {
         Some(script) => (
             "script",
             crate::zulip::run_script(script, &req.zulip_message),
@@ -792,7 +875,7 @@ fn launch(
     let header = output::header(request_id, &plan.workspace, &command);
     // The log directory may have been removed while we ran: make it again.
     let file = std::fs::create_dir_all(&app.cfg.log_dir)
-        .and_then(|_| crate::logging::open_append(&log_path))
+        .and_then(|_| crate::logging::create_new_log(&log_path))
         .and_then(|mut f| {
             f.write_all(header.as_bytes())?;
             Ok(f)
@@ -958,17 +1041,21 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
         .stderr(stderr)
         .env("LOOPER_RUN_ID", l.run_id)
         .env("LOOPER_URL", &app.url);
-    // Looper's own secrets stay with Looper; the API token stays because the hand-off over
-    // HTTP needs it.
+    // Looper's own secrets stay with Looper. The run gets a token of its own instead of the
+    // operator's: good for its hand-off only, and under both names, so that a wrapper that
+    // sends $LOOPER_API_TOKEN (the original's does) keeps working from inside a run.
     for secret in SECRET_VARS {
         cmd.env_remove(secret);
     }
+    let token = app.new_run_token(l.run_id, &l.plan.workspace);
+    cmd.env("LOOPER_RUN_TOKEN", &token)
+        .env("LOOPER_API_TOKEN", &token);
     if let Some(exe) = &app.self_exe {
         cmd.env("LOOPER_BIN", exe);
     }
     match crate::inbox::prepare(&l.plan.workspace) {
         Ok(inbox) => {
-            cmd.env("LOOPER_INBOX", &inbox);
+            cmd.env("LOOPER_INBOX", &inbox.path);
             app.watch_inbox(inbox);
         }
         Err(e) => {
@@ -981,13 +1068,38 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
             );
         }
     }
-    procs::detach_on_spawn(&mut cmd);
+    // Its own cgroup where Looper can make one: whatever it starts stays inside.
+    let group = app.cgroups.as_ref().and_then(|c| {
+        c.create(l.run_id)
+            .inspect_err(|e| {
+                log::warn!(
+                    "cgroup.create_failed run_id={} error={} hint=\"this run is stopped by the /proc method only\"",
+                    l.run_id,
+                    Q(&e.to_string())
+                )
+            })
+            .ok()
+    });
+    procs::detach_on_spawn(&mut cmd, group.as_ref().map(|g| g.procs_fd()));
     let mut file = file.try_clone().map_err(|e| fail("log file", e))?;
 
     refuse_after_shutdown(app)?;
     // Forked outside any lock; registered right after.
-    let mut child = cmd.spawn().map_err(|e| fail("spawn", e))?;
+    let spawned = cmd.spawn();
     drop(cmd);
+    if let Some(g) = &group {
+        match &spawned {
+            Ok(_) => app.add_group(crate::app::Group {
+                run_id: l.run_id.to_string(),
+                workspace: l.plan.workspace.clone(),
+                path: g.path.clone(),
+            }),
+            Err(_) => {
+                crate::cgroup::remove(&g.path);
+            }
+        }
+    }
+    let mut child = spawned.map_err(|e| fail("spawn", e))?;
     let pid = child.id();
     let live = LiveRun {
         run_id: l.run_id.to_string(),
@@ -1024,6 +1136,7 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
     let log_path = l.log_path.to_path_buf();
     let output_start = l.output_start;
     let mirror = app.cfg.mirror_output;
+    let group_path = group.map(|g| g.path);
     let watcher = std::thread::Builder::new()
         .name(format!("watch-{}", l.run_id))
         .spawn(move || {
@@ -1038,6 +1151,12 @@ fn spawn(app: &Arc<App>, l: &Launch, file: &File) -> Result<LiveRun, ApiError> {
             log::info!(
                 "codex.exec.exit request_id={req_id} run_id={rid} pid={pid} return_code={return_code} bytes={bytes}"
             );
+            // An empty cgroup goes; one that something escaped into waits for the next stop.
+            if let Some(path) = &group_path {
+                if !thread_app.release_group(path, false) {
+                    log::info!("cgroup.lingering run_id={rid} hint=\"a process the run left is stopped with the next stop\"");
+                }
+            }
             let limit = (return_code != 0)
                 .then(|| {
                     let tail = output::tail(&log_path, output_start, 40);

@@ -123,7 +123,23 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     procs::ignore_file_size_signal();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
     let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
-    let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned()));
+    // No other process of this user may read our memory or environment (the token, the
+    // Zulip key): an agent's leftovers run as this user too.
+    if let Err(e) = crate::sys::make_undumpable() {
+        log::warn!("server.undumpable_failed error={}", Q(&e.to_string()));
+    }
+    let mut app = App::new(cfg, url, env.get("PATH").cloned());
+    app.cgroups = match crate::cgroup::Cgroups::setup() {
+        Ok(c) => Some(c),
+        Err(why) => {
+            log::info!(
+                "cgroup.unavailable reason={} hint=\"runs are stopped through /proc: a process that leaves a run's session and environment can escape a stop; cgroups need root or a unit with Delegate=yes\"",
+                Q(&why)
+            );
+            None
+        }
+    };
+    let app = Arc::new(app);
     app.set_listener(&listener);
     // Signal handling is in place before anyone can learn that we are up.
     start_signal_thread(&app)?;
@@ -142,13 +158,15 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         None,
         app.cfg.codex_exec_binary.as_deref(),
         &app.cfg.cwd,
+        app.own_dir(),
         app.path_var.as_deref(),
+        &app.cfg.workspace,
     );
     if let Err(name) = found {
         let tried = match &app.cfg.codex_exec_binary {
             Some(b) => format!("CODEX_EXEC_BINARY={b}"),
             None => format!(
-                "{} and codex on PATH",
+                "{} beside looper, and codex on PATH",
                 crate::codex::LOCAL_CANDIDATES.join(", ")
             ),
         };
@@ -174,8 +192,26 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         Some(c) => format!("{} {}", Q(&c.source), app.cfg.zulip.describe_target()),
         None => "off".to_string(),
     };
+    let workspace = app
+        .cfg
+        .workspace
+        .canonicalize()
+        .unwrap_or(app.cfg.workspace.clone());
+    for (setting, dir) in app.cfg.own_dirs() {
+        if dir
+            .canonicalize()
+            .unwrap_or(dir.clone())
+            .starts_with(&workspace)
+        {
+            log::warn!(
+                "config.own_files_in_workspace setting={setting} path={} workspace={} hint=\"runs in this workspace are refused: the agent could rewrite Looper's files; move {setting} out of it\"",
+                Q(&dir.to_string_lossy()),
+                Q(&workspace.to_string_lossy())
+            );
+        }
+    }
     log::info!(
-        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip}",
+        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_method={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         Q(&app.cfg.host),
@@ -184,15 +220,23 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         Q(&app.cfg.server_log_path.to_string_lossy()),
         Q(&app.cfg.workspace.to_string_lossy()),
         if app.cfg.api_token.is_some() { "token" } else { "none" },
+        app.stop_method(),
     );
 
     // Runs of a previous Looper that ended meanwhile get their history rows completed.
     crate::run::settle_unwatched(&app, None);
     // Hand-offs of runs started before this start are picked up too.
     for ws in std::iter::once(app.cfg.workspace.clone()).chain(app.history.recent_workspaces(8)) {
-        let inbox = crate::inbox::dir_for(&ws);
-        if inbox.is_dir() {
-            app.watch_inbox(inbox);
+        if !crate::inbox::dir_for(&ws).exists() {
+            continue;
+        }
+        match crate::inbox::existing(&ws) {
+            Ok(inbox) => app.watch_inbox(inbox),
+            Err(e) => log::warn!(
+                "inbox.refused workspace={} error={}",
+                Q(&ws.to_string_lossy()),
+                Q(&e.to_string())
+            ),
         }
     }
     crate::inbox::start(&app);
@@ -250,6 +294,13 @@ fn shutdown(app: &App) {
     }
     if !app.wait_all_exited(TRAILER_WAIT) {
         log::warn!("server.stop.trailers_pending");
+    }
+    // Whatever escaped into the cgroups of runs that ended earlier goes too.
+    for group in app.groups() {
+        app.release_group(&group.path, true);
+    }
+    if let Some(c) = &app.cgroups {
+        c.remove();
     }
     // Triggers still in flight are refused at their next step: let them answer (and log
     // their end) before the last line.

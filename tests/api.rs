@@ -81,6 +81,7 @@ fn bad_input_is_refused_before_anything_happens() {
     ];
     for (body, field) in raw_cases {
         let r = minreq::post(looper.url("/run"))
+            .with_header("Content-Type", "application/json")
             .with_body(body.to_vec())
             .send()
             .unwrap();
@@ -101,7 +102,33 @@ fn bad_input_is_refused_before_anything_happens() {
         a.body["error"],
         json!("workspace is not a directory: /nonexistent/ws")
     );
+    // Only the operator may name a binary at all; with no token configured nobody may.
     let a = looper.run(json!({"codex_prompt": "x", "codex_exec_binary": "no-such-codex-binary"}));
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(
+        a.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("LOOPER_API_TOKEN"),
+        "{}",
+        a.body
+    );
+    assert_eq!(zulip.messages().len(), announced, "bad input was announced");
+    assert!(alive(pid), "bad input stopped the live run");
+    assert_eq!(looper.records().len(), 1, "bad input started a run");
+    drop(looper);
+    // The operator naming a binary that does not exist: a 400 naming it.
+    let looper = fx.start(&[
+        ("ZULIP_SITE", &zulip.site()),
+        ("ZULIP_BOT_EMAIL", "bot@example.com"),
+        ("ZULIP_BOT_API_KEY", "k"),
+        ("FAKE_CODEX", "record;sleep:600"),
+        ("LOOPER_API_TOKEN", common::OPERATOR_TOKEN),
+    ]);
+    let a = looper.run_as(
+        common::OPERATOR_TOKEN,
+        json!({"codex_prompt": "x", "codex_exec_binary": "no-such-codex-binary"}),
+    );
     assert_eq!(
         a.status, 400,
         "a binary the request names is bad input: {}",
@@ -112,9 +139,6 @@ fn bad_input_is_refused_before_anything_happens() {
         error.starts_with("codex_exec_binary not found: no-such-codex-binary"),
         "{error}"
     );
-    assert_eq!(zulip.messages().len(), announced, "bad input was announced");
-    assert!(alive(pid), "bad input stopped the live run");
-    assert_eq!(looper.records().len(), 1, "bad input started a run");
 }
 
 /// With a token, `/run` needs it (bearer or X-Looper-Token); the token is never logged.
@@ -162,6 +186,7 @@ fn a_second_run_during_setup_is_busy() {
     let url = looper.url("/run");
     let slow = std::thread::spawn(move || {
         minreq::post(url)
+            .with_header("Content-Type", "application/json")
             .with_body(
                 r#"{"zulip_message":"slow","codex_prompt":"p","codex_exec_delay_seconds":2}"#,
             )

@@ -6,26 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{alive, cli, pid_of, run_id_of, stderr, stdout, wait_for, FakeZulip, Fixture, Looper};
+use common::{
+    alive, answer_of, cli, drop_request, pid_of, run_id_of, stderr, stdout, wait_for, FakeZulip,
+    Fixture,
+};
 use serde_json::{json, Value};
-
-/// Drops a request into `inbox` as an agent would: `*.tmp`, then renamed.
-fn drop_request(inbox: &Path, name: &str, body: &str) {
-    let tmp = inbox.join(format!("{name}.tmp"));
-    std::fs::write(&tmp, body).expect("write request");
-    std::fs::rename(&tmp, inbox.join(name)).expect("rename request");
-}
-
-/// Waits for Looper's answer to the request file `name`.
-fn answer_of(looper: &Looper, inbox: &Path, name: &str) -> Value {
-    let stem = name.strip_suffix(".json").unwrap_or(name);
-    let path = inbox.join("done").join(format!("{stem}.answer.json"));
-    let text = wait_for(&format!("the answer to {name}"), || {
-        std::fs::read_to_string(&path).ok()
-    });
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("answer {text:?} is not JSON ({e})\n{}", looper.tail()))
-}
 
 fn zulip_env(zulip: &FakeZulip) -> Vec<(&'static str, String)> {
     vec![
@@ -67,10 +52,15 @@ fn a_run_gets_its_inbox_and_looper_but_no_zulip_secrets() {
         json!([]),
         "Zulip variables reached the run"
     );
-    assert_eq!(
+    // The operator's token stays with Looper: the run gets a token of its own, under both
+    // names (the original's wrapper sends $LOOPER_API_TOKEN).
+    let run_token = rec["looper_run_token"].as_str().expect("LOOPER_RUN_TOKEN");
+    assert!(run_token.len() >= 32, "{rec}");
+    assert_eq!(rec["looper_token"], json!(run_token), "{rec}");
+    assert_ne!(
         rec["looper_token"],
         json!("tok"),
-        "the hand-off needs the token"
+        "the operator's token reached the run"
     );
 }
 
@@ -88,7 +78,7 @@ fn an_inbox_request_from_the_active_run_replaces_it() {
     let inbox = PathBuf::from(looper.record_of(old_pid)["looper_inbox"].as_str().unwrap());
 
     let body = json!({"zulip_message": "handed off", "codex_prompt": "second",
-                      "from_run_id": old_id, "codex_exec_delay_seconds": 0});
+                      "from_run_id": old_id});
     drop_request(&inbox, "next.json", &body.to_string());
     let answer = answer_of(&looper, &inbox, "next.json");
     assert_eq!(answer["status"], 200, "{answer}\n{}", looper.tail());
@@ -121,7 +111,11 @@ fn an_inbox_request_from_the_active_run_replaces_it() {
         .iter()
         .map(|m| m.form()["content"].clone())
         .collect();
-    assert_eq!(contents.last().map(String::as_str), Some("handed off"));
+    // The caller's words first, then which run handed off (a run's text is marked).
+    assert_eq!(
+        contents.last().map(String::as_str),
+        Some(format!("handed off\n(hand-off from run {old_id})").as_str())
+    );
     let runs = looper.get("/runs").body;
     assert_eq!(runs["runs"][0]["trigger"], "inbox", "{runs}");
     assert_eq!(runs["runs"][0]["run_id"], reply["run_id"]);

@@ -24,7 +24,7 @@ fn a_stalled_body_blocks_nothing() {
         let mut c = raw(&looper);
         write!(
             c,
-            "POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n{{\"zulip_m"
+            "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{\"zulip_m"
         )
         .unwrap();
         c
@@ -126,7 +126,7 @@ fn a_dripping_body_blocks_nothing() {
     let mut drip = raw(&looper);
     write!(
         drip,
-        "POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -158,7 +158,7 @@ fn a_client_hanging_up_mid_run_changes_nothing() {
     let mut c = raw(&looper);
     write!(
         c,
-        "POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -184,7 +184,7 @@ fn an_oversized_body_is_refused_unread() {
     let fx = Fixture::new("huge");
     let looper = fx.start(&[]);
     let mut c = raw(&looper);
-    c.write_all(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n{")
+    c.write_all(b"POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n{")
         .unwrap();
     let mut buf = [0u8; 4096];
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -268,8 +268,14 @@ fn missing_pieces_between_runs() {
     let not_exec = fx.path("bin/not-executable");
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
-    let a = looper.run(json!({"codex_prompt": "x", "codex_exec_binary": not_exec}));
+    let looper = fx.start(&[
+        ("FAKE_CODEX", "record;sleep:600"),
+        ("LOOPER_API_TOKEN", common::OPERATOR_TOKEN),
+    ]);
+    let a = looper.run_as(
+        common::OPERATOR_TOKEN,
+        json!({"codex_prompt": "x", "codex_exec_binary": not_exec}),
+    );
     assert_eq!(a.status, 400, "{}", a.body);
     assert!(a.body["error"]
         .as_str()
@@ -277,13 +283,16 @@ fn missing_pieces_between_runs() {
         .starts_with("codex_exec_binary not found:"));
 
     std::fs::remove_dir_all(fx.path("logs")).unwrap();
-    let a = looper.run(json!({"codex_prompt": "log dir is gone"}));
+    let a = looper.run_as(
+        common::OPERATOR_TOKEN,
+        json!({"codex_prompt": "log dir is gone"}),
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     let log = a.body["codex_exec_result"]["log_path"].as_str().unwrap();
     assert!(std::path::Path::new(log).exists());
 
     std::fs::remove_dir_all(fx.path("ws")).unwrap();
-    let a = looper.run(json!({"codex_prompt": "x"}));
+    let a = looper.run_as(common::OPERATOR_TOKEN, json!({"codex_prompt": "x"}));
     assert_eq!(a.status, 500, "{}", a.body);
     assert_eq!(
         a.body["error"],
@@ -516,7 +525,7 @@ fn an_idle_server_keeps_accepting() {
     let fx = Fixture::new("idle");
     let looper = fx.start(&[]);
     let mut idle = raw(&looper);
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();

@@ -21,7 +21,7 @@ fn raw(looper: &Looper) -> TcpStream {
 fn probe(looper: &Looper) -> Result<(), String> {
     let mut c = raw(looper);
     c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     c.read_to_end(&mut answer)
@@ -70,7 +70,8 @@ fn huge_declared_lengths_leave_looper_alive() {
             ("GET /nowhere", "404"),
             ("POST /run", "401"),
         ] {
-            let rq = format!("{line} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n{{");
+            let rq =
+                format!("{line} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n\r\n{{");
             let answer = exchange(&looper, rq.as_bytes());
             assert!(
                 answer.starts_with(&format!("HTTP/1.1 {status}")),
@@ -80,7 +81,7 @@ fn huge_declared_lengths_leave_looper_alive() {
             assert_alive_and_answering(&looper, &format!("{line} with {length}"));
         }
         let rq = format!(
-            "POST /run HTTP/1.1\r\nHost: x\r\nX-Looper-Token: t\r\nContent-Length: {length}\r\n\r\n{{"
+            "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Looper-Token: t\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
         );
         let answer = exchange(&looper, rq.as_bytes());
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
@@ -143,13 +144,13 @@ fn trickling_and_unread_pipelines_freeze_nothing() {
     // A body declared on /health, answered unread: the connection is closed, not drained.
     let mut body_trickler = raw(&looper);
     body_trickler
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
         .unwrap();
     // A head trickled a byte at a time.
     let mut head_trickler = raw(&looper);
     // A pipeline of 20,000 requests whose answers are never read.
     let mut piper = raw(&looper);
-    let pipeline = b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    let pipeline = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(20_000);
     let writer = std::thread::spawn(move || {
         let _ = piper.set_write_timeout(Some(Duration::from_secs(15)));
         let _ = piper.write_all(&pipeline);
@@ -337,6 +338,7 @@ fn a_trigger_in_flight_at_shutdown_stops_nothing_more() {
     let port = looper.port;
     let trigger = std::thread::spawn(move || {
         minreq::post(format!("http://127.0.0.1:{port}/run"))
+            .with_header("Content-Type", "application/json")
             .with_body(r#"{"zulip_message":"slow","codex_prompt":"p"}"#)
             .with_timeout(20)
             .send()
@@ -378,8 +380,11 @@ fn a_failed_spawn_leaves_no_orphan_log() {
     let broken = fx.path("bin/broken-codex");
     std::fs::write(&broken, "#!/nonexistent/interpreter\n").unwrap();
     std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let looper = fx.start(&[]);
-    let a = looper.run(json!({"codex_prompt": "x", "codex_exec_binary": broken}));
+    let looper = fx.start(&[("LOOPER_API_TOKEN", common::OPERATOR_TOKEN)]);
+    let a = looper.run_as(
+        common::OPERATOR_TOKEN,
+        json!({"codex_prompt": "x", "codex_exec_binary": broken}),
+    );
     assert_eq!(a.status, 500, "{}", a.body);
     assert!(
         a.body["error"]
@@ -396,7 +401,8 @@ fn a_failed_spawn_leaves_no_orphan_log() {
         .filter(|n| n.starts_with("codex-exec-"))
         .collect();
     assert!(logs.is_empty(), "orphan logs: {logs:?}");
-    assert_eq!(looper.get("/runs").body["runs"], json!([]));
+    let runs = looper.get_with("/runs", &[("X-Looper-Token", common::OPERATOR_TOKEN)]);
+    assert_eq!(runs.body["runs"], json!([]));
 }
 
 /// Virtual memory in use by `pid`, in bytes.

@@ -277,23 +277,74 @@ fn sigint_on_an_idle_server_exits_cleanly() {
 /// Looper finds `codex` in `./codex/codex` before PATH and says so.
 #[test]
 fn a_local_codex_checkout_wins_over_path() {
+    use std::os::unix::fs::PermissionsExt;
     let fx = Fixture::new("local");
-    std::fs::create_dir_all(fx.path("codex")).unwrap();
-    std::os::unix::fs::symlink(&fx.codex_path, fx.path("codex/codex")).unwrap();
-    let looper = fx.start(&[
-        ("CODEX_EXEC_BINARY", ""),
-        ("FAKE_CODEX", "record;sleep:600"),
-    ]);
-    let a = looper.run(json!({"codex_prompt": "local"}));
+    // A copy of looper with a codex checkout beside it. The checkout's `codex` is a script
+    // run by the fake codex, so no process of this test is named `codex`: another Looper on
+    // this machine never takes it for a codex run.
+    let home = fx.path("looper-home");
+    std::fs::create_dir_all(home.join("codex")).unwrap();
+    let binary = home.join("looper");
+    std::fs::copy(common::looper_binary(), &binary).unwrap();
+    let local = home.join("codex/codex");
+    std::fs::write(&local, format!("#!{}\n", fx.codex_path.display())).unwrap();
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let looper = fx.start_binary(
+        &binary,
+        &[
+            ("CODEX_EXEC_BINARY", ""),
+            ("LOOPER_API_TOKEN", common::OPERATOR_TOKEN),
+            ("FAKE_CODEX", "record;sleep:600"),
+        ],
+    );
+    let a = looper.run_as(common::OPERATOR_TOKEN, json!({"codex_prompt": "local"}));
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["codex_exec_binary_source"], json!("local"));
-    assert_eq!(a.body["codex_exec_binary"], json!(fx.path("codex/codex")));
+    assert_eq!(a.body["codex_exec_binary"], json!(local));
+    let rec = looper.record_of(pid_of(&a));
+    assert_eq!(rec["argv"][1], json!(local), "{rec}");
     // A request override wins over everything.
-    let b = looper.run(json!({"codex_prompt": "req", "codex_exec_binary": fx.codex_path}));
+    let b = looper.run_as(
+        common::OPERATOR_TOKEN,
+        json!({"codex_prompt": "req", "codex_exec_binary": fx.codex_path}),
+    );
     assert_eq!(b.status, 200, "{}", b.body);
     assert_eq!(b.body["codex_exec_binary_source"], json!("request"));
-    // The first run (named plain `codex`) is Looper's own, so it was stopped all the same.
+    // The first run is Looper's own, so it was stopped all the same.
     assert_eq!(b.body["killed_codex_exec_pids"], json!([pid_of(&a)]));
+}
+
+/// A codex checkout the agent writes into the workspace (`<ws>/codex/codex`) never runs,
+/// not even when Looper was started in the workspace: the local candidates are looked for
+/// beside Looper's own executable only, and `PATH` entries inside the workspace or relative
+/// ones are passed over.
+#[test]
+fn a_codex_planted_in_the_workspace_never_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new("planted");
+    let marker = fx.path("planted-ran");
+    let planted = fx.path("ws/codex/codex");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(
+        &planted,
+        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(fx.path("ws/bin")).unwrap();
+    std::fs::copy(&planted, fx.path("ws/bin/codex")).unwrap();
+    let path = format!("{}:codex:bin", fx.path("ws/bin").display());
+    let looper = fx.start_in(
+        &fx.path("ws"),
+        &[("CODEX_EXEC_BINARY", ""), ("PATH", &path)],
+    );
+    let a = looper.run(json!({"codex_prompt": "x"}));
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert_eq!(
+        a.body["error"],
+        json!("required tool is missing from PATH: codex")
+    );
+    assert!(!marker.exists(), "the planted codex ran");
 }
 
 /// The default prompt comes from LOOPER_PROMPT_FILE, read again at every run.

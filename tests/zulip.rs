@@ -197,15 +197,19 @@ fn a_zulip_script_announces_instead() {
     let failing = fx.path("fail.sh");
     std::fs::write(&failing, "#!/bin/sh\necho no route to zulip >&2\nexit 4\n").unwrap();
     std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let looper = fx.start(&[]);
+    let looper = fx.start(&[("LOOPER_API_TOKEN", common::OPERATOR_TOKEN)]);
     let message = "it's a $message with `ticks`";
-    let a = looper
-        .run(json!({"zulip_message": message, "codex_prompt": "", "zulip_script_path": script}));
+    let a = looper.run_as(
+        common::OPERATOR_TOKEN,
+        json!({"zulip_message": message, "codex_prompt": "", "zulip_script_path": script}),
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["zulip_output"], json!("sent-by-script"));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), message);
-    let a =
-        looper.run(json!({"zulip_message": "m", "codex_prompt": "", "zulip_script_path": failing}));
+    let a = looper.run_as(
+        common::OPERATOR_TOKEN,
+        json!({"zulip_message": "m", "codex_prompt": "", "zulip_script_path": failing}),
+    );
     assert_eq!(a.status, 502, "{}", a.body);
     assert!(a.body["error"]
         .as_str()

@@ -217,6 +217,12 @@ impl Fixture {
         self.wait_ready(child, stderr_path)
     }
 
+    /// [`Fixture::start`] of another copy of the `looper` binary (`binary`).
+    pub fn start_binary(&self, binary: &Path, extra: &[(&str, &str)]) -> Looper {
+        let (child, stderr_path) = self.spawn_with(binary, &self.dir, extra, &[]);
+        self.wait_ready(child, stderr_path)
+    }
+
     /// Spawns Looper without waiting (for start-up failures).
     pub fn spawn(&self, extra: &[(&str, &str)]) -> (Child, PathBuf) {
         self.spawn_limited(extra, &[])
@@ -227,6 +233,16 @@ impl Fixture {
     }
 
     fn spawn_in(&self, cwd: &Path, extra: &[(&str, &str)], limits: &[Limit]) -> (Child, PathBuf) {
+        self.spawn_with(&looper_binary(), cwd, extra, limits)
+    }
+
+    fn spawn_with(
+        &self,
+        binary: &Path,
+        cwd: &Path,
+        extra: &[(&str, &str)],
+        limits: &[Limit],
+    ) -> (Child, PathBuf) {
         let mut env: HashMap<String, String> = self.base_env().into_iter().collect();
         for (k, v) in extra {
             if v.is_empty() {
@@ -238,7 +254,7 @@ impl Fixture {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let stderr_path = self.dir.join(format!("looper-stderr-{n}.txt"));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(looper_binary());
+        let mut cmd = Command::new(binary);
         cmd.env_clear()
             .envs(env)
             .current_dir(cwd)
@@ -347,13 +363,14 @@ impl Looper {
 
     /// POST /run with `fields` merged over zero delays and a short startup check.
     pub fn run(&self, fields: Value) -> Answer {
-        let mut body = serde_json::json!({"zulip_message": "test run"});
-        if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
-            for (k, v) in f {
-                b.insert(k.clone(), v.clone());
-            }
-        }
-        self.post("/run", &body.to_string())
+        self.post("/run", &run_body(fields))
+    }
+
+    /// [`Looper::run`] as the operator, presenting `token` (the fields that choose a program
+    /// need it).
+    pub fn run_as(&self, token: &str, fields: Value) -> Answer {
+        let bearer = format!("Bearer {token}");
+        self.post_with("/run", &run_body(fields), &[("Authorization", &bearer)])
     }
 
     fn request(&self, rq: minreq::Request) -> Answer {
@@ -391,7 +408,10 @@ impl Looper {
         let mut out: Vec<Value> = std::fs::read_dir(&self.rec_dir)
             .map(|d| {
                 d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.ends_with(".json") && name.starts_with(|c: char| c.is_ascii_digit())
+                    })
                     .filter_map(|e| std::fs::read(e.path()).ok())
                     .filter_map(|b| serde_json::from_slice(&b).ok())
                     .collect()
@@ -400,6 +420,26 @@ impl Looper {
         // In start order (not by pid: pids wrap around on a busy machine).
         out.sort_by_key(|v| v["started_ns"].as_u64());
         out
+    }
+
+    /// The answers the fake codex's `post` steps got, oldest first (waits for `n` of them).
+    pub fn posts(&self, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} answers to the fake codex's POSTs"), || {
+            let mut found: Vec<(std::time::SystemTime, Value)> = std::fs::read_dir(&self.rec_dir)
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("post-"))
+                .filter_map(|e| {
+                    let t = e.metadata().ok()?.modified().ok()?;
+                    Some((
+                        t,
+                        serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?,
+                    ))
+                })
+                .collect();
+            found.sort_by_key(|(t, _)| *t);
+            (found.len() >= n).then(|| found.into_iter().map(|(_, v)| v).collect())
+        })
     }
 
     /// Waits for the fake codex with `pid` to write its record.
@@ -463,7 +503,8 @@ impl Drop for Looper {
                 let cmd = cmdline(pid);
                 let ours = cmd.contains(&self.codex_name)
                     || cmd.starts_with("fake-tool")
-                    || cmd.starts_with("fake-orphan");
+                    || cmd.starts_with("fake-orphan")
+                    || cmd.starts_with("fake-escaped");
                 if alive(pid) && ours {
                     // SAFETY: kill(2) on a process this test started (through Looper).
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -638,6 +679,38 @@ impl Drop for FakeZulip {
         self.server.unblock();
     }
 }
+
+/// Drops a request into `inbox` as an agent would: `*.tmp`, then renamed.
+pub fn drop_request(inbox: &Path, name: &str, body: &str) {
+    let tmp = inbox.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, body).expect("write request");
+    std::fs::rename(&tmp, inbox.join(name)).expect("rename request");
+}
+
+/// Waits for Looper's answer to the request file `name` in `inbox`.
+pub fn answer_of(looper: &Looper, inbox: &Path, name: &str) -> Value {
+    let stem = name.strip_suffix(".json").unwrap_or(name);
+    let path = inbox.join("done").join(format!("{stem}.answer.json"));
+    let text = wait_for(&format!("the answer to {name}"), || {
+        std::fs::read_to_string(&path).ok()
+    });
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("answer {text:?} is not JSON ({e})\n{}", looper.tail()))
+}
+
+/// A `/run` body: `fields` merged over a test message.
+pub fn run_body(fields: Value) -> String {
+    let mut body = serde_json::json!({"zulip_message": "test run"});
+    if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+        for (k, v) in f {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body.to_string()
+}
+
+/// The operator's token the tests that choose a program start Looper with.
+pub const OPERATOR_TOKEN: &str = "operator-secret";
 
 /// The pid of the run a `/run` answer started.
 pub fn pid_of(answer: &Answer) -> u64 {
