@@ -298,7 +298,11 @@ fn the_loop_goes_on_through_looper_trigger_in_the_sandbox() {
         .iter()
         .map(|m| m.form()["content"].clone())
         .collect();
-    assert!(texts.contains(&"next run please".to_string()), "{texts:?}");
+    // The agent's words first, then which run sent them (a run's text is marked).
+    assert!(
+        texts.contains(&format!("next run please\n(hand-off from run {first_id})")),
+        "{texts:?}"
+    );
     let done = std::fs::read_dir(w.ws().join(".looper/inbox/done"))
         .unwrap()
         .count();
