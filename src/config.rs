@@ -188,6 +188,7 @@ fn default_state_dir(cwd: &Path, env: &Vars) -> PathBuf {
 /// and the wrapper script read them back.
 pub const CLIENT_VARS: &[&str] = &[
     "LOOPER_RUN_ID",
+    "LOOPER_RUN_TOKEN",
     "LOOPER_URL",
     "LOOPER_BIN",
     "LOOPER_INBOX",
