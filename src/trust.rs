@@ -206,15 +206,14 @@ pub fn run_of_connection(app: &App, peer: SocketAddr, local: SocketAddr) -> Opti
     if owner_uid != uid {
         return None;
     }
-    let table = procs::scan(uid).ok()?;
-    let mut run_of: HashMap<i32, String> = HashMap::new();
-    for p in &table {
-        if let (Some(id), Some(url)) = (&p.run_id, &p.looper_url) {
-            if *url == app.url {
-                run_of.insert(p.pid, id.clone());
-            }
-        }
-    }
+    let mut run_of: HashMap<i32, String> = procs::runs_of(uid, &app.url).into_iter().collect();
+    // Without cgroups, a run's processes that dropped their environment are found as its
+    // descendants, which takes the full table; with them, the table is not needed.
+    let table = if app.cgroups.is_none() && !app.runs().live.is_empty() {
+        procs::scan(uid).ok()?
+    } else {
+        Vec::new()
+    };
     for (id, pids) in app.run_members(&table) {
         for pid in pids {
             run_of.entry(pid).or_insert_with(|| id.clone());
