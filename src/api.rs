@@ -10,9 +10,11 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::error::ApiError;
 use crate::http::{Head, Outcome, Request};
 use crate::logging::Q;
-use crate::run::{self, ApiError, Trigger};
+use crate::pipeline;
+use crate::request::Trigger;
 use crate::trust::Caller;
 
 /// `/run` requests being read or served at once; more get a 503.
@@ -20,17 +22,6 @@ const MAX_INFLIGHT: usize = 64;
 
 /// The paths Looper serves; all but `/health` need the token when one is set.
 const KNOWN: [&str; 5] = ["/health", "/run", "/status", "/runs", "/metrics"];
-
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    diff == 0
-}
 
 /// The tokens a request offers (`Authorization: Bearer` or `X-Looper-Token`).
 fn offered_tokens(head: &Head) -> Vec<&str> {
@@ -43,12 +34,12 @@ fn offered_tokens(head: &Head) -> Vec<&str> {
 
 /// Whether the request carries the operator's token (always true when none is set).
 fn operator(app: &App, head: &Head) -> bool {
-    let Some(token) = app.cfg.api_token.as_deref() else {
+    let Some(token) = app.cfg().api_token.as_deref() else {
         return true;
     };
     let mut ok = false;
     for offered in offered_tokens(head) {
-        ok |= constant_time_eq(offered.as_bytes(), token.as_bytes());
+        ok |= crate::tokens::constant_time_eq(offered.as_bytes(), token.as_bytes());
     }
     ok
 }
@@ -57,7 +48,7 @@ fn operator(app: &App, head: &Head) -> bool {
 fn run_token_of(app: &App, head: &Head) -> Option<(String, std::path::PathBuf)> {
     offered_tokens(head)
         .into_iter()
-        .find_map(|t| app.run_of_token(t))
+        .find_map(|t| app.registry().run_of_token(t))
 }
 
 fn unauthorized() -> ApiError {
@@ -74,7 +65,7 @@ fn unauthorized() -> ApiError {
 fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
     let as_run = |run_id: String, workspace: Option<std::path::PathBuf>| {
         let workspace = workspace
-            .or_else(|| app.workspace_of(&run_id))
+            .or_else(|| app.registry().workspace_of(&run_id))
             .and_then(|w| w.canonicalize().ok())
             .ok_or_else(|| {
                 ApiError::new(
@@ -92,13 +83,13 @@ fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
             return as_run(run_id, None);
         }
     }
-    if app.cfg.api_token.is_some() && operator(app, &rq.head) {
+    if app.cfg().api_token.is_some() && operator(app, &rq.head) {
         return Ok(Caller::Operator);
     }
     if let Some((run_id, workspace)) = run_token_of(app, &rq.head) {
         return as_run(run_id, Some(workspace));
     }
-    if app.cfg.api_token.is_some() {
+    if app.cfg().api_token.is_some() {
         return Err(unauthorized());
     }
     Ok(Caller::Local)
@@ -111,7 +102,7 @@ fn browser_check(app: &App, head: &Head) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("a request carries one Host header"));
     }
     if let Some(host) = head.header("host").next() {
-        if !app.cfg.host_allowed(host) {
+        if !app.cfg().host_allowed(host) {
             return Err(ApiError::new(
                 403,
                 format!(
@@ -203,7 +194,7 @@ pub fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
     } else {
         log::Level::Info
     };
-    let request_id = app.new_id();
+    let request_id = app.registry().new_id();
     log::log!(
         level,
         "http.start request_id={request_id} method={} path={}",
@@ -272,7 +263,7 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
         ("/metrics", "GET") => Ok(Outcome {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: crate::metrics::render(app).into_bytes(),
+            body: crate::metrics::render(&metrics_snapshot(app)).into_bytes(),
             headers: Vec::new(),
         }),
         (_, "GET") if log_of.is_some() => run_log(app, log_of.unwrap_or_default(), &rq.head),
@@ -290,9 +281,9 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
 fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
     use std::io::{Read, Seek, SeekFrom};
     let unknown = || ApiError::new(404, format!("no such run: {run_id}"));
-    let row = app.history.get(run_id).ok_or_else(unknown)?;
+    let row = app.history().get(run_id).ok_or_else(unknown)?;
     let gone = |_| ApiError::new(404, format!("the log of run {run_id} is gone"));
-    let dir = app.cfg.log_dir.canonicalize().map_err(gone)?;
+    let dir = app.cfg().log_dir.canonicalize().map_err(gone)?;
     let path = row.log_path.canonicalize().map_err(gone)?;
     if path.parent() != Some(dir.as_path()) {
         return Err(unknown());
@@ -341,14 +332,14 @@ impl Drop for Inflight<'_> {
 /// `POST /run`: the body, then the pipeline. A panic anywhere in it is a JSON `500` (the
 /// panic itself is a `thread.panicked` line in the log); the guards it held are released.
 fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
-    let Some(_slot) = Inflight::take(&app.inflight) else {
+    let Some(_slot) = Inflight::take(app.inflight()) else {
         return Err(ApiError::new(503, "busy: too many requests in flight"));
     };
     let caller = caller_of(app, rq)?;
     require_json(&rq.head)?;
     let body = rq.body()?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run::submit(app, &body, request_id, Trigger::Http, &caller)
+        pipeline::submit(app, &body, request_id, Trigger::Http, &caller)
     }))
     .unwrap_or_else(|_| {
         Err(ApiError::new(
@@ -366,13 +357,29 @@ fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value
     outcome
 }
 
+/// What `/metrics` shows, from the registry and autopoll's policy.
+fn metrics_snapshot(app: &App) -> crate::metrics::Snapshot {
+    let (started, ended) = app.registry().counts();
+    let poll = app.policy().view(std::time::Instant::now());
+    crate::metrics::Snapshot {
+        started: started.into_iter().map(|(t, n)| (t.as_str(), n)).collect(),
+        ended: ended.into_iter().map(|(o, n)| (o.as_str(), n)).collect(),
+        active: app
+            .registry()
+            .active()
+            .map(|r| (r.started.elapsed().as_secs_f64(), r.quiet().as_secs_f64())),
+        crashes: poll.crashes,
+        backoff_seconds: poll.backoff_left.map_or(0.0, |d| d.as_secs_f64()),
+        paused_until: poll
+            .paused_until
+            .filter(|t| *t > chrono::Local::now())
+            .map(|t| t.timestamp()),
+    }
+}
+
 /// `GET /status`: what runs, what ended last, what autopoll will do.
 fn status(app: &App) -> Value {
-    let (active, last_exit) = {
-        let runs = app.runs();
-        (runs.active().cloned(), runs.exits.back().cloned())
-    };
-    let active = active.map(|r| {
+    let active = app.registry().active().map(|r| {
         let last_output_at = std::fs::metadata(&r.log_path)
             .and_then(|m| m.modified())
             .ok()
@@ -387,31 +394,29 @@ fn status(app: &App) -> Value {
             "last_output_at": last_output_at,
         })
     });
-    let last_exit = last_exit.or_else(|| {
+    let last_exit = app.registry().last_exit().or_else(|| {
         // After a restart: the newest finished run in the history.
-        let row = app.history.last_finished()?;
-        Some(crate::app::Exit {
+        let row = app.history().last_finished()?;
+        Some(crate::registry::Exit {
             return_code: row.return_code?,
             ended_at: row.ended_at?,
             duration_seconds: row.duration_seconds.unwrap_or(0.0),
             run_id: row.run_id,
         })
     });
-    let poll = app.autopoll_state().clone();
-    let backoff_until = poll
-        .backoff_until
-        .filter(|until| *until > std::time::Instant::now())
-        .and(poll.backoff_until_text);
+    let poll = app.policy().view(std::time::Instant::now());
+    let in_time = |d: std::time::Duration| crate::autopoll::at(std::time::Instant::now() + d);
+    let backoff_until = poll.backoff_left.map(in_time);
     json!({
         "ok": true,
-        "run_in_progress": app.guard_held(),
+        "run_in_progress": app.registry().guard_held(),
         "active": active,
         "last_exit": last_exit,
         "autopoll": {
-            "enabled": app.cfg.autopoll,
-            "interval_seconds": app.cfg.idle_poll.as_secs_f64(),
-            "stale_seconds": app.cfg.idle_stale.as_secs_f64(),
-            "next_tick_at": if app.cfg.autopoll { poll.next_tick_at } else { None },
+            "enabled": app.cfg().autopoll,
+            "interval_seconds": app.cfg().idle_poll.as_secs_f64(),
+            "stale_seconds": app.cfg().idle_stale.as_secs_f64(),
+            "next_tick_at": if app.cfg().autopoll { poll.next_tick_in.map(in_time) } else { None },
             "backoff_until": backoff_until,
             "consecutive_crashes": poll.crashes,
             "paused_until": poll.paused_until.map(|t| t.to_rfc3339()),
@@ -432,21 +437,12 @@ fn runs(app: &App, head: &Head) -> Result<Value, ApiError> {
             .filter(|n| (1..=crate::history::MAX_ROWS).contains(n))
             .ok_or_else(|| ApiError::bad_request("limit must be a whole number from 1 to 1000"))?,
     };
-    Ok(json!({"ok": true, "runs": app.history.newest(limit)}))
+    Ok(json!({"ok": true, "runs": app.history().newest(limit)}))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
-    }
 
     #[test]
     fn the_inflight_slot_is_given_back_on_every_path() {

@@ -29,11 +29,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::app::App;
+use crate::error::ApiError;
 use crate::logging::Q;
-use crate::run::ApiError;
 
-/// Largest request body (SPEC §2).
-pub const MAX_BODY: usize = 1024 * 1024;
+use crate::request::MAX_BODY;
 /// Largest request head: request line and headers.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Headers a request may carry.
@@ -315,7 +314,7 @@ pub fn serve(app: &Arc<App>, listener: &TcpListener) {
                 pause = Duration::ZERO;
                 stream
             }
-            Err(_) if app.shutdown.is_set() => return,
+            Err(_) if app.shutdown().is_set() => return,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
                 pause = (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
@@ -324,13 +323,13 @@ pub fn serve(app: &Arc<App>, listener: &TcpListener) {
                     Q(&e.to_string()),
                     pause.as_millis()
                 );
-                if app.shutdown.wait(pause) {
+                if app.shutdown().wait(pause) {
                     return;
                 }
                 continue;
             }
         };
-        if app.shutdown.is_set() {
+        if app.shutdown().is_set() {
             return;
         }
         let Some(slot) = conns.admit(stream.as_raw_fd()) else {
@@ -422,7 +421,7 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
         if unread && declared <= LINGER_MAX_BODY && written.is_ok() {
             linger(&mut conn.stream, declared);
         }
-        if close || written.is_err() || app.shutdown.is_set() {
+        if close || written.is_err() || app.shutdown().is_set() {
             return;
         }
     }

@@ -3,8 +3,8 @@
 //! in its workspace. Every run therefore gets `LOOPER_INBOX=<workspace>/.looper/inbox`: a
 //! file `<name>.json` dropped there (written as `*.tmp`, then renamed) holds a `/run` body.
 //! One thread looks into the inboxes Looper knows every [`POLL`], takes each complete file
-//! into `done/`, runs it through the same pipeline as `POST /run` ([`crate::run::submit`])
-//! as a request *of a run* of that workspace (the hand-off only: [`crate::trust`]), and
+//! into `done/`, hands it to [`Desk::hand_off`] (the same pipeline as `POST /run`, as a
+//! request *of a run* of that workspace: the hand-off only, see [`crate::trust`]), and
 //! writes `done/<name>.answer.json` with the status and body an HTTP caller would have got.
 //!
 //! Everything in a workspace is written by the agent, so nothing here follows a name it may
@@ -23,11 +23,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::app::App;
+use crate::error::ApiError;
 use crate::logging::Q;
-use crate::run::{self, ApiError, Trigger};
+use crate::shutdown::Shutdown;
 use crate::sys::{Dir, Kind};
-use crate::trust::Caller;
 
 /// How often the inboxes are looked into: a hand-off is picked up within a second.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -36,7 +35,7 @@ const DONE_KEPT: usize = 100;
 /// The suffix of an answer file in `done/`.
 pub const ANSWER_SUFFIX: &str = ".answer.json";
 /// The most a request file may hold (as a `/run` body).
-const MAX_REQUEST: u64 = crate::http::MAX_BODY as u64;
+const MAX_REQUEST: u64 = crate::request::MAX_BODY as u64;
 
 /// The inbox of runs in `workspace`.
 pub fn dir_for(workspace: &Path) -> PathBuf {
@@ -102,13 +101,28 @@ fn open(workspace: &Path, create: bool) -> io::Result<Inbox> {
     })
 }
 
+/// What the inbox thread works for: the inboxes to look into, and where a request goes.
+pub trait Desk: Send + Sync + 'static {
+    fn inboxes(&self) -> Vec<Arc<Inbox>>;
+    fn shutdown(&self) -> &Shutdown;
+    /// A fresh request id.
+    fn new_id(&self) -> String;
+    /// Serves `body` as a hand-off from a run of `workspace`: the answer's body, or why not.
+    fn hand_off(
+        self: &Arc<Self>,
+        workspace: &Path,
+        body: &[u8],
+        request_id: &str,
+    ) -> Result<Value, ApiError>;
+}
+
 /// Starts the inbox thread. It ends at shutdown.
-pub fn start(app: &Arc<App>) {
+pub fn start<D: Desk>(app: &Arc<D>) {
     let app = Arc::clone(app);
     let spawned = std::thread::Builder::new()
         .name("inbox".into())
         .spawn(move || {
-            while !app.shutdown.wait(POLL) {
+            while !app.shutdown().wait(POLL) {
                 for inbox in app.inboxes() {
                     take_all(&app, &inbox);
                 }
@@ -129,7 +143,7 @@ fn is_request_name(name: &str) -> bool {
 }
 
 /// Takes every complete request in `inbox`, oldest name first.
-fn take_all(app: &Arc<App>, inbox: &Inbox) {
+fn take_all<D: Desk>(app: &Arc<D>, inbox: &Inbox) {
     let Ok(entries) = inbox.dir.names() else {
         return;
     };
@@ -140,7 +154,7 @@ fn take_all(app: &Arc<App>, inbox: &Inbox) {
         .collect();
     names.sort();
     for name in names {
-        if app.shutdown.is_set() {
+        if app.shutdown().is_set() {
             return;
         }
         take(app, inbox, &name);
@@ -148,7 +162,7 @@ fn take_all(app: &Arc<App>, inbox: &Inbox) {
 }
 
 /// Reads one request, moves it into `done/`, answers it there, and keeps `done/` bounded.
-fn take(app: &Arc<App>, inbox: &Inbox, name: &OsStr) {
+fn take<D: Desk>(app: &Arc<D>, inbox: &Inbox, name: &OsStr) {
     let shown = name.to_string_lossy().into_owned();
     let body = read_request(&inbox.dir, name, &shown);
     if let Err(e) = inbox.dir.rename(name, &inbox.done, name) {
@@ -168,12 +182,7 @@ fn take(app: &Arc<App>, inbox: &Inbox, name: &OsStr) {
         Q(&inbox.path.to_string_lossy()),
         Q(&shown)
     );
-    let caller = Caller::Run {
-        run_id: None,
-        workspace: inbox.workspace.clone(),
-    };
-    let outcome =
-        body.and_then(|body| run::submit(app, &body, &request_id, Trigger::Inbox, &caller));
+    let outcome = body.and_then(|body| app.hand_off(&inbox.workspace, &body, &request_id));
     let (status, body) = match outcome {
         Ok(body) => (200, body),
         Err(e) => {

@@ -26,6 +26,7 @@
 //! - [`zulip`]: credentials, recipients, sending.
 //! - [`logging`]: the server log's line format and sink.
 
+pub mod announce;
 pub mod api;
 pub mod app;
 pub mod autopoll;
@@ -33,6 +34,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod codex;
 pub mod config;
+pub mod error;
 pub mod history;
 pub mod http;
 pub mod inbox;
@@ -40,9 +42,16 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod output;
+pub mod paths;
+pub mod pipeline;
 pub mod procs;
-pub mod run;
+pub mod registry;
+pub mod request;
 pub mod server;
+pub mod shutdown;
+pub mod spawn;
+pub mod stop;
 pub mod sys;
+pub mod tokens;
 pub mod trust;
 pub mod zulip;

@@ -6,7 +6,9 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::logging::Q;
 use std::process::Child;
 use std::time::Duration;
 
@@ -211,6 +213,60 @@ pub fn tail(path: &Path, from: u64, lines: usize) -> String {
     let text = String::from_utf8_lossy(&buf);
     let all: Vec<&str> = text.trim_end().lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Keeps the `LOOPER_LOG_RETENTION` newest run logs, never removing a live run's log.
+///
+/// "Newest" is by start: the time in the file name, then, within one second, the order the
+/// history holds (a stopped run's trailer lands after its successor started, so the time a
+/// log last changed would rank it wrongly), then, for logs the history no longer holds, the
+/// time they last changed.
+/// `keep`: how many; `live`: the logs of live runs; `history`: its rows, newest first.
+pub fn prune_logs(
+    log_dir: &Path,
+    keep: usize,
+    live: &std::collections::HashSet<PathBuf>,
+    history: &[crate::history::Row],
+) {
+    let rank: std::collections::HashMap<&Path, usize> = history
+        .iter()
+        .enumerate()
+        .map(|(i, row)| (row.log_path.as_path(), i))
+        .collect();
+    let Ok(dir) = std::fs::read_dir(log_dir) else {
+        return;
+    };
+    type Age = (
+        std::cmp::Reverse<String>,
+        usize,
+        std::cmp::Reverse<std::time::SystemTime>,
+    );
+    let mut logs: Vec<(Age, PathBuf)> = dir
+        .flatten()
+        .filter(|e| is_run_log(&e.file_name()))
+        .filter_map(|e| {
+            let modified = e.metadata().ok()?.modified().ok()?;
+            let path = e.path();
+            let stamp = log_name_stamp(&e.file_name()).unwrap_or_default();
+            let known = rank.get(path.as_path()).copied().unwrap_or(usize::MAX);
+            let age = (std::cmp::Reverse(stamp), known, std::cmp::Reverse(modified));
+            Some((age, path))
+        })
+        .collect();
+    logs.sort();
+    for (_, path) in logs.into_iter().skip(keep) {
+        if live.contains(&path) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::debug!("codex.exec.log.pruned path={}", Q(&path.to_string_lossy())),
+            Err(e) => log::warn!(
+                "codex.exec.log.prune_failed path={} error={}",
+                Q(&path.to_string_lossy()),
+                Q(&e.to_string())
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -777,6 +777,28 @@ pub fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// One process Looper started, held by a pidfd opened while it was still an unreaped child
+/// (so it names that process and no later one with its pid): signalled and waited on
+/// through it.
+pub struct Process(Target);
+
+impl Process {
+    /// `pid`: a child of ours not reaped yet; `start_time`: its start (for kernels without
+    /// pidfds, where the pid is checked again before each signal).
+    pub fn of_child(pid: u32, start_time: Option<u64>) -> Process {
+        Process(Target {
+            pid: pid as i32,
+            start_time: start_time.unwrap_or(0),
+            fd: pidfd_open(pid as i32),
+        })
+    }
+
+    /// Sends `sig`; false when the process is gone (or cannot be told apart from another).
+    pub fn signal(&self, sig: i32) -> bool {
+        self.0.signal(sig)
+    }
+}
+
 /// A process to wait for, opened once (a pidfd where the kernel has them) and waited on as
 /// often as needed. It is never signalled.
 pub struct Waiter(Target);

@@ -10,10 +10,11 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::app::{App, StopReason};
+use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, Q};
 use crate::procs;
+use crate::registry::StopReason;
 
 /// What the watcher threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
@@ -128,8 +129,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     if let Err(e) = crate::sys::make_undumpable() {
         log::warn!("server.undumpable_failed error={}", Q(&e.to_string()));
     }
-    let mut app = App::new(cfg, url, env.get("PATH").cloned());
-    app.cgroups = match crate::cgroup::Cgroups::setup() {
+    let cgroups = match crate::cgroup::Cgroups::setup() {
         Ok(c) => Some(c),
         Err(why) => {
             log::info!(
@@ -139,7 +139,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             None
         }
     };
-    let app = Arc::new(app);
+    let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned(), cgroups));
     app.set_listener(&listener);
     // Signal handling is in place before anyone can learn that we are up.
     start_signal_thread(&app)?;
@@ -147,23 +147,23 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     for name in crate::config::unknown_vars(env) {
         log::warn!("config.unknown_variable name={name} hint=\"not a Looper variable; a typo?\"");
     }
-    if !app.cfg.workspace.is_dir() {
+    if !app.cfg().workspace.is_dir() {
         log::warn!(
             "config.workspace_missing path={} hint=\"runs without a workspace of their own will fail until it exists (LOOPER_WORKSPACE)\"",
-            Q(&app.cfg.workspace.to_string_lossy())
+            Q(&app.cfg().workspace.to_string_lossy())
         );
     }
     // What the first trigger would find out, said now.
     let found = crate::codex::resolve(
         None,
-        app.cfg.codex_exec_binary.as_deref(),
-        &app.cfg.cwd,
+        app.cfg().codex_exec_binary.as_deref(),
+        &app.cfg().cwd,
         app.own_dir(),
-        app.path_var.as_deref(),
-        &app.cfg.workspace,
+        app.path_var(),
+        &app.cfg().workspace,
     );
     if let Err(name) = found {
-        let tried = match &app.cfg.codex_exec_binary {
+        let tried = match &app.cfg().codex_exec_binary {
             Some(b) => format!("CODEX_EXEC_BINARY={b}"),
             None => format!(
                 "{} beside looper, and codex on PATH",
@@ -176,7 +176,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             Q(&tried)
         );
     }
-    if let Some(file) = &app.cfg.prompt_file {
+    if let Some(file) = &app.cfg().prompt_file {
         if let Err(e) = std::fs::read_to_string(file) {
             log::warn!(
                 "config.prompt_file_unreadable path={} error={} hint=\"runs without a prompt of their own will fail until LOOPER_PROMPT_FILE can be read\"",
@@ -185,19 +185,19 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             );
         }
     }
-    for w in &app.cfg.zulip.warnings {
+    for w in &app.cfg().zulip.warnings {
         log::warn!("zulip.config.warning message={}", Q(w));
     }
-    let zulip = match &app.cfg.zulip.credentials {
-        Some(c) => format!("{} {}", Q(&c.source), app.cfg.zulip.describe_target()),
+    let zulip = match &app.cfg().zulip.credentials {
+        Some(c) => format!("{} {}", Q(&c.source), app.cfg().zulip.describe_target()),
         None => "off".to_string(),
     };
     let workspace = app
-        .cfg
+        .cfg()
         .workspace
         .canonicalize()
-        .unwrap_or(app.cfg.workspace.clone());
-    for (setting, dir) in app.cfg.own_dirs() {
+        .unwrap_or(app.cfg().workspace.clone());
+    for (setting, dir) in app.cfg().own_dirs() {
         if dir
             .canonicalize()
             .unwrap_or(dir.clone())
@@ -214,19 +214,20 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_method={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        Q(&app.cfg.host),
-        Q(&app.url),
-        Q(&app.cfg.log_dir.to_string_lossy()),
-        Q(&app.cfg.server_log_path.to_string_lossy()),
-        Q(&app.cfg.workspace.to_string_lossy()),
-        if app.cfg.api_token.is_some() { "token" } else { "none" },
+        Q(&app.cfg().host),
+        Q(app.url()),
+        Q(&app.cfg().log_dir.to_string_lossy()),
+        Q(&app.cfg().server_log_path.to_string_lossy()),
+        Q(&app.cfg().workspace.to_string_lossy()),
+        if app.cfg().api_token.is_some() { "token" } else { "none" },
         app.stop_method(),
     );
 
     // Runs of a previous Looper that ended meanwhile get their history rows completed.
-    crate::run::settle_unwatched(&app, None);
+    crate::stop::settle_unwatched(&app, None);
     // Hand-offs of runs started before this start are picked up too.
-    for ws in std::iter::once(app.cfg.workspace.clone()).chain(app.history.recent_workspaces(8)) {
+    for ws in std::iter::once(app.cfg().workspace.clone()).chain(app.history().recent_workspaces(8))
+    {
         if !crate::inbox::dir_for(&ws).exists() {
             continue;
         }
@@ -262,8 +263,8 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
                 seen += 1;
                 if seen == 1 {
                     log::info!("server.signal signal={sig} action=shutdown");
-                    app.shutdown.trigger();
-                    app.wake_exit_waiters();
+                    app.shutdown().trigger();
+                    app.registry().wake_exit_waiters();
                     app.unblock_server();
                 } else {
                     log::warn!("server.signal signal={sig} action=exit_now");
@@ -278,34 +279,34 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
 /// Stops the runs this server started (and everything they started), then gives their
 /// watcher threads a moment to write trailers, and triggers in flight a moment to answer.
 fn shutdown(app: &App) {
-    let ids: HashSet<String> = app.runs().live.iter().map(|r| r.run_id.clone()).collect();
+    let ids: HashSet<String> = app.registry().live_ids();
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
-        if let Err(e) = crate::run::stop_runs(
+        if let Err(e) = crate::stop::stop_runs(
             app,
             None,
             Some(&ids),
-            &app.cfg.workspace,
+            &app.cfg().workspace,
             "shutdown",
             StopReason::Shutdown,
         ) {
             log::error!("server.stop.failed error={}", Q(&e.message));
         }
     }
-    if !app.wait_all_exited(TRAILER_WAIT) {
+    if !app.registry().wait_all_exited(TRAILER_WAIT) {
         log::warn!("server.stop.trailers_pending");
     }
     // Whatever escaped into the cgroups of runs that ended earlier goes too.
-    for group in app.groups() {
-        app.release_group(&group.path, true);
+    for group in app.registry().groups() {
+        app.registry().release_group(&group.path, true);
     }
-    if let Some(c) = &app.cgroups {
+    if let Some(c) = app.cgroups() {
         c.remove();
     }
     // Triggers still in flight are refused at their next step: let them answer (and log
     // their end) before the last line.
     let deadline = std::time::Instant::now() + TRAILER_WAIT;
-    while app.inflight.load(std::sync::atomic::Ordering::Acquire) > 0
+    while app.inflight().load(std::sync::atomic::Ordering::Acquire) > 0
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(10));

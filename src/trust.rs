@@ -18,8 +18,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::app::App;
+use crate::error::ApiError;
 use crate::procs;
-use crate::run::{ApiError, RunRequest};
+use crate::request::RunRequest;
 
 /// Who a request comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,15 +207,15 @@ pub fn run_of_connection(app: &App, peer: SocketAddr, local: SocketAddr) -> Opti
     if owner_uid != uid {
         return None;
     }
-    let mut run_of: HashMap<i32, String> = procs::runs_of(uid, &app.url).into_iter().collect();
+    let mut run_of: HashMap<i32, String> = procs::runs_of(uid, app.url()).into_iter().collect();
     // Without cgroups, a run's processes that dropped their environment are found as its
     // descendants, which takes the full table; with them, the table is not needed.
-    let table = if app.cgroups.is_none() && !app.runs().live.is_empty() {
+    let table = if app.cgroups().is_none() && app.registry().any_live() {
         procs::scan(uid).ok()?
     } else {
         Vec::new()
     };
-    for (id, pids) in app.run_members(&table) {
+    for (id, pids) in app.registry().members(&table) {
         for pid in pids {
             run_of.entry(pid).or_insert_with(|| id.clone());
         }
@@ -230,7 +231,7 @@ mod tests {
     use super::*;
 
     fn request(json: &str) -> RunRequest {
-        crate::run::parse_request(json.as_bytes()).unwrap()
+        crate::request::parse_request(json.as_bytes()).unwrap()
     }
 
     fn run_caller(ws: &Path) -> Caller {

@@ -233,7 +233,7 @@ impl Zulip {
             })
         } else {
             let explicit =
-                get(env, "ZULIPRC_PATH").map(|p| crate::config::expand_home(p, get(env, "HOME")));
+                get(env, "ZULIPRC_PATH").map(|p| crate::paths::expand_home(p, get(env, "HOME")));
             let path = explicit
                 .clone()
                 .or_else(|| get(env, "HOME").map(|h| Path::new(h).join(".zuliprc")));

@@ -7,9 +7,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::app::{App, LiveRun, StopReason};
+pub mod policy;
+
+use crate::app::App;
 use crate::logging::Q;
-use crate::run::{self, RunRequest, Trigger};
+use crate::pipeline;
+use crate::registry::{LiveRun, StopReason};
+use crate::request::{RunRequest, Trigger};
+use crate::stop;
+use policy::Gate;
 
 /// The newest `codex-exec-*.log` in `dir` and how long ago it changed.
 pub fn newest_log_age(dir: &Path) -> Option<Duration> {
@@ -29,18 +35,18 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
 /// Where autopoll starts runs: `LOOPER_WORKSPACE`, else the workspace of the newest run in
 /// the history (a first trigger names the loop's workspace); else nowhere.
 pub fn workspace(app: &App) -> Option<PathBuf> {
-    if app.cfg.workspace_set {
-        return Some(app.cfg.workspace.clone());
+    if app.cfg().workspace_set {
+        return Some(app.cfg().workspace.clone());
     }
-    app.history.recent_workspaces(1).into_iter().next()
+    app.history().recent_workspaces(1).into_iter().next()
 }
 
 /// Whether any codex exec run (ours or not) is alive; `None` when `/proc` cannot tell.
 fn any_live_run(app: &App, workspace: &Path) -> Option<bool> {
-    if !app.runs().live.is_empty() {
+    if app.registry().any_live() {
         return Some(true);
     }
-    run::find_runs(app, None, None, workspace)
+    stop::find_runs(app, None, None, workspace)
         .ok()
         .map(|r| !r.is_empty())
 }
@@ -49,37 +55,26 @@ fn any_live_run(app: &App, workspace: &Path) -> Option<bool> {
 /// guard (so a trigger arriving meanwhile is not refused as busy) and takes the guard only
 /// to start a run.
 fn tick(app: &Arc<App>, first: bool) {
-    if app.guard_held() {
+    if app.registry().guard_held() {
         log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
         return;
     }
-    if app
-        .autopoll_state()
-        .backoff_until
-        .is_some_and(|until| Instant::now() < until)
-    {
-        log::debug!("codex.exec.autopoll.skip reason=backoff");
-        return;
-    }
-    // Codex's usage limit: nothing before the reset; at the reset, a run at once.
-    let mut resumed = false;
-    {
-        let mut state = app.autopoll_state();
-        if let Some(until) = state.paused_until {
-            if chrono::Local::now() < until {
-                log::debug!("codex.exec.autopoll.skip reason=usage_limit");
-                return;
-            }
-            state.paused_until = None;
-            resumed = true;
-            log::info!("codex.exec.autopoll.resume reason=usage_limit_reset");
+    let resumed = match app.policy().gate(Instant::now(), chrono::Local::now()) {
+        Gate::Skip(reason) => {
+            log::debug!("codex.exec.autopoll.skip reason={reason}");
+            return;
         }
+        Gate::Go { resumed } => resumed,
+    };
+    // Codex's usage limit is over: a run at once, whatever the logs say.
+    if resumed {
+        log::info!("codex.exec.autopoll.resume reason=usage_limit_reset");
     }
     let Some(workspace) = workspace(app) else {
         log::debug!("codex.exec.autopoll.skip reason=no_workspace");
         return;
     };
-    run::settle_unwatched(app, None);
+    stop::settle_unwatched(app, None);
     match any_live_run(app, &workspace) {
         Some(false) => {}
         Some(true) => {
@@ -92,8 +87,8 @@ fn tick(app: &Arc<App>, first: bool) {
         }
     }
     if !first && !resumed {
-        if let Some(age) = newest_log_age(&app.cfg.log_dir) {
-            if age < app.cfg.idle_stale {
+        if let Some(age) = newest_log_age(&app.cfg().log_dir) {
+            if age < app.cfg().idle_stale {
                 log::debug!(
                     "codex.exec.autopoll.skip reason=recent_log age_s={:.1}",
                     age.as_secs_f64()
@@ -102,12 +97,12 @@ fn tick(app: &Arc<App>, first: bool) {
             }
         }
     }
-    let Some(_guard) = app.try_guard() else {
+    let Some(_guard) = app.registry().try_guard() else {
         log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
         return;
     };
     // A trigger may have started a run between the look above and the guard.
-    if !app.runs().live.is_empty() {
+    if app.registry().any_live() {
         log::debug!("codex.exec.autopoll.skip reason=live_run");
         return;
     }
@@ -122,9 +117,9 @@ fn tick(app: &Arc<App>, first: bool) {
 /// Starts a run through the common pipeline (no announcement); the caller holds the guard.
 /// The runs it stops get `reason`.
 fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
-    let request_id = format!("auto{}", app.new_id());
+    let request_id = format!("auto{}", app.registry().new_id());
     log::info!("codex.exec.autopoll.start request_id={request_id} reason={why}");
-    match run::execute_replacing(app, &req, &request_id, Trigger::Autopoll, reason) {
+    match pipeline::execute_replacing(app, &req, &request_id, Trigger::Autopoll, reason) {
         Ok(v) => log::info!(
             "codex.exec.autopoll.started request_id={request_id} pid={}",
             v["codex_exec_result"]["pid"]
@@ -140,16 +135,9 @@ fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
 /// How long the active run's log has been silent, if it is silent for longer than
 /// `LOOPER_HUNG_RUN_SECONDS` (counting from its start when it never wrote).
 fn hung_run(app: &App) -> Option<(LiveRun, Duration)> {
-    let limit = app.cfg.hung_run;
-    let live = app.runs().active()?.clone();
-    let since_start = live.started.elapsed();
-    let silent = std::fs::metadata(&live.log_path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .unwrap_or(since_start)
-        .min(since_start);
-    (silent >= limit).then_some((live, silent))
+    let live = app.registry().active()?;
+    let silent = live.quiet();
+    (silent >= app.cfg().hung_run).then_some((live, silent))
 }
 
 /// Replaces a hung run with a fresh one of the same workspace and prompt.
@@ -157,7 +145,7 @@ fn check_hung(app: &Arc<App>) {
     if hung_run(app).is_none() {
         return;
     }
-    let Some(_guard) = app.try_guard() else {
+    let Some(_guard) = app.registry().try_guard() else {
         return;
     };
     // Looked at again under the guard: a /run may have replaced it meanwhile.
@@ -186,8 +174,8 @@ fn hung_check_interval(limit: Duration) -> Duration {
 /// Starts the thread when autopoll or hung-run detection is on. It waits on the shutdown
 /// signal between ticks, so that a shutdown ends it at once.
 pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
-    let autopoll = app.cfg.autopoll;
-    let hung = !app.cfg.hung_run.is_zero();
+    let autopoll = app.cfg().autopoll;
+    let hung = !app.cfg().hung_run.is_zero();
     if !autopoll {
         log::info!("codex.exec.autopoll.disabled");
     }
@@ -198,7 +186,7 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name("autopoll".into())
         .spawn(move || {
-            let cfg = &app.cfg;
+            let cfg = app.cfg();
             if autopoll {
                 log::info!(
                     "codex.exec.autopoll.enabled interval_s={} stale_s={} hung_s={}",
@@ -216,7 +204,7 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
             let mut next_tick = Instant::now() + cfg.idle_poll;
             loop {
                 if autopoll {
-                    app.autopoll_state().next_tick_at = Some(at(next_tick));
+                    app.policy().next_tick_at(next_tick);
                 }
                 let now = Instant::now();
                 let mut wake = if autopoll {
@@ -227,7 +215,7 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                 if hung {
                     wake = wake.min(now + hung_check_interval(cfg.hung_run));
                 }
-                if app.shutdown.wait(wake.saturating_duration_since(now)) {
+                if app.shutdown().wait(wake.saturating_duration_since(now)) {
                     break;
                 }
                 if hung {

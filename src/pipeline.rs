@@ -1,0 +1,385 @@
+//! The `/run` pipeline, shared by `POST /run`, the inbox and autopoll: what the caller may
+//! ask ([`crate::trust::admit`]), the stale hand-off check and the run guard, then plan →
+//! announce → stop → spawn → startup check, and the answer. The plan decides everything
+//! before the first effect; after a shutdown began no step with an effect starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::announce::announce;
+use crate::app::App;
+use crate::codex;
+use crate::error::ApiError;
+use crate::logging::Q;
+use crate::registry::StopReason;
+use crate::request::{parse_request, RunRequest, Trigger};
+use crate::spawn::{launch, Spawned, Start};
+use crate::stop::stop_runs;
+use crate::trust::Caller;
+
+/// The prompt used when neither the request, `LOOPER_PROMPT_FILE` nor
+/// `LOOPER_DEFAULT_PROMPT` gives one: the repeat-the-same-prompt pattern around `TODO.md`.
+pub const BUILTIN_PROMPT: &str = "Read TODO.md in this repository. Take the first item that is not done, \
+do it and check that it works, then update TODO.md: what you changed, what failed, and what is left. \
+Keep TODO.md the single source of truth for the next run.";
+
+/// The prompt for a run that named none: `LOOPER_PROMPT_FILE` (read now), else
+/// `LOOPER_DEFAULT_PROMPT`, else [`BUILTIN_PROMPT`].
+pub fn default_prompt(app: &App) -> Result<String, ApiError> {
+    if let Some(path) = &app.cfg().prompt_file {
+        return match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Ok(text),
+            Ok(_) => Err(ApiError::new(
+                500,
+                format!("LOOPER_PROMPT_FILE {} is empty", path.display()),
+            )),
+            Err(e) => Err(ApiError::new(
+                500,
+                format!("cannot read LOOPER_PROMPT_FILE {}: {e}", path.display()),
+            )),
+        };
+    }
+    Ok(app
+        .cfg()
+        .default_prompt
+        .clone()
+        .unwrap_or_else(|| BUILTIN_PROMPT.to_string()))
+}
+
+/// Whether `from_run_id` is an old run calling late: another run is active, or, with none
+/// active, that run is known to have ended. (An id we never saw, with nothing active, is
+/// let through: it may be a run of an earlier Looper on this address.)
+pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
+    let stale = match app.registry().active() {
+        Some(active) => active.run_id != from_run_id,
+        None => app
+            .history()
+            .get(from_run_id)
+            .is_some_and(|row| row.return_code.is_some()),
+    };
+    stale.then(|| ApiError::new(409, format!("stale: run {from_run_id} is no longer active")))
+}
+
+/// Everything decided before the first effect.
+struct Plan {
+    prompt: String,
+    workspace: PathBuf,
+    workspace_from_request: bool,
+    binary: Option<(PathBuf, codex::Source)>,
+}
+
+fn check_workspace(plan: &Plan) -> Result<(), ApiError> {
+    if plan.workspace.is_dir() {
+        return Ok(());
+    }
+    let status = if plan.workspace_from_request {
+        400
+    } else {
+        500
+    };
+    Err(ApiError::new(
+        status,
+        format!("workspace is not a directory: {}", plan.workspace.display()),
+    ))
+}
+
+fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
+    let prompt = match &req.prompt {
+        Some(p) => p.clone(),
+        None => default_prompt(app)?,
+    };
+    if prompt.len() > codex::MAX_PROMPT_BYTES {
+        let source = match (&req.prompt, &app.cfg().prompt_file) {
+            (None, Some(file)) => format!("LOOPER_PROMPT_FILE {}", file.display()),
+            _ => "the prompt".to_string(),
+        };
+        return Err(ApiError::bad_request(format!(
+            "{source} is {} bytes; codex exec takes at most {} (Linux passes no single argument of 128 KiB or more)",
+            prompt.len(),
+            codex::MAX_PROMPT_BYTES
+        )));
+    }
+    let named = match &req.workspace {
+        // `~` as the original read it; `..` folded away so the answer names the directory.
+        Some(w) => crate::paths::normalize(
+            &app.cfg()
+                .cwd
+                .join(crate::paths::expand_home(w, app.cfg().home.as_deref())),
+        ),
+        None => app.cfg().workspace.clone(),
+    };
+    // The directory itself, not a link to it: the run, its answer and its history name
+    // the same place.
+    let workspace = named.canonicalize().unwrap_or(named);
+    let mut plan = Plan {
+        prompt,
+        workspace,
+        workspace_from_request: req.workspace.is_some(),
+        binary: None,
+    };
+    if !plan.prompt.is_empty() {
+        check_workspace(&plan)?;
+        check_own_files_outside(app, &plan.workspace)?;
+        if app.cfg().require_git && !codex::inside_git_work_tree(&plan.workspace) {
+            return Err(ApiError::bad_request(format!(
+                "workspace is not inside a git work tree: {} (codex refuses to run outside git; run `git init` there, or set LOOPER_REQUIRE_GIT=0)",
+                plan.workspace.display()
+            )));
+        }
+        let found = codex::resolve(
+            req.codex_exec_binary.as_deref(),
+            app.cfg().codex_exec_binary.as_deref(),
+            &app.cfg().cwd,
+            app.own_dir(),
+            app.path_var(),
+            &plan.workspace,
+        )
+        .map_err(|name| match &req.codex_exec_binary {
+            Some(_) => ApiError::bad_request(format!(
+                "codex_exec_binary not found: {name} (give a path to an executable, or a name on the server's PATH)"
+            )),
+            None => ApiError::new(500, format!("required tool is missing from PATH: {name}")),
+        })?;
+        plan.binary = Some(found);
+    }
+    Ok(plan)
+}
+
+/// Looper's own files (run logs, the history, the server log) never lie inside a workspace
+/// it runs: the agent writes anything there, links included, and would rewrite them.
+fn check_own_files_outside(app: &App, workspace: &Path) -> Result<(), ApiError> {
+    for (setting, dir) in app.cfg().own_dirs() {
+        let dir = dir.canonicalize().unwrap_or(dir);
+        if dir.starts_with(workspace) {
+            return Err(ApiError::bad_request(format!(
+                "workspace {} holds Looper's own files ({setting} is {}): the agent could rewrite them. Move {setting} out of the workspace",
+                workspace.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Takes a `/run` body, from HTTP or an inbox file, through everything `POST /run` does:
+/// validation, what `caller` may ask for ([`crate::trust::admit`]), the stale hand-off
+/// check, the run guard (a hand-off from the run still being set up waits for that setup),
+/// the pipeline.
+pub fn submit(
+    app: &Arc<App>,
+    body: &[u8],
+    request_id: &str,
+    trigger: Trigger,
+    caller: &Caller,
+) -> Result<Value, ApiError> {
+    let mut req = parse_request(body)?;
+    crate::trust::admit(caller, &mut req, |id| {
+        app.registry()
+            .workspace_of(id)
+            .and_then(|w| w.canonicalize().ok())
+    })
+    .inspect_err(|e| {
+        log::warn!(
+            "run.refused request_id={request_id} caller={} status={} error={}",
+            Q(&caller.describe()),
+            e.status,
+            Q(&e.message)
+        )
+    })?;
+    // A late call from an old run is refused as stale even while another run is being set
+    // up, so that its caller learns why.
+    let stale = || {
+        req.from_run_id
+            .as_deref()
+            .and_then(|from| stale_reason(app, from))
+    };
+    if let Some(e) = stale() {
+        return Err(e);
+    }
+    let guard = match req.from_run_id.as_deref() {
+        Some(from) => app.registry().handoff_guard(from, app.shutdown()),
+        None => app.registry().try_guard(),
+    };
+    let Some(_guard) = guard else {
+        return Err(ApiError::new(409, "busy: another run is in progress"));
+    };
+    // Looked at again under the guard: a run may have been replaced meanwhile.
+    if let Some(e) = stale() {
+        return Err(e);
+    }
+    let value = execute(app, &req, request_id, trigger)?;
+    log::info!(
+        "run.success request_id={request_id} started={} pid={}",
+        value["codex_exec_started"],
+        value["codex_exec_result"]["pid"]
+    );
+    Ok(value)
+}
+
+/// Runs the whole pipeline for a validated request; the caller holds the run guard.
+pub fn execute(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    trigger: Trigger,
+) -> Result<Value, ApiError> {
+    execute_replacing(app, req, request_id, trigger, StopReason::Replaced)
+}
+
+/// [`execute`], with the reason the runs it stops get (hung-run replacement says `hung`).
+pub fn execute_replacing(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    trigger: Trigger,
+    stop_reason: StopReason,
+) -> Result<Value, ApiError> {
+    log::info!(
+        "run.start request_id={request_id} trigger={} prompt={} workspace={}",
+        trigger.as_str(),
+        match &req.prompt {
+            None => "default".to_string(),
+            Some(p) if p.is_empty() => "empty".to_string(),
+            Some(p) => format!("{}_chars", p.chars().count()),
+        },
+        Q(req.workspace.as_deref().unwrap_or("default"))
+    );
+    let plan = plan(app, req)?;
+    if !req.ignored_fields.is_empty() {
+        log::warn!(
+            "run.ignored_fields request_id={request_id} fields={} hint=\"not /run fields; a typo?\"",
+            Q(&req.ignored_fields.join(","))
+        );
+    }
+
+    refuse_after_shutdown(app)?;
+    log::info!("run.step request_id={request_id} action=announce");
+    let zulip_output = if trigger == Trigger::Autopoll {
+        "skipped: autopoll does not announce".to_string()
+    } else {
+        announce(app, req, request_id)?
+    };
+
+    refuse_after_shutdown(app)?;
+    log::info!("run.step request_id={request_id} action=stop");
+    let stopped = stop_runs(
+        app,
+        plan.binary.as_ref().map(|b| b.0.as_path()),
+        None,
+        &plan.workspace,
+        request_id,
+        stop_reason,
+    )?;
+
+    let spawned = if plan.prompt.is_empty() {
+        log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
+        None
+    } else {
+        // The workspace may have gone while we announced and stopped.
+        check_workspace(&plan)?;
+        let Some((binary, source)) = plan.binary.clone() else {
+            return Err(ApiError::new(500, "no codex binary was resolved"));
+        };
+        let start = Start {
+            binary,
+            source,
+            prompt: plan.prompt.clone(),
+            workspace: plan.workspace.clone(),
+            delay: req.delay.unwrap_or(app.cfg().exec_delay),
+            startup_check: req.startup_check.unwrap_or(app.cfg().startup_check),
+        };
+        Some(launch(app, &start, request_id, trigger)?)
+    };
+    Ok(answer(
+        req,
+        request_id,
+        &plan,
+        zulip_output,
+        &stopped,
+        spawned.as_ref(),
+    ))
+}
+
+/// The answer to a request that went through: every field the original's wrappers read.
+fn answer(
+    req: &RunRequest,
+    request_id: &str,
+    plan: &Plan,
+    zulip_output: String,
+    stopped: &crate::procs::StopReport,
+    spawned: Option<&Spawned>,
+) -> Value {
+    let result = spawned.map(|s| {
+        json!({
+            "pid": s.pid,
+            "log_path": s.log_path.to_string_lossy(),
+            "command": s.command,
+            "startup_return_code": s.startup_return_code,
+        })
+    });
+    let killed = &stopped.killed;
+    let remaining = &stopped.remaining;
+    let (binary, source) = match &plan.binary {
+        Some((b, s)) => (json!(b.to_string_lossy()), json!(s.as_str())),
+        None => (Value::Null, Value::Null),
+    };
+    json!({
+        "ok": true,
+        "request_id": request_id,
+        "run_id": spawned.map(|s| s.run_id.clone()),
+        "zulip_output": zulip_output,
+        "killed_codex_exec_pids": killed,
+        "remaining_codex_exec_pids": remaining,
+        "workspace": plan.workspace.to_string_lossy(),
+        "codex_exec_binary": binary,
+        "codex_exec_binary_source": source,
+        "codex_exec_started": spawned.is_some(),
+        "codex_exec_result": result,
+        "codex_exec_approval_policy": "never",
+        "codex_exec_sandbox": "workspace-write",
+        "killed_vscode_pids": killed,
+        "remaining_vscode_pids": remaining,
+        "codex_prompt_sent": spawned.is_some(),
+        "codex_send_result": result,
+        "ignored_fields": req.ignored_fields,
+    })
+}
+
+/// After SIGTERM no step with an effect begins.
+fn refuse_after_shutdown(app: &App) -> Result<(), ApiError> {
+    if app.shutdown().is_set() {
+        return Err(ApiError::shutting_down());
+    }
+    Ok(())
+}
+
+/// The inbox thread's requests go through the pipeline as hand-offs of a run of their
+/// workspace.
+impl crate::inbox::Desk for App {
+    fn inboxes(&self) -> Vec<Arc<crate::inbox::Inbox>> {
+        App::inboxes(self)
+    }
+
+    fn shutdown(&self) -> &crate::shutdown::Shutdown {
+        App::shutdown(self)
+    }
+
+    fn new_id(&self) -> String {
+        self.registry().new_id()
+    }
+
+    fn hand_off(
+        self: &Arc<Self>,
+        workspace: &Path,
+        body: &[u8],
+        request_id: &str,
+    ) -> Result<Value, ApiError> {
+        let caller = Caller::Run {
+            run_id: None,
+            workspace: workspace.to_path_buf(),
+        };
+        submit(self, body, request_id, Trigger::Inbox, &caller)
+    }
+}
