@@ -170,7 +170,7 @@ const PAGE: &str = include_str!("../assets/index.html");
 pub const MAX_LOG_CHUNK: u64 = 1024 * 1024;
 
 /// Answers one request.
-pub fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
+fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
     let started = Instant::now();
     let (method, path) = (rq.head.method.as_str(), rq.head.path.as_str());
     if let Err(e) = browser_check(app, &rq.head) {
@@ -438,6 +438,17 @@ fn runs(app: &App, head: &Head) -> Result<Value, ApiError> {
             .ok_or_else(|| ApiError::bad_request("limit must be a whole number from 1 to 1000"))?,
     };
     Ok(json!({"ok": true, "runs": app.history().newest(limit)}))
+}
+
+/// Looper's answers, for the transport.
+impl crate::http::Handler for App {
+    fn handle(self: &Arc<Self>, rq: &mut Request) -> Outcome {
+        handle(self, rq)
+    }
+
+    fn shutdown(&self) -> &crate::shutdown::Shutdown {
+        App::shutdown(self)
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,7 @@ use log::LevelFilter;
 pub use crate::paths::{expand_home, normalize};
 use crate::zulip::Zulip;
 
-/// Longest delay or interval we accept anywhere (one day), as the request validator does.
-pub const MAX_SECONDS: f64 = 86_400.0;
+use crate::request::MAX_SECONDS;
 
 /// Every variable the parser knows, for `--help` and for the README check.
 pub const KNOWN_VARS: &[&str] = &[
@@ -56,6 +55,10 @@ pub const KNOWN_VARS: &[&str] = &[
     "ZULIP_TOPIC",
     "ZULIP_TO",
     "LOOPER_ZULIP_TIMEOUT_SECONDS",
+    "LOOPER_HTTP_HEAD_TIMEOUT_SECONDS",
+    "LOOPER_HTTP_BODY_TIMEOUT_SECONDS",
+    "LOOPER_HTTP_IDLE_TIMEOUT_SECONDS",
+    "LOOPER_HTTP_LINGER_SECONDS",
 ];
 
 /// Which live runs a trigger stops (`LOOPER_STOP_SCOPE`).
@@ -102,6 +105,9 @@ pub struct Config {
     pub default_prompt: Option<String>,
     pub prompt_file: Option<PathBuf>,
     pub stop_grace: Duration,
+    /// How long HTTP clients may take (`LOOPER_HTTP_*_SECONDS`; the defaults suit people,
+    /// smaller values let tests of slow clients end sooner).
+    pub http: crate::http::Limits,
     /// `None`: the defaults (`codex`, `codex.js`, `codex-<target-triple>`).
     pub process_names: Option<Vec<String>>,
     pub mirror_output: bool,
@@ -237,6 +243,35 @@ impl Vars<'_> {
                 parse_seconds(raw).map_err(|why| ConfigError(format!("{key}: {why}, got {raw:?}")))
             }
         }
+    }
+
+    /// [`Vars::seconds`] that must be more than 0 (a socket timeout of 0 is no timeout).
+    fn positive_seconds(&self, key: &str, default: f64) -> Result<Duration, ConfigError> {
+        let d = self.seconds(key, default)?;
+        if d.is_zero() {
+            return Err(ConfigError(format!("{key}: must be more than 0 seconds")));
+        }
+        Ok(d)
+    }
+
+    /// The HTTP transport's limits on slow clients.
+    fn http_limits(&self) -> Result<crate::http::Limits, ConfigError> {
+        let d = crate::http::Limits::default();
+        Ok(crate::http::Limits {
+            head_deadline: self.positive_seconds(
+                "LOOPER_HTTP_HEAD_TIMEOUT_SECONDS",
+                d.head_deadline.as_secs_f64(),
+            )?,
+            body_deadline: self.positive_seconds(
+                "LOOPER_HTTP_BODY_TIMEOUT_SECONDS",
+                d.body_deadline.as_secs_f64(),
+            )?,
+            io_timeout: self.positive_seconds(
+                "LOOPER_HTTP_IDLE_TIMEOUT_SECONDS",
+                d.io_timeout.as_secs_f64(),
+            )?,
+            linger: self.positive_seconds("LOOPER_HTTP_LINGER_SECONDS", d.linger.as_secs_f64())?,
+        })
     }
 
     fn flag(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -408,6 +443,7 @@ impl Config {
             home: home.map(str::to_string),
             workspace_set: v.get("LOOPER_WORKSPACE").is_some(),
             stop_grace: v.seconds("LOOPER_STOP_GRACE_SECONDS", 5.0)?,
+            http: v.http_limits()?,
             process_names,
             mirror_output: v.flag("LOOPER_MIRROR_CODEX_OUTPUT", true)?,
             log_retention,

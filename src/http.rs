@@ -1,19 +1,21 @@
 //! HTTP/1.1 on std's `TcpListener` and the `httparse` crate: one blocking accept loop hands
-//! each connection to a thread of its own, which reads one request at a time, lets
-//! [`crate::api`] answer it (`/health` at once; `/run`'s pipeline on this same thread, behind
-//! the one run guard) and writes the answer before it reads the next.
+//! each connection to a thread of its own, which reads one request at a time, lets its
+//! [`Handler`] answer it (Looper's is [`crate::api`]: `/health` at once, `/run`'s pipeline on
+//! this same thread behind the one run guard) and writes the answer before it reads the next.
+//! The transport knows nothing of what it serves.
 //!
 //! Why not tiny_http (the design's first choice): tiny_http 0.12 drains a body it was not
 //! asked to read by allocating the whole declared length when the request is dropped, on
 //! every answer path, so one `Content-Length: 1000000000000` killed Looper; it also read
 //! heads of any size and drained unread bodies and pipelines on its loop. Here every limit
 //! sits where the bytes arrive:
-//! - a request head is at most [`MAX_HEAD`] bytes and must arrive within [`HEAD_DEADLINE`];
+//! - a request head is at most [`MAX_HEAD`] bytes and must arrive within
+//!   [`Limits::head_deadline`];
 //! - a body is at most [`MAX_BODY`] (`413` from its declared length, never allocated from
-//!   it) and must arrive within [`BODY_DEADLINE`]; a body that is not read is never drained:
-//!   the answer says `Connection: close` and the connection is closed;
-//! - every read and write has [`IO_TIMEOUT`]; a connection waits that long for its next
-//!   request;
+//!   it) and must arrive within [`Limits::body_deadline`]; a body that is not read is never
+//!   drained: the answer says `Connection: close` and the connection is closed;
+//! - every read and write has [`Limits::io_timeout`]; a connection waits that long for its
+//!   next request;
 //! - at most [`MAX_CONNECTIONS`] connections are served; past that the oldest connection
 //!   still waiting for a request head is closed to make room (so slow-loris clients cannot
 //!   crowd out a probe), and when none waits the newcomer gets `503`;
@@ -28,22 +30,49 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::app::App;
 use crate::error::ApiError;
 use crate::logging::Q;
-
 use crate::request::MAX_BODY;
+use crate::shutdown::Shutdown;
+
 /// Largest request head: request line and headers.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Headers a request may carry.
 const MAX_HEADERS: usize = 64;
-/// The longest a client may take to send a whole request head.
-pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
-/// The longest a client may take to send a whole body.
-pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
-/// The longest one read or write may block; also how long a kept-alive connection waits for
-/// its next request.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take: set from the configuration (`LOOPER_HTTP_*_SECONDS`, for
+/// tests that would otherwise sit these out), with the defaults below.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// The longest a client may take to send a whole request head.
+    pub head_deadline: Duration,
+    /// The longest a client may take to send a whole body.
+    pub body_deadline: Duration,
+    /// The longest one read or write may block; also how long a kept-alive connection
+    /// waits for its next request.
+    pub io_timeout: Duration,
+    /// How long a client still sending a body we did not read gets to finish (see
+    /// [`linger`]).
+    pub linger: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head_deadline: Duration::from_secs(10),
+            body_deadline: Duration::from_secs(15),
+            io_timeout: Duration::from_secs(5),
+            linger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What answers the requests of one server.
+pub trait Handler: Send + Sync + 'static {
+    /// The answer to one request (its body, when wanted, read through `rq`).
+    fn handle(self: &Arc<Self>, rq: &mut Request) -> Outcome;
+    /// Set when the server shuts down: the accept loop and kept-alive connections end.
+    fn shutdown(&self) -> &Shutdown;
+}
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Evicted connections whose threads are still ending may hold this many places beyond
@@ -55,10 +84,9 @@ const EVICTED_WAIT: Duration = Duration::from_secs(2);
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// A client still sending a body we did not read (too large, or unauthorized) gets a short
-/// while to finish, so that closing does not reset the connection before it has read our
-/// answer: at most this long, and only for bodies up to [`LINGER_MAX_BODY`] (a larger
-/// declaration is not an honest client's).
-const LINGER: Duration = Duration::from_secs(1);
+/// while to finish ([`Limits::linger`]), so that closing does not reset the connection
+/// before it has read our answer, but only for bodies up to this (a larger declaration is
+/// not an honest client's).
 const LINGER_MAX_BODY: u64 = 16 * 1024 * 1024;
 /// What each read asks for at most.
 const READ_CHUNK: usize = 8 * 1024;
@@ -299,13 +327,14 @@ impl Drop for Slot {
 struct Conn {
     slot: Slot,
     stream: TcpStream,
+    limits: Limits,
     /// Bytes read but not yet used (the start of the next request).
     buf: Vec<u8>,
 }
 
 /// Serves until shutdown; the signal thread wakes the blocked `accept` by shutting the
-/// listening socket (see [`App::unblock_server`]).
-pub fn serve(app: &Arc<App>, listener: &TcpListener) {
+/// listening socket.
+pub fn serve<H: Handler>(app: &Arc<H>, listener: &TcpListener, limits: Limits) {
     let conns = Arc::new(Connections::default());
     let mut pause = Duration::ZERO;
     loop {
@@ -340,6 +369,7 @@ pub fn serve(app: &Arc<App>, listener: &TcpListener) {
         let conn = Conn {
             slot,
             stream,
+            limits,
             buf: Vec::new(),
         };
         let worker_app = Arc::clone(app);
@@ -382,9 +412,9 @@ impl Outcome {
     }
 }
 
-fn serve_connection(app: &Arc<App>, mut conn: Conn) {
+fn serve_connection<H: Handler>(app: &Arc<H>, mut conn: Conn) {
     let _ = conn.stream.set_nodelay(true);
-    let _ = conn.stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = conn.stream.set_write_timeout(Some(conn.limits.io_timeout));
     loop {
         conn.slot.waiting(true);
         let head = match read_head(&mut conn) {
@@ -410,7 +440,7 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
             conn: &mut conn,
             body_read: false,
         };
-        let outcome = crate::api::handle(app, &mut rq);
+        let outcome = app.handle(&mut rq);
         // An unread body is never drained: the connection closes instead.
         let unread = rq.head.has_body() && !rq.body_read;
         let close = rq.head.close || unread;
@@ -419,7 +449,7 @@ fn serve_connection(app: &Arc<App>, mut conn: Conn) {
         drop(rq);
         let written = write_response(&mut conn.stream, &outcome, close, head_only);
         if unread && declared <= LINGER_MAX_BODY && written.is_ok() {
-            linger(&mut conn.stream, declared);
+            linger(&mut conn.stream, declared, conn.limits);
         }
         if close || written.is_err() || app.shutdown().is_set() {
             return;
@@ -438,7 +468,7 @@ pub struct Request<'a> {
 }
 
 impl Request<'_> {
-    /// Reads the whole body (at most [`MAX_BODY`], within [`BODY_DEADLINE`]).
+    /// Reads the whole body (at most [`MAX_BODY`], within [`Limits::body_deadline`]).
     pub fn body(&mut self) -> Result<Vec<u8>, ApiError> {
         if self.head.chunked {
             return Err(ApiError::new(
@@ -460,12 +490,13 @@ impl Request<'_> {
         let mut body = Vec::with_capacity(len);
         let from_buf = len.min(self.conn.buf.len());
         body.extend(self.conn.buf.drain(..from_buf));
-        let deadline = Instant::now() + BODY_DEADLINE;
+        let limits = self.conn.limits;
+        let deadline = Instant::now() + limits.body_deadline;
         let timed_out = || ApiError::new(408, "timed out reading the request body");
         let mut chunk = [0u8; READ_CHUNK];
         while body.len() < len {
             let want = (len - body.len()).min(READ_CHUNK);
-            match read_some(&mut self.conn.stream, &mut chunk[..want], deadline) {
+            match read_some(&mut self.conn.stream, &mut chunk[..want], deadline, limits) {
                 Ok(0) => {
                     return Err(ApiError::bad_request(
                         "the body ended before its Content-Length",
@@ -486,14 +517,14 @@ impl Request<'_> {
 }
 
 /// After the answer (and our half-close), reads and discards what the client still sends,
-/// up to its declared body and for at most [`LINGER`], so that the client reads our answer
-/// instead of a reset. Bounded in time and bytes: never a drain of an arbitrary body.
-fn linger(stream: &mut TcpStream, declared: u64) {
-    let deadline = Instant::now() + LINGER;
+/// up to its declared body and for at most [`Limits::linger`], so that the client reads our
+/// answer instead of a reset. Bounded in time and bytes: never a drain of an arbitrary body.
+fn linger(stream: &mut TcpStream, declared: u64, limits: Limits) {
+    let deadline = Instant::now() + limits.linger;
     let mut left = declared + READ_CHUNK as u64;
     let mut sink = [0u8; READ_CHUNK];
     while left > 0 {
-        match read_some(stream, &mut sink, deadline) {
+        match read_some(stream, &mut sink, deadline, limits) {
             Ok(0) | Err(_) => return,
             Ok(n) => left = left.saturating_sub(n as u64),
         }
@@ -504,14 +535,19 @@ fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
-/// One read, waiting at most [`IO_TIMEOUT`] and never past `deadline`.
-fn read_some(stream: &mut TcpStream, into: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+/// One read, waiting at most [`Limits::io_timeout`] and never past `deadline`.
+fn read_some(
+    stream: &mut TcpStream,
+    into: &mut [u8],
+    deadline: Instant,
+    limits: Limits,
+) -> std::io::Result<usize> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ErrorKind::TimedOut.into());
         }
-        stream.set_read_timeout(Some(left.min(IO_TIMEOUT)))?;
+        stream.set_read_timeout(Some(left.min(limits.io_timeout)))?;
         match stream.read(into) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             other => return other,
@@ -522,7 +558,7 @@ fn read_some(stream: &mut TcpStream, into: &mut [u8], deadline: Instant) -> std:
 /// Reads the next request head. `Ok(None)`: the client closed, or sent nothing while the
 /// connection waited for its next request.
 fn read_head(conn: &mut Conn) -> Result<Option<Head>, ApiError> {
-    let deadline = Instant::now() + HEAD_DEADLINE;
+    let deadline = Instant::now() + conn.limits.head_deadline;
     let mut chunk = [0u8; READ_CHUNK];
     loop {
         if !conn.buf.is_empty() {
@@ -535,7 +571,7 @@ fn read_head(conn: &mut Conn) -> Result<Option<Head>, ApiError> {
             return Err(ApiError::new(431, "request head is larger than 16 KiB"));
         }
         let want = (MAX_HEAD - conn.buf.len()).min(READ_CHUNK);
-        match read_some(&mut conn.stream, &mut chunk[..want], deadline) {
+        match read_some(&mut conn.stream, &mut chunk[..want], deadline, conn.limits) {
             Ok(0) => return Ok(None),
             Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
             Err(_) if conn.buf.is_empty() => return Ok(None),

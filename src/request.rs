@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::MAX_SECONDS;
 use crate::error::ApiError;
 
+/// Longest delay or interval accepted anywhere (one day): in a request, and in the
+/// configuration.
+pub const MAX_SECONDS: f64 = 86_400.0;
 /// Largest request body, over HTTP or in an inbox file.
 pub const MAX_BODY: usize = 1024 * 1024;
 

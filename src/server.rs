@@ -242,7 +242,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     }
     crate::inbox::start(&app);
     let autopoll = crate::autopoll::start(&app);
-    crate::http::serve(&app, &listener);
+    crate::http::serve(&app, &listener, app.cfg().http);
     if let Some(handle) = autopoll {
         let _ = handle.join();
     }
