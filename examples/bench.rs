@@ -284,6 +284,96 @@ fn copy_run(b: &Bins, dir: &Path, mirror: bool) -> Copy {
     }
 }
 
+/// Times `pid`'s threads were woken (voluntary and involuntary context switches, all
+/// threads together).
+fn wakeups(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Wake-ups per second of `pid` over `secs`, after a second to settle.
+fn wakeup_rate(pid: u32, secs: u64) -> f64 {
+    std::thread::sleep(Duration::from_secs(1));
+    let before = wakeups(pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    (wakeups(pid) - before) as f64 / secs as f64
+}
+
+/// Starts a run of the fake codex that sleeps, printing nothing.
+fn quiet_run(port: u16) {
+    let r = http(
+        port,
+        "POST",
+        "/run",
+        r#"{"zulip_message":"q","codex_prompt":"q"}"#,
+    );
+    assert!(matches!(r, Some((200, _))), "run: {r:?}");
+}
+
+/// Wake-ups per second: idle, then with one quiet run live (its output mirrored).
+fn idle_wakeups(b: &Bins, dir: &Path, secs: u64) -> (f64, f64) {
+    let (s, _) = start_looper(b, dir, &[("FAKE_CODEX", "sleep:600".into())]);
+    let pid = s.child.id();
+    let idle = wakeup_rate(pid, secs);
+    quiet_run(s.port);
+    let quiet = wakeup_rate(pid, secs);
+    let _ = std::fs::remove_dir_all(dir.join("logs"));
+    (idle, quiet)
+}
+
+/// Hand-offs through the inbox: from the request file's rename to the new run's row in the
+/// history, in milliseconds, `rounds` times (each replacing the run before).
+fn inbox_handoffs(b: &Bins, dir: &Path, rounds: usize) -> Vec<f64> {
+    let (s, _) = start_looper(b, dir, &[("FAKE_CODEX", "sleep:600".into())]);
+    quiet_run(s.port);
+    let inbox = dir.join("ws/.looper/inbox");
+    let history = dir.join("logs/runs.jsonl");
+    let inbox_rows = || {
+        std::fs::read_to_string(&history)
+            .unwrap_or_default()
+            .matches("\"trigger\":\"inbox\"")
+            .count()
+    };
+    let mut times = Vec::new();
+    for i in 0..rounds {
+        let before = inbox_rows();
+        let tmp = inbox.join(format!("h{i}.json.tmp"));
+        std::fs::write(&tmp, r#"{"zulip_message":"hand-off"}"#).expect("request");
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, inbox.join(format!("h{i}.json"))).expect("rename");
+        while inbox_rows() == before {
+            assert!(t0.elapsed() < Duration::from_secs(10), "hand-off not taken");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        // The answer, before the next round.
+        let answer = inbox.join(format!("done/h{i}.answer.json"));
+        while !answer.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no answer");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir.join("logs"));
+    let _ = std::fs::remove_dir_all(dir.join("ws/.looper"));
+    times
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let b = bins();
@@ -498,6 +588,32 @@ fn main() {
     verdicts.push((
         on.cpu <= 1.5,
         format!("mirror on: {:.2} CPU-s <= 1.5 per 200 MB", on.cpu),
+    ));
+
+    // Woken by the kernel, not by clocks.
+    let (idle, quiet) = idle_wakeups(&b, &dir, if quick { 5 } else { 20 });
+    rows.push((
+        "wake-ups per second: idle, one quiet run".into(),
+        format!("{idle:.1}, {quiet:.1}"),
+        "<= 1, <= 2".into(),
+    ));
+    verdicts.push((idle <= 1.0, format!("idle: {idle:.1} wake-ups/s <= 1")));
+    verdicts.push((
+        quiet <= 2.0,
+        format!("one quiet run: {quiet:.1} wake-ups/s <= 2"),
+    ));
+    let mut handoffs = inbox_handoffs(&b, &dir, if quick { 7 } else { 21 });
+    let n = handoffs.len();
+    let handoff = median(&mut handoffs);
+    let worst = handoffs.last().copied().unwrap_or(0.0);
+    rows.push((
+        format!("inbox hand-off, rename to new row (median of {n}, max)"),
+        format!("{handoff:.1} ms, max {worst:.1} ms"),
+        "<= 50 ms median".into(),
+    ));
+    verdicts.push((
+        handoff <= 50.0,
+        format!("inbox hand-off {handoff:.1} ms <= 50 ms"),
     ));
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -11,7 +11,7 @@ use crate::autopoll::policy::Policy;
 use crate::cgroup::Cgroups;
 use crate::config::Config;
 use crate::history::History;
-use crate::inbox::Inbox;
+use crate::inbox::{Doorbell, Inbox};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
@@ -32,6 +32,7 @@ pub struct App {
     path_var: Option<String>,
     /// Inboxes of the workspaces Looper runs in, newest last (see [`crate::inbox`]).
     inboxes: Mutex<Vec<Arc<Inbox>>>,
+    doorbell: Doorbell,
     /// Where runs get cgroups of their own; `None`: stops use `/proc` only.
     cgroups: Option<Cgroups>,
     /// Looper's own executable, for runs' `LOOPER_BIN`.
@@ -73,6 +74,7 @@ impl App {
             path_var,
             listener: Mutex::new(None),
             inboxes: Mutex::new(Vec::new()),
+            doorbell: Doorbell::new(),
             cgroups,
             self_exe: std::env::current_exe().ok(),
         }
@@ -138,6 +140,20 @@ impl App {
         }
     }
 
+    /// Sets the shutdown flag and wakes every thread that waits: exit waiters, the accept
+    /// loop, the inbox thread.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.trigger();
+        self.registry.wake_exit_waiters();
+        self.unblock_server();
+        self.doorbell.ring();
+    }
+
+    /// What wakes the inbox thread.
+    pub fn doorbell(&self) -> &Doorbell {
+        &self.doorbell
+    }
+
     /// Makes `listener` the socket that [`App::unblock_server`] wakes.
     pub fn set_listener(&self, listener: &Arc<std::net::TcpListener>) {
         *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(listener));
@@ -159,11 +175,15 @@ impl App {
 
     /// Looks into `inbox` from now on (the most recent [`MAX_INBOXES`] are watched).
     pub fn watch_inbox(&self, inbox: Inbox) {
+        self.doorbell.watch(&inbox);
         let mut list = self.inboxes.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|i| i.workspace != inbox.workspace);
         list.push(Arc::new(inbox));
         let excess = list.len().saturating_sub(MAX_INBOXES);
         list.drain(..excess);
+        drop(list);
+        // Whatever already waits in it is taken now.
+        self.doorbell.ring();
     }
 
     /// The inboxes to look into.

@@ -2,7 +2,8 @@
 //! can be opened, so the agent's last step cannot reach Looper over HTTP; it can write files
 //! in its workspace. Every run therefore gets `LOOPER_INBOX=<workspace>/.looper/inbox`: a
 //! file `<name>.json` dropped there (written as `*.tmp`, then renamed) holds a `/run` body.
-//! One thread looks into the inboxes Looper knows every [`POLL`], takes each complete file
+//! One thread looks into the inboxes Looper knows whenever the kernel says a name landed in
+//! one ([`Doorbell`]: inotify; every [`POLL`] where it has none), takes each complete file
 //! into `done/`, hands it to [`Desk::hand_off`] (the same pipeline as `POST /run`, as a
 //! request *of a run* of that workspace: the hand-off only, see [`crate::trust`]), and
 //! writes `done/<name>.answer.json` with the status and body an HTTP caller would have got.
@@ -26,10 +27,18 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::logging::Q;
 use crate::shutdown::Shutdown;
-use crate::sys::{Dir, Kind};
+use crate::sys::{Bell, Dir, Inotify, Kind};
 
-/// How often the inboxes are looked into: a hand-off is picked up within a second.
+/// How often the inboxes are looked into where the kernel cannot say when a file lands.
 pub const POLL: Duration = Duration::from_millis(250);
+/// With inotify, the inboxes are still looked into this often: a safety net for events the
+/// kernel dropped (its queue overflowed), at a cost of one wake-up a minute.
+const SAFETY_NET: Duration = Duration::from_secs(60);
+/// What lands a request in an inbox: a rename into it, or a file written and closed there.
+const LANDED: u32 = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+/// A name that appeared otherwise (a link, a FIFO, a file still being written) is looked at
+/// [`POLL`] later, as before inotify.
+const APPEARED: u32 = libc::IN_CREATE;
 /// Answered requests kept in `done/`, newest first.
 const DONE_KEPT: usize = 100;
 /// The suffix of an answer file in `done/`.
@@ -101,9 +110,78 @@ fn open(workspace: &Path, create: bool) -> io::Result<Inbox> {
     })
 }
 
+/// What wakes the inbox thread: the kernel, when a request lands in a watched inbox, or
+/// Looper (a new inbox to look into, shutdown). Without inotify or an eventfd it falls back
+/// to looking every [`POLL`].
+pub struct Doorbell {
+    inotify: Option<Inotify>,
+    bell: Option<Bell>,
+}
+
+impl Doorbell {
+    pub fn new() -> Doorbell {
+        let doorbell = Doorbell {
+            inotify: Inotify::new().ok(),
+            bell: Bell::new().ok(),
+        };
+        if doorbell.inotify.is_none() || doorbell.bell.is_none() {
+            log::info!(
+                "inbox.polling interval_ms={} reason=no_inotify",
+                POLL.as_millis()
+            );
+        }
+        doorbell
+    }
+
+    /// Watches `inbox` (by its handle: whatever the agent renames, the directory Looper
+    /// opened is the one watched).
+    pub fn watch(&self, inbox: &Inbox) {
+        if let Some(n) = &self.inotify {
+            if let Err(e) = n.watch_dir(&inbox.dir, LANDED | APPEARED) {
+                log::warn!(
+                    "inbox.watch_failed dir={} error={} hint=\"looked into every minute only\"",
+                    Q(&inbox.path.to_string_lossy()),
+                    Q(&e.to_string())
+                );
+            }
+        }
+    }
+
+    /// Wakes the inbox thread.
+    pub fn ring(&self) {
+        if let Some(b) = &self.bell {
+            b.ring();
+        }
+    }
+
+    /// Sleeps until something landed, a ring, or the fallback interval.
+    fn wait(&self) {
+        let (Some(n), Some(b)) = (&self.inotify, &self.bell) else {
+            std::thread::sleep(POLL);
+            return;
+        };
+        let rang = crate::sys::poll_readable(&[n.fd(), b.fd()], SAFETY_NET)[1];
+        let seen = n.drain();
+        if !rang && seen & APPEARED != 0 && seen & (LANDED | libc::IN_Q_OVERFLOW) == 0 {
+            // Only a name that appeared: a file still being written gets the time it had
+            // before inotify.
+            crate::sys::poll_readable(&[b.fd()], POLL);
+            n.drain();
+        }
+        b.clear();
+    }
+}
+
+impl Default for Doorbell {
+    fn default() -> Doorbell {
+        Doorbell::new()
+    }
+}
+
 /// What the inbox thread works for: the inboxes to look into, and where a request goes.
 pub trait Desk: Send + Sync + 'static {
     fn inboxes(&self) -> Vec<Arc<Inbox>>;
+    fn doorbell(&self) -> &Doorbell;
     fn shutdown(&self) -> &Shutdown;
     /// A fresh request id.
     fn new_id(&self) -> String;
@@ -122,10 +200,11 @@ pub fn start<D: Desk>(app: &Arc<D>) {
     let spawned = std::thread::Builder::new()
         .name("inbox".into())
         .spawn(move || {
-            while !app.shutdown().wait(POLL) {
+            while !app.shutdown().is_set() {
                 for inbox in app.inboxes() {
                     take_all(&app, &inbox);
                 }
+                app.doorbell().wait();
             }
             log::debug!("inbox.stopped");
         });

@@ -12,9 +12,12 @@ use crate::logging::Q;
 use std::process::Child;
 use std::time::Duration;
 
-/// How often the watcher looks for new output to mirror while the child runs (an exit wakes
-/// it at once).
+/// How often the watcher looks for new output to mirror while the child runs, where the
+/// kernel cannot say when the log grows (an exit wakes it at once).
 const MIRROR_POLL: Duration = Duration::from_millis(50);
+/// With inotify, the longest the watcher sleeps with nothing written: a safety net only
+/// (growth and the exit both wake it at once).
+const QUIET_WAIT: Duration = Duration::from_secs(60);
 /// The most the mirror reads at a time: large, so that a flood costs few syscalls.
 const MIRROR_CHUNK: usize = 1024 * 1024;
 /// The most the mirror reads before it looks at the child again.
@@ -167,11 +170,24 @@ pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i3
         let mut lines = LineCarry { carry: Vec::new() };
         let mut buf = vec![0u8; MIRROR_CHUNK];
         let mut offset = from;
-        let mut behind = false;
+        // The kernel says when the log grows: a quiet run costs no wake-ups. What the run
+        // wrote before the watch began is read first ("behind" from the start).
+        let grows = crate::sys::Inotify::new()
+            .and_then(|n| n.watch_path(log_path, libc::IN_MODIFY).map(|_| n))
+            .ok();
+        let mut behind = true;
         loop {
             // Behind a flood: look at the child without waiting, and read on.
-            let poll = if behind { Duration::ZERO } else { MIRROR_POLL };
-            let exited = exit.wait(poll);
+            let exited = match (&grows, behind) {
+                (_, true) => exit.wait(Duration::ZERO),
+                (Some(n), false) => {
+                    let exited = exit.wait_or(QUIET_WAIT, n.fd());
+                    // Before the read: a write after this wakes the next wait.
+                    n.drain();
+                    exited
+                }
+                (None, false) => exit.wait(MIRROR_POLL),
+            };
             if exited {
                 // What was written up to the exit; later writers are not waited for.
                 let end = file.metadata().map(|m| m.len()).unwrap_or(offset);

@@ -366,6 +366,10 @@ impl crate::inbox::Desk for App {
         App::shutdown(self)
     }
 
+    fn doorbell(&self) -> &crate::inbox::Doorbell {
+        App::doorbell(self)
+    }
+
     fn new_id(&self) -> String {
         self.registry().new_id()
     }

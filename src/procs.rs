@@ -426,29 +426,10 @@ impl Target {
 
     fn exited(&self) -> bool {
         match &self.fd {
-            Some(fd) => poll_readable(&[fd.as_raw_fd()], Duration::ZERO)[0],
+            Some(fd) => crate::sys::poll_readable(&[fd.as_raw_fd()], Duration::ZERO)[0],
             None => !is_alive(self.pid),
         }
     }
-}
-
-/// Which of `fds` are readable, waiting up to `timeout` for at least one.
-fn poll_readable(fds: &[i32], timeout: Duration) -> Vec<bool> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: *fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the whole call.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    if n <= 0 {
-        return vec![false; fds.len()];
-    }
-    pfds.iter().map(|p| p.revents != 0).collect()
 }
 
 /// Waits until every target has exited or `limit` passes; returns the survivors.
@@ -468,7 +449,7 @@ fn wait_exits<'a>(targets: &[&'a Target], limit: Duration) -> Vec<&'a Target> {
         let wait = deadline - now;
         if fds.len() == left.len() {
             // Every target has a pidfd: sleep until one of them exits.
-            poll_readable(&fds, wait);
+            crate::sys::poll_readable(&fds, wait);
         } else {
             std::thread::sleep(wait.min(STOP_POLL));
         }
@@ -815,6 +796,16 @@ impl Waiter {
     /// Waits up to `limit` for the process to exit; true when it has.
     pub fn wait(&self, limit: Duration) -> bool {
         wait_exits(&[&self.0], limit).is_empty()
+    }
+
+    /// Waits up to `limit` for the process to exit or for `also` to become readable; true
+    /// when it exited. Without a pidfd it waits at most 50 ms, so that `also` is not missed
+    /// for long.
+    pub fn wait_or(&self, limit: Duration, also: std::os::fd::RawFd) -> bool {
+        match &self.0.fd {
+            Some(fd) => crate::sys::poll_readable(&[fd.as_raw_fd(), also], limit)[0],
+            None => self.wait(limit.min(Duration::from_millis(50))),
+        }
     }
 }
 

@@ -263,9 +263,7 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
                 seen += 1;
                 if seen == 1 {
                     log::info!("server.signal signal={sig} action=shutdown");
-                    app.shutdown().trigger();
-                    app.registry().wake_exit_waiters();
-                    app.unblock_server();
+                    app.begin_shutdown();
                 } else {
                     log::warn!("server.signal signal={sig} action=exit_now");
                     std::process::exit(1);

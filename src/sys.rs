@@ -1,8 +1,8 @@
 //! Safe wrappers around the raw system calls outside process handling (which lives in
-//! [`crate::procs`]): shutting sockets, making Looper undumpable, random bytes, and
-//! [`Dir`], a directory held open so that every later step inside it goes through the
-//! handle and never follows a link someone placed there. Each `unsafe` block says why it is
-//! sound.
+//! [`crate::procs`]): shutting sockets, making Looper undumpable, random bytes, waiting on
+//! descriptors ([`poll_readable`], [`Inotify`], [`Bell`]), and [`Dir`], a directory held
+//! open so that every later step inside it goes through the handle and never follows a link
+//! someone placed there. Each `unsafe` block says why it is sound.
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+use std::time::Duration;
 
 /// Shuts both directions of socket `fd`: a blocked `accept` on a listening socket returns,
 /// and reads and writes on a connection end. The caller keeps `fd` open meanwhile (so the
@@ -444,6 +445,113 @@ impl Dir {
         // SAFETY: the stream came from fdopendir and is closed once.
         unsafe { libc::closedir(stream) };
         Ok(names)
+    }
+}
+
+/// Waits up to `timeout` until one of `fds` is readable (or hung up); which ones are. A
+/// failed poll (or a timeout) says none.
+pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> Vec<bool> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for the whole call.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if n <= 0 {
+        return vec![false; fds.len()];
+    }
+    pfds.iter().map(|p| p.revents != 0).collect()
+}
+
+/// An inotify instance: the kernel makes it readable when something happens to what it
+/// watches, so that a waiting thread sleeps until then instead of looking every so often.
+pub struct Inotify(OwnedFd);
+
+impl Inotify {
+    pub fn new() -> io::Result<Inotify> {
+        // SAFETY: inotify_init1 takes flags and returns a new descriptor or -1.
+        let fd = check(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(Inotify(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `path` for the events in `mask`.
+    pub fn watch_path(&self, path: &Path, mask: u32) -> io::Result<()> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+        // SAFETY: a valid inotify descriptor and C string.
+        check(unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), c.as_ptr(), mask) })?;
+        Ok(())
+    }
+
+    /// Watches the directory `dir` holds open, by its handle (`/proc/self/fd/N` names the
+    /// open directory itself, whatever names point where now).
+    pub fn watch_dir(&self, dir: &Dir, mask: u32) -> io::Result<()> {
+        let by_handle = format!("/proc/self/fd/{}", dir.0.as_raw_fd());
+        self.watch_path(Path::new(&by_handle), mask | libc::IN_ONLYDIR)
+    }
+
+    /// Reads every pending event; what happened, all events' masks together (the caller
+    /// looks at what it watches itself). `IN_Q_OVERFLOW`: events were lost.
+    pub fn drain(&self) -> u32 {
+        const HEAD: usize = 16;
+        let mut buf = [0u8; 4096];
+        let mut seen = 0;
+        loop {
+            // SAFETY: a valid descriptor and a buffer of `buf.len()` bytes; non-blocking, so
+            // the loop ends when nothing is left (-1, EAGAIN).
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return seen;
+            }
+            // Each event: wd, mask, cookie, len (4 bytes each), then `len` bytes of name.
+            let mut at = 0;
+            while at + HEAD <= n as usize {
+                let word =
+                    |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+                seen |= word(at + 4);
+                at += HEAD + word(at + 12) as usize;
+            }
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A bell one thread rings to wake another that waits on it (an eventfd).
+pub struct Bell(OwnedFd);
+
+impl Bell {
+    pub fn new() -> io::Result<Bell> {
+        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+        let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(Bell(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd; a full counter (EAGAIN)
+        // still leaves it readable, which is all a ring means.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Takes the rings so far.
+    pub fn clear(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
 
