@@ -331,8 +331,18 @@ pub fn is_loopback(host: &str) -> bool {
 }
 
 impl Config {
-    /// Builds the configuration from `env`, with `cwd` as the server's working directory.
+    /// Reads the files the configuration names (the zuliprc), then [`Config::parse`]s `env`
+    /// with `cwd` as the server's working directory.
     pub fn from_env(env: &HashMap<String, String>, cwd: &Path) -> Result<Config, ConfigError> {
+        Config::parse(env, cwd, crate::zulip::Rc::read(env).as_ref())
+    }
+
+    /// The configuration from `env` and the zuliprc already read: reads no file.
+    pub fn parse(
+        env: &HashMap<String, String>,
+        cwd: &Path,
+        zuliprc: Option<&crate::zulip::Rc>,
+    ) -> Result<Config, ConfigError> {
         let v = Vars(env);
         let host = v.get("LOOPER_HOST").unwrap_or("127.0.0.1").to_string();
         let port = match v.get("LOOPER_PORT") {
@@ -414,7 +424,7 @@ impl Config {
                 "LOOPER_IDLE_POLL_SECONDS: must be more than 0 while autopoll is on".into(),
             ));
         }
-        let zulip = Zulip::from_env(env).map_err(ConfigError)?;
+        let zulip = Zulip::parse(env, zuliprc).map_err(ConfigError)?;
         Ok(Config {
             host,
             port,

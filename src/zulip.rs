@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -184,10 +184,49 @@ fn credentials_from_zuliprc(text: &str, profile: &str, path: &Path) -> Result<Cr
     })
 }
 
+/// The zuliprc file, read before the configuration is parsed (parsing reads no file).
+pub struct Rc {
+    path: PathBuf,
+    /// Named by `ZULIPRC_PATH` (then it must be readable), not the default `~/.zuliprc`.
+    explicit: bool,
+    text: Result<String, String>,
+    /// Said at start when the file is readable by others.
+    warning: Option<String>,
+}
+
+impl Rc {
+    /// Reads the zuliprc the environment points at: `ZULIPRC_PATH`, else `~/.zuliprc`;
+    /// `None` when the three direct variables are used instead, or there is no `HOME`.
+    pub fn read(env: &HashMap<String, String>) -> Option<Rc> {
+        let direct = ["ZULIP_SITE", "ZULIP_BOT_EMAIL", "ZULIP_BOT_API_KEY"];
+        if direct.iter().any(|k| get(env, k).is_some()) {
+            return None;
+        }
+        let explicit =
+            get(env, "ZULIPRC_PATH").map(|p| crate::paths::expand_home(p, get(env, "HOME")));
+        let path = explicit
+            .clone()
+            .or_else(|| get(env, "HOME").map(|h| Path::new(h).join(".zuliprc")))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        let warning = text.is_ok().then(|| shared_warning(&path)).flatten();
+        Some(Rc {
+            path,
+            explicit: explicit.is_some(),
+            text,
+            warning,
+        })
+    }
+}
+
 impl Zulip {
-    /// Reads the Zulip part of the configuration. `Err` names what is missing or wrong; it
-    /// stops the server at start.
+    /// Reads the zuliprc, then [`Zulip::parse`]s the environment with it.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Zulip, String> {
+        Zulip::parse(env, Rc::read(env).as_ref())
+    }
+
+    /// The Zulip part of the configuration, from `env` and the zuliprc already read (see
+    /// [`Rc::read`]). `Err` names what is missing or wrong; it stops the server at start.
+    pub fn parse(env: &HashMap<String, String>, rc: Option<&Rc>) -> Result<Zulip, String> {
         let mut warnings = Vec::new();
         let target = match get(env, "ZULIP_MESSAGE_TYPE")
             .unwrap_or("stream")
@@ -232,21 +271,19 @@ impl Zulip {
                 source: "env".to_string(),
             })
         } else {
-            let explicit =
-                get(env, "ZULIPRC_PATH").map(|p| crate::paths::expand_home(p, get(env, "HOME")));
-            let path = explicit
-                .clone()
-                .or_else(|| get(env, "HOME").map(|h| Path::new(h).join(".zuliprc")));
-            match path {
+            match rc {
                 None => None,
-                Some(path) => match std::fs::read_to_string(&path) {
+                Some(rc) => match &rc.text {
                     Ok(text) => {
-                        warn_if_shared(&path, &mut warnings);
+                        warnings.extend(rc.warning.clone());
                         let profile = get(env, "ZULIP_PROFILE").unwrap_or("api");
-                        Some(credentials_from_zuliprc(&text, profile, &path)?)
+                        Some(credentials_from_zuliprc(text, profile, &rc.path)?)
                     }
-                    Err(e) if explicit.is_some() => {
-                        return Err(format!("ZULIPRC_PATH: cannot read {}: {e}", path.display()))
+                    Err(e) if rc.explicit => {
+                        return Err(format!(
+                            "ZULIPRC_PATH: cannot read {}: {e}",
+                            rc.path.display()
+                        ))
                     }
                     Err(_) => None,
                 },
@@ -357,16 +394,15 @@ impl Zulip {
 }
 
 /// Warns when a zuliprc can be read by others: it holds the bot's key.
-fn warn_if_shared(path: &Path, warnings: &mut Vec<String>) {
+fn shared_warning(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o044 != 0 {
-            warnings.push(format!(
-                "{} is readable by other users and holds a Zulip API key: chmod 600 it",
-                path.display()
-            ));
-        }
-    }
+    let meta = std::fs::metadata(path).ok()?;
+    (meta.permissions().mode() & 0o044 != 0).then(|| {
+        format!(
+            "{} is readable by other users and holds a Zulip API key: chmod 600 it",
+            path.display()
+        )
+    })
 }
 
 /// How long a 429 asks us to wait, at most `limit`: `Retry-After` as seconds or as an HTTP
