@@ -308,3 +308,441 @@ impl Options {
         Fail::usage(self.topic, format!("unknown argument: {}", self.word))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &[&str]) -> Result<Command, Fail> {
+        let args: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        parse(&args)
+    }
+
+    fn ok(words: &[&str]) -> Command {
+        parse_words(words).unwrap_or_else(|e| panic!("{words:?}: {e:?}"))
+    }
+
+    /// The usage error `words` make: whose usage line ends it, and the message.
+    fn usage(words: &[&str]) -> (Topic, String) {
+        match parse_words(words) {
+            Err(Fail::Usage(topic, msg)) => (topic, msg),
+            other => panic!("{words:?}: not a usage error: {other:?}"),
+        }
+    }
+
+    fn trigger_of(words: &[&str]) -> Trigger {
+        match ok(words) {
+            Command::Trigger(t) => t,
+            other => panic!("{words:?}: {other:?}"),
+        }
+    }
+
+    fn logs_of(words: &[&str]) -> Logs {
+        match ok(words) {
+            Command::Logs(l) => l,
+            other => panic!("{words:?}: {other:?}"),
+        }
+    }
+
+    /// A file of this test's own, holding `text`.
+    fn file(name: &str, text: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("looper-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    /// `--version` alone, or after any one word, asks for the version; nothing else does.
+    #[test]
+    fn version_follows_any_one_word() {
+        for words in [
+            &["--version"][..],
+            &["-V"],
+            &["status", "--version"],
+            &["frobnicate", "-V"],
+            &["-h", "-V"],
+        ] {
+            assert_eq!(ok(words), Command::Version, "{words:?}");
+        }
+        assert_eq!(
+            usage(&["--version", "x"]),
+            (
+                Topic::Looper,
+                "unknown command or arguments: --version x".into()
+            )
+        );
+    }
+
+    /// No command serves; `--help`, `-h` or `help` alone is the general help; a help word
+    /// anywhere after a command is that command's help, even where it would be a value.
+    #[test]
+    fn help_and_serve() {
+        assert_eq!(ok(&[]), Command::Serve);
+        assert_eq!(ok(&["serve"]), Command::Serve);
+        for words in [&["--help"][..], &["-h"], &["help"]] {
+            assert_eq!(ok(words), Command::Help(Topic::Looper), "{words:?}");
+        }
+        for (words, topic) in [
+            (&["serve", "-h"][..], Topic::Serve),
+            (&["serve", "--help"], Topic::Serve),
+            (&["trigger", "--bogus", "-h"], Topic::Trigger),
+            (&["trigger", "--message", "--help"], Topic::Trigger),
+            (&["status", "x", "--help"], Topic::Status),
+            (&["runs", "--limit", "0", "-h"], Topic::Runs),
+            (&["logs", "a", "b", "-h"], Topic::Logs),
+            (&["zulip"], Topic::Zulip),
+            (&["zulip", "send", "-h"], Topic::Zulip),
+            (&["zulip", "check", "--help"], Topic::Zulip),
+        ] {
+            assert_eq!(ok(words), Command::Help(topic), "{words:?}");
+        }
+        // `--message=--help` is a message, not a help word.
+        assert_eq!(
+            trigger_of(&["trigger", "--message=--help"]).message,
+            "--help"
+        );
+    }
+
+    /// What no command knows is named whole, with the general usage line.
+    #[test]
+    fn unknown_commands_are_named_whole() {
+        for (words, named) in [
+            (&["frobnicate"][..], "frobnicate"),
+            (&["help", "trigger"], "help trigger"),
+            (&["--help", "x"], "--help x"),
+            (&["serve", "x"], "serve x"),
+            (&["serve", "--help", "x"], "serve --help x"),
+            (&["zulip", "check", "x"], "zulip check x"),
+            (&["zulip", "frob"], "zulip frob"),
+            (&[""], ""),
+        ] {
+            assert_eq!(
+                usage(words),
+                (
+                    Topic::Looper,
+                    format!("unknown command or arguments: {named}")
+                ),
+                "{words:?}"
+            );
+        }
+    }
+
+    /// Every trigger option lands in its field; a value may follow `=` or come as the next
+    /// word, whatever that looks like.
+    #[test]
+    fn trigger_takes_every_option() {
+        let t = trigger_of(&[
+            "trigger",
+            "--message",
+            "hello",
+            "--prompt=p=q",
+            "--workspace",
+            "ws",
+            "--from-run",
+            "abc",
+            "--delay",
+            "1.5",
+            "--url",
+            "127.0.0.1:1",
+            "--follow",
+            "--inbox",
+        ]);
+        assert_eq!(
+            t,
+            Trigger {
+                message: "hello".into(),
+                prompt: Some("p=q".into()),
+                workspace: Some("ws".into()),
+                from_run: Some("abc".into()),
+                delay: Some(1.5),
+                url: Some("127.0.0.1:1".into()),
+                follow: true,
+                inbox: true,
+            }
+        );
+        let t = trigger_of(&["trigger", "--message", "--follow", "--prompt", ""]);
+        assert_eq!(
+            (t.message.as_str(), t.prompt.as_deref()),
+            ("--follow", Some(""))
+        );
+        assert!(!t.follow);
+        // A blank --from-run is kept: it says "no run", over $LOOPER_RUN_ID.
+        assert_eq!(
+            trigger_of(&["trigger", "--message", "m", "--from-run", ""]).from_run,
+            Some(String::new())
+        );
+        assert_eq!(
+            trigger_of(&["trigger", "--message", "m", "--delay", "-1"]).delay,
+            Some(-1.0)
+        );
+    }
+
+    /// The message and the prompt may come from files, read while parsing.
+    #[test]
+    fn trigger_reads_the_files() {
+        let msg = file("message.txt", "from a file\n");
+        let prompt = file("prompt.md", "a prompt\n");
+        let t = trigger_of(&["trigger", "--message-file", &msg, "--prompt-file", &prompt]);
+        assert_eq!(t.message, "from a file\n");
+        assert_eq!(t.prompt.as_deref(), Some("a prompt\n"));
+        let blank = file("blank.txt", "  \n");
+        assert_eq!(
+            usage(&["trigger", "--message-file", &blank]),
+            (
+                Topic::Trigger,
+                "trigger needs --message or --message-file".into()
+            )
+        );
+        let missing = format!("{msg}.missing");
+        match parse_words(&["trigger", "--message-file", &missing, "--delay", "x"]) {
+            Err(Fail::Error(e)) => assert!(
+                e.starts_with(&format!("cannot read {missing} (--message-file): ")),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match parse_words(&["trigger", "--message", "m", "--prompt-file", &missing]) {
+            Err(Fail::Error(e)) => assert!(e.contains("(--prompt-file)"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(std::path::Path::new(&msg).parent().unwrap());
+    }
+
+    /// Each wrong trigger command line gets its own message and trigger's usage line; the
+    /// options are all read before the message, the prompt and the delay are checked.
+    #[test]
+    fn trigger_errors() {
+        for (words, msg) in [
+            (
+                &["trigger"][..],
+                "trigger needs --message or --message-file",
+            ),
+            (
+                &["trigger", "--message", " "],
+                "trigger needs --message or --message-file",
+            ),
+            (
+                &["trigger", "--message="],
+                "trigger needs --message or --message-file",
+            ),
+            (
+                &["trigger", "--delay", "x"],
+                "trigger needs --message or --message-file",
+            ),
+            (&["trigger", "--message"], "--message needs a value"),
+            (
+                &["trigger", "--message", "a", "--message"],
+                "--message needs a value",
+            ),
+            (
+                &["trigger", "--message", "a", "--message", "b"],
+                "--message given twice",
+            ),
+            (
+                &["trigger", "--message=a", "--message=b"],
+                "--message given twice",
+            ),
+            (
+                &["trigger", "--message", "a", "--message-file=x"],
+                "give --message or --message-file, not both",
+            ),
+            (
+                &[
+                    "trigger",
+                    "--message",
+                    "m",
+                    "--prompt",
+                    "a",
+                    "--prompt-file",
+                    "b",
+                ],
+                "give --prompt or --prompt-file, not both",
+            ),
+            (
+                &["trigger", "--message", "m", "--delay", "x"],
+                "--delay takes seconds, got \"x\"",
+            ),
+            (
+                &["trigger", "--message", "a", "--message", "b", "--x"],
+                "--message given twice",
+            ),
+            (&["trigger", "--mesage", "x"], "unknown argument: --mesage"),
+            (
+                &["trigger", "--message", "m", "--follow=1"],
+                "unknown argument: --follow=1",
+            ),
+            (
+                &["trigger", "--message", "m", "extra"],
+                "unknown argument: extra",
+            ),
+            (&["trigger", "--message", "m", "-"], "unknown argument: -"),
+            (
+                &["trigger", "--message", "m", "--", "x"],
+                "unknown argument: --",
+            ),
+            (
+                &["trigger", "--message", "m", "-fx"],
+                "unknown argument: -fx",
+            ),
+            (
+                &["trigger", "--message", "m", "-h=1"],
+                "unknown argument: -h=1",
+            ),
+            (
+                &["trigger", "--message", "m", "--=x"],
+                "unknown argument: --=x",
+            ),
+            (
+                &["trigger", "--message", "m", "--version"],
+                "unknown argument: --version",
+            ),
+            (
+                &["trigger", "--unknown", "--message"],
+                "unknown argument: --unknown",
+            ),
+        ] {
+            assert_eq!(usage(words), (Topic::Trigger, msg.into()), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn status_options_and_errors() {
+        assert_eq!(ok(&["status"]), Command::Status(Status::default()));
+        assert_eq!(
+            ok(&["status", "--json", "--url=h:1", "--json"]),
+            Command::Status(Status {
+                url: Some("h:1".into()),
+                json: true
+            })
+        );
+        for (words, msg) in [
+            (&["status", "--json=1"][..], "unknown argument: --json=1"),
+            (&["status", "--json="], "unknown argument: --json="),
+            (&["status", "x"], "unknown argument: x"),
+            (&["status", "-j"], "unknown argument: -j"),
+            (&["status", "-5"], "unknown argument: -5"),
+            (&["status", "--limit", "5"], "unknown argument: --limit"),
+            (&["status", "--url"], "--url needs a value"),
+            (&["status", "--url", "a", "--url", "b"], "--url given twice"),
+        ] {
+            assert_eq!(usage(words), (Topic::Status, msg.into()), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn runs_options_and_errors() {
+        let runs = |words: &[&str]| match ok(words) {
+            Command::Runs(r) => r,
+            other => panic!("{words:?}: {other:?}"),
+        };
+        assert_eq!(
+            runs(&["runs"]),
+            Runs {
+                url: None,
+                limit: 20,
+                json: false
+            }
+        );
+        assert_eq!(runs(&["runs", "--limit=1000", "--json"]).limit, 1000);
+        assert_eq!(runs(&["runs", "--limit", "+5"]).limit, 5);
+        for (words, msg) in [
+            (&["runs", "--limit"][..], "--limit needs a value"),
+            (
+                &["runs", "--limit", "0"],
+                "--limit takes a number from 1 to 1000, got \"0\"",
+            ),
+            (
+                &["runs", "--limit", "1001"],
+                "--limit takes a number from 1 to 1000, got \"1001\"",
+            ),
+            (
+                &["runs", "--limit", "-5"],
+                "--limit takes a number from 1 to 1000, got \"-5\"",
+            ),
+            (
+                &["runs", "--limit", ""],
+                "--limit takes a number from 1 to 1000, got \"\"",
+            ),
+            (
+                &["runs", "--limit", "1", "--limit", "2"],
+                "--limit given twice",
+            ),
+            (
+                &["runs", "--limit", "0", "--bogus"],
+                "unknown argument: --bogus",
+            ),
+            (&["runs", "x"], "unknown argument: x"),
+        ] {
+            assert_eq!(usage(words), (Topic::Runs, msg.into()), "{words:?}");
+        }
+    }
+
+    /// A run id may stand anywhere; a word that does not start with `-` is never the value
+    /// of `--url` (only `--url=URL` gives one).
+    #[test]
+    fn logs_options_and_errors() {
+        assert_eq!(logs_of(&["logs"]), Logs::default());
+        for words in [&["logs", "-f", "abc"][..], &["logs", "abc", "--follow"]] {
+            assert_eq!(
+                logs_of(words),
+                Logs {
+                    run_id: Some("abc".into()),
+                    url: None,
+                    follow: true
+                },
+                "{words:?}"
+            );
+        }
+        assert_eq!(
+            logs_of(&["logs", "--url=h:1", "abc"]).url.as_deref(),
+            Some("h:1")
+        );
+        let odd = logs_of(&["logs", "--url", "abc", "-f"]);
+        assert_eq!(
+            (odd.url.as_deref(), odd.run_id.as_deref()),
+            (Some("-f"), Some("abc"))
+        );
+        assert!(!odd.follow);
+        for (words, msg) in [
+            (&["logs", "--url", "h:1"][..], "--url needs a value"),
+            (&["logs", "a", "b"], "logs takes at most one run id"),
+            (&["logs", "a", "b", "--bogus"], "unknown argument: --bogus"),
+            (&["logs", "-ff"], "unknown argument: -ff"),
+            (&["logs", "-f=x"], "unknown argument: -f=x"),
+            (&["logs", "--follow=x"], "unknown argument: --follow=x"),
+            (&["logs", "--"], "unknown argument: --"),
+            (&["logs", "-"], "unknown argument: -"),
+            (&["logs", "--json"], "unknown argument: --json"),
+        ] {
+            assert_eq!(usage(words), (Topic::Logs, msg.into()), "{words:?}");
+        }
+    }
+
+    /// `zulip send` takes exactly one word, which may look like anything but a help word.
+    #[test]
+    fn zulip_commands() {
+        assert_eq!(ok(&["zulip", "check"]), Command::ZulipCheck);
+        assert_eq!(
+            ok(&["zulip", "send", "hi there"]),
+            Command::ZulipSend("hi there".into())
+        );
+        assert_eq!(
+            ok(&["zulip", "send", "--version"]),
+            Command::ZulipSend("--version".into())
+        );
+        for (words, msg) in [
+            (
+                &["zulip", "send"][..],
+                "zulip send takes one message (quote it)",
+            ),
+            (
+                &["zulip", "send", "a", "b"],
+                "zulip send takes one message (quote it)",
+            ),
+            (&["zulip", "send", " "], "zulip send needs a message"),
+        ] {
+            assert_eq!(usage(words), (Topic::Looper, msg.into()), "{words:?}");
+        }
+    }
+}

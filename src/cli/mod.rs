@@ -245,4 +245,24 @@ mod tests {
             "{text}"
         );
     }
+
+    /// A command's usage error ends with its own usage line (trailing space trimmed off the
+    /// message), the rest with the general one; only usage errors exit 2.
+    #[test]
+    fn usage_errors_end_with_their_usage_line() {
+        assert_eq!(
+            Fail::usage(Topic::Status, "unknown argument: x \n").message(),
+            "unknown argument: x\nusage: looper status [--json] [--url URL]"
+        );
+        assert_eq!(
+            Fail::usage(Topic::Looper, "unknown command or arguments:  ").message(),
+            format!(
+                "unknown command or arguments:  \n{}",
+                help::usage_line(Topic::Looper)
+            )
+        );
+        assert!(help::usage_line(Topic::Looper).starts_with("usage: looper [serve | trigger"));
+        assert_eq!(Fail::usage(Topic::Runs, "x").code(), 2);
+        assert_eq!(Fail::Error("x".into()).code(), 1);
+    }
 }
