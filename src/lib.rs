@@ -3,7 +3,8 @@
 //! logging its output. An optional autopoll restarts work when everything has gone quiet.
 //!
 //! # Layout
-//! - [`cli`]: the command line; `main` only calls [`cli::main`].
+//! - [`cli`]: the command line, read by lexopt into a typed command and then run; `main`
+//!   only calls [`cli::main`].
 //! - [`config`]: every environment variable, parsed and validated from a map.
 //! - [`server`]: start-up (directories, log, socket, signals) and shutdown.
 //! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse`: the accept loop, one thread

@@ -1,0 +1,116 @@
+//! `looper logs` and the following of a run's log that `logs -f` and `trigger --follow`
+//! share.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use super::args::Logs;
+use super::client::{base_url, call, fetch_log};
+use super::Fail;
+
+/// How often a follow looks for new output (and `trigger` for an answer in the inbox).
+pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// `looper logs [RUN_ID] [-f]`: a run's log (the active run's by default), followed with
+/// `-f` until the run ends.
+pub fn logs(l: &Logs, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let base = base_url(l.url.as_deref(), env);
+    let run_id = match &l.run_id {
+        Some(id) => id.clone(),
+        None => active_run(&base, env)?,
+    };
+    if l.follow {
+        let rc = follow(&base, env, &run_id, None, None, out)?;
+        return Ok(if rc == Some(0) { 0 } else { 1 });
+    }
+    let _ = out.write_all(&fetch_log(&base, env, &run_id, None)?);
+    Ok(0)
+}
+
+/// The id of the run that is active now, as `/status` says.
+fn active_run(base: &str, env: &HashMap<String, String>) -> Result<String, Fail> {
+    let (_, s) = call("GET", base, "/status", None, env)?;
+    s["active"]["run_id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Fail::Error("no run is active; name one (`looper runs` lists them)".into()))
+}
+
+/// Whether run `run_id` has ended, as the server's history says: `Some(return code)` once
+/// it has (`Some(None)`: ended, code unknown), `None` while it runs. `Err` when the server
+/// cannot be asked.
+fn run_end(
+    base: &str,
+    env: &HashMap<String, String>,
+    run_id: &str,
+) -> Result<Option<Option<i32>>, Fail> {
+    let (_, runs) = call("GET", base, "/runs?limit=100", None, env)?;
+    let row = runs["runs"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["run_id"] == run_id));
+    Ok(match row {
+        Some(r) if r["ended_at"].is_null() => None,
+        Some(r) => Some(r["return_code"].as_i64().map(|c| c as i32)),
+        // Fallen out of the newest rows: long over.
+        None => Some(None),
+    })
+}
+
+/// The bytes of the log file at `path` from `offset` on: when the server cannot be asked
+/// (inside codex's sandbox, say), a log on this machine is read directly.
+fn read_local(path: &str, offset: u64) -> Option<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut chunk = Vec::new();
+    file.take(crate::api::MAX_LOG_CHUNK)
+        .read_to_end(&mut chunk)
+        .ok()?;
+    Some(chunk)
+}
+
+/// Prints a run's log as it grows until the run has ended, and returns its return code
+/// (`None`: unknown). The log comes from the server's log API (or, when the server cannot
+/// be asked, from `local`, the file on this machine); the end is learnt from the server's
+/// history, never from the log's text (which the run itself writes), and while the server
+/// cannot be asked, from whether the run's process `pid` still lives.
+pub fn follow(
+    base: &str,
+    env: &HashMap<String, String>,
+    run_id: &str,
+    pid: Option<u64>,
+    local: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<Option<i32>, Fail> {
+    let mut offset = 0u64;
+    let mut print_new = |offset: &mut u64| -> bool {
+        let chunk = fetch_log(base, env, run_id, Some(*offset))
+            .ok()
+            .or_else(|| local.and_then(|p| read_local(p, *offset)))
+            .unwrap_or_default();
+        if !chunk.is_empty() {
+            let _ = out.write_all(&chunk);
+            let _ = out.flush();
+            *offset += chunk.len() as u64;
+        }
+        chunk.len() as u64 == crate::api::MAX_LOG_CHUNK
+    };
+    loop {
+        while print_new(&mut offset) {}
+        let ended = match run_end(base, env, run_id) {
+            Ok(end) => end,
+            Err(_) => {
+                let gone = pid.is_none_or(|p| !crate::procs::is_alive(p as i32));
+                gone.then_some(None)
+            }
+        };
+        if let Some(rc) = ended {
+            // The trailer (and anything written last) may land just after the end is known.
+            std::thread::sleep(FOLLOW_POLL);
+            while print_new(&mut offset) {}
+            return Ok(rc);
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}

@@ -1,0 +1,207 @@
+//! `looper status` and `looper runs`: what the server says, in words and tables a person
+//! reads (or as it came, with `--json`).
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use super::args::{Runs, Status};
+use super::client::{base_url, call};
+use super::Fail;
+
+/// `looper status`: `/status` in words, or as it came with `--json`.
+pub fn status(
+    st: &Status,
+    env: &HashMap<String, String>,
+    out: &mut dyn Write,
+) -> Result<i32, Fail> {
+    let base = base_url(st.url.as_deref(), env);
+    let (code, s) = call("GET", &base, "/status", None, env)?;
+    if st.json {
+        let _ = writeln!(out, "{s}");
+    } else if s["ok"] == json!(true) {
+        let _ = write!(out, "{}", describe_status(&base, &s));
+    }
+    if s["ok"] != json!(true) {
+        eprintln!(
+            "looper: HTTP {code}: {}",
+            s["error"].as_str().unwrap_or("?")
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// A value of the server's answer as a person reads it: `-` for none.
+fn text(v: &Value) -> String {
+    match v {
+        // Timestamps to the second, in local time: the nanoseconds say nothing to a person.
+        Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => t
+                .with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+            Err(_) => s.clone(),
+        },
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// When autopoll ticks next: a time in the past means a tick is under way.
+fn next_tick(v: &Value) -> String {
+    let past = v
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .is_some_and(|t| t < chrono::Local::now());
+    if past {
+        "now".to_string()
+    } else {
+        text(v)
+    }
+}
+
+/// A readable summary of a `/status` answer.
+pub fn describe_status(base: &str, s: &Value) -> String {
+    let mut lines = vec![format!("Looper {} at {base}", text(&s["version"]))];
+    let a = &s["active"];
+    if a.is_null() {
+        lines.push("active run: none".to_string());
+    } else {
+        lines.push(format!(
+            "active run: {} (pid {}), started {}, last output {}",
+            text(&a["run_id"]),
+            text(&a["pid"]),
+            text(&a["started_at"]),
+            text(&a["last_output_at"])
+        ));
+        lines.push(format!("  workspace {}", text(&a["workspace"])));
+        lines.push(format!("  log {}", text(&a["log_path"])));
+    }
+    let e = &s["last_exit"];
+    if !e.is_null() {
+        lines.push(format!(
+            "last exit: run {} returned {} after {} s, at {}",
+            text(&e["run_id"]),
+            text(&e["return_code"]),
+            text(&e["duration_seconds"]),
+            text(&e["ended_at"])
+        ));
+    }
+    if s["run_in_progress"] == json!(true) {
+        lines.push("a trigger is being set up right now".to_string());
+    }
+    let p = &s["autopoll"];
+    if p["enabled"] == json!(true) {
+        lines.push(format!(
+            "autopoll: every {} s when logs are quiet for {} s; next tick {}",
+            text(&p["interval_seconds"]),
+            text(&p["stale_seconds"]),
+            next_tick(&p["next_tick_at"])
+        ));
+        if !p["backoff_until"].is_null() {
+            lines.push(format!(
+                "  backing off after {} crashes in a row, until {}",
+                text(&p["consecutive_crashes"]),
+                text(&p["backoff_until"])
+            ));
+        }
+        if !p["paused_until"].is_null() {
+            lines.push(format!(
+                "  paused: codex hit its usage limit; no run starts by itself until {} (then the loop resumes; a trigger of yours still runs)",
+                text(&p["paused_until"])
+            ));
+        }
+    } else {
+        lines.push("autopoll: off".to_string());
+    }
+    lines.join("\n") + "\n"
+}
+
+/// `looper runs`: recent runs as a table, or as `/runs` answered with `--json`.
+pub fn runs(r: &Runs, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let base = base_url(r.url.as_deref(), env);
+    let (code, answer) = call("GET", &base, &format!("/runs?limit={}", r.limit), None, env)?;
+    if answer["ok"] != json!(true) {
+        eprintln!(
+            "looper: HTTP {code}: {}",
+            answer["error"].as_str().unwrap_or("?")
+        );
+        return Ok(1);
+    }
+    if r.json {
+        let _ = writeln!(out, "{answer}");
+    } else {
+        let rows = answer["runs"].as_array().cloned().unwrap_or_default();
+        let _ = write!(out, "{}", runs_table(&rows));
+    }
+    Ok(0)
+}
+
+/// Runs as an aligned table.
+pub fn runs_table(rows: &[Value]) -> String {
+    let header = ["RUN", "TRIGGER", "PID", "STARTED", "RC", "SECONDS", "NOTE"];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for r in rows {
+        let started = text(&r["started_at"]);
+        table.push(vec![
+            text(&r["run_id"]),
+            text(&r["trigger"]),
+            text(&r["pid"]),
+            started.get(..19).unwrap_or(&started).replace('T', " "),
+            match (&r["return_code"], &r["ended_at"]) {
+                (Value::Null, Value::Null) => "running".into(),
+                (Value::Null, _) => "?".into(),
+                (rc, _) => text(rc),
+            },
+            text(&r["duration_seconds"]),
+            r["stop_reason"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut s = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        s.push_str(cells.join("  ").trim_end());
+        s.push('\n');
+    }
+    if rows.is_empty() {
+        s.push_str("(no runs yet)\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up() {
+        let rows = vec![
+            json!({"run_id":"abcd1234","trigger":"http","pid":42,"started_at":"2026-11-25T10:00:00+00:00","return_code":null,"duration_seconds":null}),
+            json!({"run_id":"0000beef","trigger":"http","pid":41,"started_at":"2026-11-25T09:00:00+00:00","ended_at":"2026-11-25T09:30:00+00:00","return_code":null,"duration_seconds":1800.0}),
+        ];
+        let t = runs_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("RUN       TRIGGER"), "{t}");
+        assert!(
+            lines[1].contains("2026-11-25 10:00:00") && lines[1].contains("running"),
+            "{t}"
+        );
+        let unwatched: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(unwatched[4..], ["09:00:00", "?", "1800.0"], "{t}");
+    }
+}
