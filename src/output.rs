@@ -103,12 +103,12 @@ impl LineCarry {
                     // rest goes out as it is. Each write holds whole lines only.
                     let first = whole.iter().position(|b| *b == b'\n').unwrap_or(last);
                     self.carry.extend_from_slice(&whole[..=first]);
-                    sink.write(&self.carry);
+                    sink.mirror(&self.carry);
                     self.carry.clear();
                     whole = &whole[first + 1..];
                 }
                 if !whole.is_empty() {
-                    sink.write(whole);
+                    sink.mirror(whole);
                 }
                 self.carry.extend_from_slice(&chunk[last + 1..]);
             }
@@ -124,7 +124,7 @@ impl LineCarry {
             return;
         }
         self.carry.push(b'\n');
-        sink.write(&self.carry);
+        sink.mirror(&self.carry);
         self.carry.clear();
     }
 }

@@ -575,20 +575,23 @@ pub fn signal_child_group(pid: u32, sig: i32) {
 }
 
 /// Makes the spawned program lead a session of its own (so that a terminal's or Looper's
-/// signals to our group do not reach it), with default handling of the signals Looper
-/// itself ignores; with `cgroup_procs` (an open `cgroup.procs` of the run's cgroup) it joins
-/// that cgroup before exec, so that everything it starts stays in it.
+/// signals to our group do not reach it), starting with every signal's default disposition
+/// and an empty signal mask (see [`reset_signals`]); with `cgroup_procs` (an open
+/// `cgroup.procs` of the run's cgroup) it joins that cgroup before exec, so that everything
+/// it starts stays in it.
 pub fn detach_on_spawn(cmd: &mut std::process::Command, cgroup_procs: Option<i32>) {
     use std::os::unix::process::CommandExt;
+    let last = libc::SIGRTMAX();
     // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-    // signal(2) and write(2) on a descriptor the parent keeps open until the spawn returns,
-    // all async-signal-safe; it reads no memory of the parent but its captured integer.
+    // `reset_signals` (whose calls are async-signal-safe) and write(2) on a descriptor the
+    // parent keeps open until the spawn returns, all async-signal-safe; it reads no memory
+    // of the parent but its captured integers.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            reset_signals(last);
             if let Some(fd) = cgroup_procs {
                 // "0": the writing process itself. A failure leaves the run to the /proc
                 // method of stopping, which always applies too.
@@ -597,6 +600,50 @@ pub fn detach_on_spawn(cmd: &mut std::process::Command, cgroup_procs: Option<i32
             Ok(())
         });
     }
+}
+
+/// Makes the spawned program start with every signal's default disposition and an empty
+/// signal mask (see [`reset_signals`]).
+pub fn default_signals_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let last = libc::SIGRTMAX();
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // `reset_signals`, whose calls are async-signal-safe; it captures an integer only.
+    unsafe {
+        cmd.pre_exec(move || {
+            reset_signals(last);
+            Ok(())
+        });
+    }
+}
+
+/// In a forked child before exec: every signal up to `last` back to its default
+/// disposition, and nothing blocked. A handler goes at exec by itself, but an ignored
+/// signal and the mask are inherited: Looper started under `nohup` would pass SIGHUP on as
+/// ignored, and its own ignored SIGXFSZ would let a run write past a file-size limit.
+///
+/// # Safety
+/// Only in a child between fork and exec: it changes the signal handling of the whole
+/// process.
+unsafe fn reset_signals(last: i32) {
+    // A zeroed kernel `sigaction` is SIG_DFL with no flags and an empty mask, whatever the
+    // architecture's field order. The raw call, because the C library refuses the two
+    // real-time signals it keeps for itself, which can be inherited as ignored too; the
+    // kernel refuses only SIGKILL and SIGSTOP, which cannot be ignored.
+    let default = [0 as libc::c_ulong; 4];
+    for sig in 1..=last {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            default.as_ptr(),
+            std::ptr::null_mut::<libc::c_void>(),
+            // The kernel's signal set: a bit a signal.
+            (last as usize).div_ceil(8),
+        );
+    }
+    let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    libc::sigemptyset(empty.as_mut_ptr());
+    libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
 }
 
 /// SIGKILLs `pid`, read from a cgroup of one of our runs, if it is still in that cgroup

@@ -250,7 +250,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
+/// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once, once the
+/// log is written out (a stalled stderr is not waited for).
 fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| StartError::Io(format!("cannot install signal handlers: {e}")))?;
@@ -266,6 +267,7 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
                     app.begin_shutdown();
                 } else {
                     log::warn!("server.signal signal={sig} action=exit_now");
+                    logging::flush();
                     std::process::exit(1);
                 }
             }

@@ -577,6 +577,7 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
+    crate::procs::default_signals_on_spawn(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| ZulipError(format!("Zulip script {path} could not start: {e}")))?;

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{alive, fd_count, thread_count, wait_for, FakeZulip, Fixture};
+use common::{alive, fd_count, run_id_of, thread_count, wait_for, FakeZulip, Fixture, Launch};
 use serde_json::json;
 
 fn raw(looper: &common::Looper) -> TcpStream {
@@ -541,4 +541,73 @@ fn an_idle_server_keeps_accepting() {
     );
     assert_eq!(looper.get("/health").status, 200);
     assert!(!looper.server_log().contains("http.accept_failed"));
+}
+
+/// The number after `key=` on the first line of `text` that holds `event`.
+fn number_in(text: &str, event: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.contains(event))?;
+    let key = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key.as_str())?.parse().ok())
+}
+
+/// A stderr that takes nothing (a full pipe nobody reads: a paused terminal, `looper | less`
+/// left alone) holds nothing up while codex output is mirrored: `/health`, `/status` and
+/// `/run` answer, runs start and their ends are noticed, the log file keeps every line and
+/// says that stderr stalled; once stderr is read again, the log counts the lines it lost.
+#[test]
+fn a_stalled_stderr_blocks_nothing() {
+    let fx = Fixture::new("stderr");
+    // 6 MB a run: more than the mirror may queue for stderr.
+    const LINES: usize = 60_000;
+    let script = format!("record;flood:{};exit:0", LINES * 100);
+    let launch = Launch {
+        stalled_stderr: true,
+        ..Launch::default()
+    };
+    let mut looper = fx.launch(
+        &[
+            ("FAKE_CODEX", script.as_str()),
+            ("LOOPER_MIRROR_CODEX_OUTPUT", "1"),
+            // One file to count the mirrored lines in.
+            ("LOOPER_SERVER_LOG_MAX_BYTES", "0"),
+        ],
+        &launch,
+    );
+    for prompt in ["flood", "flood again"] {
+        let health = looper.get("/health");
+        assert_eq!(health.status, 200, "{}\n{}", health.body, looper.tail());
+        let a = looper.run(json!({"codex_prompt": prompt}));
+        assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+        let row = looper.ended_row(&run_id_of(&a));
+        assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
+        let status = looper.get("/status");
+        assert_eq!(status.status, 200, "{}\n{}", status.body, looper.tail());
+    }
+    let log = looper.server_log();
+    let flood_line = "x".repeat(99);
+    let mirrored = log.lines().filter(|l| *l == flood_line).count();
+    assert_eq!(
+        mirrored,
+        2 * LINES,
+        "the log file lost output\n{}",
+        looper.tail()
+    );
+    assert!(
+        log.contains(" WARNING log.stalled sink=stderr "),
+        "no word of the stall\n{}",
+        looper.tail()
+    );
+
+    looper.unstall_stderr();
+    let dropped = looper.wait("log.dropped for stderr in the log file", || {
+        number_in(&looper.server_log(), " log.dropped sink=stderr ", "lines")
+    });
+    assert!(dropped > 0, "{}", looper.tail());
+    looper.wait("log.dropped on stderr itself", || {
+        looper
+            .stderr()
+            .contains(" log.dropped sink=stderr ")
+            .then_some(())
+    });
 }

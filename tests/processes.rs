@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{alive, pid_of, read, wait_for, Fixture};
+use common::{alive, pid_of, read, wait_for, Fixture, Launch};
 use serde_json::json;
 use std::os::unix::process::ExitStatusExt;
 
@@ -467,4 +467,52 @@ fn a_second_signal_exits_at_once() {
     looper.signal(libc::SIGTERM);
     // Within the test's patience, far below the 600 s grace.
     assert_eq!(looper.wait_exit(), Some(1));
+}
+
+/// A signal set of `pid` from `/proc/<pid>/status` (`SigIgn`, `SigBlk`): bit `n - 1` for
+/// signal `n`.
+fn signal_set(pid: u64, key: &str) -> u64 {
+    let status = read(format!("/proc/{pid}/status"));
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in {status}"));
+    u64::from_str_radix(hex.trim(), 16).unwrap_or_else(|e| panic!("{key}: {hex:?}: {e}"))
+}
+
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+/// A run starts with every signal's default disposition and an empty signal mask, whatever
+/// Looper inherited: started under `nohup` (SIGHUP ignored), its runs still end on a hangup.
+#[test]
+fn a_run_does_not_inherit_ignored_signals() {
+    let fx = Fixture::new("nohup");
+    let launch = Launch {
+        ignored_signals: vec![libc::SIGHUP, libc::SIGUSR1],
+        ..Launch::default()
+    };
+    let looper = fx.launch(&[], &launch);
+    let inherited = signal_set(looper.pid().into(), "SigIgn");
+    assert_eq!(
+        inherited & (bit(libc::SIGHUP) | bit(libc::SIGUSR1)),
+        bit(libc::SIGHUP) | bit(libc::SIGUSR1),
+        "Looper itself should ignore them: {inherited:#x}"
+    );
+    let a = looper.run(json!({"codex_prompt": "hang up"}));
+    assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+    let pid = pid_of(&a);
+    // Its record says the fake codex runs its own code: exec is behind it.
+    looper.record_of(pid);
+    // The fake codex is a Rust program, whose runtime ignores SIGPIPE itself.
+    let ignored = signal_set(pid, "SigIgn") & !bit(libc::SIGPIPE);
+    assert_eq!(
+        ignored,
+        0,
+        "the run ignores {ignored:#x}\n{}",
+        looper.tail()
+    );
+    let blocked = signal_set(pid, "SigBlk");
+    assert_eq!(blocked, 0, "the run blocks {blocked:#x}\n{}", looper.tail());
 }

@@ -94,7 +94,10 @@ fn run_command(
 }
 
 fn serve(env: &HashMap<String, String>) -> i32 {
-    match server::run(env) {
+    let outcome = server::run(env);
+    // The last lines (`server.stop.done`) may still wait for the log's writers.
+    crate::logging::flush();
+    match outcome {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("looper: {e}");

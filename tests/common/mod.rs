@@ -17,19 +17,82 @@ use serde_json::Value;
 /// A resource limit for Looper: `(RLIMIT_*, value)`.
 pub type Limit = (libc::__rlimit_resource_t, u64);
 
+/// How a test starts Looper, beyond its environment.
+#[derive(Default)]
+pub struct Launch {
+    /// Resource limits: `RLIMIT_FSIZE` to make its writes fail as on a full disk,
+    /// `RLIMIT_NOFILE` to run it out of descriptors.
+    pub limits: Vec<Limit>,
+    /// Signals it inherits as ignored (`nohup` ignores SIGHUP).
+    pub ignored_signals: Vec<i32>,
+    /// Its stderr is a full pipe that nobody reads (a paused terminal, `looper | less`
+    /// left alone) until [`Looper::unstall_stderr`].
+    pub stalled_stderr: bool,
+}
+
+/// Where a Looper's stderr goes.
+enum Stderr {
+    /// A file the test reads.
+    File(PathBuf),
+    /// A full pipe: the test holds its read end (so writes block rather than fail) and
+    /// does not read it.
+    Stalled(std::io::PipeReader),
+    /// What was a stalled pipe, now read to its end by a thread of the test.
+    Unstalled(Arc<Mutex<Vec<u8>>>),
+}
+
+/// A pipe whose buffer is already full, and its read end.
+fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    let fd = writer.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor we own; F_GETFL/F_SETFL touch only its flags.
+    let set_nonblocking = |on: bool| unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        libc::fcntl(fd, libc::F_SETFL, flags);
+    };
+    set_nonblocking(true);
+    // Big writes first, then single bytes into what is left.
+    for size in [4096, 1] {
+        while writer.write(&vec![b'.'; size]).is_ok() {}
+    }
+    // The flag belongs to the pipe, which Looper shares: its writes must block.
+    set_nonblocking(false);
+    (reader, writer)
+}
+
 /// Upper bound for anything a test waits for; never an assertion about speed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Polls `f` until it returns `Some`, or panics with `what` after [`PATIENCE`].
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_with(what, String::new, f)
+}
+
+/// [`wait_for`] that, when it times out, also prints `context()`: what the test saw.
+pub fn wait_for_with<T>(
+    what: &str,
+    context: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -180,29 +243,38 @@ impl Fixture {
     /// [`Fixture::start`] with resource limits on Looper (`RLIMIT_FSIZE` to make its writes
     /// fail as on a full disk, `RLIMIT_NOFILE` to run it out of descriptors).
     pub fn start_limited(&self, extra: &[(&str, &str)], limits: &[Limit]) -> Looper {
-        let (child, stderr_path) = self.spawn_limited(extra, limits);
-        self.wait_ready(child, stderr_path)
+        let launch = Launch {
+            limits: limits.to_vec(),
+            ..Launch::default()
+        };
+        self.launch(extra, &launch)
+    }
+
+    /// [`Fixture::start`] as `launch` says.
+    pub fn launch(&self, extra: &[(&str, &str)], launch: &Launch) -> Looper {
+        let (child, stderr) = self.spawn_with(&looper_binary(), &self.dir, extra, launch);
+        self.wait_ready(child, stderr)
     }
 
     /// Waits until the Looper just spawned listens.
-    fn wait_ready(&self, child: Child, stderr_path: PathBuf) -> Looper {
+    fn wait_ready(&self, child: Child, stderr: Stderr) -> Looper {
         let mut looper = Looper {
             child: Some(child),
             port: 0,
-            stderr_path,
+            stderr,
             log_dir: self.path("logs"),
             rec_dir: self.path("rec"),
             codex_name: self.codex_name.clone(),
         };
-        looper.port = wait_for("server.start in stderr", || {
+        looper.port = wait_for("server.start in the log", || {
             if let Some(status) = looper
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("looper exited at start ({status}):\n{}", looper.stderr());
+                panic!("looper exited at start ({status}):\n{}", looper.tail());
             }
-            let text = looper.stderr();
+            let text = looper.log_text();
             let line = text.lines().find(|l| l.contains(" server.start "))?;
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix("port="))
@@ -213,27 +285,24 @@ impl Fixture {
 
     /// [`Fixture::start`] with another working directory than the test's own.
     pub fn start_in(&self, cwd: &Path, extra: &[(&str, &str)]) -> Looper {
-        let (child, stderr_path) = self.spawn_in(cwd, extra, &[]);
-        self.wait_ready(child, stderr_path)
+        let (child, stderr) = self.spawn_with(&looper_binary(), cwd, extra, &Launch::default());
+        self.wait_ready(child, stderr)
     }
 
     /// [`Fixture::start`] of another copy of the `looper` binary (`binary`).
     pub fn start_binary(&self, binary: &Path, extra: &[(&str, &str)]) -> Looper {
-        let (child, stderr_path) = self.spawn_with(binary, &self.dir, extra, &[]);
-        self.wait_ready(child, stderr_path)
+        let (child, stderr) = self.spawn_with(binary, &self.dir, extra, &Launch::default());
+        self.wait_ready(child, stderr)
     }
 
-    /// Spawns Looper without waiting (for start-up failures).
+    /// Spawns Looper without waiting (for start-up failures); its stderr goes to the file
+    /// returned.
     pub fn spawn(&self, extra: &[(&str, &str)]) -> (Child, PathBuf) {
-        self.spawn_limited(extra, &[])
-    }
-
-    fn spawn_limited(&self, extra: &[(&str, &str)], limits: &[Limit]) -> (Child, PathBuf) {
-        self.spawn_in(&self.dir, extra, limits)
-    }
-
-    fn spawn_in(&self, cwd: &Path, extra: &[(&str, &str)], limits: &[Limit]) -> (Child, PathBuf) {
-        self.spawn_with(&looper_binary(), cwd, extra, limits)
+        let launch = Launch::default();
+        match self.spawn_with(&looper_binary(), &self.dir, extra, &launch) {
+            (child, Stderr::File(path)) => (child, path),
+            _ => unreachable!("stderr goes to a file unless the launch stalls it"),
+        }
     }
 
     fn spawn_with(
@@ -241,8 +310,8 @@ impl Fixture {
         binary: &Path,
         cwd: &Path,
         extra: &[(&str, &str)],
-        limits: &[Limit],
-    ) -> (Child, PathBuf) {
+        launch: &Launch,
+    ) -> (Child, Stderr) {
         let mut env: HashMap<String, String> = self.base_env().into_iter().collect();
         for (k, v) in extra {
             if v.is_empty() {
@@ -251,38 +320,47 @@ impl Fixture {
                 env.insert(k.to_string(), v.to_string());
             }
         }
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let stderr_path = self.dir.join(format!("looper-stderr-{n}.txt"));
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let (stderr, to) = if launch.stalled_stderr {
+            let (reader, writer) = full_pipe();
+            (Stderr::Stalled(reader), Stdio::from(writer))
+        } else {
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            let path = self.dir.join(format!("looper-stderr-{n}.txt"));
+            let file = std::fs::File::create(&path).expect("stderr file");
+            (Stderr::File(path), Stdio::from(file))
+        };
         let mut cmd = Command::new(binary);
         cmd.env_clear()
             .envs(env)
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr);
-        if !limits.is_empty() {
-            use std::os::unix::process::CommandExt;
-            let limits = limits.to_vec();
-            // SAFETY: runs in the forked child before exec; setrlimit(2) is async-signal-safe
-            // and `lim` lives on the child's stack for the call.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for (resource, limit) in &limits {
-                        let lim = libc::rlimit {
-                            rlim_cur: *limit,
-                            rlim_max: *limit,
-                        };
-                        if libc::setrlimit(*resource, &lim) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
+            .stderr(to);
+        let limits = launch.limits.clone();
+        let ignored = launch.ignored_signals.clone();
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the forked child before exec; setrlimit(2) and signal(2) are
+        // async-signal-safe, `lim` lives on the child's stack for the call, and the vectors
+        // were moved in before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (resource, limit) in &limits {
+                    let lim = libc::rlimit {
+                        rlim_cur: *limit,
+                        rlim_max: *limit,
+                    };
+                    if libc::setrlimit(*resource, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                for sig in &ignored {
+                    libc::signal(*sig, libc::SIG_IGN);
+                }
+                Ok(())
+            });
         }
         let child = cmd.spawn().expect("start looper");
-        (child, stderr_path)
+        (child, stderr)
     }
 }
 
@@ -298,7 +376,7 @@ impl Drop for Fixture {
 pub struct Looper {
     child: Option<Child>,
     pub port: u16,
-    stderr_path: PathBuf,
+    stderr: Stderr,
     pub log_dir: PathBuf,
     rec_dir: PathBuf,
     codex_name: String,
@@ -320,19 +398,53 @@ impl Looper {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// What Looper wrote to stderr (nothing read yet while it is stalled).
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        match &self.stderr {
+            Stderr::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            Stderr::Stalled(_) => String::new(),
+            Stderr::Unstalled(got) => {
+                String::from_utf8_lossy(&got.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+            }
+        }
     }
 
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.log_dir.join("looper-server.log")).unwrap_or_default()
     }
 
-    /// The last lines of the server's stderr, for failure messages.
+    /// The server log as the test can read it: stderr, or the log file while stderr was
+    /// stalled.
+    fn log_text(&self) -> String {
+        match &self.stderr {
+            Stderr::File(_) => self.stderr(),
+            _ => self.server_log(),
+        }
+    }
+
+    /// The last lines of the server log, for failure messages.
     pub fn tail(&self) -> String {
-        let text = self.stderr();
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Starts reading a stalled stderr, from a thread of its own, to its end.
+    pub fn unstall_stderr(&mut self) {
+        let got = Arc::<Mutex<Vec<u8>>>::default();
+        let unstalled = Stderr::Unstalled(Arc::clone(&got));
+        let Stderr::Stalled(mut reader) = std::mem::replace(&mut self.stderr, unstalled) else {
+            panic!("stderr was not stalled");
+        };
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 64 * 1024];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                got.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
     }
 
     pub fn get(&self, path: &str) -> Answer {
@@ -391,9 +503,18 @@ impl Looper {
         }
     }
 
+    /// [`wait_for`] that, when it times out, prints the server log's tail.
+    pub fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        wait_for_with(
+            what,
+            || format!("server log, last lines:\n{}", self.tail()),
+            f,
+        )
+    }
+
     /// The history row of `run_id` once the run has ended.
     pub fn ended_row(&self, run_id: &str) -> Value {
-        wait_for(&format!("run {run_id} to end"), || {
+        self.wait(&format!("run {run_id} to end"), || {
             let runs = self.get("/runs").body;
             runs["runs"]
                 .as_array()?
@@ -424,7 +545,7 @@ impl Looper {
 
     /// The answers the fake codex's `post` steps got, oldest first (waits for `n` of them).
     pub fn posts(&self, n: usize) -> Vec<Value> {
-        wait_for(&format!("{n} answers to the fake codex's POSTs"), || {
+        self.wait(&format!("{n} answers to the fake codex's POSTs"), || {
             let mut found: Vec<(std::time::SystemTime, Value)> = std::fs::read_dir(&self.rec_dir)
                 .ok()?
                 .flatten()
@@ -444,7 +565,7 @@ impl Looper {
 
     /// Waits for the fake codex with `pid` to write its record.
     pub fn record_of(&self, pid: u64) -> Value {
-        wait_for("the fake codex's record", || {
+        self.wait("the fake codex's record", || {
             self.records()
                 .into_iter()
                 .find(|r| r["pid"].as_u64() == Some(pid))
@@ -453,7 +574,7 @@ impl Looper {
 
     /// The contents of a run log once its trailer is written.
     pub fn finished_log(&self, path: &str) -> String {
-        wait_for("the run log's trailer", || {
+        self.wait("the run log's trailer", || {
             let text = std::fs::read_to_string(path).ok()?;
             text.contains("\n# codex_exec_return_code=").then_some(text)
         })
