@@ -1,4 +1,4 @@
-//! The benchmark behind `scripts/bench` (SPEC §9). It starts the release `looper` with the
+//! The benchmark behind `scripts/bench`: the speed and memory targets. It starts the release `looper` with the
 //! fake codex and a local fake Zulip, measures, and prints a table with the yardsticks
 //! measured in the same run: `dd` for the output copy, a bare tiny_http loop for `/health`.
 //!
@@ -402,7 +402,7 @@ fn main() {
         return;
     }
     let mut rows: Vec<(String, String, String)> = Vec::new();
-    // One line per SPEC §9 target: met or missed, with what was measured.
+    // One line per target: met or missed, with what was measured.
     let mut verdicts: Vec<(bool, String)> = Vec::new();
     let wrk_secs = if quick { 3 } else { 10 };
 

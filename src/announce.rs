@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use crate::app::App;
-use crate::autopoll::policy::Verdict;
 use crate::error::ApiError;
 use crate::limits::UsageLimit;
 use crate::logging::Q;
 use crate::output;
+use crate::policy::Verdict;
 use crate::registry::Ended;
 use crate::request::RunRequest;
 

@@ -1,6 +1,6 @@
 //! What each HTTP request gets: routing, the token, `/health`, `/status`, `/runs`, the page
 //! (`/`), `/metrics`, a run's log, and `/run` (read on its connection's thread, then
-//! [`crate::run::submit`]). The transport —
+//! [`crate::pipeline::submit`]). The transport —
 //! reading requests, limits, writing answers — is [`crate::http`]'s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{Head, Outcome, Request};
 use crate::logging::Q;
+use crate::output;
 use crate::pipeline;
 use crate::request::Trigger;
 use crate::trust::Caller;
@@ -166,8 +167,6 @@ fn require_json(head: &Head) -> Result<(), ApiError> {
 
 /// The page (`GET /`): one self-contained file, no data of its own (it asks the API).
 const PAGE: &str = include_str!("../assets/index.html");
-/// The most of a run's log one `/runs/<id>/log` answer holds.
-pub const MAX_LOG_CHUNK: u64 = 1024 * 1024;
 
 /// Answers one request.
 fn handle(app: &Arc<App>, rq: &mut Request) -> Outcome {
@@ -275,7 +274,7 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
 }
 
 /// `GET /runs/<run_id>/log?offset=N`: the bytes of a run's log from byte N (the last MiB
-/// without an offset), at most [`MAX_LOG_CHUNK`], with the log's size in `X-Log-Size`. The
+/// without an offset), at most [`output::MAX_LOG_CHUNK`], with the log's size in `X-Log-Size`. The
 /// file is the one the history names for that run, and only when it lies in the log
 /// directory: the id is looked up, never made into a path.
 fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
@@ -291,7 +290,7 @@ fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
     let mut file = std::fs::File::open(&path).map_err(gone)?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let offset = match head.query("offset") {
-        None => size.saturating_sub(MAX_LOG_CHUNK),
+        None => size.saturating_sub(output::MAX_LOG_CHUNK),
         Some(v) => v
             .parse::<u64>()
             .map_err(|_| ApiError::bad_request("offset must be a whole number of bytes"))?
@@ -299,7 +298,7 @@ fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
     };
     let mut body = Vec::new();
     file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.take(MAX_LOG_CHUNK).read_to_end(&mut body))
+        .and_then(|_| file.take(output::MAX_LOG_CHUNK).read_to_end(&mut body))
         .map_err(|e| ApiError::new(500, format!("cannot read the log of run {run_id}: {e}")))?;
     Ok(Outcome {
         status: 200,

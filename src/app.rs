@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::autopoll::policy::Policy;
 use crate::cgroup::Cgroups;
 use crate::config::Config;
 use crate::history::History;
 use crate::inbox::{Doorbell, Inbox};
+use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
@@ -101,7 +101,7 @@ impl App {
         self.registry.history()
     }
 
-    /// Autopoll's policy, to ask or to tell (see [`crate::autopoll::policy`]).
+    /// Autopoll's policy, to ask or to tell (see [`crate::policy`]).
     pub fn policy(&self) -> MutexGuard<'_, Policy> {
         self.policy.lock().unwrap_or_else(|e| e.into_inner())
     }

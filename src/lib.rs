@@ -3,29 +3,47 @@
 //! logging its output. An optional autopoll restarts work when everything has gone quiet.
 //!
 //! # Layout
-//! - [`cli`]: the command line, read by lexopt into a typed command and then run; `main`
+//! Rooms depend one way: each uses only rooms listed below it (no import circles), and
+//! each owns its state behind methods.
+//!
+//! The doors:
+//! - [`cli`]: the command line, parsed by lexopt into a typed command, then run; `main`
 //!   only calls [`cli::main`].
-//! - [`config`]: every environment variable, parsed and validated from a map.
-//! - [`server`]: start-up (directories, log, socket, signals) and shutdown.
-//! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse`: the accept loop, one thread
-//!   per connection, every limit on what a client sends.
-//! - [`api`]: what each request gets: routing, the token, `/status`, `/runs`, `/run`, the
-//!   page (`assets/index.html`, built in), a run's log.
-//! - [`app`]: state shared by the threads: the run guard, live runs, shutdown.
-//! - [`run`]: the `/run` pipeline: validate → announce → stop → spawn → startup check.
-//! - [`codex`]: binary resolution and the exact command line.
-//! - [`procs`]: `/proc` scanning, process trees, stopping; its `unsafe` calls, and
-//!   [`sys`]'s socket call, each carry a `// SAFETY:`.
-//! - [`sys`]: safe wrappers around raw calls outside process handling.
-//! - [`output`]: run logs (written by the runs themselves) and the per-child watcher.
-//! - [`inbox`]: the hand-off that needs no network: `/run` bodies dropped as files into
-//!   `<workspace>/.looper/inbox`, taken by one thread through the same pipeline.
-//! - [`autopoll`]: the idle poller, hung runs and crash-loop back-off.
-//! - [`metrics`]: `/metrics` in Prometheus' text format, and the counters behind it.
-//! - [`limits`]: codex's usage-limit error and the reset time it names.
-//! - [`history`]: `runs.jsonl`, the run history behind `/runs`.
-//! - [`zulip`]: credentials, recipients, sending.
-//! - [`logging`]: the server log's line format and sink.
+//! - [`server`]: start-up (configuration, directories, the log, the socket, the signal
+//!   thread) and shutdown.
+//! - [`api`]: what each request gets: routing, the token, `/status`, `/runs`, `/metrics`,
+//!   the page (`assets/index.html`, built in), a run's log, `/run`.
+//! - [`autopoll`]: the thread that starts a run when everything has gone quiet.
+//!
+//! The loop:
+//! - [`pipeline`]: `/run`, the inbox and autopoll's one way to a run: admit → the run
+//!   guard → plan → announce → stop → spawn → startup check.
+//! - [`spawn`]: a run's log, its child, its registration and its watcher thread, which
+//!   records the run's end.
+//! - [`stop`]: finding every process a stop takes and ending them.
+//! - [`announce`]: what Looper says on Zulip, before a trigger and after a run's end.
+//! - [`trust`]: the three rings: who asks (operator, run, anyone) and what each may ask.
+//! - [`app`]: what one server's threads share, each part behind a method.
+//! - [`registry`]: the one owner of Looper's runs (a `RunHandle` each), the run guard,
+//!   the recent exits and the counters that `/status` and `/metrics` read.
+//! - [`config`]: every environment variable, parsed from a map (reads no file).
+//!
+//! The parts:
+//! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse` for any [`http::Handler`]:
+//!   the accept loop, a thread per connection, every limit on what a client sends.
+//! - [`inbox`]: the hand-off that needs no network (`<workspace>/.looper/inbox`), taken by
+//!   one thread for a [`inbox::Desk`].
+//! - [`zulip`]: credentials, recipients, sending. [`output`]: run logs and the mirror of
+//!   their output. [`cgroup`]: a cgroup per run where one can be made.
+//! - [`policy`]: autopoll's rules (crash back-off, usage-limit pause), pure.
+//! - [`request`]: a `/run` body read and validated. [`history`]: `runs.jsonl`.
+//! - [`procs`]: `/proc` scanning, process trees, signals through pidfds; [`sockets`]: who
+//!   is at the other end of a loopback connection. [`tokens`]: secrets compared and made.
+//! - [`sys`]: safe wrappers around raw calls (sockets, inotify, eventfd, poll); it and
+//!   [`procs`] hold the crate's `unsafe`, each block with its `// SAFETY:`.
+//! - [`logging`], [`error`], [`shutdown`], [`paths`], [`limits`] (codex's usage-limit
+//!   error), [`codex`] (the binary and its command line), [`metrics`] (the text format,
+//!   rendered from a snapshot).
 
 pub mod announce;
 pub mod api;
@@ -45,11 +63,13 @@ pub mod metrics;
 pub mod output;
 pub mod paths;
 pub mod pipeline;
+pub mod policy;
 pub mod procs;
 pub mod registry;
 pub mod request;
 pub mod server;
 pub mod shutdown;
+pub mod sockets;
 pub mod spawn;
 pub mod stop;
 pub mod sys;

@@ -62,6 +62,9 @@ pub fn header(request_id: &str, workspace: &Path, command: &str) -> String {
 }
 
 /// What the trailer line starts with, after the newline that precedes it.
+/// The most of a run's log one read of it holds (`/runs/<id>/log`, `looper logs`).
+pub const MAX_LOG_CHUNK: u64 = 1024 * 1024;
+
 const TRAILER_START: &str = "\n# codex_exec_return_code=";
 
 /// The last line of every run log, on a line of its own.

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
-use crate::autopoll::policy::{RunEnd, Settings, Verdict};
 use crate::codex;
 use crate::error::ApiError;
 use crate::limits::UsageLimit;
 use crate::logging::Q;
 use crate::output;
+use crate::policy::{RunEnd, Settings, Verdict};
 use crate::procs;
 use crate::registry::{Ended, Group, LiveRun};
 use crate::request::Trigger;

@@ -21,6 +21,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::procs;
 use crate::request::RunRequest;
+use crate::sockets;
 
 /// Who a request comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +204,7 @@ pub fn run_of_connection(app: &App, peer: SocketAddr, local: SocketAddr) -> Opti
         return None;
     }
     let uid = procs::current_uid();
-    let (owner_uid, inode) = procs::client_socket(peer, local)?;
+    let (owner_uid, inode) = sockets::client_socket(peer, local)?;
     if owner_uid != uid {
         return None;
     }
@@ -222,7 +223,7 @@ pub fn run_of_connection(app: &App, peer: SocketAddr, local: SocketAddr) -> Opti
     }
     run_of
         .into_iter()
-        .find(|(pid, _)| procs::holds_socket(*pid, inode))
+        .find(|(pid, _)| sockets::holds_socket(*pid, inode))
         .map(|(_, id)| id)
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::logging::Q;
 
-/// How long one Zulip request may take by default (SPEC §6).
+/// How long one Zulip request may take by default.
 pub const ZULIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `Retry-After` we are willing to honour before the one retry of a 429.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);

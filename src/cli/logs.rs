@@ -64,7 +64,7 @@ fn read_local(path: &str, offset: u64) -> Option<Vec<u8>> {
     let mut file = std::fs::File::open(path).ok()?;
     file.seek(SeekFrom::Start(offset)).ok()?;
     let mut chunk = Vec::new();
-    file.take(crate::api::MAX_LOG_CHUNK)
+    file.take(crate::output::MAX_LOG_CHUNK)
         .read_to_end(&mut chunk)
         .ok()?;
     Some(chunk)
@@ -94,7 +94,7 @@ pub fn follow(
             let _ = out.flush();
             *offset += chunk.len() as u64;
         }
-        chunk.len() as u64 == crate::api::MAX_LOG_CHUNK
+        chunk.len() as u64 == crate::output::MAX_LOG_CHUNK
     };
     loop {
         while print_new(&mut offset) {}

@@ -1,5 +1,5 @@
 //! Autopoll: a background thread that starts a run when nothing runs and the run logs have
-//! gone quiet (SPEC §5). It shares the run guard with `/run` and waits on the shutdown
+//! gone quiet. It shares the run guard with `/run` and waits on the shutdown
 //! signal, never in a bare sleep.
 
 use std::path::{Path, PathBuf};
@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-pub mod policy;
-
 use crate::app::App;
 use crate::logging::Q;
 use crate::pipeline;
+use crate::policy::Gate;
 use crate::registry::{LiveRun, StopReason};
 use crate::request::{RunRequest, Trigger};
 use crate::stop;
-use policy::Gate;
 
 /// The newest `codex-exec-*.log` in `dir` and how long ago it changed.
 pub fn newest_log_age(dir: &Path) -> Option<Duration> {
