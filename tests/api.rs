@@ -29,12 +29,7 @@ fn health_404_and_405() {
 fn bad_input_is_refused_before_anything_happens() {
     let fx = Fixture::new("validate");
     let zulip = common::FakeZulip::start();
-    let looper = fx.start(&[
-        ("ZULIP_SITE", &zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com"),
-        ("ZULIP_BOT_API_KEY", "k"),
-        ("FAKE_CODEX", "record;sleep:600"),
-    ]);
+    let looper = fx.start_owned(&zulip.env_with(&[("FAKE_CODEX", "record;sleep:600")]));
     let live = looper.run(json!({"codex_prompt": "keep me"}));
     assert_eq!(live.status, 200, "{}", live.body);
     let pid = live.body["codex_exec_result"]["pid"].as_u64().unwrap();
@@ -118,13 +113,10 @@ fn bad_input_is_refused_before_anything_happens() {
     assert_eq!(looper.records().len(), 1, "bad input started a run");
     drop(looper);
     // The operator naming a binary that does not exist: a 400 naming it.
-    let looper = fx.start(&[
-        ("ZULIP_SITE", &zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com"),
-        ("ZULIP_BOT_API_KEY", "k"),
+    let looper = fx.start_owned(&zulip.env_with(&[
         ("FAKE_CODEX", "record;sleep:600"),
         ("LOOPER_API_TOKEN", common::OPERATOR_TOKEN),
-    ]);
+    ]));
     let a = looper.run_as(
         common::OPERATOR_TOKEN,
         json!({"codex_prompt": "x", "codex_exec_binary": "no-such-codex-binary"}),
@@ -194,7 +186,7 @@ fn a_second_run_during_setup_is_busy() {
             .send()
             .map(|r| r.status_code)
     });
-    wait_for("the slow run to hold the guard", || {
+    looper.wait("the slow run to hold the guard", || {
         looper.server_log().contains("action=delay").then_some(())
     });
     let h = looper.get("/health");

@@ -1,4 +1,4 @@
-//! The page in a real browser (SPEC §13): headless Chromium, driven through chromedriver's
+//! The page in a real browser: headless Chromium, driven through chromedriver's
 //! WebDriver protocol (HTTP and JSON, so minreq is enough), against the real server with
 //! the fake codex. It checks what a person would see: the active run and its output, a
 //! timeline bar per run, the trigger and stop buttons, and the token prompt. A screenshot
@@ -243,7 +243,7 @@ fn the_page_shows_the_loop_and_its_buttons_work() {
     s.wait_text("#log-tail", "the run's output on the page", |t| {
         t.contains("hello from the fake codex")
     });
-    wait_for("a timeline bar per run", || {
+    looper.wait("a timeline bar per run", || {
         (s.find_all("#timeline .bar").len() == 2).then_some(())
     });
     assert_eq!(s.find_all("#timeline .bar.replaced").len(), 1);
@@ -254,7 +254,7 @@ fn the_page_shows_the_loop_and_its_buttons_work() {
     // Trigger a fresh run from the page.
     s.clear_and_type("#trigger-prompt", "from the page");
     s.click("#trigger-button");
-    let rec = wait_for("the run the page started", || {
+    let rec = looper.wait("the run the page started", || {
         looper.records().into_iter().find(|r| {
             r["argv"]
                 .as_array()
@@ -270,7 +270,7 @@ fn the_page_shows_the_loop_and_its_buttons_work() {
 
     // Stop it from the page.
     s.click("#stop-button");
-    wait_for("the run to stop", || {
+    looper.wait("the run to stop", || {
         looper.get("/status").body["active"].is_null().then_some(())
     });
     s.wait_text("#active-run-id", "no active run on the page", |t| {
@@ -299,7 +299,7 @@ fn the_page_asks_for_the_token() {
     let driver = Driver::start();
     let s = driver.session();
     s.open(&page(&looper));
-    wait_for("the token prompt", || {
+    looper.wait("the token prompt", || {
         s.displayed("#token-box").then_some(())
     });
     s.clear_and_type("#token-input", "wrong-token");

@@ -179,13 +179,8 @@ fn status_and_runs() {
 fn zulip_check_and_send() {
     let fx = Fixture::new("cli-zulip");
     let z = FakeZulip::start();
-    let site = z.site();
-    let creds = [
-        ("ZULIP_SITE", site.as_str()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com"),
-        ("ZULIP_BOT_API_KEY", "cli-secret-key"),
-        ("ZULIP_STREAM", "ops"),
-    ];
+    let creds = z.env_with(&[("ZULIP_STREAM", "ops")]);
+    let creds: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let o = cli(&fx, &["zulip", "check"], &creds);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
@@ -197,7 +192,7 @@ fn zulip_check_and_send() {
         text.contains("target: type=stream stream=ops topic=looper"),
         "{text}"
     );
-    assert!(!text.contains("cli-secret-key") && !stderr(&o).contains("cli-secret-key"));
+    assert!(!text.contains(FakeZulip::KEY) && !stderr(&o).contains(FakeZulip::KEY));
     // It asks Zulip who the credentials belong to.
     assert!(
         text.contains("Zulip says: the credentials are Looper Bot <bot@example.com> (user id 99)"),
@@ -207,11 +202,9 @@ fn zulip_check_and_send() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
     };
-    let unusable = [
-        ("ZULIP_SITE", dead.as_str()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com"),
-        ("ZULIP_BOT_API_KEY", "k"),
-    ];
+    // The same credentials, at a site where nothing listens.
+    let unusable = z.env_with(&[("ZULIP_SITE", &dead)]);
+    let unusable: Vec<(&str, &str)> = unusable.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let o = cli(&fx, &["zulip", "check"], &unusable);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(stdout(&o).contains("Zulip says no") && stdout(&o).contains("unreachable"));
@@ -251,13 +244,7 @@ fn the_wrapper_script_is_a_drop_in() {
     )
     .unwrap();
     let z = FakeZulip::start();
-    let site = z.site();
-    let looper = fx.start(&[
-        ("FAKE_CODEX", "record;sleep:600"),
-        ("ZULIP_SITE", &site),
-        ("ZULIP_BOT_EMAIL", "b@x"),
-        ("ZULIP_BOT_API_KEY", "k"),
-    ]);
+    let looper = fx.start_owned(&z.env_with(&[("FAKE_CODEX", "record;sleep:600")]));
     let run = |extra: &[(&str, &str)]| {
         Command::new("bash")
             .arg(&script)
@@ -295,7 +282,7 @@ fn the_wrapper_script_is_a_drop_in() {
         stdout(&o),
         stderr(&o)
     );
-    common::wait_for("the next run", || {
+    looper.wait("the next run", || {
         (looper.records().len() == 2).then_some(())
     });
     let next = looper.records()[1]["pid"].as_u64().unwrap();

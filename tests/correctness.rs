@@ -6,7 +6,7 @@ mod common;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use common::{alive, cli, pid_of, stderr, stdout, wait_for, Fixture};
+use common::{alive, cli, pid_of, stderr, stdout, Fixture};
 use serde_json::{json, Value};
 
 /// A codex that exits while a process it left behind still holds its output (codex's
@@ -46,7 +46,7 @@ fn a_process_started_during_the_stop_is_stopped_too() {
     looper.record_of(pid_of(&first));
     let second = looper.run(json!({"codex_prompt": ""}));
     assert_eq!(second.status, 200, "{}", second.body);
-    let late_file = wait_for("the late helper's pid", || {
+    let late_file = looper.wait("the late helper's pid", || {
         std::fs::read_dir(fx.path("rec"))
             .ok()?
             .flatten()
@@ -81,7 +81,7 @@ fn autopoll_ticks_never_make_a_trigger_busy() {
     ]);
     // The first tick starts a run (it ignores the quiet-logs window): a real setup, during
     // which a 409 would be right. Every later tick only looks.
-    wait_for("autopoll's first run", || {
+    looper.wait("autopoll's first run", || {
         looper
             .server_log()
             .contains("codex.exec.autopoll.started")
@@ -141,7 +141,7 @@ fn a_failed_hung_replacement_leaves_no_mark() {
     assert_eq!(a.status, 200, "{}", a.body);
     looper.record_of(pid_of(&a));
     std::fs::remove_dir_all(fx.path("ws")).unwrap();
-    wait_for("a replacement to be tried", || {
+    looper.wait("a replacement to be tried", || {
         looper
             .server_log()
             .contains("codex.exec.autopoll.hung")

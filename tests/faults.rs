@@ -1,11 +1,11 @@
-//! Black-box tests of faults around the loop (SPEC §12): runs that outlive Looper, loops side
+//! Black-box tests of faults around the loop: runs that outlive Looper, loops side
 //! by side, stops from outside, a bounded server log.
 
 mod common;
 
 use std::path::Path;
 
-use common::{alive, pid_of, wait_for, FakeZulip, Fixture};
+use common::{alive, pid_of, FakeZulip, Fixture};
 use serde_json::json;
 
 /// A chatty run outlives a `kill -9` of Looper with every line in its log (the run writes
@@ -21,12 +21,12 @@ fn a_run_outlives_a_killed_looper_with_every_line() {
         .as_str()
         .unwrap()
         .to_string();
-    wait_for("the first lines", || {
+    looper.wait("the first lines", || {
         common::read(&log_path).contains("line 5\n").then_some(())
     });
     looper.signal(libc::SIGKILL);
     looper.wait_exit();
-    wait_for("the run to finish on its own", || {
+    looper.wait("the run to finish on its own", || {
         (!alive(pid)).then_some(())
     });
     let text = common::read(&log_path);
@@ -103,19 +103,16 @@ fn loops_side_by_side_leave_each_other_alone() {
 fn stops_from_outside_are_no_crashes() {
     let fx = Fixture::new("external");
     let z = FakeZulip::start();
-    let looper = fx.start_owned(&[
-        ("ZULIP_SITE", z.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "k".into()),
-        ("LOOPER_AUTO_START_WHEN_IDLE", "1".into()),
-        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
-        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
-    ]);
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+    ]));
     for (i, sig) in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGTERM]
         .into_iter()
         .enumerate()
     {
-        let rec = wait_for("autopoll to start a run", || {
+        let rec = looper.wait("autopoll to start a run", || {
             looper.records().into_iter().nth(i)
         });
         let pid = rec["pid"].as_u64().unwrap();

@@ -1,4 +1,4 @@
-//! Black-box tests of the hand-off from a run to the next (SPEC §10): the inbox that needs no
+//! Black-box tests of the hand-off from a run to the next: the inbox that needs no
 //! network, `looper trigger` falling back to it, a hand-off sent during the startup check,
 //! the git check before any effect, and what a run's environment holds.
 
@@ -7,18 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    alive, answer_of, cli, drop_request, pid_of, run_id_of, stderr, stdout, wait_for, FakeZulip,
-    Fixture,
+    alive, answer_of, cli, drop_request, pid_of, run_id_of, stderr, stdout, FakeZulip, Fixture,
 };
 use serde_json::{json, Value};
-
-fn zulip_env(zulip: &FakeZulip) -> Vec<(&'static str, String)> {
-    vec![
-        ("ZULIP_SITE", zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "zulip-secret-key".into()),
-    ]
-}
 
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -31,13 +22,13 @@ fn mode(path: &Path) -> u32 {
 fn a_run_gets_its_inbox_and_looper_but_no_zulip_secrets() {
     let fx = Fixture::new("env");
     let zulip = FakeZulip::start();
-    let mut env = zulip_env(&zulip);
-    env.push(("LOOPER_API_TOKEN", "tok".into()));
-    let looper = fx.start_owned(&env);
+    // As long as a run's token, so that only its value can tell the two apart below.
+    let operator = "operator-token-as-long-as-a-run-token-0123456789";
+    let looper = fx.start_owned(&zulip.env_with(&[("LOOPER_API_TOKEN", operator)]));
     let a = looper.post_with(
         "/run",
         &json!({"zulip_message": "m"}).to_string(),
-        &[("X-Looper-Token", "tok")],
+        &[("X-Looper-Token", operator)],
     );
     assert_eq!(a.status, 200, "{}", a.body);
     let rec = looper.record_of(pid_of(&a));
@@ -57,11 +48,7 @@ fn a_run_gets_its_inbox_and_looper_but_no_zulip_secrets() {
     let run_token = rec["looper_run_token"].as_str().expect("LOOPER_RUN_TOKEN");
     assert!(run_token.len() >= 32, "{rec}");
     assert_eq!(rec["looper_token"], json!(run_token), "{rec}");
-    assert_ne!(
-        rec["looper_token"],
-        json!("tok"),
-        "the operator's token reached the run"
-    );
+    assert_ne!(run_token, operator, "the operator's token reached the run");
 }
 
 /// A request file from the active run replaces it like `POST /run` would: announced,
@@ -71,7 +58,7 @@ fn a_run_gets_its_inbox_and_looper_but_no_zulip_secrets() {
 fn an_inbox_request_from_the_active_run_replaces_it() {
     let fx = Fixture::new("inbox");
     let zulip = FakeZulip::start();
-    let looper = fx.start_owned(&zulip_env(&zulip));
+    let looper = fx.start_owned(&zulip.env());
     let first = looper.run(json!({"codex_prompt": "first"}));
     assert_eq!(first.status, 200, "{}", first.body);
     let (old_pid, old_id) = (pid_of(&first), run_id_of(&first));
@@ -128,7 +115,7 @@ fn an_inbox_request_from_the_active_run_replaces_it() {
 fn junk_in_the_inbox_is_answered_and_changes_nothing() {
     let fx = Fixture::new("inbox-junk");
     let zulip = FakeZulip::start();
-    let looper = fx.start_owned(&zulip_env(&zulip));
+    let looper = fx.start_owned(&zulip.env());
     let live = looper.run(json!({"codex_prompt": "keep me"}));
     assert_eq!(live.status, 200, "{}", live.body);
     let pid = pid_of(&live);
@@ -292,7 +279,7 @@ fn a_handoff_during_the_startup_check_waits_for_it() {
         l1.run(json!({"codex_prompt": "first", "codex_exec_startup_check_seconds": 3}))
     });
     // The run exists (it wrote its record) while its /run is still in the startup check.
-    let rec = wait_for("the first run's record", || {
+    let rec = looper.wait("the first run's record", || {
         looper.records().into_iter().next()
     });
     let first_id = rec["looper_run_id"].as_str().unwrap().to_string();
@@ -323,7 +310,7 @@ fn a_workspace_outside_git_is_refused_before_any_effect() {
     let zulip = FakeZulip::start();
     let plain = fx.path("plain");
     std::fs::create_dir_all(&plain).unwrap();
-    let looper = fx.start_owned(&zulip_env(&zulip));
+    let looper = fx.start_owned(&zulip.env());
     let live = looper.run(json!({"codex_prompt": "keep me"}));
     assert_eq!(live.status, 200, "{}", live.body);
     let announced = zulip.messages().len();
@@ -338,8 +325,7 @@ fn a_workspace_outside_git_is_refused_before_any_effect() {
     assert!(alive(pid_of(&live)), "the live run was stopped");
     drop(looper);
 
-    let mut env = zulip_env(&zulip);
-    env.push(("LOOPER_WORKSPACE", plain.to_string_lossy().into_owned()));
+    let mut env = zulip.env_with(&[("LOOPER_WORKSPACE", &plain.to_string_lossy())]);
     let looper = fx.start_owned(&env);
     let a = looper.run(json!({"codex_prompt": "x"}));
     assert_eq!(a.status, 400, "{}", a.body);

@@ -7,21 +7,22 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{alive, fd_count, run_id_of, thread_count, wait_for, FakeZulip, Fixture, Launch};
+use common::{alive, fd_count, run_id_of, thread_count, FakeZulip, Fixture, Launch};
 use serde_json::json;
-
-fn raw(looper: &common::Looper) -> TcpStream {
-    TcpStream::connect(("127.0.0.1", looper.port)).expect("connect")
-}
 
 /// Clients that send half a body and stall block neither `/health` nor another `/run`,
 /// and are cut off once the client timeout passes (the stalled bodies get a 408).
 #[test]
 fn a_stalled_body_blocks_nothing() {
     let fx = Fixture::new("stall");
-    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    // Deadlines shorter than the defaults, long enough for the run served meanwhile.
+    let looper = fx.start(&[
+        ("FAKE_CODEX", "record;sleep:600"),
+        ("LOOPER_HTTP_HEAD_TIMEOUT_SECONDS", "2"),
+        ("LOOPER_HTTP_BODY_TIMEOUT_SECONDS", "2"),
+    ]);
     let stall = |length: usize| {
-        let mut c = raw(&looper);
+        let mut c = looper.raw();
         write!(
             c,
             "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{\"zulip_m"
@@ -32,8 +33,8 @@ fn a_stalled_body_blocks_nothing() {
     let mut small = stall(200);
     let mut large = stall(5000);
     // And one that connects and says nothing at all.
-    let mut silent = raw(&looper);
-    wait_for("the large stalled request to reach a worker", || {
+    let mut silent = looper.raw();
+    looper.wait("the large stalled request to reach a worker", || {
         looper
             .server_log()
             .contains("method=POST path=/run")
@@ -93,7 +94,7 @@ fn accepting_recovers_after_running_out_of_descriptors() {
             held.push(c);
         }
     }
-    wait_for("accepting to fail", || {
+    looper.wait("accepting to fail", || {
         looper
             .server_log()
             .contains("http.accept_failed")
@@ -101,18 +102,17 @@ fn accepting_recovers_after_running_out_of_descriptors() {
     });
     drop(held);
     // Once the held connections are closed on its side too, Looper answers as before.
-    wait_for("descriptors back to the baseline", || {
+    looper.wait("descriptors back to the baseline", || {
         (fd_count(looper.pid()) <= base_fds).then_some(())
     });
-    let answered = wait_for("/health to answer again", || {
+    // On the same socket: `looper.url` is the port it listened on from the start.
+    looper.wait(&format!("/health to answer again (limit {limit})"), || {
         let r = minreq::get(looper.url("/health"))
             .with_timeout(5)
             .send()
             .ok()?;
-        (r.status_code == 200).then_some(r.status_code)
+        (r.status_code == 200).then_some(())
     });
-    assert_eq!(answered, 200, "limit {limit}");
-    assert_eq!(looper.port, port);
     let a = looper.run(json!({"codex_prompt": ""}));
     assert_eq!(a.status, 200, "limit {limit}: {}", a.body);
 }
@@ -123,7 +123,7 @@ fn a_dripping_body_blocks_nothing() {
     let fx = Fixture::new("drip");
     let looper = fx.start(&[]);
     let body = br#"{"zulip_message":"drip","codex_prompt":""}"#;
-    let mut drip = raw(&looper);
+    let mut drip = looper.raw();
     write!(
         drip,
         "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -155,22 +155,22 @@ fn a_client_hanging_up_mid_run_changes_nothing() {
     let fx = Fixture::new("hangup");
     let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
     let body = r#"{"zulip_message":"bye","codex_prompt":"p","codex_exec_delay_seconds":0.5}"#;
-    let mut c = raw(&looper);
+    let mut c = looper.raw();
     write!(
         c,
         "POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    wait_for("the run to start its delay", || {
+    looper.wait("the run to start its delay", || {
         looper.server_log().contains("action=delay").then_some(())
     });
     drop(c);
-    let rec = wait_for("the run to start anyway", || {
+    let rec = looper.wait("the run to start anyway", || {
         looper.records().into_iter().next()
     });
     assert!(alive(rec["pid"].as_u64().unwrap()));
-    wait_for("the request to be logged as done", || {
+    looper.wait("the request to be logged as done", || {
         looper.server_log().contains("run.success").then_some(())
     });
     assert_eq!(looper.get("/health").status, 200);
@@ -183,7 +183,7 @@ fn a_client_hanging_up_mid_run_changes_nothing() {
 fn an_oversized_body_is_refused_unread() {
     let fx = Fixture::new("huge");
     let looper = fx.start(&[]);
-    let mut c = raw(&looper);
+    let mut c = looper.raw();
     c.write_all(b"POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n{")
         .unwrap();
     let mut buf = [0u8; 4096];
@@ -199,13 +199,10 @@ fn an_oversized_body_is_refused_unread() {
 fn zulip_faults_are_502s_that_stop_nothing() {
     let fx = Fixture::new("zulipfaults");
     let z = FakeZulip::start();
-    let looper = fx.start(&[
-        ("ZULIP_SITE", &z.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com"),
-        ("ZULIP_BOT_API_KEY", "zkey-never-shown"),
+    let looper = fx.start_owned(&z.env_with(&[
         ("LOOPER_ZULIP_TIMEOUT_SECONDS", "1"),
         ("FAKE_CODEX", "record;sleep:600"),
-    ]);
+    ]));
     let live = looper.run(json!({"codex_prompt": "live"}));
     assert_eq!(live.status, 200, "{}", live.body);
     let pid = live.body["codex_exec_result"]["pid"].as_u64().unwrap();
@@ -250,7 +247,7 @@ fn zulip_faults_are_502s_that_stop_nothing() {
     assert_eq!(a.status, 502, "{}", a.body);
     assert!(alive(pid));
     assert_eq!(looper.records().len(), 1);
-    assert!(!looper.stderr().contains("zkey-never-shown"));
+    assert!(!looper.stderr().contains(FakeZulip::KEY));
     drop(z);
     // Down.
     let a = looper.run(json!({"codex_prompt": "next"}));
@@ -490,15 +487,15 @@ fn soak_300_runs_leaks_nothing() {
     assert!(hammer.join().unwrap() > 0);
     // Let the last run go so that every history row can complete.
     assert_eq!(looper.run(json!({"codex_prompt": ""})).status, 200);
-    wait_for("descriptors back to the baseline", || {
+    looper.wait("descriptors back to the baseline", || {
         (fd_count(pid) <= base_fds).then_some(())
     });
     // tiny_http's pool threads idle out after 5 s of no work.
-    wait_for("threads back to the baseline", || {
+    looper.wait("threads back to the baseline", || {
         (thread_count(pid) <= base_threads).then_some(())
     });
     // The last run's watcher reaps it right after the stop saw it exit: wait for that.
-    wait_for("no zombie children", || {
+    looper.wait("no zombie children", || {
         zombies_of(pid).is_empty().then_some(())
     });
     let rows = looper.get("/runs?limit=1000").body["runs"]
@@ -526,13 +523,13 @@ fn soak_300_runs_leaks_nothing() {
 #[test]
 fn an_idle_server_keeps_accepting() {
     let fx = Fixture::new("idle");
-    let looper = fx.start(&[]);
-    let mut idle = raw(&looper);
+    let looper = fx.start(&[("LOOPER_HTTP_IDLE_TIMEOUT_SECONDS", "1")]);
+    let mut idle = looper.raw();
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    // The answer, then (after the 5 s idle timeout) the end of the connection.
+    // The answer, then (after the idle timeout) the end of the connection.
     let rest = read_until_closed(&mut idle, "the idle kept-alive connection");
     assert!(
         rest.starts_with(b"HTTP/1.1 200"),

@@ -3,19 +3,11 @@
 
 mod common;
 
-use common::{alive, wait_for, FakeZulip, Fixture};
+use common::{alive, FakeZulip, Fixture};
 use serde_json::{json, Value};
 
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
-}
-
-fn zulip_env(z: &FakeZulip) -> Vec<(&'static str, String)> {
-    vec![
-        ("ZULIP_SITE", z.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "key-xyz".into()),
-    ]
 }
 
 fn runs(looper: &common::Looper) -> Vec<Value> {
@@ -30,16 +22,14 @@ fn runs(looper: &common::Looper) -> Vec<Value> {
 fn autopoll_starts_one_run_when_idle() {
     let fx = Fixture::new("autopoll");
     let z = FakeZulip::start();
-    let mut env: Vec<(&str, String)> = zulip_env(&z);
-    env.extend([
-        ("LOOPER_AUTO_START_WHEN_IDLE", "1".to_string()),
-        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
-        ("LOOPER_LOG_LEVEL", "DEBUG".into()),
-        ("FAKE_CODEX", "record;sleep:600".into()),
-    ]);
-    let looper = fx.start_owned(&env);
-    let rec = wait_for("an autopoll run", || looper.records().into_iter().next());
-    wait_for("three ticks that saw the live run", || {
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]));
+    let rec = looper.wait("an autopoll run", || looper.records().into_iter().next());
+    looper.wait("three ticks that saw the live run", || {
         (count(
             &looper.server_log(),
             "codex.exec.autopoll.skip reason=live_run",
@@ -82,13 +72,13 @@ fn autopoll_restarts_after_the_staleness_window() {
         ("LOOPER_LOG_LEVEL", "DEBUG"),
         ("FAKE_CODEX", "record;print:short run;sleep:0.2;exit:0"),
     ]);
-    let first_log = wait_for("the first run to finish", || {
+    let first_log = looper.wait("the first run to finish", || {
         let rows = runs(&looper);
         let row = rows.last()?;
         row["return_code"].as_i64()?;
         Some(row["log_path"].as_str()?.to_string())
     });
-    let second = wait_for("a second run", || {
+    let second = looper.wait("a second run", || {
         (looper.records().len() >= 2).then(|| looper.records()[1].clone())
     });
     let log_mtime = std::fs::metadata(&first_log).unwrap().modified().unwrap();
@@ -162,7 +152,7 @@ fn runs_outliving_a_killed_looper_get_their_rows_completed() {
     let mut first = fx.start_owned(&[("FAKE_CODEX", script)]);
     let (run_a, pid_a) = start_run_then_kill_looper(&mut first);
     std::fs::write(&go, "").unwrap();
-    wait_for("the orphaned run to end", || (!alive(pid_a)).then_some(()));
+    first.wait("the orphaned run to end", || (!alive(pid_a)).then_some(()));
 
     // The next Looper completes its row at start, and keeps a live orphan's row open.
     let mut second = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
@@ -277,7 +267,7 @@ fn a_hung_run_is_replaced() {
     let a = looper.run(json!({"codex_prompt": "same prompt"}));
     assert_eq!(a.status, 200, "{}", a.body);
     let first = a.body["run_id"].clone();
-    let second = wait_for("the replacement run", || {
+    let second = looper.wait("the replacement run", || {
         (looper.records().len() >= 2).then(|| looper.records()[1].clone())
     });
     assert_eq!(
@@ -285,7 +275,7 @@ fn a_hung_run_is_replaced() {
         Some(&json!("same prompt"))
     );
     assert!(!alive(a.body["codex_exec_result"]["pid"].as_u64().unwrap()));
-    let rows = wait_for("the hung run's row", || {
+    let rows = looper.wait("the hung run's row", || {
         let rows = runs(&looper);
         let old = rows.iter().find(|r| r["run_id"] == first)?;
         old["return_code"].as_i64().map(|_| rows.clone())
@@ -303,19 +293,14 @@ fn a_hung_run_is_replaced() {
 fn a_crash_loop_backs_off() {
     let fx = Fixture::new("crashloop");
     let z = FakeZulip::start();
-    let mut env = zulip_env(&z);
-    env.extend([
-        ("LOOPER_AUTO_START_WHEN_IDLE", "1".to_string()),
-        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
-        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
-        ("LOOPER_LOG_LEVEL", "DEBUG".into()),
-        (
-            "FAKE_CODEX",
-            "record;print:cannot authenticate;exit:1".into(),
-        ),
-    ]);
-    let looper = fx.start_owned(&env);
-    let status = wait_for("the back-off", || {
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", "record;print:cannot authenticate;exit:1"),
+    ]));
+    let status = looper.wait("the back-off", || {
         let s = looper.get("/status").body;
         s["autopoll"]["backoff_until"].is_string().then_some(s)
     });
@@ -323,7 +308,7 @@ fn a_crash_loop_backs_off() {
     // The back-off (at least 10 s) holds further starts: watch 10 ticks skip for it.
     let starts = looper.records().len();
     let skipped_before = looper.server_log().matches("reason=backoff").count();
-    wait_for("ten ticks held back", || {
+    looper.wait("ten ticks held back", || {
         let skipped = looper.server_log().matches("reason=backoff").count();
         (skipped >= skipped_before + 10).then_some(())
     });
@@ -351,18 +336,13 @@ fn a_crash_loop_backs_off() {
 fn run_ends_are_announced_when_asked() {
     let fx = Fixture::new("notify");
     let z = FakeZulip::start();
-    let mut env = zulip_env(&z);
-    env.extend([
-        ("LOOPER_NOTIFY_ON_EXIT", "1".to_string()),
-        (
-            "FAKE_CODEX",
-            "record;print:all done here;sleep:0.3;exit:0".into(),
-        ),
-    ]);
-    let looper = fx.start_owned(&env);
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_NOTIFY_ON_EXIT", "1"),
+        ("FAKE_CODEX", "record;print:all done here;sleep:0.3;exit:0"),
+    ]));
     let a = looper.run(json!({"zulip_message": "go", "codex_prompt": "p"}));
     assert_eq!(a.status, 200, "{}", a.body);
-    let notice = wait_for("the exit notice", || {
+    let notice = looper.wait("the exit notice", || {
         z.messages()
             .iter()
             .map(|m| m.form()["content"].clone())

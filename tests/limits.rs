@@ -1,11 +1,11 @@
-//! Black-box tests of codex's usage limit (SPEC §14): a run that ends on it pauses autopoll
+//! Black-box tests of codex's usage limit: a run that ends on it pauses autopoll
 //! until the reset codex names (no crash, no back-off, one announcement), a person's own
 //! trigger still runs, and a run that succeeds ends the pause.
 
 mod common;
 
 use chrono::{DateTime, Local, Timelike};
-use common::{wait_for, FakeZulip, Fixture, Looper};
+use common::{FakeZulip, Fixture, Looper};
 use serde_json::json;
 
 /// What codex 0.169.0 prints (twice) when the account is out of quota.
@@ -25,20 +25,17 @@ fn near_reset(ahead: i64) -> (DateTime<Local>, i64) {
 
 fn start(fx: &Fixture, zulip: &FakeZulip, reset: &str, margin: i64) -> Looper {
     let error = limit_error(reset);
-    fx.start_owned(&[
-        ("ZULIP_SITE", zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "k".into()),
-        ("LOOPER_AUTO_START_WHEN_IDLE", "1".into()),
-        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
-        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
-        ("LOOPER_LOG_LEVEL", "DEBUG".into()),
-        ("LOOPER_USAGE_LIMIT_MARGIN_SECONDS", margin.to_string()),
+    fx.start_owned(&zulip.env_with(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("LOOPER_USAGE_LIMIT_MARGIN_SECONDS", &margin.to_string()),
         (
             "FAKE_CODEX",
-            format!("record;exit-if-prompt:fine:0;{error};{error};exit:1"),
+            &format!("record;exit-if-prompt:fine:0;{error};{error};exit:1"),
         ),
-    ])
+    ]))
 }
 
 /// Autopoll meets the limit (codex's "try again at 7:13 PM." form) once, pauses without
@@ -50,7 +47,7 @@ fn the_loop_waits_for_the_reset_and_resumes() {
     let zulip = FakeZulip::start();
     let (minute, margin) = near_reset(4);
     let looper = start(&fx, &zulip, &looper::limits::clock_text(minute), margin);
-    let status = wait_for("the pause", || {
+    let status = looper.wait("the pause", || {
         let s = looper.get("/status").body;
         s["autopoll"]["paused_until"].is_string().then_some(s)
     });
@@ -70,7 +67,7 @@ fn the_loop_waits_for_the_reset_and_resumes() {
         .to_string();
     assert_eq!(looper.ended_row(&first)["stop_reason"], "usage_limit");
     // Ticks go on, and start nothing while the pause lasts.
-    wait_for("ticks held back by the pause", || {
+    looper.wait("ticks held back by the pause", || {
         let held = looper.server_log().matches("reason=usage_limit").count();
         (held >= 5).then_some(())
     });
@@ -86,7 +83,7 @@ fn the_loop_waits_for_the_reset_and_resumes() {
         "{notes:?}"
     );
     // At the reset, the next run starts without waiting for quiet logs.
-    wait_for("the run after the reset", || {
+    looper.wait("the run after the reset", || {
         (looper.records().len() >= 2).then_some(())
     });
     let second_started = Local::now();
@@ -105,7 +102,7 @@ fn the_date_form_is_read_and_status_says_it() {
     let zulip = FakeZulip::start();
     let (minute, _) = near_reset(0);
     let looper = start(&fx, &zulip, &looper::limits::date_text(minute), 3600);
-    let status = wait_for("the pause", || {
+    let status = looper.wait("the pause", || {
         let s = looper.get("/status").body;
         s["autopoll"]["paused_until"].is_string().then_some(s)
     });
@@ -134,7 +131,7 @@ fn a_persons_run_goes_through_and_success_ends_the_pause() {
     let zulip = FakeZulip::start();
     let (minute, _) = near_reset(0);
     let looper = start(&fx, &zulip, &looper::limits::clock_text(minute), 3600);
-    wait_for("the pause", || {
+    looper.wait("the pause", || {
         let s = looper.get("/status").body;
         s["autopoll"]["paused_until"].is_string().then_some(())
     });
@@ -146,7 +143,7 @@ fn a_persons_run_goes_through_and_success_ends_the_pause() {
         a.body
     );
     // (Autopoll's next run meets the limit again at once, so the log tells it, not /status.)
-    wait_for("the pause to end", || {
+    looper.wait("the pause to end", || {
         looper
             .server_log()
             .contains("codex.exec.autopoll.resume reason=run_succeeded")

@@ -1,4 +1,4 @@
-//! Black-box tests of a newcomer's and an operator's day (SPEC §11): autopoll starts runs
+//! Black-box tests of a newcomer's and an operator's day: autopoll starts runs
 //! only where someone said, the wrapper works from a run's own environment under a bare
 //! PATH, and what people type (`~`, `-h`) means what they expect.
 
@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{wait_for, Fixture};
+use common::Fixture;
 use serde_json::json;
 
 /// With no `LOOPER_WORKSPACE` and no history, autopoll starts nothing (the working
@@ -30,7 +30,7 @@ fn autopoll_starts_nothing_in_a_directory_nobody_named() {
             && log.contains("LOOPER_WORKSPACE"),
         "{log}"
     );
-    wait_for("ticks that start nothing", || {
+    looper.wait("ticks that start nothing", || {
         let skipped = looper.server_log().matches("reason=no_workspace").count();
         (skipped >= 10).then_some(())
     });
@@ -41,7 +41,7 @@ fn autopoll_starts_nothing_in_a_directory_nobody_named() {
     // A first trigger names the workspace; autopoll goes on there.
     let a = looper.run(json!({"codex_prompt": "first", "workspace": fx.path("ws")}));
     assert_eq!(a.status, 200, "{}", a.body);
-    let rec = wait_for("autopoll's own run", || looper.records().into_iter().nth(1));
+    let rec = looper.wait("autopoll's own run", || looper.records().into_iter().nth(1));
     assert_eq!(rec["cwd"], json!(fx.path("ws")));
     assert!(looper.server_log().contains("codex.exec.autopoll.start"));
 }
@@ -67,12 +67,7 @@ fn the_wrapper_works_from_a_run_under_a_bare_path() {
     )
     .unwrap();
     let zulip = common::FakeZulip::start();
-    let looper = fx.start_owned(&[
-        ("FAKE_CODEX", "record;sleep:600".into()),
-        ("ZULIP_SITE", zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "k".into()),
-    ]);
+    let looper = fx.start_owned(&zulip.env_with(&[("FAKE_CODEX", "record;sleep:600")]));
     let first = looper.run(json!({"codex_prompt": "first"}));
     assert_eq!(first.status, 200, "{}", first.body);
     let rec = looper.record_of(first.body["codex_exec_result"]["pid"].as_u64().unwrap());

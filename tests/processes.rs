@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{alive, pid_of, read, wait_for, Fixture, Launch};
+use common::{alive, pid_of, read, Fixture, Launch};
 use serde_json::json;
 use std::os::unix::process::ExitStatusExt;
 
@@ -14,7 +14,7 @@ fn log_path_of(answer: &common::Answer) -> String {
         .to_string()
 }
 
-/// The fake codex gets exactly the SPEC's argv, with an awkward prompt as one element, in
+/// The fake codex gets exactly the argv the README documents, with an awkward prompt as one element, in
 /// its own session, stdin from /dev/null, cwd = workspace, and LOOPER_RUN_ID/LOOPER_URL.
 #[test]
 fn spawns_the_exact_command_with_the_prompt_intact() {
@@ -88,13 +88,13 @@ fn spawns_the_exact_command_with_the_prompt_intact() {
         "# looper_request_id={request_id}\n# workspace={}\n# command={command}\n\n",
         ws.display()
     );
-    let text = wait_for("output in the run log", || {
+    let text = looper.wait("output in the run log", || {
         let t = read(&log_path);
         t.contains("first line from codex").then_some(t)
     });
     assert!(text.starts_with(&header), "{text}");
     // Mirrored into the server log, as a line of its own.
-    wait_for("the mirrored line", || {
+    looper.wait("the mirrored line", || {
         looper
             .server_log()
             .lines()
@@ -458,7 +458,7 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(a.status, 200, "{}", a.body);
     looper.record_of(pid_of(&a));
     looper.signal(libc::SIGTERM);
-    wait_for("the shutdown to begin", || {
+    looper.wait("the shutdown to begin", || {
         looper
             .server_log()
             .contains("server.stop.start")

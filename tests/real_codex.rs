@@ -1,4 +1,4 @@
-//! The real-codex suite (SPEC §10): the real `looper` binary drives the real Codex CLI
+//! The real-codex suite: the real `looper` binary drives the real Codex CLI
 //! (`@openai/codex`, found through `LOOPER_REAL_CODEX`), which talks to our stand-in model
 //! server (`examples/fake_model.rs`) on 127.0.0.1 with a `CODEX_HOME` that sends nothing
 //! anywhere else, in a git workspace, inside codex's default `workspace-write` sandbox (no
@@ -228,7 +228,7 @@ fn describe(tree: &[(u64, String)]) -> String {
 
 /// The newest run in the history other than `not`.
 fn newest_run_besides(looper: &Looper, not: &str) -> Value {
-    wait_for("a newer run", || {
+    looper.wait("a newer run", || {
         let runs = looper.get("/runs").body;
         let first = runs["runs"].as_array()?.first()?.clone();
         (first["run_id"] != not).then_some(first)
@@ -276,11 +276,7 @@ fn replaces_a_run_whose_tool_command_sleeps() {
 fn the_loop_goes_on_through_looper_trigger_in_the_sandbox() {
     let w = World::new("rc-trigger", &[]);
     let zulip = FakeZulip::start();
-    let looper = w.start(&[
-        ("ZULIP_SITE", zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "k".into()),
-    ]);
+    let looper = w.start(&zulip.env());
     let prompt = r#"RUN: "$LOOPER_BIN" trigger --message 'next run please' --prompt 'RUN: echo second-run-ok'"#;
     let first = looper.run(json!({"codex_prompt": prompt}));
     assert_eq!(first.status, 200, "{}\n{}", first.body, looper.tail());
@@ -353,7 +349,7 @@ fn a_handoff_inside_the_startup_check_proceeds() {
     });
     // The agent's request reaches the inbox while the first /run still waits out its check.
     let done = w.ws().join(".looper/inbox/done");
-    wait_for("the hand-off in the inbox", || {
+    looper.wait("the hand-off in the inbox", || {
         std::fs::read_dir(&done).ok()?.next().map(|_| ())
     });
     assert!(
@@ -385,12 +381,7 @@ fn a_non_git_workspace_is_refused_before_any_effect() {
     let plain = w.fx.path("plain");
     std::fs::create_dir_all(&plain).unwrap();
     let zulip = FakeZulip::start();
-    let zulip_env = [
-        ("ZULIP_SITE", zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "k".into()),
-    ];
-    let looper = w.start(&zulip_env);
+    let looper = w.start(&zulip.env());
     let live = looper.run(json!({"codex_prompt": "RUN: sleep 300"}));
     assert_eq!(live.status, 200, "{}", live.body);
     let tree = tree_running(pid_of(&live), "sleep");
@@ -405,9 +396,7 @@ fn a_non_git_workspace_is_refused_before_any_effect() {
     );
     drop(looper);
 
-    let mut env = zulip_env.to_vec();
-    env.push(("LOOPER_REQUIRE_GIT", "0".into()));
-    let looper = w.start(&env);
+    let looper = w.start(&zulip.env_with(&[("LOOPER_REQUIRE_GIT", "0")]));
     let a = looper.run(json!({"codex_prompt": "RUN: echo x", "workspace": plain,
                               "codex_exec_startup_check_seconds": 5}));
     assert_eq!(a.status, 500, "{}", a.body);
@@ -464,7 +453,7 @@ fn the_usage_limit_pauses_the_loop() {
         ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
         ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
     ]);
-    let status = wait_for("the pause", || {
+    let status = looper.wait("the pause", || {
         let s = looper.get("/status").body;
         s["autopoll"]["paused_until"].is_string().then_some(s)
     });

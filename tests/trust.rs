@@ -22,14 +22,8 @@ fn evil_script(path: &Path, marker: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn zulip_env(zulip: &FakeZulip) -> Vec<(&'static str, String)> {
-    vec![
-        ("ZULIP_SITE", zulip.site()),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", "zulip-secret-key".into()),
-        ("FAKE_CODEX", "record;sleep:600".into()),
-    ]
-}
+/// The fake codex of most tests here: a run that records itself and lives on.
+const SLEEPING_CODEX: (&str, &str) = ("FAKE_CODEX", "record;sleep:600");
 
 /// Another git repository beside the workspace, for runs that would escape to it.
 fn other_repo(fx: &Fixture) -> PathBuf {
@@ -90,7 +84,7 @@ fn first_run(looper: &Looper) -> (u64, String) {
 fn an_inbox_request_is_only_a_handoff() {
     let fx = Fixture::new("inbox-ring");
     let zulip = FakeZulip::start();
-    let looper = fx.start_owned(&zulip_env(&zulip));
+    let looper = fx.start_owned(&zulip.env_with(&[SLEEPING_CODEX]));
     let (pid, run_id) = first_run(&looper);
     let inbox = fx.path("ws/.looper/inbox");
     let marker = fx.path("evil-ran");
@@ -222,8 +216,7 @@ fn a_run_over_http_tries(operator_token_on_disk: bool) {
 fn a_runs_handoff_goes_through_and_its_text_is_tamed() {
     let fx = Fixture::new("http-handoff");
     let zulip = FakeZulip::start();
-    let mut env = zulip_env(&zulip);
-    env.push(("LOOPER_API_TOKEN", OPERATOR_TOKEN.into()));
+    let mut env = zulip.env_with(&[("LOOPER_API_TOKEN", OPERATOR_TOKEN)]);
     let long = "x".repeat(5000);
     let body = json!({
         "zulip_message": format!("done @**all** {long}"),
@@ -239,14 +232,14 @@ fn a_runs_handoff_goes_through_and_its_text_is_tamed() {
     let a = looper.run_as(OPERATOR_TOKEN, json!({"codex_prompt": "first"}));
     assert_eq!(a.status, 200, "{}", a.body);
     // The caller is stopped with the run it replaces; the next run is what tells.
-    wait_for("the handed-off run", || {
+    looper.wait("the handed-off run", || {
         looper
             .records()
             .iter()
             .any(|r| r["argv"].as_array().and_then(|a| a.last()) == Some(&json!("second")))
             .then_some(())
     });
-    wait_for("the announcement", || {
+    looper.wait("the announcement", || {
         (zulip.messages().len() == 2).then_some(())
     });
     assert!(
@@ -281,7 +274,7 @@ fn a_runs_handoff_goes_through_and_its_text_is_tamed() {
 fn links_in_the_workspace_redirect_nothing() {
     let fx = Fixture::new("links");
     let zulip = FakeZulip::start();
-    let looper = fx.start_owned(&zulip_env(&zulip));
+    let looper = fx.start_owned(&zulip.env_with(&[SLEEPING_CODEX]));
     let keys = victim_dir(&fx, "home-ssh");
     let src = victim_dir(&fx, "home-proj-src");
     let bashrc = fx.path("home-bashrc");
@@ -304,7 +297,7 @@ fn links_in_the_workspace_redirect_nothing() {
         "a.json",
         r#"{"zulip_message":"m","codex_prompt":""}"#,
     );
-    wait_for("the answer to replace the planted link", || {
+    looper.wait("the answer to replace the planted link", || {
         std::fs::symlink_metadata(inbox.join("done/a.answer.json"))
             .ok()
             .filter(|m| m.is_file())
@@ -328,7 +321,7 @@ fn links_in_the_workspace_redirect_nothing() {
     std::fs::rename(&inbox, fx.path("ws/.looper/inbox-real")).unwrap();
     std::os::unix::fs::symlink(&src, &inbox).unwrap();
     let real = fx.path("ws/.looper/inbox-real");
-    wait_for("the key-named file to be taken from the real inbox", || {
+    looper.wait("the key-named file to be taken from the real inbox", || {
         (!real.join("authorized_keys").exists()).then_some(())
     });
     // And for the next spawn: a .gitignore pointing at ~/.profile.
@@ -353,7 +346,7 @@ fn links_in_the_workspace_redirect_nothing() {
         "late.json",
         r#"{"zulip_message":"m","codex_prompt":""}"#,
     );
-    wait_for("the request in the held inbox to be taken", || {
+    looper.wait("the request in the held inbox to be taken", || {
         (!real.join("late.json").exists()).then_some(())
     });
 
@@ -406,12 +399,11 @@ fn a_linked_inbox_is_refused_before_it_is_used() {
 fn looper_keeps_its_own_files_out_of_the_workspace() {
     let fx = Fixture::new("own-files");
     let zulip = FakeZulip::start();
-    let mut env = zulip_env(&zulip);
-    env.push((
-        "CODEX_EXEC_LOG_DIR",
-        fx.path("ws/logs").to_string_lossy().into(),
-    ));
-    let looper = fx.start_owned(&env);
+    let logs_in_ws = fx.path("ws/logs");
+    let looper = fx.start_owned(&zulip.env_with(&[
+        SLEEPING_CODEX,
+        ("CODEX_EXEC_LOG_DIR", &logs_in_ws.to_string_lossy()),
+    ]));
     let a = looper.run(json!({"codex_prompt": "x"}));
     assert_eq!(a.status, 400, "{}", a.body);
     assert!(
@@ -488,7 +480,7 @@ fn a_linked_workspace_is_named_as_what_it_is() {
 fn a_web_page_can_make_looper_do_nothing() {
     let fx = Fixture::new("browser");
     let zulip = FakeZulip::start();
-    let looper = fx.start_owned(&zulip_env(&zulip));
+    let looper = fx.start_owned(&zulip.env_with(&[SLEEPING_CODEX]));
     let (pid, run_id) = first_run(&looper);
     let announced = zulip.messages().len();
     let marker = fx.path("env-ran");
@@ -593,9 +585,8 @@ fn a_web_page_can_make_looper_do_nothing() {
     assert_eq!(mine.status, 200, "{}", mine.body);
     // A name the operator allows.
     drop(looper);
-    let mut env = zulip_env(&zulip);
-    env.push(("LOOPER_ALLOWED_HOSTS", "devbox".into()));
-    let looper = fx.start_owned(&env);
+    let looper =
+        fx.start_owned(&zulip.env_with(&[SLEEPING_CODEX, ("LOOPER_ALLOWED_HOSTS", "devbox")]));
     let (status, body) = exchange(
         &looper,
         "GET /status HTTP/1.1\r\nHost: devbox:3456\r\nConnection: close\r\n\r\n",
@@ -606,7 +597,7 @@ fn a_web_page_can_make_looper_do_nothing() {
 /// One raw request on a connection of its own: the status and the body.
 fn exchange(looper: &Looper, request: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", looper.port)).unwrap();
+    let mut c = looper.raw();
     c.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     let _ = c.read_to_string(&mut answer);
@@ -799,7 +790,7 @@ fn a_process_that_left_the_session_and_environment_is_stopped() {
     }
     let b = looper.run(json!({"codex_prompt": ""}));
     assert_eq!(b.status, 200, "{}", b.body);
-    wait_for("the escaped process to be gone", || {
+    looper.wait("the escaped process to be gone", || {
         (!alive(escaped)).then_some(())
     });
     let killed = b.body["killed_codex_exec_pids"].as_array().unwrap();

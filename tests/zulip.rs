@@ -7,8 +7,6 @@ mod common;
 use common::{alive, FakeZulip, Fixture};
 use serde_json::json;
 
-const KEY: &str = "zk-0123456789abcdef-secret";
-
 fn basic(email: &str, key: &str) -> String {
     format!(
         "Basic {}",
@@ -16,12 +14,9 @@ fn basic(email: &str, key: &str) -> String {
     )
 }
 
+/// [`FakeZulip::env`] with the site as people paste it, ending in `/api/`.
 fn env_creds(z: &FakeZulip) -> Vec<(&'static str, String)> {
-    vec![
-        ("ZULIP_SITE", format!("{}/api/", z.site())),
-        ("ZULIP_BOT_EMAIL", "bot@example.com".into()),
-        ("ZULIP_BOT_API_KEY", KEY.into()),
-    ]
+    z.env_with(&[("ZULIP_SITE", &format!("{}/api/", z.site()))])
 }
 
 /// A stream message: form fields, Basic auth and the `zulip_output` line.
@@ -46,15 +41,15 @@ fn stream_messages_go_out_as_zulip_expects() {
     assert_eq!(m.url, "/api/v1/messages");
     assert_eq!(
         m.header("Authorization"),
-        Some(basic("bot@example.com", KEY).as_str())
+        Some(basic(FakeZulip::EMAIL, FakeZulip::KEY).as_str())
     );
     let form = m.form();
     assert_eq!(form["type"], "stream");
     assert_eq!(form["to"], "ops room");
     assert_eq!(form["topic"], "looper");
     assert_eq!(form["content"], "Looper: fresh run & more");
-    assert!(!looper.stderr().contains(KEY));
-    assert!(!a.body.to_string().contains(KEY));
+    assert!(!looper.stderr().contains(FakeZulip::KEY));
+    assert!(!a.body.to_string().contains(FakeZulip::KEY));
 }
 
 /// Private messages: an email, an id slug and a full name looked up through /users.
@@ -162,7 +157,7 @@ fn a_failing_zulip_stops_nothing() {
     z.push(401, &[], "not json at all");
     let a = looper.run(json!({"codex_prompt": "next"}));
     assert_eq!(a.status, 502, "{}", a.body);
-    assert!(!a.body.to_string().contains(KEY));
+    assert!(!a.body.to_string().contains(FakeZulip::KEY));
     assert!(alive(pid));
 
     let before = z.messages().len();
@@ -175,7 +170,7 @@ fn a_failing_zulip_stops_nothing() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(z.messages().len(), before + 2, "one retry after a 429");
     assert!(!alive(pid), "the successful run stopped the live one");
-    assert!(!looper.stderr().contains(KEY));
+    assert!(!looper.stderr().contains(FakeZulip::KEY));
 }
 
 /// `zulip_script_path` runs the user's program with the message as its one argument.

@@ -266,20 +266,28 @@ impl Fixture {
             rec_dir: self.path("rec"),
             codex_name: self.codex_name.clone(),
         };
-        looper.port = wait_for("server.start in the log", || {
-            if let Some(status) = looper
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("looper exited at start ({status}):\n{}", looper.tail());
+        let pid = u64::from(looper.pid());
+        // `None` once it has exited (a zombie until reaped below, so the pid stays its own).
+        let port = looper.wait("server.start in the log", || {
+            if !alive(pid) {
+                return Some(None);
             }
             let text = looper.log_text();
             let line = text.lines().find(|l| l.contains(" server.start "))?;
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix("port="))
                 .and_then(|p| p.parse().ok())
+                .map(Some)
         });
+        match port {
+            Some(port) => looper.port = port,
+            None => {
+                // Taken out, so that the drop does not signal a pid no longer ours.
+                let status = looper.child.take().and_then(|mut c| c.wait().ok());
+                let status = status.map(|s| s.to_string()).unwrap_or_default();
+                panic!("looper exited at start ({status}):\n{}", looper.tail());
+            }
+        }
         looper
     }
 
@@ -396,6 +404,12 @@ impl Looper {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// A raw TCP connection to this Looper, for requests an HTTP client would not send.
+    pub fn raw(&self) -> std::net::TcpStream {
+        std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("connect to looper: {e}\n{}", self.tail()))
     }
 
     /// What Looper wrote to stderr (nothing read yet while it is stalled).
@@ -588,9 +602,10 @@ impl Looper {
 
     /// Waits for Looper to exit; its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
-        let child = self.child.as_mut()?;
-        let status = wait_for("looper to exit", || child.try_wait().ok().flatten());
-        self.child = None;
+        let pid = u64::from(self.child.as_ref()?.id());
+        // Until reaped it is a zombie: the pid stays its own, and `wait` returns at once.
+        self.wait("looper to exit", || (!alive(pid)).then_some(()));
+        let status = self.child.take()?.wait().expect("reap looper");
         status.code()
     }
 }
@@ -765,8 +780,32 @@ impl FakeZulip {
         }
     }
 
+    /// The bot's email in [`FakeZulip::env`] (the one `/api/v1/users/me` names).
+    pub const EMAIL: &'static str = "bot@example.com";
+
+    /// The API key in [`FakeZulip::env`]: distinctive, for asserting it is never shown.
+    pub const KEY: &'static str = "zk-0123456789abcdef-secret";
+
     pub fn site(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The Zulip variables that point Looper at this server: `ZULIP_SITE`,
+    /// `ZULIP_BOT_EMAIL` ([`FakeZulip::EMAIL`]) and `ZULIP_BOT_API_KEY` ([`FakeZulip::KEY`]).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        self.env_with(&[])
+    }
+
+    /// [`FakeZulip::env`] followed by `extra`; a later pair overrides an earlier one of the
+    /// same name, with [`Fixture::start_owned`] as with [`cli`].
+    pub fn env_with(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let triple = [
+            ("ZULIP_SITE", self.site()),
+            ("ZULIP_BOT_EMAIL", Self::EMAIL.to_string()),
+            ("ZULIP_BOT_API_KEY", Self::KEY.to_string()),
+        ];
+        let extra = extra.iter().map(|(k, v)| (*k, v.to_string()));
+        triple.into_iter().chain(extra).collect()
     }
 
     pub fn push(&self, status: u16, headers: &[(&str, &str)], body: &str) {
@@ -812,7 +851,7 @@ pub fn drop_request(inbox: &Path, name: &str, body: &str) {
 pub fn answer_of(looper: &Looper, inbox: &Path, name: &str) -> Value {
     let stem = name.strip_suffix(".json").unwrap_or(name);
     let path = inbox.join("done").join(format!("{stem}.answer.json"));
-    let text = wait_for(&format!("the answer to {name}"), || {
+    let text = looper.wait(&format!("the answer to {name}"), || {
         std::fs::read_to_string(&path).ok()
     });
     serde_json::from_str(&text)
