@@ -186,7 +186,7 @@ pub fn kill_and_remove(path: &Path) -> bool {
     while populated(path) && Instant::now() < deadline {
         if !killed {
             for pid in members(path) {
-                crate::procs::kill_member(pid, &name);
+                crate::signals::kill_member(pid, &name);
             }
         }
         std::thread::sleep(EMPTY_POLL);

@@ -37,10 +37,12 @@
 //!   their output. [`cgroup`]: a cgroup per run where one can be made.
 //! - [`policy`]: autopoll's rules (crash back-off, usage-limit pause), pure.
 //! - [`request`]: a `/run` body read and validated. [`history`]: `runs.jsonl`.
-//! - [`procs`]: `/proc` scanning, process trees, signals through pidfds; [`sockets`]: who
+//! - [`signals`]: signals that reach the right process (pidfds), one stop in progress, how a
+//!   child starts; [`procs`]: `/proc` scanning, matching, process trees; [`sockets`]: who
 //!   is at the other end of a loopback connection. [`tokens`]: secrets compared and made.
 //! - [`sys`]: safe wrappers around raw calls (sockets, inotify, eventfd, poll); it and
-//!   [`procs`] hold the crate's `unsafe`, each block with its `// SAFETY:`.
+//!   [`signals`] (and [`procs`]'s getuid) hold the crate's `unsafe`, each block with its
+//!   `// SAFETY:`.
 //! - [`logging`], [`error`], [`shutdown`], [`paths`], [`limits`] (codex's usage-limit
 //!   error), [`codex`] (the binary and its command line), [`metrics`] (the text format,
 //!   rendered from a snapshot).
@@ -69,6 +71,7 @@ pub mod registry;
 pub mod request;
 pub mod server;
 pub mod shutdown;
+pub mod signals;
 pub mod sockets;
 pub mod spawn;
 pub mod stop;

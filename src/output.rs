@@ -169,7 +169,7 @@ pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i3
     let sink = if mirror { crate::logging::sink() } else { None };
     let reader = sink.and_then(|s| File::open(log_path).ok().map(|f| (s, f)));
     if let Some((sink, mut file)) = reader {
-        let exit = crate::procs::Waiter::new(child.id() as i32);
+        let exit = crate::signals::Waiter::new(child.id() as i32);
         let mut lines = LineCarry { carry: Vec::new() };
         let mut buf = vec![0u8; MIRROR_CHUNK];
         let mut offset = from;

@@ -308,7 +308,7 @@ fn answer(
     request_id: &str,
     plan: &Plan,
     zulip_output: String,
-    stopped: &crate::procs::StopReport,
+    stopped: &crate::signals::StopReport,
     spawned: Option<&Spawned>,
 ) -> Value {
     let result = spawned.map(|s| {

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::history::{History, Row};
-use crate::procs::{ProcInfo, Process};
+use crate::procs::ProcInfo;
 use crate::request::Trigger;
 use crate::shutdown::Shutdown;
+use crate::signals::Process;
 
 /// Exits we remember for the startup check and stale hand-offs.
 const RECENT_EXITS: usize = 32;

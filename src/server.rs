@@ -13,7 +13,6 @@ use signal_hook::iterator::Signals;
 use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::logging::{self, Q};
-use crate::procs;
 use crate::registry::StopReason;
 
 /// What the watcher threads get, after the runs were stopped, to write their trailers.
@@ -121,7 +120,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         ))
     })?;
     let listener = Arc::new(listen(&socket_text(&cfg.host, cfg.port))?);
-    procs::ignore_file_size_signal();
+    crate::signals::ignore_file_size_signal();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
     let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
     // No other process of this user may read our memory or environment (the token, the

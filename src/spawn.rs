@@ -244,7 +244,7 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
             })
             .ok()
     });
-    procs::detach_on_spawn(&mut cmd, group.as_ref().map(|g| g.procs_fd()));
+    crate::signals::detach_on_spawn(&mut cmd, group.as_ref().map(|g| g.procs_fd()));
     let log = file.try_clone().map_err(|e| fail("log file", e))?;
     if app.shutdown().is_set() {
         return Err(ApiError::shutting_down());
@@ -304,7 +304,7 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
             // No thread to watch it: stop and reap it ourselves rather than leave an orphan
             // or a zombie. Its log keeps what it wrote, with a trailer. (The closure, and
             // the child in it, went down with the failed spawn: the pid is still unreaped.)
-            procs::kill_and_reap_child(pid);
+            crate::signals::kill_and_reap_child(pid);
             let _ = crate::logging::open_append(run.log_path)
                 .and_then(|mut f| f.write_all(output::trailer(-libc::SIGKILL).as_bytes()));
             app.registry().finish(run.run_id, -libc::SIGKILL, false);

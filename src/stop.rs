@@ -15,6 +15,7 @@ use crate::logging::Q;
 use crate::output;
 use crate::procs::{self, ProcInfo};
 use crate::registry::{Group, StopReason};
+use crate::signals;
 
 /// What one stop takes, decided once at its start: the names that count as codex, the
 /// scope, and with `LOOPER_STOP_SCOPE=workspace` the runs of that workspace (the history's
@@ -165,7 +166,7 @@ pub fn stop_runs(
     workspace: &Path,
     request_id: &str,
     reason: StopReason,
-) -> Result<procs::StopReport, ApiError> {
+) -> Result<signals::StopReport, ApiError> {
     let reach = Reach::new(app, binary, only_run_ids, workspace);
     let mut table = scan_or_refuse(procs::scan(procs::current_uid()))?;
     let mut targets = reach.select(&table);
@@ -185,13 +186,13 @@ pub fn stop_runs(
     // a process started meanwhile (a trap that spawns, a tool forking as it dies) carries
     // the same run id or descends from a target, and is stopped too.
     let deadline = Instant::now() + app.cfg().stop_grace;
-    let mut stop = procs::Stop::default();
+    let mut stop = signals::Stop::default();
     let mut stopped_ids: HashSet<String> = HashSet::new();
     loop {
         stopped_ids.extend(targets.iter().filter_map(|p| p.run_id.clone()));
         stop.terminate(&targets);
         let left = deadline.saturating_duration_since(Instant::now());
-        let all_gone = stop.wait(left.min(procs::RESCAN_EVERY));
+        let all_gone = stop.wait(left.min(signals::RESCAN_EVERY));
         if Instant::now() >= deadline {
             break;
         }

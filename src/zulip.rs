@@ -577,7 +577,7 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
-    crate::procs::default_signals_on_spawn(&mut cmd);
+    crate::signals::default_signals_on_spawn(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| ZulipError(format!("Zulip script {path} could not start: {e}")))?;
@@ -592,8 +592,8 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
     });
     // The child is reaped here and only here, after the wait: until then its pid (and
     // process group) cannot belong to anyone else, so the kill below hits only the script.
-    if !crate::procs::wait_gone(pid as i32, SCRIPT_TIMEOUT) {
-        crate::procs::signal_child_group(pid, libc::SIGKILL);
+    if !crate::signals::wait_gone(pid as i32, SCRIPT_TIMEOUT) {
+        crate::signals::signal_child_group(pid, libc::SIGKILL);
         let _ = child.wait();
         return Err(ZulipError(format!(
             "Zulip script {path} did not finish within {}s",
