@@ -138,9 +138,13 @@ fn a_flood_leaves_the_server_log_capped_and_rotated() {
     ]);
     let a = looper.run(json!({"codex_prompt": "flood"}));
     assert_eq!(a.status, 200, "{}", a.body);
-    looper.ended_row(a.body["run_id"].as_str().unwrap());
+    let run_id = common::run_id_of(&a);
+    looper.ended_row(&run_id);
     let log_dir = fx.path("logs");
     let file = |suffix: &str| log_dir.join(format!("looper-server.log{suffix}"));
+    // The log's writer may still be writing the flood out (and rotating, when the current
+    // file is missing for a moment): the run's exit line comes after all of it.
+    looper.log_with(&format!("codex.exec.exit request_id={run_id} "));
     for suffix in ["", ".1", ".2", ".3"] {
         let path = file(suffix);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

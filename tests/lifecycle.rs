@@ -89,7 +89,7 @@ fn autopoll_restarts_after_the_staleness_window() {
         gap.as_secs_f64() >= 0.9,
         "restarted {gap:?} after the last output"
     );
-    assert!(looper.server_log().contains("reason=recent_log"));
+    looper.log_with("reason=recent_log");
 }
 
 /// Autopoll never starts a run while `/run` holds the guard.
@@ -104,8 +104,8 @@ fn autopoll_waits_while_run_holds_the_guard() {
     ]);
     let a = looper.run(json!({"codex_prompt": "mine", "codex_exec_delay_seconds": 1.5}));
     assert_eq!(a.status, 200, "{}", a.body);
-    let log = looper.server_log();
     let rid = a.body["request_id"].as_str().unwrap();
+    let log = looper.log_with(&format!("run.success request_id={rid} "));
     let delay_at = log
         .find(&format!("run.step request_id={rid} action=delay"))
         .expect("delay line");
@@ -164,14 +164,10 @@ fn runs_outliving_a_killed_looper_get_their_rows_completed() {
         "nobody saw its exit: {row}"
     );
     assert!(row.get("stop_reason").is_none(), "{row}");
-    let log = second.server_log();
-    assert!(
-        log.contains(&format!(
-            "codex.exec.exit_unwatched run_id={}",
-            run_a.as_str().unwrap()
-        )),
-        "{log}"
-    );
+    second.log_with(&format!(
+        "codex.exec.exit_unwatched run_id={}",
+        run_a.as_str().unwrap()
+    ));
     let (run_b, pid_b) = start_run_then_kill_looper(&mut second);
 
     let third = fx.start(&[]);
@@ -241,9 +237,7 @@ fn a_torn_history_line_is_skipped() {
     )
     .unwrap();
     let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
-    assert!(looper
-        .server_log()
-        .contains("history.skipped_lines count=1"));
+    looper.log_with("history.skipped_lines count=1");
     assert_eq!(runs(&looper), vec![good.clone()]);
     let a = looper.run(json!({"codex_prompt": "after the tear"}));
     assert_eq!(a.status, 200, "{}", a.body);
@@ -284,7 +278,7 @@ fn a_hung_run_is_replaced() {
     assert_eq!(old["stop_reason"], json!("hung"));
     assert_eq!(old["return_code"], json!(-15));
     assert!(rows.iter().any(|r| r["trigger"] == json!("autopoll")));
-    assert!(looper.server_log().contains("codex.exec.autopoll.hung"));
+    looper.log_with("codex.exec.autopoll.hung");
 }
 
 /// A codex that fails at once is started only a few times, then autopoll backs off, shows
@@ -307,7 +301,13 @@ fn a_crash_loop_backs_off() {
     assert!(status["autopoll"]["consecutive_crashes"].as_u64().unwrap() >= 3);
     // The back-off (at least 10 s) holds further starts: watch 10 ticks skip for it.
     let starts = looper.records().len();
-    let skipped_before = looper.server_log().matches("reason=backoff").count();
+    // Counted in the log up to a request made after that (its line is logged at DEBUG, after
+    // every tick before it): the ten ticks watched all come later.
+    assert_eq!(looper.get("/mark-starts-counted").status, 404);
+    let skipped_before = looper
+        .log_with(" path=/mark-starts-counted ")
+        .matches("reason=backoff")
+        .count();
     looper.wait("ten ticks held back", || {
         let skipped = looper.server_log().matches("reason=backoff").count();
         (skipped >= skipped_before + 10).then_some(())

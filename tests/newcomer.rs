@@ -24,12 +24,8 @@ fn autopoll_starts_nothing_in_a_directory_nobody_named() {
         ("LOOPER_LOG_LEVEL", "DEBUG"),
         ("FAKE_CODEX", "record;exit:0"),
     ]);
-    let log = looper.server_log();
-    assert!(
-        log.contains("codex.exec.autopoll.waiting reason=no_workspace")
-            && log.contains("LOOPER_WORKSPACE"),
-        "{log}"
-    );
+    let log = looper.log_with("codex.exec.autopoll.waiting reason=no_workspace");
+    assert!(log.contains("LOOPER_WORKSPACE"), "{log}");
     looper.wait("ticks that start nothing", || {
         let skipped = looper.server_log().matches("reason=no_workspace").count();
         (skipped >= 10).then_some(())
@@ -43,7 +39,7 @@ fn autopoll_starts_nothing_in_a_directory_nobody_named() {
     assert_eq!(a.status, 200, "{}", a.body);
     let rec = looper.wait("autopoll's own run", || looper.records().into_iter().nth(1));
     assert_eq!(rec["cwd"], json!(fx.path("ws")));
-    assert!(looper.server_log().contains("codex.exec.autopoll.start"));
+    looper.log_with("codex.exec.autopoll.start");
 }
 
 /// The wrapper, run as the loop runs it — from a run's own environment, under systemd's
@@ -147,7 +143,8 @@ fn start_up_checks_what_it_can() {
         ("CODEX_EXEC_BINARY", "/nonexistent/codex"),
         ("LOOPER_PROMPT_FILE", "/nonexistent/prompt.md"),
     ]);
-    let log = looper.server_log();
+    // Logged after the missing codex.
+    let log = looper.log_with("config.prompt_file_unreadable");
     assert!(
         log.contains("config.codex_missing")
             && log.contains("CODEX_EXEC_BINARY=/nonexistent/codex"),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{alive, pid_of, read, Fixture, Launch};
+use common::{alive, pid_of, read, run_id_of, Fixture, Launch};
 use serde_json::json;
 use std::os::unix::process::ExitStatusExt;
 
@@ -111,7 +111,8 @@ fn spawns_the_exact_command_with_the_prompt_intact() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{path}");
     }
-    let log = looper.server_log();
+    // The request's end is logged after everything else it checks.
+    let log = looper.log_with(&format!("http.end request_id={request_id} "));
     for event in [
         "server.start",
         "http.start",
@@ -184,7 +185,7 @@ fn a_run_ignoring_sigterm_is_killed() {
     assert!(!alive(pid1));
     let text = looper.finished_log(&log_path_of(&first));
     assert!(text.ends_with("\n# codex_exec_return_code=-9\n"), "{text}");
-    assert!(looper.server_log().contains("process.kill.sigkill"));
+    looper.log_with("process.kill.sigkill");
 }
 
 /// A codex that fails at once is reported as `exited early` with its return code and output.
@@ -241,8 +242,9 @@ fn a_flood_of_output_is_copied_whole() {
     assert!(body
         .lines()
         .all(|l| l.len() == 99 && l.bytes().all(|b| b == b'x')));
-    // With the mirror off, none of it went to the server log.
-    assert!(!looper.server_log().contains(&"x".repeat(99)));
+    // With the mirror off, none of it went to the server log (before the run's exit).
+    let log = looper.log_with(&format!("codex.exec.exit request_id={} ", run_id_of(&a)));
+    assert!(!log.contains(&"x".repeat(99)));
 }
 
 /// SIGTERM stops the run Looper started, writes its trailer and exits 0.

@@ -423,8 +423,33 @@ impl Looper {
         }
     }
 
+    /// The server log file as it is now. Its lines are written by a thread of their own: a
+    /// line logged before an answer may reach the file just after it. To see a line, or to
+    /// see that one is absent, wait with [`Looper::log_with`] for it, or for a line logged
+    /// after it would have been.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.log_dir.join("looper-server.log")).unwrap_or_default()
+    }
+
+    /// The whole server log file once it holds `needle` (it may not exist yet). Its lines
+    /// keep their order: every line logged before `needle`'s is in the text returned.
+    pub fn log_with(&self, needle: &str) -> String {
+        self.wait_text(&format!("{needle:?} in the server log"), needle, || {
+            self.server_log()
+        })
+    }
+
+    /// [`Looper::log_with`] for stderr, which is written by a thread of its own too.
+    pub fn stderr_with(&self, needle: &str) -> String {
+        self.wait_text(&format!("{needle:?} on stderr"), needle, || self.stderr())
+    }
+
+    /// Waits until `read()` holds `needle`; that text.
+    fn wait_text(&self, what: &str, needle: &str, read: impl Fn() -> String) -> String {
+        self.wait(what, || {
+            let text = read();
+            text.contains(needle).then_some(text)
+        })
     }
 
     /// The server log as the test can read it: stderr, or the log file while stderr was
