@@ -511,6 +511,8 @@ fn git(workspace: &Path, args: &[&str]) -> Option<String> {
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
         let _ = (&mut stdout).take(GIT_OUTPUT).read_to_end(&mut out);
+        // The rest is drained, not read, so that git never blocks on a full pipe.
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         out
     });
     if !crate::signals::wait_gone(pid as i32, GIT_TIMEOUT) {
@@ -566,7 +568,13 @@ fn git_state(workspace: &Path, before: Option<String>) -> Git {
         let tracked = git(workspace, &["diff-index", "--name-only", "HEAD", "--"]);
         let untracked = git(
             workspace,
-            &["ls-files", "--others", "--exclude-standard", "--directory"],
+            &[
+                "ls-files",
+                "--others",
+                "--exclude-standard",
+                "--directory",
+                "--no-empty-directory",
+            ],
         );
         if let (Some(t), Some(u)) = (tracked, untracked) {
             state.dirty = Some(!t.is_empty() || !u.is_empty());

@@ -339,6 +339,14 @@ impl Watcher {
         let (pid, rid) = (child.id(), &self.run_id);
         // Read while codex starts up, before the agent can have changed anything.
         let start = app.cfg().report_sources.at_start(&self.workspace);
+        log::info!(
+            "run.start_state run_id={rid} head={} todo={}",
+            start.head.as_deref().unwrap_or("-"),
+            start
+                .todo
+                .map(|t| format!("{}/{}", t.open, t.open + t.done))
+                .unwrap_or_else(|| "-".into())
+        );
         app.registry().note_start(rid, start.clone());
         let mirror = app.cfg().mirror_output;
         let (return_code, bytes) =
