@@ -149,6 +149,34 @@ fn a_runs_row_says_what_it_did() {
         ),
         "{message}"
     );
+    let status = looper.get("/status").body;
+    assert_eq!(
+        status["todo"],
+        json!({"file": "TODO.md", "open": 2, "done": 2, "after_run": id}),
+        "{status}"
+    );
+    // And /metrics shows it.
+    let metrics = minreq::get(looper.url("/metrics"))
+        .send()
+        .expect("GET /metrics")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for line in [
+        format!(
+            "looper_tokens_total{{workspace=\"{}\"}} 11023",
+            ws.display()
+        ),
+        "looper_last_run_tokens 11023".to_string(),
+        "looper_todo_open_items 2".to_string(),
+        "looper_rate_limit_used_percent{window=\"primary\"} 12.5".to_string(),
+        "looper_runs_ended_total{outcome=\"handed_off\"} 0".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
     // The history file holds the same.
     let history = common::read(fx.path("logs/runs.jsonl"));
     let last: Value = history
