@@ -31,6 +31,15 @@
 //!   wrapper, from inside a run), and write the answer's status and body to
 //!   `$FAKE_CODEX_RECORD_DIR/post-<pid>-<n>.json`.
 //!
+//! - `turn:<message>`: end a turn as `codex exec` does: its header (with a `session id`)
+//!   on stderr, `user`, the prompt, `codex`, the message, `tokens used` and the count
+//!   (input − cached + output, with thousands separators), then the message on stdout; and,
+//!   unless `FAKE_CODEX_NO_SESSION` is set, its session file under `$CODEX_HOME` (default
+//!   `~/.codex`) with a `token_count` and a `task_complete` event. The usage is
+//!   `$FAKE_CODEX_USAGE` (`input,cached,output,reasoning`; default `12345,2000,678,0`);
+//! - `commit:<message>`: `git add -A` and `git commit` in the working directory;
+//! - `tick:<file>`: mark the first open `- [ ]` item of that file done.
+//!
 //! Without `FAKE_CODEX` it does `record;print:fake codex working;sleep:600`.
 
 // Helpers are left running on purpose: stopping them is Looper's job under test.
@@ -182,6 +191,24 @@ fn main() {
                     libc::close(2);
                 }
             }
+            "turn" => turn(&args, arg),
+            "commit" => {
+                let git = |a: &[&str]| {
+                    let ok = Command::new("git")
+                        .args(["-c", "user.name=fake", "-c", "user.email=fake@example.com"])
+                        .args(a)
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    assert!(ok, "fake codex: git {a:?} failed");
+                };
+                git(&["add", "-A"]);
+                git(&["commit", "-q", "-m", arg]);
+            }
+            "tick" => {
+                let text = std::fs::read_to_string(arg).expect("tick: read");
+                std::fs::write(arg, text.replacen("- [ ]", "- [x]", 1)).expect("tick: write");
+            }
             other => panic!("fake codex: unknown step {other:?}"),
         }
         let _ = std::io::stdout().flush();
@@ -264,4 +291,62 @@ fn record(args: &[String], helpers: &[u32]) {
     let tmp = format!("{dir}/.{pid}.tmp");
     std::fs::write(&tmp, value.to_string()).expect("write record");
     std::fs::rename(&tmp, format!("{dir}/{pid}.json")).expect("rename record");
+}
+
+/// `11023` as codex prints it: `11,023` (written apart from Looper's own formatting, which
+/// the tests check against this).
+fn thousands(n: u64) -> String {
+    match n {
+        0..=999 => n.to_string(),
+        _ => format!("{},{:03}", thousands(n / 1000), n % 1000),
+    }
+}
+
+/// Ends a turn the way `codex exec` does, in its output and its session file.
+fn turn(args: &[String], message: &str) {
+    let usage = std::env::var("FAKE_CODEX_USAGE").unwrap_or_else(|_| "12345,2000,678,0".into());
+    let n: Vec<u64> = usage
+        .split(',')
+        .map(|x| x.parse().expect("FAKE_CODEX_USAGE"))
+        .collect();
+    let (input, cached, output, reasoning) = (n[0], n[1], n[2], n[3]);
+    let now = chrono::Local::now();
+    let session_id = format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        std::process::id(),
+        now.timestamp_subsec_nanos()
+    );
+    let prompt = args.last().map(String::as_str).unwrap_or("");
+    eprintln!(
+        "OpenAI Codex v0.0.0 (fake)\n--------\nworkdir: .\nmodel: fake\nsession id: {session_id}\n--------\nuser\n{prompt}\n\ncodex\n{message}\ntokens used\n{}",
+        thousands(input - cached + output)
+    );
+    println!("{message}");
+    if std::env::var_os("FAKE_CODEX_NO_SESSION").is_some() {
+        return;
+    }
+    let home = std::env::var_os("CODEX_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".codex")))
+        .expect("CODEX_HOME or HOME");
+    let dir = home
+        .join("sessions")
+        .join(now.format("%Y/%m/%d").to_string());
+    std::fs::create_dir_all(&dir).expect("session dir");
+    let file = dir.join(format!(
+        "rollout-{}-{session_id}.jsonl",
+        now.format("%Y-%m-%dT%H-%M-%S")
+    ));
+    let token_count = serde_json::json!({"type": "event_msg", "payload": {
+        "type": "token_count",
+        "info": {"total_token_usage": {
+            "input_tokens": input, "cached_input_tokens": cached,
+            "output_tokens": output, "reasoning_output_tokens": reasoning,
+            "total_tokens": input + output}},
+        "rate_limits": {
+            "primary": {"used_percent": 12.5, "window_minutes": 300, "resets_at": 1_900_000_000},
+            "secondary": {"used_percent": 40.0, "window_minutes": 10080, "resets_at": 1_900_500_000}}}});
+    let done = serde_json::json!({"type": "event_msg", "payload": {
+        "type": "task_complete", "last_agent_message": message}});
+    std::fs::write(file, format!("{token_count}\n{done}\n")).expect("session file");
 }

@@ -1,6 +1,7 @@
-//! What Looper says on Zulip: a trigger's announcement (before anything is stopped), and
-//! after a run's end the news autopoll has (a crash loop, a usage-limit pause) and, with
-//! `LOOPER_NOTIFY_ON_EXIT`, every end.
+//! What Looper says on Zulip: a trigger's announcement (before anything is stopped; a
+//! hand-off's carries the summary of the run that asked for it), and after a run's end the
+//! news autopoll has (a crash loop, a usage-limit pause), the summary of a run after which
+//! nothing starts and, with `LOOPER_NOTIFY_ON_EXIT`, every end.
 
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use crate::logging::Q;
 use crate::output;
 use crate::policy::Verdict;
 use crate::registry::Ended;
+use crate::report;
 use crate::request::RunRequest;
 
 /// A trigger's announcement, before anything is stopped: its failure stops the request
@@ -20,12 +22,13 @@ pub fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String,
         .zulip_script_path
         .as_ref()
         .or(app.cfg().zulip_script.as_ref());
+    let text = match handoff_summary(app, req) {
+        Some(summary) => format!("{}\n{summary}", req.zulip_message),
+        None => req.zulip_message.clone(),
+    };
     let (via, outcome) = match script {
-        Some(script) => (
-            "script",
-            crate::zulip::run_script(script, &req.zulip_message),
-        ),
-        None => ("api", app.cfg().zulip.send(&req.zulip_message)),
+        Some(script) => ("script", crate::zulip::run_script(script, &text)),
+        None => ("api", app.cfg().zulip.send(&text)),
     };
     match outcome {
         Ok(output) => {
@@ -46,6 +49,31 @@ pub fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String,
             ))
         }
     }
+}
+
+/// The summary of the live run that hands off (`req.handed_off_by`), as it stands: the
+/// line under the caller's own first line. `None` with `LOOPER_RUN_REPORTS=0`.
+fn handoff_summary(app: &App, req: &RunRequest) -> Option<String> {
+    if !app.cfg().run_reports {
+        return None;
+    }
+    let run_id = req.handed_off_by.as_deref()?;
+    let live = app
+        .registry()
+        .live()
+        .into_iter()
+        .find(|r| r.run_id == run_id)?;
+    let start = app.registry().start_of(run_id).unwrap_or_default();
+    let output = report::Output::read(&live.log_path, 0);
+    let now = app
+        .cfg()
+        .report_sources
+        .report(&live.workspace, &output, &start);
+    let seconds = live.started.elapsed().as_secs_f64();
+    Some(format!(
+        "↳ {}",
+        report::summary(run_id, "handed_off", seconds, &now)
+    ))
 }
 
 /// After a run ended: announce a new usage-limit pause and a new crash-loop back-off once,
@@ -91,14 +119,37 @@ pub fn after_end(
             last_line()
         ));
     }
+    let row = &done.row;
+    let summary = || {
+        let mut text = report::summary(
+            &row.run_id,
+            row.outcome.as_deref().unwrap_or("ended"),
+            row.duration_seconds.unwrap_or(0.0),
+            &row.report,
+        );
+        if let Some(m) = &row.report.last_message {
+            text.push_str(&format!(". Last message: {}", report::opening(m, 200)));
+        }
+        text
+    };
     if app.cfg().notify_on_exit {
-        messages.push(format!(
+        let mut text = format!(
             "Looper: run {} ended with rc={} after {:.1} s. Last line: {}",
-            done.row.run_id,
-            done.row.return_code.unwrap_or(0),
-            done.row.duration_seconds.unwrap_or(0.0),
+            row.run_id,
+            row.return_code.unwrap_or(0),
+            row.duration_seconds.unwrap_or(0.0),
             last_line()
-        ));
+        );
+        if app.cfg().run_reports {
+            text.push_str(&format!("\n{}", summary()));
+        }
+        messages.push(text);
+    } else if app.cfg().run_reports && nothing_follows(done, verdict, app.cfg().autopoll) {
+        match messages.first_mut() {
+            // The pause or the back-off says why nothing follows: the summary goes with it.
+            Some(first) => first.push_str(&format!("\n{}", summary())),
+            None => messages.push(format!("Looper: {}", summary())),
+        }
     }
     for m in messages {
         match app.cfg().zulip.send(&m) {
@@ -114,4 +165,17 @@ pub fn after_end(
             ),
         }
     }
+}
+
+/// Whether the run gets a summary of its own: nothing follows it by itself (it was not
+/// replaced by its own hand-off, another trigger or the hung-run check), and it is no crash
+/// that autopoll retries (with autopoll on); a crash loop is said once, when its back-off starts.
+fn nothing_follows(done: &Ended, verdict: &Verdict, autopoll: bool) -> bool {
+    use crate::registry::StopReason;
+    let replaced = matches!(
+        done.reason,
+        Some(StopReason::HandedOff | StopReason::Replaced | StopReason::Hung)
+    );
+    let retried = autopoll && verdict.crash && !matches!(verdict.backoff, Some((_, _, true)));
+    !replaced && !retried
 }

@@ -373,6 +373,62 @@ fn metrics_snapshot(app: &App) -> crate::metrics::Snapshot {
             .paused_until
             .filter(|t| *t > chrono::Local::now())
             .map(|t| t.timestamp()),
+        ..run_figures(app)
+    }
+}
+
+/// The figures `/metrics` takes from the runs' history rows: tokens by workspace, the
+/// newest run's tokens and TODO count, the newest rate limits.
+fn run_figures(app: &App) -> crate::metrics::Snapshot {
+    let rows = app.history().newest(crate::history::MAX_ROWS);
+    let mut by_workspace: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in &rows {
+        if let Some(t) = &r.report.tokens {
+            *by_workspace
+                .entry(r.workspace.to_string_lossy().into_owned())
+                .or_default() += t.used;
+        }
+    }
+    let ended = || rows.iter().filter(|r| r.ended_at.is_some());
+    let limits = ended().find_map(|r| r.report.rate_limits.clone());
+    crate::metrics::Snapshot {
+        started: Vec::new(),
+        ended: Vec::new(),
+        active: None,
+        crashes: 0,
+        backoff_seconds: 0.0,
+        paused_until: None,
+        tokens_by_workspace: by_workspace.into_iter().collect(),
+        last_run_tokens: ended()
+            .next()
+            .and_then(|r| r.report.tokens.as_ref().map(|t| t.used)),
+        todo_open: ended().find_map(|r| r.report.todo_after.map(|t| t.open)),
+        rate_limits: limits
+            .map(|l| {
+                [("primary", l.primary), ("secondary", l.secondary)]
+                    .into_iter()
+                    .filter_map(|(w, win)| Some((w, win?.used_percent)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The TODO list as the newest run that counted it left it (`null` without
+/// `LOOPER_TODO_FILE` or before a count).
+fn todo_status(app: &App) -> Value {
+    let file = app.cfg().report_sources.todo_file.as_ref();
+    let counted = file.and_then(|_| {
+        app.history()
+            .newest(crate::history::MAX_ROWS)
+            .into_iter()
+            .find_map(|r| Some((r.report.todo_after?, r.run_id)))
+    });
+    match (file, counted) {
+        (Some(file), Some((t, run_id))) => json!({
+            "file": file.to_string_lossy(), "open": t.open, "done": t.done, "after_run": run_id
+        }),
+        _ => Value::Null,
     }
 }
 
@@ -411,6 +467,7 @@ fn status(app: &App) -> Value {
         "run_in_progress": app.registry().guard_held(),
         "active": active,
         "last_exit": last_exit,
+        "todo": todo_status(app),
         "autopoll": {
             "enabled": app.cfg().autopoll,
             "interval_seconds": app.cfg().idle_poll.as_secs_f64(),

@@ -59,6 +59,10 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_HTTP_BODY_TIMEOUT_SECONDS",
     "LOOPER_HTTP_IDLE_TIMEOUT_SECONDS",
     "LOOPER_HTTP_LINGER_SECONDS",
+    "LOOPER_TODO_FILE",
+    "LOOPER_GIT_STATE",
+    "LOOPER_RUN_REPORTS",
+    "CODEX_HOME",
 ];
 
 /// Which live runs a trigger stops (`LOOPER_STOP_SCOPE`).
@@ -136,6 +140,11 @@ pub struct Config {
     /// (`LOOPER_ZULIP_SCRIPT`; a request's `zulip_script_path` wins, from the operator).
     pub zulip_script: Option<String>,
     pub zulip: Zulip,
+    /// Where a run's report is read from: the TODO file (`LOOPER_TODO_FILE`), git
+    /// (`LOOPER_GIT_STATE`), codex's session files (`CODEX_HOME`).
+    pub report_sources: crate::report::Sources,
+    /// Whether Zulip hears how runs ended (`LOOPER_RUN_REPORTS`).
+    pub run_reports: bool,
 }
 
 impl Config {
@@ -425,6 +434,25 @@ impl Config {
             ));
         }
         let zulip = Zulip::parse(env, zuliprc).map_err(ConfigError)?;
+        let todo_file = match v.get("LOOPER_TODO_FILE") {
+            None => None,
+            Some(name) if crate::report::valid_todo_name(name.as_ref()) => {
+                Some(PathBuf::from(name))
+            }
+            Some(name) => {
+                return Err(ConfigError(format!(
+                "LOOPER_TODO_FILE: {name:?} must be a path relative to the workspace, without '..'"
+            )))
+            }
+        };
+        let report_sources = crate::report::Sources {
+            todo_file,
+            git: v.flag("LOOPER_GIT_STATE", true)?,
+            codex_home: v
+                .get("CODEX_HOME")
+                .map(|p| absolute(cwd, home, p))
+                .or_else(|| home.map(|h| Path::new(h).join(".codex"))),
+        };
         Ok(Config {
             host,
             port,
@@ -476,6 +504,8 @@ impl Config {
                 .get("LOOPER_ZULIP_SCRIPT")
                 .map(|p| expand_home(p, home).to_string_lossy().into_owned()),
             zulip,
+            report_sources,
+            run_reports: v.flag("LOOPER_RUN_REPORTS", true)?,
         })
     }
 }

@@ -36,6 +36,13 @@ pub struct Row {
     /// Why Looper stopped it, when it did on its own (`hung`, `shutdown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// How it ended, as `/metrics` counts it (`ok`, `failed`, `handed_off`, `replaced`, …);
+    /// `null` while it runs.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// What it did (tokens, last message, git, TODO), once it ended; empty parts unknown.
+    #[serde(default, flatten)]
+    pub report: crate::report::Report,
 }
 
 /// A path as JSON text, whatever bytes it holds (JSON strings are UTF-8; a path need not be).
@@ -256,6 +263,8 @@ mod tests {
             return_code: rc,
             duration_seconds: rc.map(|_| 1.5),
             stop_reason: None,
+            outcome: None,
+            report: Default::default(),
         }
     }
 

@@ -68,6 +68,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod procs;
 pub mod registry;
+pub mod report;
 pub mod request;
 pub mod server;
 pub mod shutdown;

@@ -17,6 +17,21 @@ pub struct Snapshot {
     pub backoff_seconds: f64,
     /// While codex's usage limit pauses autopoll: when it resumes (Unix time).
     pub paused_until: Option<i64>,
+    /// Tokens the runs in the history recorded, by workspace.
+    pub tokens_by_workspace: Vec<(String, u64)>,
+    /// The newest ended run's tokens, where recorded.
+    pub last_run_tokens: Option<u64>,
+    /// Open items of the TODO list at the newest run's end, where counted.
+    pub todo_open: Option<u64>,
+    /// The account's rate-limit use as codex last reported it: (`primary`/`secondary`, %).
+    pub rate_limits: Vec<(&'static str, f64)>,
+}
+
+/// A label value in the text format: `\`, `"` and line breaks escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One metric: its help, type and samples.
@@ -99,6 +114,46 @@ pub fn render(snap: &Snapshot) -> String {
         "looper_usage_limit_until_seconds",
         "While codex's usage limit pauses autopoll: when it resumes (Unix time); else 0.",
         snap.paused_until.map_or(0.0, |t| t as f64),
+    );
+    let tokens: Vec<(String, f64)> = snap
+        .tokens_by_workspace
+        .iter()
+        .map(|(w, n)| (format!("{{workspace=\"{}\"}}", label_value(w)), *n as f64))
+        .collect();
+    family(
+        &mut out,
+        "looper_tokens_total",
+        "counter",
+        "Tokens the runs in the history used, as codex counts them, by workspace.",
+        &tokens,
+    );
+    let optional = |out: &mut String, name: &str, help: &str, value: Option<f64>| {
+        let samples: Vec<(String, f64)> = value.map(|v| (String::new(), v)).into_iter().collect();
+        family(out, name, "gauge", help, &samples);
+    };
+    optional(
+        &mut out,
+        "looper_last_run_tokens",
+        "Tokens the newest ended run used (absent when it recorded none).",
+        snap.last_run_tokens.map(|n| n as f64),
+    );
+    optional(
+        &mut out,
+        "looper_todo_open_items",
+        "Open items of LOOPER_TODO_FILE at the newest run's end (absent when not counted).",
+        snap.todo_open.map(|n| n as f64),
+    );
+    let limits: Vec<(String, f64)> = snap
+        .rate_limits
+        .iter()
+        .map(|(w, p)| (format!("{{window=\"{w}\"}}"), *p))
+        .collect();
+    family(
+        &mut out,
+        "looper_rate_limit_used_percent",
+        "gauge",
+        "The account's rate-limit use codex last reported: primary (5 hours), secondary (a week).",
+        &limits,
     );
     out
 }

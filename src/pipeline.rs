@@ -188,6 +188,14 @@ pub fn submit(
             Q(&e.message)
         )
     })?;
+    req.handed_off_by = match caller {
+        Caller::Run {
+            run_id: Some(id), ..
+        } => Some(id.clone()),
+        Caller::Run { workspace, .. } => app.registry().live_in(workspace),
+        _ => None,
+    }
+    .or_else(|| req.from_run_id.clone());
     // A late call from an old run is refused as stale even while another run is being set
     // up, so that its caller learns why.
     let stale = || {
@@ -264,6 +272,9 @@ pub fn execute_replacing(
 
     refuse_after_shutdown(app)?;
     log::info!("run.step request_id={request_id} action=stop");
+    if let Some(run_id) = &req.handed_off_by {
+        app.registry().mark_handed_off(run_id);
+    }
     let stopped = stop_runs(
         app,
         plan.binary.as_ref().map(|b| b.0.as_path()),

@@ -66,6 +66,8 @@ pub struct Verdict {
     pub pause: Option<(DateTime<Local>, bool)>,
     /// A run exited 0 during a usage-limit pause: the pause is over.
     pub resumed: bool,
+    /// The run counted as a crash (a quick non-zero exit nobody asked for).
+    pub crash: bool,
 }
 
 /// Whether a tick may go on.
@@ -109,6 +111,7 @@ impl Policy {
         } else if quick && end.explained {
             // Stopped on purpose: says nothing about codex's health.
         } else if quick && end.return_code != 0 {
+            verdict.crash = true;
             self.crashes += 1;
             if self.crashes >= CRASH_LOOP_THRESHOLD {
                 let base = settings.idle_poll.max(MIN_BACKOFF);

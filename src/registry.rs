@@ -62,6 +62,8 @@ impl LiveRun {
             return_code: None,
             duration_seconds: None,
             stop_reason: None,
+            outcome: None,
+            report: Default::default(),
         }
     }
 
@@ -89,6 +91,8 @@ struct RunHandle {
     /// The thread that mirrors its output and records its end (it drops this handle as
     /// its last step).
     watcher: Option<JoinHandle<()>>,
+    /// HEAD and the TODO counts when it started, as its watcher read them.
+    start: Option<crate::report::Start>,
 }
 
 /// How a run ended.
@@ -103,7 +107,9 @@ pub struct Exit {
 /// Why Looper stopped one of its runs (the history row's `stop_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// A fresh run replaced it.
+    /// It asked for the next run (its hand-off), which replaced it: a success.
+    HandedOff,
+    /// A fresh run replaced it, asked for by someone else.
     Replaced,
     /// Its log stopped growing for `LOOPER_HUNG_RUN_SECONDS`.
     Hung,
@@ -117,7 +123,8 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    pub const ALL: [StopReason; 5] = [
+    pub const ALL: [StopReason; 6] = [
+        StopReason::HandedOff,
         StopReason::Replaced,
         StopReason::Hung,
         StopReason::External,
@@ -127,6 +134,7 @@ impl StopReason {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            StopReason::HandedOff => "handed_off",
             StopReason::Replaced => "replaced",
             StopReason::Hung => "hung",
             StopReason::Shutdown => "shutdown",
@@ -353,6 +361,7 @@ impl Registry {
                 process,
                 stop_reason: None,
                 watcher: None,
+                start: None,
             });
         }
         self.history.record(row);
@@ -373,6 +382,36 @@ impl Registry {
                 h.stop_reason.get_or_insert(reason);
             }
         }
+    }
+
+    /// Keeps what run `run_id`'s watcher read at its start.
+    pub fn note_start(&self, run_id: &str, start: crate::report::Start) {
+        if let Some(h) = self.runs().handle(run_id) {
+            h.start = Some(start);
+        }
+    }
+
+    /// What live run `run_id` started from, once its watcher read it.
+    pub fn start_of(&self, run_id: &str) -> Option<crate::report::Start> {
+        self.runs().handle(run_id).and_then(|h| h.start.clone())
+    }
+
+    /// Marks live run `run_id` as ending by its own hand-off, before the stop that ends it.
+    pub fn mark_handed_off(&self, run_id: &str) {
+        if let Some(h) = self.runs().handle(run_id) {
+            h.stop_reason.get_or_insert(StopReason::HandedOff);
+        }
+    }
+
+    /// The newest live run in `workspace` (canonical), for an inbox file, which names only
+    /// its workspace.
+    pub fn live_in(&self, workspace: &Path) -> Option<String> {
+        self.runs()
+            .live
+            .iter()
+            .rev()
+            .find(|h| h.run.workspace.canonicalize().is_ok_and(|w| w == workspace))
+            .map(|h| h.run.run_id.clone())
     }
 
     /// Sends `sig` to run `run_id`'s own process; false when it is not live or gone.
@@ -415,6 +454,7 @@ impl Registry {
             return_code: Some(return_code),
             duration_seconds: Some(duration_seconds),
             stop_reason: reason.map(|r| r.as_str().to_string()),
+            outcome: Some(outcome.as_str().to_string()),
             ..run.row()
         };
         self.history.record(row.clone());
@@ -765,6 +805,13 @@ mod tests {
             r.finish("d", -15, false).unwrap().reason,
             Some(StopReason::Replaced)
         );
+        // Its own hand-off: the stop that follows does not make it "replaced".
+        r.register(live("f"), None);
+        r.mark_handed_off("f");
+        r.mark_stopping(&[live("f").pid as i32], StopReason::Replaced);
+        let f = r.finish("f", -15, false).unwrap();
+        assert_eq!(f.reason, Some(StopReason::HandedOff));
+        assert_eq!(f.row.outcome.as_deref(), Some("handed_off"));
         r.register(live("e"), None);
         assert_eq!(
             r.finish("e", 1, true).unwrap().reason,
@@ -777,7 +824,7 @@ mod tests {
             vec![
                 (Trigger::Http, 0),
                 (Trigger::Inbox, 0),
-                (Trigger::Autopoll, 5)
+                (Trigger::Autopoll, 6)
             ]
         );
         let count = |name: &str| ended.iter().find(|(o, _)| o.as_str() == name).unwrap().1;
@@ -788,11 +835,12 @@ mod tests {
                 count("external"),
                 count("replaced"),
                 count("usage_limit"),
-                count("hung")
+                count("hung"),
+                count("handed_off")
             ],
-            [1, 1, 1, 1, 1, 0]
+            [1, 1, 1, 1, 1, 0, 1]
         );
-        assert_eq!(ended.len(), 7);
+        assert_eq!(ended.len(), 8);
     }
 
     /// A hand-off from the run being set up waits for the guard and gets it before anyone

@@ -25,6 +25,10 @@ pub struct RunRequest {
     pub startup_check: Option<Duration>,
     pub zulip_script_path: Option<String>,
     pub from_run_id: Option<String>,
+    /// The run whose hand-off this is (the caller, when it is a run, or the `from_run_id`
+    /// it names): set by the pipeline, never read from the body. That run ends
+    /// `handed_off`, not `replaced`.
+    pub handed_off_by: Option<String>,
     /// Fields of the body Looper does not know (a typo such as `codex_promt`, or a wrapper's
     /// extras): said in the log and the answer.
     pub ignored_fields: Vec<String>,
@@ -151,6 +155,7 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
             .map(Duration::from_secs_f64),
         zulip_script_path: non_empty(string_field(&obj, "zulip_script_path")?),
         from_run_id: non_empty(string_field(&obj, "from_run_id")?),
+        handed_off_by: None,
         ignored_fields: obj
             .keys()
             .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))

@@ -294,6 +294,7 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
         log_path: run.log_path.to_path_buf(),
         output_start: run.output_start,
         group_path,
+        workspace: run.start.workspace.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("watch-{}", run.run_id))
@@ -327,6 +328,7 @@ struct Watcher {
     log_path: PathBuf,
     output_start: u64,
     group_path: Option<PathBuf>,
+    workspace: PathBuf,
 }
 
 impl Watcher {
@@ -335,6 +337,17 @@ impl Watcher {
     fn watch(self, mut child: Child, mut log: File) {
         let app = &self.app;
         let (pid, rid) = (child.id(), &self.run_id);
+        // Read while codex starts up, before the agent can have changed anything.
+        let start = app.cfg().report_sources.at_start(&self.workspace);
+        log::info!(
+            "run.start_state run_id={rid} head={} todo={}",
+            start.head.as_deref().unwrap_or("-"),
+            start
+                .todo
+                .map(|t| format!("{}/{}", t.open, t.open + t.done))
+                .unwrap_or_else(|| "-".into())
+        );
+        app.registry().note_start(rid, start.clone());
         let mirror = app.cfg().mirror_output;
         let (return_code, bytes) =
             output::watch(&mut child, &self.log_path, self.output_start, mirror);
@@ -360,7 +373,11 @@ impl Watcher {
                 crate::limits::detect(&tail, chrono::Local::now())
             })
             .flatten();
-        if let Some((ended, verdict)) = record_end(app, rid, return_code, limit.clone()) {
+        if let Some((mut ended, verdict)) = record_end(app, rid, return_code, limit.clone()) {
+            // The end is recorded first (a hand-off waits for it); what the run did, which
+            // asks git and reads files, completes the row after.
+            ended.row.report = self.report(&start);
+            app.history().record(ended.row.clone());
             crate::announce::after_end(
                 app,
                 &ended,
@@ -370,6 +387,20 @@ impl Watcher {
                 self.output_start,
             );
         }
+    }
+}
+
+impl Watcher {
+    /// What the run did, its last message kept beside its log.
+    fn report(&self, start: &crate::report::Start) -> crate::report::Report {
+        let output = crate::report::Output::read(&self.log_path, self.output_start);
+        let mut report = self
+            .app
+            .cfg()
+            .report_sources
+            .report(&self.workspace, &output, start);
+        crate::report::keep_last_message(&mut report, &self.log_path);
+        report
     }
 }
 

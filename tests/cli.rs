@@ -298,7 +298,7 @@ fn readme_and_parser_know_the_same_variables() {
     let readme = common::read(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
     let mut named = std::collections::BTreeSet::new();
     for word in readme.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        let var = ["LOOPER_", "CODEX_EXEC_", "ZULIP_", "ZULIPRC_"]
+        let var = ["LOOPER_", "CODEX_EXEC_", "CODEX_HOME", "ZULIP_", "ZULIPRC_"]
             .iter()
             .any(|p| word.starts_with(p));
         if var

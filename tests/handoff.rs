@@ -98,10 +98,21 @@ fn an_inbox_request_from_the_active_run_replaces_it() {
         .iter()
         .map(|m| m.form()["content"].clone())
         .collect();
-    // The caller's words first, then which run handed off (a run's text is marked).
+    // The caller's words first, then which run handed off (a run's text is marked), then
+    // that run's summary as it stood.
+    let last = contents.last().cloned().unwrap_or_default();
+    let lines: Vec<&str> = last.lines().collect();
     assert_eq!(
-        contents.last().map(String::as_str),
-        Some(format!("handed off\n(hand-off from run {old_id})").as_str())
+        lines[..2],
+        [
+            "handed off",
+            format!("(hand-off from run {old_id})").as_str()
+        ],
+        "{last}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("↳ run {old_id} handed_off after ")),
+        "{last}"
     );
     let runs = looper.get("/runs").body;
     assert_eq!(runs["runs"][0]["trigger"], "inbox", "{runs}");

@@ -254,10 +254,14 @@ fn a_runs_handoff_goes_through_and_its_text_is_tamed() {
         "{} characters sent",
         sent.chars().count()
     );
+    // The mark, then the summary of the run that handed off.
+    let id = run_id_of(&a);
     assert!(
-        sent.ends_with(&format!("(hand-off from run {})", run_id_of(&a))),
-        "{:.60}",
-        &sent[sent.len() - 60..]
+        sent.contains(&format!(
+            "\n(hand-off from run {id})\n↳ run {id} handed_off after "
+        )),
+        "{}",
+        sent.lines().rev().take(2).collect::<Vec<_>>().join(" | ")
     );
 }
 

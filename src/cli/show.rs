@@ -89,6 +89,16 @@ pub fn describe_status(base: &str, s: &Value) -> String {
             text(&e["ended_at"])
         ));
     }
+    let t = &s["todo"];
+    if !t.is_null() {
+        lines.push(format!(
+            "TODO {}: {} open, {} done (after run {})",
+            text(&t["file"]),
+            text(&t["open"]),
+            text(&t["done"]),
+            text(&t["after_run"])
+        ));
+    }
     if s["run_in_progress"] == json!(true) {
         lines.push("a trigger is being set up right now".to_string());
     }
@@ -141,7 +151,9 @@ pub fn runs(r: &Runs, env: &HashMap<String, String>, out: &mut dyn Write) -> Res
 
 /// Runs as an aligned table.
 pub fn runs_table(rows: &[Value]) -> String {
-    let header = ["RUN", "TRIGGER", "PID", "STARTED", "RC", "SECONDS", "NOTE"];
+    let header = [
+        "RUN", "TRIGGER", "PID", "STARTED", "RC", "SECONDS", "TOKENS", "COMMITS", "NOTE",
+    ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in rows {
         let started = text(&r["started_at"]);
@@ -156,6 +168,8 @@ pub fn runs_table(rows: &[Value]) -> String {
                 (rc, _) => text(rc),
             },
             text(&r["duration_seconds"]),
+            text(&r["tokens"]["used"]),
+            text(&r["git"]["commits"]),
             r["stop_reason"].as_str().unwrap_or("").to_string(),
         ]);
     }
@@ -193,6 +207,7 @@ mod tests {
         let rows = vec![
             json!({"run_id":"abcd1234","trigger":"http","pid":42,"started_at":"2026-11-25T10:00:00+00:00","return_code":null,"duration_seconds":null}),
             json!({"run_id":"0000beef","trigger":"http","pid":41,"started_at":"2026-11-25T09:00:00+00:00","ended_at":"2026-11-25T09:30:00+00:00","return_code":null,"duration_seconds":1800.0}),
+            json!({"run_id":"feed0001","trigger":"inbox","pid":40,"started_at":"2026-11-25T08:00:00+00:00","ended_at":"2026-11-25T08:10:00+00:00","return_code":-15,"duration_seconds":600.0,"tokens":{"used":11023},"git":{"commits":2},"stop_reason":"handed_off"}),
         ];
         let t = runs_table(&rows);
         let lines: Vec<&str> = t.lines().collect();
@@ -202,6 +217,8 @@ mod tests {
             "{t}"
         );
         let unwatched: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(unwatched[4..], ["09:00:00", "?", "1800.0"], "{t}");
+        assert_eq!(unwatched[4..], ["09:00:00", "?", "1800.0", "-", "-"], "{t}");
+        let reported: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(reported[6..], ["600.0", "11023", "2", "handed_off"], "{t}");
     }
 }

@@ -844,6 +844,14 @@ impl FakeZulip {
         ));
     }
 
+    /// The text of every message received, oldest first.
+    pub fn contents(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .map(|m| m.form()["content"].clone())
+            .collect()
+    }
+
     pub fn messages(&self) -> Vec<Received> {
         self.received
             .lock()

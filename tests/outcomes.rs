@@ -1,0 +1,295 @@
+//! Black-box tests of what each run did: the tokens, the agent's last message, the commits
+//! and the TODO list's progress in its history row, and the one line a run on Zulip.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{run_id_of, FakeZulip, Fixture, Looper};
+use serde_json::{json, Value};
+
+/// Whether git can be run here (`cargo test` needs only the Rust toolchain).
+fn have_git() -> bool {
+    Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(o.status.success(), "git {args:?}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The row of `run_id` once its summary reached Zulip (the report is recorded before it is
+/// sent), and that message.
+fn reported(looper: &Looper, z: &FakeZulip, run_id: &str) -> (Value, String) {
+    let message = looper.wait(&format!("the summary of {run_id} on Zulip"), || {
+        z.contents()
+            .into_iter()
+            .find(|m| m.contains(&format!("run {run_id} ")))
+    });
+    let runs = looper.get("/runs").body;
+    let row = runs["runs"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["run_id"] == run_id).cloned())
+        .unwrap_or_else(|| panic!("no row for {run_id}: {runs}"));
+    (row, message)
+}
+
+/// A run that ticks a TODO item, commits and ends its turn: its row holds the tokens the
+/// model reported (as codex counts them, with the split and the rate limits from codex's
+/// session file), its last message (whole in its file), HEAD before and after with the
+/// commit and its shortstat, and the TODO counts at start and end; Zulip gets one line.
+#[test]
+fn a_runs_row_says_what_it_did() {
+    if !have_git() {
+        eprintln!("skipped: git is not installed here");
+        return;
+    }
+    let fx = Fixture::new("outcome");
+    let ws = fx.path("ws");
+    std::fs::remove_dir_all(ws.join(".git")).unwrap();
+    git(&ws, &["init", "-q"]);
+    std::fs::write(
+        ws.join("TODO.md"),
+        "# Plan\n- [x] zero\n- [ ] one\n  - [ ] one.a\n- [ ] two\n",
+    )
+    .unwrap();
+    git(&ws, &["add", "-A"]);
+    git(&ws, &["commit", "-q", "-m", "start"]);
+    let head_before = git(&ws, &["rev-parse", "HEAD"]);
+    // The agent writes `.git/config` too: a program it names there must not run as Looper
+    // (the agent's own git, inside the run, has LOOPER_RUN_ID and may run it).
+    let pwned = fx.path("pwned");
+    let hook = format!(
+        "[ -n \"$LOOPER_RUN_ID\" ] || touch {}; true",
+        pwned.display()
+    );
+    git(&ws, &["config", "core.fsmonitor", &hook]);
+    let z = FakeZulip::start();
+    let go = fx.path("go");
+    let script = format!(
+        "record;await:{};tick:TODO.md;commit:tick one;turn:Ticked the first item.;exit:0",
+        go.display()
+    );
+    let looper =
+        fx.start_owned(&z.env_with(&[("LOOPER_TODO_FILE", "TODO.md"), ("FAKE_CODEX", &script)]));
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+    let id = run_id_of(&a);
+    // Codex asks its model before it changes anything; the fake waits until Looper has
+    // read the start.
+    let read = format!("run.start_state run_id={id} head={head_before} todo=3/4");
+    looper.wait("Looper to read the run's start", || {
+        looper.server_log().contains(&read).then_some(())
+    });
+    std::fs::write(&go, "").unwrap();
+    let (row, message) = reported(&looper, &z, &id);
+    assert_eq!(row["outcome"], "ok", "{row}");
+    let t = &row["tokens"];
+    assert_eq!(t["used"], 12345 - 2000 + 678, "{row}");
+    assert_eq!(
+        [
+            &t["input"],
+            &t["cached_input"],
+            &t["output"],
+            &t["reasoning"]
+        ],
+        [&json!(12345), &json!(2000), &json!(678), &json!(0)],
+        "{row}"
+    );
+    assert_eq!(row["rate_limits"]["primary"]["used_percent"], 12.5, "{row}");
+    assert_eq!(
+        row["rate_limits"]["secondary"]["window_minutes"], 10080,
+        "{row}"
+    );
+    assert_eq!(row["last_message"], "Ticked the first item.", "{row}");
+    let kept = common::read(row["last_message_path"].as_str().expect("a path"));
+    assert_eq!(kept, "Ticked the first item.");
+    let g = &row["git"];
+    assert_eq!(g["head_before"], head_before.as_str(), "{row}");
+    assert_eq!(
+        g["head_after"],
+        git(&ws, &["rev-parse", "HEAD"]).as_str(),
+        "{row}"
+    );
+    assert_eq!(
+        [
+            &g["commits"],
+            &g["files_changed"],
+            &g["insertions"],
+            &g["deletions"]
+        ],
+        [&json!(1), &json!(1), &json!(1), &json!(1)],
+        "{row}"
+    );
+    assert_eq!(g["dirty"], false, "{row}");
+    assert!(
+        !pwned.exists(),
+        "git ran the workspace's core.fsmonitor as Looper"
+    );
+    assert_eq!(row["todo_before"], json!({"open": 3, "done": 1}), "{row}");
+    assert_eq!(row["todo_after"], json!({"open": 2, "done": 2}), "{row}");
+    // Nothing followed it: a message of its own, the summary and the last message.
+    assert!(
+        message.starts_with(&format!("Looper: run {id} ok after ")),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            ", 11,023 tokens, 1 commit, TODO 3 → 2 open. Last message: Ticked the first item."
+        ),
+        "{message}"
+    );
+    let status = looper.get("/status").body;
+    assert_eq!(
+        status["todo"],
+        json!({"file": "TODO.md", "open": 2, "done": 2, "after_run": id}),
+        "{status}"
+    );
+    // And /metrics shows it.
+    let metrics = minreq::get(looper.url("/metrics"))
+        .send()
+        .expect("GET /metrics")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for line in [
+        format!(
+            "looper_tokens_total{{workspace=\"{}\"}} 11023",
+            ws.display()
+        ),
+        "looper_last_run_tokens 11023".to_string(),
+        "looper_todo_open_items 2".to_string(),
+        "looper_rate_limit_used_percent{window=\"primary\"} 12.5".to_string(),
+        "looper_runs_ended_total{outcome=\"handed_off\"} 0".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    // The history file holds the same.
+    let history = common::read(fx.path("logs/runs.jsonl"));
+    let last: Value = history
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|r| r["run_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(last["tokens"], row["tokens"]);
+}
+
+/// Whatever is missing or hostile leaves the run working and the fields empty: no tokens
+/// line, no session file, no git asked, a TODO file that is a link out of the workspace, a
+/// FIFO, binary or missing; a session id printed after the header counts for nothing.
+#[test]
+fn what_cannot_be_read_stays_empty() {
+    let fx = Fixture::new("outcome-empty");
+    let ws = fx.path("ws");
+    std::fs::write(fx.path("secret.md"), "- [ ] outside\n").unwrap();
+    std::os::unix::fs::symlink(fx.path("secret.md"), ws.join("link.md")).unwrap();
+    std::fs::write(ws.join("binary.md"), b"- [ ] a\0\xff\n").unwrap();
+    let fifo = Command::new("mkfifo")
+        .arg(ws.join("fifo.md"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let z = FakeZulip::start();
+    let cases = [
+        ("link.md", "record;print:no codex lines at all;exit:0"),
+        (
+            "fifo.md",
+            "record;stderr:codex;stderr:tokens used;stderr:999;exit:0",
+        ),
+        (
+            "binary.md",
+            "record;print:user;print:session id: 00000000-0000-4000-8000-000000000000;exit:0",
+        ),
+        ("missing.md", "record;exit:0"),
+    ];
+    for (todo, script) in cases {
+        let looper = fx.start_owned(&z.env_with(&[
+            ("LOOPER_TODO_FILE", todo),
+            ("LOOPER_GIT_STATE", "0"),
+            ("FAKE_CODEX", script),
+        ]));
+        let a = looper.run(json!({"codex_prompt": "work"}));
+        assert_eq!(a.status, 200, "{todo}: {}\n{}", a.body, looper.tail());
+        let id = run_id_of(&a);
+        let (row, _) = reported(&looper, &z, &id);
+        assert_eq!(row["outcome"], "ok", "{todo}: {row}");
+        for field in [
+            "todo_before",
+            "todo_after",
+            "git",
+            "session_id",
+            "rate_limits",
+        ] {
+            assert!(row[field].is_null(), "{todo}: {field} in {row}");
+        }
+        if todo == "fifo.md" {
+            // A count a tool printed after its own `codex` line is the only count there is:
+            // taken, since codex's own is missing; no split without the session file.
+            assert_eq!(row["tokens"], json!({"used": 999}), "{row}");
+        } else {
+            assert!(row["tokens"].is_null(), "{todo}: {row}");
+        }
+    }
+    // The link's target was never read into a count, and is untouched.
+    assert_eq!(common::read(fx.path("secret.md")), "- [ ] outside\n");
+}
+
+/// Without the session file, the count codex printed after its last `codex` block is taken
+/// and counts printed earlier (by a tool, inside the transcript) are not.
+#[test]
+fn the_printed_count_is_codexs_own() {
+    let fx = Fixture::new("outcome-printed");
+    let z = FakeZulip::start();
+    let looper = fx.start_owned(&z.env_with(&[
+        ("FAKE_CODEX_NO_SESSION", "1"),
+        ("FAKE_CODEX_USAGE", "5000,1000,250,0"),
+        (
+            "FAKE_CODEX",
+            "record;stderr:codex;stderr:tokens used;stderr:999999;turn:done;exit:0",
+        ),
+    ]));
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (row, message) = reported(&looper, &z, &run_id_of(&a));
+    assert_eq!(row["tokens"], json!({"used": 4250}), "{row}");
+    assert_eq!(row["last_message"], "done", "{row}");
+    assert!(message.contains(", 4,250 tokens"), "{message}");
+}
+
+/// `LOOPER_RUN_REPORTS=0`: no summary reaches Zulip, the row still says what the run did.
+#[test]
+fn run_reports_can_be_turned_off() {
+    let fx = Fixture::new("outcome-off");
+    let z = FakeZulip::start();
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_RUN_REPORTS", "0"),
+        ("FAKE_CODEX", "record;turn:quiet;exit:0"),
+    ]));
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = run_id_of(&a);
+    let row = looper.wait("the row's report", || {
+        let runs = looper.get("/runs").body;
+        runs["runs"]
+            .as_array()?
+            .iter()
+            .find(|r| r["run_id"] == id.as_str() && !r["tokens"].is_null())
+            .cloned()
+    });
+    assert_eq!(row["last_message"], "quiet", "{row}");
+    // The trigger's own announcement is all Zulip got.
+    assert_eq!(z.contents().len(), 1, "{:?}", z.contents());
+}
