@@ -238,13 +238,18 @@ fn a_torn_history_line_is_skipped() {
     .unwrap();
     let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
     looper.log_with("history.skipped_lines count=1");
-    assert_eq!(runs(&looper), vec![good.clone()]);
+    // An old row keeps every field it had; what later versions record is null in it.
+    let holds_good = |row: &Value| {
+        good.as_object().unwrap().iter().all(|(k, v)| &row[k] == v) && row["tokens"].is_null()
+    };
+    let rows = runs(&looper);
+    assert!(rows.len() == 1 && holds_good(&rows[0]), "{rows:?}");
     let a = looper.run(json!({"codex_prompt": "after the tear"}));
     assert_eq!(a.status, 200, "{}", a.body);
     let rows = runs(&looper);
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["run_id"], a.body["run_id"]);
-    assert_eq!(rows[1], good);
+    assert!(holds_good(&rows[1]), "{rows:?}");
     let limited = looper.get("/runs?limit=1").body;
     assert_eq!(limited["runs"].as_array().unwrap().len(), 1);
     assert_eq!(looper.get("/runs?limit=zero").status, 400);
