@@ -288,17 +288,20 @@ fn the_loop_goes_on_through_looper_trigger_in_the_sandbox() {
     let log = common::read(row["log_path"].as_str().unwrap());
     assert!(log.contains("second-run-ok"), "{log}");
     let first_row = looper.ended_row(&first_id);
-    assert_eq!(first_row["stop_reason"], "replaced", "{first_row}");
+    // Replaced by its own hand-off: a success, not someone else's replacement.
+    assert_eq!(first_row["stop_reason"], "handed_off", "{first_row}");
+    assert_eq!(first_row["outcome"], "handed_off", "{first_row}");
     let texts: Vec<String> = zulip
         .messages()
         .iter()
         .map(|m| m.form()["content"].clone())
         .collect();
-    // The agent's words first, then which run sent them (a run's text is marked).
-    assert!(
-        texts.contains(&format!("next run please\n(hand-off from run {first_id})")),
-        "{texts:?}"
+    // The agent's words first, then which run sent them (a run's text is marked), then that
+    // run's summary.
+    let marked = format!(
+        "next run please\n(hand-off from run {first_id})\n↳ run {first_id} handed_off after "
     );
+    assert!(texts.iter().any(|t| t.starts_with(&marked)), "{texts:?}");
     let done = std::fs::read_dir(w.ws().join(".looper/inbox/done"))
         .unwrap()
         .count();
