@@ -125,7 +125,11 @@ fn stops_from_outside_are_no_crashes() {
     assert_eq!(status["autopoll"]["consecutive_crashes"], 0, "{status}");
     assert!(status["autopoll"]["backoff_until"].is_null(), "{status}");
     // Each stop gets its summary (nothing followed it), and none of them reads as a crash.
-    let said = z.contents();
+    // The summary follows the row's end: wait for the fourth.
+    let said = looper.wait("a summary of each of the four stops", || {
+        let said = z.contents();
+        (said.len() >= 4).then_some(said)
+    });
     assert_eq!(said.len(), 4, "{said:?}");
     assert!(
         said.iter()
