@@ -367,7 +367,18 @@ impl Fixture {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("start looper");
+        // A copy of the binary just written (`start_binary`) is busy while another test
+        // thread's child sits between fork and exec with the copy's descriptor: try again.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.expect("start looper"),
+            }
+        };
         (child, stderr)
     }
 }
