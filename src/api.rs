@@ -373,13 +373,13 @@ fn metrics_snapshot(app: &App) -> crate::metrics::Snapshot {
             .paused_until
             .filter(|t| *t > chrono::Local::now())
             .map(|t| t.timestamp()),
-        ..run_figures(app)
+        runs: run_figures(app),
     }
 }
 
 /// The figures `/metrics` takes from the runs' history rows: tokens by workspace, the
 /// newest run's tokens and TODO count, the newest rate limits.
-fn run_figures(app: &App) -> crate::metrics::Snapshot {
+fn run_figures(app: &App) -> crate::metrics::RunFigures {
     let rows = app.history().newest(crate::history::MAX_ROWS);
     let mut by_workspace: std::collections::BTreeMap<String, u64> = Default::default();
     for r in &rows {
@@ -391,13 +391,7 @@ fn run_figures(app: &App) -> crate::metrics::Snapshot {
     }
     let ended = || rows.iter().filter(|r| r.ended_at.is_some());
     let limits = ended().find_map(|r| r.report.rate_limits.clone());
-    crate::metrics::Snapshot {
-        started: Vec::new(),
-        ended: Vec::new(),
-        active: None,
-        crashes: 0,
-        backoff_seconds: 0.0,
-        paused_until: None,
+    crate::metrics::RunFigures {
         tokens_by_workspace: by_workspace.into_iter().collect(),
         last_run_tokens: ended()
             .next()

@@ -17,6 +17,11 @@ pub struct Snapshot {
     pub backoff_seconds: f64,
     /// While codex's usage limit pauses autopoll: when it resumes (Unix time).
     pub paused_until: Option<i64>,
+    pub runs: RunFigures,
+}
+
+/// What the runs' history rows say they did.
+pub struct RunFigures {
     /// Tokens the runs in the history recorded, by workspace.
     pub tokens_by_workspace: Vec<(String, u64)>,
     /// The newest ended run's tokens, where recorded.
@@ -116,6 +121,7 @@ pub fn render(snap: &Snapshot) -> String {
         snap.paused_until.map_or(0.0, |t| t as f64),
     );
     let tokens: Vec<(String, f64)> = snap
+        .runs
         .tokens_by_workspace
         .iter()
         .map(|(w, n)| (format!("{{workspace=\"{}\"}}", label_value(w)), *n as f64))
@@ -135,15 +141,16 @@ pub fn render(snap: &Snapshot) -> String {
         &mut out,
         "looper_last_run_tokens",
         "Tokens the newest ended run used (absent when it recorded none).",
-        snap.last_run_tokens.map(|n| n as f64),
+        snap.runs.last_run_tokens.map(|n| n as f64),
     );
     optional(
         &mut out,
         "looper_todo_open_items",
         "Open items of LOOPER_TODO_FILE at the newest run's end (absent when not counted).",
-        snap.todo_open.map(|n| n as f64),
+        snap.runs.todo_open.map(|n| n as f64),
     );
     let limits: Vec<(String, f64)> = snap
+        .runs
         .rate_limits
         .iter()
         .map(|(w, p)| (format!("{{window=\"{w}\"}}"), *p))

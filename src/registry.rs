@@ -406,12 +406,12 @@ impl Registry {
     /// The newest live run in `workspace` (canonical), for an inbox file, which names only
     /// its workspace.
     pub fn live_in(&self, workspace: &Path) -> Option<String> {
-        self.runs()
-            .live
-            .iter()
+        // Canonicalised outside the lock: it asks the file system.
+        self.live()
+            .into_iter()
             .rev()
-            .find(|h| h.run.workspace.canonicalize().is_ok_and(|w| w == workspace))
-            .map(|h| h.run.run_id.clone())
+            .find(|r| r.workspace.canonicalize().is_ok_and(|w| w == workspace))
+            .map(|r| r.run_id)
     }
 
     /// Sends `sig` to run `run_id`'s own process; false when it is not live or gone.

@@ -13,9 +13,8 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +23,8 @@ use serde::{Deserialize, Serialize};
 const GIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a git command's output we read (a HEAD, a count, a shortstat line).
 const GIT_OUTPUT: u64 = 4096;
+/// How long git's output may lag its exit (a helper it left holding the pipe).
+const GIT_OUTPUT_WAIT: Duration = Duration::from_secs(1);
 /// The most of a TODO file read; a longer one is counted no further.
 const TODO_BYTES: u64 = 1024 * 1024;
 /// The most of a session file read (the end is what matters: read from there).
@@ -221,11 +222,7 @@ impl Sources {
         let today = chrono::Local::now().date_naive();
         (0..3)
             .filter_map(|back| today.checked_sub_days(chrono::Days::new(back)))
-            .flat_map(|day| {
-                [day.format("%Y/%m/%d").to_string()]
-                    .into_iter()
-                    .chain([day.format("%Y/%-m/%-d").to_string()])
-            })
+            .map(|day| day.format("%Y/%m/%d").to_string())
             .find_map(|dir| {
                 let dir = home.join("sessions").join(dir);
                 std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
@@ -237,15 +234,20 @@ impl Sources {
     }
 }
 
+/// Where a run's last message is kept whole: beside its log, pruned with it.
+pub fn last_message_path(log_path: &Path) -> PathBuf {
+    let mut path = log_path.as_os_str().to_owned();
+    path.push(".last-message.txt");
+    PathBuf::from(path)
+}
+
 /// Keeps the whole last message beside the run log (`<log>.last-message.txt`) and puts its
 /// opening and the file's path into `report`. A failure to write leaves the opening only.
 pub fn keep_last_message(report: &mut Report, log_path: &Path) {
     let Some(message) = report.last_message.take() else {
         return;
     };
-    let mut path = log_path.as_os_str().to_owned();
-    path.push(".last-message.txt");
-    let path = PathBuf::from(path);
+    let path = last_message_path(log_path);
     let written = crate::logging::create_new_log(&path).and_then(|mut f| {
         use std::io::Write;
         f.write_all(message.as_bytes())
@@ -499,31 +501,13 @@ fn git(workspace: &Path, args: &[&str]) -> Option<String> {
             "diff.external=",
             "--no-pager",
         ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0);
-    crate::signals::default_signals_on_spawn(&mut cmd);
-    let mut child = cmd.spawn().ok()?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take()?;
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = (&mut stdout).take(GIT_OUTPUT).read_to_end(&mut out);
-        // The rest is drained, not read, so that git never blocks on a full pipe.
-        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        out
-    });
-    if !crate::signals::wait_gone(pid as i32, GIT_TIMEOUT) {
-        // Unreaped until the wait below: the group is still git's.
-        crate::signals::signal_child_group(pid, libc::SIGKILL);
+        .args(args);
+    match crate::signals::run_bounded(&mut cmd, false, GIT_TIMEOUT, GIT_OUTPUT_WAIT, GIT_OUTPUT) {
+        Ok(crate::signals::Bounded::Exited(status, out)) if status.success() => {
+            Some(String::from_utf8_lossy(&out).trim().to_string())
+        }
+        _ => None,
     }
-    let status = child.wait().ok()?;
-    let out = reader.join().ok()?;
-    status
-        .success()
-        .then(|| String::from_utf8_lossy(&out).trim().to_string())
 }
 
 fn git_head(workspace: &Path) -> Option<String> {

@@ -372,3 +372,69 @@ impl Waiter {
 pub fn wait_gone(pid: i32, limit: Duration) -> bool {
     Waiter::new(pid).wait(limit)
 }
+
+/// How a helper program ([`run_bounded`]) ended.
+pub enum Bounded {
+    /// It exited: its status and what it printed (at most the limit asked for).
+    Exited(std::process::ExitStatus, Vec<u8>),
+    /// It outlived the time given and was killed with its process group.
+    TimedOut,
+}
+
+/// Why a helper program could not start: no pipe for its output, or no process.
+pub enum NotStarted {
+    Pipe(std::io::Error),
+    Spawn(std::io::Error),
+}
+
+/// Runs a short-lived helper (the Zulip script, git) in a process group of its own, with
+/// every signal at its default and no input; its stdout (and, with `with_stderr`, its stderr
+/// too) is read up to `max_output` bytes and the rest drained, so that it never blocks on a
+/// full pipe. It gets `limit` to exit, then it and its group are killed; a descendant left
+/// holding the pipe is waited for `output_wait` at most.
+pub fn run_bounded(
+    cmd: &mut std::process::Command,
+    with_stderr: bool,
+    limit: Duration,
+    output_wait: Duration,
+    max_output: u64,
+) -> Result<Bounded, NotStarted> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let (mut reader, writer) = std::io::pipe().map_err(NotStarted::Pipe)?;
+    let stderr = if with_stderr {
+        Stdio::from(writer.try_clone().map_err(NotStarted::Pipe)?)
+    } else {
+        Stdio::null()
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(stderr)
+        .process_group(0);
+    default_signals_on_spawn(cmd);
+    let spawned = cmd.spawn();
+    // The Command holds the pipe's write ends: replace them so that we see end-of-file.
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = spawned.map_err(NotStarted::Spawn)?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut reader).take(max_output).read_to_end(&mut out);
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        let _ = tx.send(out);
+    });
+    // The child is reaped here and only here, after the wait: until then its pid (and
+    // process group) cannot belong to anyone else, so the kill hits only the helper's group.
+    if !wait_gone(pid as i32, limit) {
+        signal_child_group(pid, libc::SIGKILL);
+        let _ = child.wait();
+        return Ok(Bounded::TimedOut);
+    }
+    let status = child.wait().map_err(NotStarted::Spawn)?;
+    Ok(Bounded::Exited(
+        status,
+        rx.recv_timeout(output_wait).unwrap_or_default(),
+    ))
+}

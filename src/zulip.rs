@@ -7,10 +7,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::logging::Q;
@@ -23,6 +21,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long its output may still take to arrive once it has exited.
 const SCRIPT_OUTPUT_WAIT: Duration = Duration::from_secs(1);
+/// The most of a Zulip script's output kept (it becomes `zulip_output`).
+const SCRIPT_OUTPUT_MAX: u64 = 1024 * 1024;
 
 /// The bot's credentials and where they came from.
 #[derive(Clone)]
@@ -559,7 +559,7 @@ pub fn base64(input: &[u8]) -> String {
 /// Announces by running the user's program with the message as its one argument (a `.js`
 /// file under `node`). Its combined output, trimmed, becomes `zulip_output`.
 pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
-    use std::os::unix::process::CommandExt;
+    use crate::signals::{Bounded, NotStarted};
     let mut cmd = if path.ends_with(".js") {
         let mut c = Command::new("node");
         c.arg(path);
@@ -567,50 +567,42 @@ pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
     } else {
         Command::new(path)
     };
-    let (mut reader, writer) = std::io::pipe()
-        .map_err(|e| ZulipError(format!("Zulip script {path}: cannot create a pipe: {e}")))?;
-    let writer2 = writer
-        .try_clone()
-        .map_err(|e| ZulipError(format!("Zulip script {path}: cannot create a pipe: {e}")))?;
-    cmd.arg(message)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
-        .process_group(0);
-    crate::signals::default_signals_on_spawn(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| ZulipError(format!("Zulip script {path} could not start: {e}")))?;
-    // The Command holds the pipe's write ends; drop it so that we see end-of-file.
-    drop(cmd);
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = reader.read_to_end(&mut out);
-        let _ = tx.send(out);
-    });
-    // The child is reaped here and only here, after the wait: until then its pid (and
-    // process group) cannot belong to anyone else, so the kill below hits only the script.
-    if !crate::signals::wait_gone(pid as i32, SCRIPT_TIMEOUT) {
-        crate::signals::signal_child_group(pid, libc::SIGKILL);
-        let _ = child.wait();
-        return Err(ZulipError(format!(
-            "Zulip script {path} did not finish within {}s",
-            SCRIPT_TIMEOUT.as_secs()
-        )));
-    }
-    let status = child.wait();
+    cmd.arg(message);
+    let ran = crate::signals::run_bounded(
+        &mut cmd,
+        true,
+        SCRIPT_TIMEOUT,
+        SCRIPT_OUTPUT_WAIT,
+        SCRIPT_OUTPUT_MAX,
+    );
+    let (status, out) = match ran {
+        Ok(Bounded::Exited(status, out)) => (status, out),
+        Ok(Bounded::TimedOut) => {
+            return Err(ZulipError(format!(
+                "Zulip script {path} did not finish within {}s",
+                SCRIPT_TIMEOUT.as_secs()
+            )))
+        }
+        Err(NotStarted::Pipe(e)) => {
+            return Err(ZulipError(format!(
+                "Zulip script {path}: cannot create a pipe: {e}"
+            )))
+        }
+        Err(NotStarted::Spawn(e)) => {
+            return Err(ZulipError(format!(
+                "Zulip script {path} could not start: {e}"
+            )))
+        }
+    };
     // Whatever the script printed; a helper it left holding the pipe is not waited for long.
-    let out = rx.recv_timeout(SCRIPT_OUTPUT_WAIT).unwrap_or_default();
     let text = String::from_utf8_lossy(&out).trim().to_string();
-    match status {
-        Ok(s) if s.success() => Ok(text),
-        Ok(s) => Err(ZulipError(format!(
-            "Zulip script {path} failed ({s}): {}",
+    if status.success() {
+        Ok(text)
+    } else {
+        Err(ZulipError(format!(
+            "Zulip script {path} failed ({status}): {}",
             text.chars().take(500).collect::<String>()
-        ))),
-        Err(e) => Err(ZulipError(format!("Zulip script {path}: {e}"))),
+        )))
     }
 }
 
