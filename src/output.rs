@@ -277,6 +277,8 @@ pub fn prune_logs(
         if live.contains(&path) {
             continue;
         }
+        // Its last message goes with it (a run that recorded none has no file).
+        let _ = std::fs::remove_file(crate::report::last_message_path(&path));
         match std::fs::remove_file(&path) {
             Ok(()) => log::debug!("codex.exec.log.pruned path={}", Q(&path.to_string_lossy())),
             Err(e) => log::warn!(

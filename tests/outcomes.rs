@@ -293,3 +293,28 @@ fn run_reports_can_be_turned_off() {
     // The trigger's own announcement is all Zulip got.
     assert_eq!(z.contents().len(), 1, "{:?}", z.contents());
 }
+
+/// A pruned run log takes its last message with it: the log directory does not fill up
+/// with `.last-message.txt` files of runs long gone.
+#[test]
+fn the_last_message_goes_with_its_log() {
+    let fx = Fixture::new("outcome-prune");
+    let z = FakeZulip::start();
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_LOG_RETENTION", "1"),
+        ("FAKE_CODEX", "record;turn:first words;exit:0"),
+    ]));
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (row, _) = reported(&looper, &z, &run_id_of(&a));
+    let kept = row["last_message_path"]
+        .as_str()
+        .expect("a path")
+        .to_string();
+    assert_eq!(common::read(&kept), "first words");
+    let b = looper.run(json!({"codex_prompt": "more work"}));
+    assert_eq!(b.status, 200, "{}", b.body);
+    let log = row["log_path"].as_str().unwrap();
+    assert!(!Path::new(log).exists(), "the old log was kept");
+    assert!(!Path::new(&kept).exists(), "its last message was kept");
+}
