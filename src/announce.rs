@@ -152,7 +152,9 @@ pub fn after_end(
         }
     }
     for m in messages {
-        match app.cfg().zulip.send(&m) {
+        // They quote the run's output (its last line, its last message): the agent's words,
+        // whose wildcard mentions must not ping a whole stream.
+        match app.cfg().zulip.send(&crate::trust::defuse_mentions(&m)) {
             Ok(out) => log::info!(
                 "zulip.send.ok run_id={} via=api output={}",
                 done.row.run_id,

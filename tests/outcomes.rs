@@ -318,3 +318,22 @@ fn the_last_message_goes_with_its_log() {
     assert!(!Path::new(log).exists(), "the old log was kept");
     assert!(!Path::new(&kept).exists(), "its last message was kept");
 }
+
+/// The agent's last message is its own words: quoted on Zulip, its wildcard mentions ping
+/// nobody.
+#[test]
+fn a_quoted_last_message_pings_nobody() {
+    let fx = Fixture::new("outcome-mention");
+    let z = FakeZulip::start();
+    let looper = fx.start_owned(&z.env_with(&[(
+        "FAKE_CODEX",
+        "record;turn:done @**all** and @**everyone**;exit:0",
+    )]));
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (_, message) = reported(&looper, &z, &run_id_of(&a));
+    assert!(message.contains("Last message: done @"), "{message}");
+    for wildcard in ["@**all**", "@**everyone**"] {
+        assert!(!message.contains(wildcard), "{wildcard} sent: {message}");
+    }
+}
