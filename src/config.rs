@@ -559,6 +559,10 @@ mod tests {
             ("LOOPER_LOG_RETENTION", "-3"),
             ("LOOPER_SERVER_LOG_MAX_BYTES", "16M"),
             ("LOOPER_STOP_SCOPE", "mine"),
+            ("LOOPER_TODO_FILE", "../TODO.md"),
+            ("LOOPER_TODO_FILE", "/etc/passwd"),
+            ("LOOPER_GIT_STATE", "sometimes"),
+            ("LOOPER_RUN_REPORTS", "loud"),
         ] {
             let err = cfg(&[(key, value)]).unwrap_err();
             assert!(err.0.starts_with(key), "{key}={value}: {err}");
