@@ -238,10 +238,8 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
             )),
         };
     }
-    let log_of = path
-        .strip_prefix("/runs/")
-        .and_then(|rest| rest.strip_suffix("/log"));
-    if !KNOWN.contains(&path) && log_of.is_none() {
+    let run_file = run_file_of(path);
+    if !KNOWN.contains(&path) && run_file.is_none() {
         return Err(ApiError::new(404, format!("no such endpoint: {path}")));
     }
     if (path, method) == ("/run", "POST") {
@@ -265,7 +263,14 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
             body: crate::metrics::render(&metrics_snapshot(app)).into_bytes(),
             headers: Vec::new(),
         }),
-        (_, "GET") if log_of.is_some() => run_log(app, log_of.unwrap_or_default(), &rq.head),
+        (_, "GET") => match run_file {
+            Some((id, RunFile::Log)) => run_log(app, id, &rq.head),
+            Some((id, RunFile::LastMessage)) => run_last_message(app, id),
+            None => Err(ApiError::new(
+                405,
+                format!("method GET is not allowed on {path}"),
+            )),
+        },
         (p, m) => Err(ApiError::new(
             405,
             format!("method {m} is not allowed on {p}"),
@@ -273,21 +278,49 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
     }
 }
 
-/// `GET /runs/<run_id>/log?offset=N`: the bytes of a run's log from byte N (the last MiB
-/// without an offset), at most [`output::MAX_LOG_CHUNK`], with the log's size in `X-Log-Size`. The
-/// file is the one the history names for that run, and only when it lies in the log
+/// The files a run has beside its history row.
+#[derive(Clone, Copy)]
+enum RunFile {
+    Log,
+    LastMessage,
+}
+
+/// `/runs/<run_id>/log` and `/runs/<run_id>/last-message`: the run id and which file.
+fn run_file_of(path: &str) -> Option<(&str, RunFile)> {
+    let rest = path.strip_prefix("/runs/")?;
+    if let Some(id) = rest.strip_suffix("/log") {
+        return Some((id, RunFile::Log));
+    }
+    rest.strip_suffix("/last-message")
+        .map(|id| (id, RunFile::LastMessage))
+}
+
+/// Opens a file of the run the history names `run_id`, only when it lies in the log
 /// directory: the id is looked up, never made into a path.
-fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
-    use std::io::{Read, Seek, SeekFrom};
+fn open_run_file(app: &App, run_id: &str, file: RunFile) -> Result<std::fs::File, ApiError> {
     let unknown = || ApiError::new(404, format!("no such run: {run_id}"));
     let row = app.history().get(run_id).ok_or_else(unknown)?;
-    let gone = |_| ApiError::new(404, format!("the log of run {run_id} is gone"));
+    let (path, what) = match file {
+        RunFile::Log => (row.log_path.clone(), "log"),
+        RunFile::LastMessage => (
+            crate::report::last_message_path(&row.log_path),
+            "last message",
+        ),
+    };
+    let gone = |_| ApiError::new(404, format!("the {what} of run {run_id} is gone"));
     let dir = app.cfg().log_dir.canonicalize().map_err(gone)?;
-    let path = row.log_path.canonicalize().map_err(gone)?;
+    let path = path.canonicalize().map_err(gone)?;
     if path.parent() != Some(dir.as_path()) {
         return Err(unknown());
     }
-    let mut file = std::fs::File::open(&path).map_err(gone)?;
+    std::fs::File::open(&path).map_err(gone)
+}
+
+/// `GET /runs/<run_id>/log?offset=N`: the bytes of a run's log from byte N (the last MiB
+/// without an offset), at most [`output::MAX_LOG_CHUNK`], with the log's size in `X-Log-Size`.
+fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = open_run_file(app, run_id, RunFile::Log)?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let offset = match head.query("offset") {
         None => size.saturating_sub(output::MAX_LOG_CHUNK),
@@ -308,6 +341,28 @@ fn run_log(app: &App, run_id: &str, head: &Head) -> Result<Outcome, ApiError> {
             ("X-Log-Size", size.to_string()),
             ("X-Log-Offset", offset.to_string()),
         ],
+    })
+}
+
+/// `GET /runs/<run_id>/last-message`: the agent's last message in that run, whole (as
+/// kept beside its log, at most [`crate::report::MESSAGE_BYTES`]).
+fn run_last_message(app: &App, run_id: &str) -> Result<Outcome, ApiError> {
+    use std::io::Read;
+    let file = open_run_file(app, run_id, RunFile::LastMessage)?;
+    let mut body = Vec::new();
+    file.take(crate::report::MESSAGE_BYTES as u64)
+        .read_to_end(&mut body)
+        .map_err(|e| {
+            ApiError::new(
+                500,
+                format!("cannot read the last message of run {run_id}: {e}"),
+            )
+        })?;
+    Ok(Outcome {
+        status: 200,
+        content_type: "text/plain; charset=utf-8",
+        body,
+        headers: Vec::new(),
     })
 }
 
@@ -373,6 +428,7 @@ fn metrics_snapshot(app: &App) -> crate::metrics::Snapshot {
             .paused_until
             .filter(|t| *t > chrono::Local::now())
             .map(|t| t.timestamp()),
+        autopoll_enabled: app.cfg().autopoll,
         runs: run_figures(app),
     }
 }
@@ -381,18 +437,25 @@ fn metrics_snapshot(app: &App) -> crate::metrics::Snapshot {
 /// newest run's tokens and TODO count, the newest rate limits.
 fn run_figures(app: &App) -> crate::metrics::RunFigures {
     let rows = app.history().newest(crate::history::MAX_ROWS);
-    let mut by_workspace: std::collections::BTreeMap<String, u64> = Default::default();
+    type ByWorkspace = std::collections::BTreeMap<String, u64>;
+    let (mut tokens, mut commits) = (ByWorkspace::new(), ByWorkspace::new());
     for r in &rows {
+        let workspace = || r.workspace.to_string_lossy().into_owned();
         if let Some(t) = &r.report.tokens {
-            *by_workspace
-                .entry(r.workspace.to_string_lossy().into_owned())
-                .or_default() += t.used;
+            *tokens.entry(workspace()).or_default() += t.used;
+        }
+        if let Some(n) = r.report.git.as_ref().and_then(|g| g.commits) {
+            *commits.entry(workspace()).or_default() += n;
         }
     }
     let ended = || rows.iter().filter(|r| r.ended_at.is_some());
     let limits = ended().find_map(|r| r.report.rate_limits.clone());
     crate::metrics::RunFigures {
-        tokens_by_workspace: by_workspace.into_iter().collect(),
+        tokens_by_workspace: tokens.into_iter().collect(),
+        commits_by_workspace: commits.into_iter().collect(),
+        last_run_ended_at: ended()
+            .next()
+            .and_then(|r| unix_time(r.ended_at.as_deref()?)),
         last_run_tokens: ended()
             .next()
             .and_then(|r| r.report.tokens.as_ref().map(|t| t.used)),
@@ -406,6 +469,13 @@ fn run_figures(app: &App) -> crate::metrics::RunFigures {
             })
             .unwrap_or_default(),
     }
+}
+
+/// An RFC 3339 time of a history row as Unix time.
+fn unix_time(rfc3339: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .map(|t| t.timestamp())
 }
 
 /// The TODO list as the newest run that counted it left it (`null` without

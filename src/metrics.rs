@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub backoff_seconds: f64,
     /// While codex's usage limit pauses autopoll: when it resumes (Unix time).
     pub paused_until: Option<i64>,
+    /// Whether autopoll is on (`LOOPER_AUTOPOLL`).
+    pub autopoll_enabled: bool,
     pub runs: RunFigures,
 }
 
@@ -24,6 +26,10 @@ pub struct Snapshot {
 pub struct RunFigures {
     /// Tokens the runs in the history recorded, by workspace.
     pub tokens_by_workspace: Vec<(String, u64)>,
+    /// Commits the runs in the history made (as git counted them), by workspace.
+    pub commits_by_workspace: Vec<(String, u64)>,
+    /// When the newest ended run ended (Unix time).
+    pub last_run_ended_at: Option<i64>,
     /// The newest ended run's tokens, where recorded.
     pub last_run_tokens: Option<u64>,
     /// Open items of the TODO list at the newest run's end, where counted.
@@ -120,23 +126,42 @@ pub fn render(snap: &Snapshot) -> String {
         "While codex's usage limit pauses autopoll: when it resumes (Unix time); else 0.",
         snap.paused_until.map_or(0.0, |t| t as f64),
     );
-    let tokens: Vec<(String, f64)> = snap
-        .runs
-        .tokens_by_workspace
-        .iter()
-        .map(|(w, n)| (format!("{{workspace=\"{}\"}}", label_value(w)), *n as f64))
-        .collect();
+    gauge(
+        &mut out,
+        "looper_autopoll_enabled",
+        "1 when autopoll is on (LOOPER_AUTOPOLL).",
+        if snap.autopoll_enabled { 1.0 } else { 0.0 },
+    );
+    let by_workspace = |counts: &[(String, u64)]| -> Vec<(String, f64)> {
+        counts
+            .iter()
+            .map(|(w, n)| (format!("{{workspace=\"{}\"}}", label_value(w)), *n as f64))
+            .collect()
+    };
     family(
         &mut out,
         "looper_tokens_total",
         "counter",
         "Tokens the runs in the history used, as codex counts them, by workspace.",
-        &tokens,
+        &by_workspace(&snap.runs.tokens_by_workspace),
+    );
+    family(
+        &mut out,
+        "looper_commits_total",
+        "counter",
+        "Commits the runs in the history made, as git counts them, by workspace.",
+        &by_workspace(&snap.runs.commits_by_workspace),
     );
     let optional = |out: &mut String, name: &str, help: &str, value: Option<f64>| {
         let samples: Vec<(String, f64)> = value.map(|v| (String::new(), v)).into_iter().collect();
         family(out, name, "gauge", help, &samples);
     };
+    optional(
+        &mut out,
+        "looper_last_run_end_timestamp_seconds",
+        "When the newest ended run ended (Unix time; absent before the first end).",
+        snap.runs.last_run_ended_at.map(|t| t as f64),
+    );
     optional(
         &mut out,
         "looper_last_run_tokens",

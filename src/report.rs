@@ -30,7 +30,7 @@ const TODO_BYTES: u64 = 1024 * 1024;
 /// The most of a session file read (the end is what matters: read from there).
 const SESSION_BYTES: u64 = 16 * 1024 * 1024;
 /// The most of the agent's last message kept (whole, in its file).
-const MESSAGE_BYTES: usize = 256 * 1024;
+pub const MESSAGE_BYTES: usize = 256 * 1024;
 /// How much of the last message a row, a Zulip line or a table shows.
 pub const MESSAGE_OPENING: usize = 300;
 

@@ -314,3 +314,96 @@ fn the_page_asks_for_the_token() {
     });
     assert!(!s.displayed("#token-box"));
 }
+
+/// Three runs that each tick a TODO item, commit and end their turn: the page draws the
+/// burndown (open items after each run, oldest left), the tokens and the commits per run,
+/// and a run's detail shows its last message whole (the table shows its opening only).
+#[test]
+#[ignore = "needs Chromium and chromedriver: scripts/test-browser"]
+fn the_page_draws_the_burndown_and_a_runs_whole_last_message() {
+    let fx = Fixture::new("browser-progress");
+    let ws = fx.path("ws");
+    common::git_workspace_with_todo(&ws, "- [ ] one\n- [ ] two\n- [ ] three\n- [ ] four\n");
+    let long = format!(
+        "{}and that is THE END.",
+        "Ticked one more item. ".repeat(30)
+    );
+    let script = format!("record;tick:TODO.md;commit:tick;turn:{long};exit:0");
+    let looper = fx.start(&[("LOOPER_TODO_FILE", "TODO.md"), ("FAKE_CODEX", &script)]);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let a = looper.run(json!({"codex_prompt": format!("run {n}")}));
+        assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+        let id = run_id_of(&a);
+        looper.ended_row(&id);
+        // The end is recorded first; what the run did completes the row after.
+        let row = looper.wait("the run's report", || {
+            let row = looper.ended_row(&id);
+            (!row["todo_after"].is_null()).then_some(row)
+        });
+        assert_eq!(row["todo_after"]["open"], 3 - n, "{row}");
+        ids.push(id);
+    }
+    let driver = Driver::start();
+    let s = driver.session();
+    s.open(&page(&looper));
+    let points = looper.wait("a burndown point per run", || {
+        let found = s.find_all("#burndown circle.todo-point");
+        (found.len() == 3).then_some(found)
+    });
+    let attr = |id: &str, name: &str| {
+        s.call("GET", &format!("/element/{id}/attribute/{name}"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let values = |ids: &[String]| -> Vec<(String, String)> {
+        ids.iter()
+            .map(|e| (attr(e, "data-run-id"), attr(e, "data-value")))
+            .collect()
+    };
+    let expect = |v: [&str; 3]| -> Vec<(String, String)> {
+        ids.iter().cloned().zip(v.map(String::from)).collect()
+    };
+    assert_eq!(
+        values(&points),
+        expect(["3", "2", "1"]),
+        "open items, oldest first"
+    );
+    let ys: Vec<f64> = points
+        .iter()
+        .map(|e| attr(e, "cy").parse().unwrap())
+        .collect();
+    assert!(ys[0] < ys[1] && ys[1] < ys[2], "the line goes down: {ys:?}");
+    let tokens = s.find_all("#burndown rect.tokens-bar");
+    assert_eq!(
+        values(&tokens),
+        expect(["11023", "11023", "11023"]),
+        "tokens per run"
+    );
+    let commits = s.find_all("#burndown rect.commits-bar");
+    assert_eq!(values(&commits), expect(["1", "1", "1"]), "commits per run");
+    let chart_text = s.text("#burndown");
+    assert!(chart_text.contains("open TODO items: 1"), "{chart_text}");
+    // The table: tokens, commits and the last message's opening.
+    let first_row = s.text("#runs-table tbody tr");
+    assert!(first_row.contains("11,023"), "{first_row}");
+    assert!(first_row.contains("Ticked one more item."), "{first_row}");
+    assert!(!first_row.contains("THE END"), "{first_row}");
+    // A run's detail: its last message whole.
+    assert!(!s.displayed("#run-detail"));
+    s.click("#runs-table tbody tr");
+    let whole = s.wait_text("#run-detail-message", "the whole last message", |t| {
+        t.contains("THE END")
+    });
+    assert_eq!(whole.trim(), long);
+    let detail = s.text("#run-detail-fields");
+    for shown in [
+        "11,023 (input 12,345, cached 2,000, output 678)",
+        "1 (+1 −1 in 1 file)",
+        "→ 1",
+    ] {
+        assert!(detail.contains(shown), "{shown:?} in {detail}");
+    }
+    s.screenshot("looper-page-progress.png");
+}

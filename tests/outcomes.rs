@@ -6,27 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{run_id_of, FakeZulip, Fixture, Looper};
+use common::{git, have_git, run_id_of, FakeZulip, Fixture, Looper};
 use serde_json::{json, Value};
-
-/// Whether git can be run here (`cargo test` needs only the Rust toolchain).
-fn have_git() -> bool {
-    Command::new("git")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(o.status.success(), "git {args:?}: {o:?}");
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
 
 /// The row of `run_id` once its summary reached Zulip (the report is recorded before it is
 /// sent), and that message.
@@ -56,16 +37,10 @@ fn a_runs_row_says_what_it_did() {
     }
     let fx = Fixture::new("outcome");
     let ws = fx.path("ws");
-    std::fs::remove_dir_all(ws.join(".git")).unwrap();
-    git(&ws, &["init", "-q"]);
-    std::fs::write(
-        ws.join("TODO.md"),
+    let head_before = common::git_workspace_with_todo(
+        &ws,
         "# Plan\n- [x] zero\n- [ ] one\n  - [ ] one.a\n- [ ] two\n",
-    )
-    .unwrap();
-    git(&ws, &["add", "-A"]);
-    git(&ws, &["commit", "-q", "-m", "start"]);
-    let head_before = git(&ws, &["rev-parse", "HEAD"]);
+    );
     // The agent writes `.git/config` too: a program it names there must not run as Looper
     // (the agent's own git, inside the run, has LOOPER_RUN_ID and may run it).
     let pwned = fx.path("pwned");
@@ -114,6 +89,16 @@ fn a_runs_row_says_what_it_did() {
     assert_eq!(row["last_message"], "Ticked the first item.", "{row}");
     let kept = common::read(row["last_message_path"].as_str().expect("a path"));
     assert_eq!(kept, "Ticked the first item.");
+    let whole = minreq::get(looper.url(&format!("/runs/{id}/last-message")))
+        .send()
+        .expect("GET last-message");
+    assert_eq!(
+        (whole.status_code, whole.as_str().unwrap_or_default()),
+        (200, "Ticked the first item."),
+        "{}",
+        looper.tail()
+    );
+    assert_eq!(looper.get("/runs/deadbeef/last-message").status, 404);
     let g = &row["git"];
     assert_eq!(g["head_before"], head_before.as_str(), "{row}");
     assert_eq!(

@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::{alive, pid_of, run_id_of, wait_for, FakeZulip, Fixture, Looper};
+use common::{alive, git, pid_of, run_id_of, wait_for, FakeZulip, Fixture, Looper};
 use serde_json::{json, Value};
 
 /// The real codex to drive.
@@ -82,20 +82,6 @@ impl Drop for TempHome {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .stdout(Stdio::null())
-        .status()
-        .expect("run git");
-    assert!(status.success(), "git {args:?} failed in {}", dir.display());
 }
 
 impl World {

@@ -168,6 +168,41 @@ pub fn make_git_repo(dir: &Path) {
     .expect("write .git/config");
 }
 
+/// Whether git can be run here (`cargo test` needs only the Rust toolchain).
+pub fn have_git() -> bool {
+    Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs git in `dir` as a test's own user; its trimmed stdout. Fails the test on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        o.status.success(),
+        "git {args:?} in {}: {o:?}",
+        dir.display()
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Makes `dir` (a fixture's workspace) a real git repository whose first commit holds
+/// `TODO.md` with `todo`; that commit's id.
+pub fn git_workspace_with_todo(dir: &Path, todo: &str) -> String {
+    let _ = std::fs::remove_dir_all(dir.join(".git"));
+    git(dir, &["init", "-q"]);
+    std::fs::write(dir.join("TODO.md"), todo).expect("write TODO.md");
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "start"]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
 /// A test's own directory with `bin/<fake codex>`, `ws/` (workspace), `rec/` (what the
 /// fake codex records) and `logs/`.
 pub struct Fixture {
