@@ -167,6 +167,42 @@ mod tests {
         assert_eq!(date_text(at(2027, 9, 22, 12, 5)), "Sep 22nd, 2027 12:05 PM");
     }
 
+    /// The forms codex 0.171.0's source holds.
+    #[test]
+    fn reads_the_forms_of_codex_0_171() {
+        let now = at(2026, 12, 1, 18, 0);
+        let stated = |line: &str| {
+            let l = detect(line, now).unwrap_or_else(|| panic!("not a usage limit: {line}"));
+            assert!(l.stated, "{line}");
+            l.resets_at
+        };
+        assert_eq!(
+            stated("ERROR: You\u{2019}ve hit your usage limit. Try again at 10:20 PM."),
+            at(2026, 12, 1, 22, 20)
+        );
+        assert_eq!(
+            stated("ERROR: You've hit your usage limit. Upgrade to Plus to continue using Codex (https://chatgpt.com/explore/plus), or try again at Dec 2nd, 2026 2:20 AM."),
+            at(2026, 12, 2, 2, 20)
+        );
+        assert_eq!(
+            stated("ERROR: You've hit your usage limit for gpt-5.5-codex. Switch to another model now, or try again at 7:05 AM."),
+            at(2026, 12, 2, 7, 5)
+        );
+        assert_eq!(
+            stated("ERROR: You\u{2019}ve hit your usage limit for o4-mini. Switch to another model now, or try again at Dec 3rd, 2026 12:00 PM."),
+            at(2026, 12, 3, 12, 0)
+        );
+        // No time at all (workspace credits, spend caps): the default wait, not stated.
+        for line in [
+            "ERROR: You've hit your usage limit. To get more access now, send a request to your admin or try again later.",
+            "ERROR: You\u{2019}ve hit your usage limit. Visit https://chatgpt.com/settings/usage to purchase more credits",
+            "ERROR: You've hit your usage limit.",
+        ] {
+            let l = detect(line, now).unwrap_or_else(|| panic!("not a usage limit: {line}"));
+            assert_eq!((l.resets_at, l.stated), (now + UNKNOWN_RESET_WAIT, false), "{line}");
+        }
+    }
+
     #[test]
     fn a_time_well_past_is_tomorrows() {
         let now = at(2026, 11, 25, 23, 50);
