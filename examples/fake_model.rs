@@ -6,6 +6,11 @@
 //! - each request, the model calls `exec_command` for the next command not yet run, polls a
 //!   command that is still running with `write_stdin`, and answers "done" when all ran.
 //!
+//! Every response reports the usage of [`USAGE`] (input, cached, output, reasoning tokens) and
+//! the account's rate-limit use in the `x-codex-primary-*` / `x-codex-secondary-*` headers
+//! codex reads ([`PRIMARY`], [`SECONDARY`], resetting an hour and three days from now), so a
+//! test can hold what Looper records against what the model sent.
+//!
 //! With `FAKE_MODEL_USAGE_LIMIT=<unix seconds>` every request is answered `429` with codex's
 //! `usage_limit_reached` error, resetting at that time. With `FAKE_MODEL_LOG=<path>` each
 //! request body is appended to that file (for a person reading what codex sent).
@@ -20,6 +25,14 @@ use serde_json::{json, Value};
 /// each poll waits (codex clamps both to 250–30000 ms).
 const YIELD_MS: u64 = 1000;
 const POLL_MS: u64 = 10_000;
+
+/// The usage each response reports: input, cached input, output, reasoning tokens (codex
+/// counts input − cached + output: 11,023 a request).
+const USAGE: [u64; 4] = [12_345, 2_000, 678, 100];
+/// The rate-limit windows each response reports: used percent, window minutes, seconds
+/// until the reset.
+const PRIMARY: (f64, u64, i64) = (12.5, 300, 3600);
+const SECONDARY: (f64, u64, i64) = (40.0, 10_080, 3 * 86_400);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,17 +82,48 @@ fn main() {
             let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             (200, "text/event-stream", events(&next_item(&request)))
         };
-        let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-            .expect("a valid header");
-        let _ = rq.respond(
-            tiny_http::Response::from_string(text)
-                .with_status_code(status)
-                .with_header(header),
-        );
+        let mut response = tiny_http::Response::from_string(text)
+            .with_status_code(status)
+            .with_header(header("Content-Type", content_type));
+        if status == 200 {
+            for (name, value) in rate_limit_headers() {
+                response.add_header(header(&name, &value));
+            }
+        }
+        let _ = rq.respond(response);
     }
 }
 
-/// The text of a message item's content parts.
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+}
+
+/// The account's use of both windows, as the model server tells codex.
+fn rate_limit_headers() -> Vec<(String, String)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    [("primary", PRIMARY), ("secondary", SECONDARY)]
+        .iter()
+        .flat_map(|(window, (percent, minutes, resets_in))| {
+            [
+                (
+                    format!("x-codex-{window}-used-percent"),
+                    percent.to_string(),
+                ),
+                (
+                    format!("x-codex-{window}-window-minutes"),
+                    minutes.to_string(),
+                ),
+                (
+                    format!("x-codex-{window}-reset-at"),
+                    (now + resets_in).to_string(),
+                ),
+            ]
+        })
+        .collect()
+}
+
 fn message_text(item: &Value) -> String {
     match &item["content"] {
         Value::String(s) => s.clone(),
@@ -148,8 +192,11 @@ fn next_item(request: &Value) -> Value {
 /// One streamed response holding `item`.
 fn events(item: &Value) -> String {
     let id = "resp_fake";
-    let usage = json!({"input_tokens": 1, "input_tokens_details": null, "output_tokens": 1,
-                       "output_tokens_details": null, "total_tokens": 2});
+    let [input, cached, output, reasoning] = USAGE;
+    let usage = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": cached},
+                       "output_tokens": output,
+                       "output_tokens_details": {"reasoning_tokens": reasoning},
+                       "total_tokens": input + output});
     [
         json!({"type": "response.created", "response": {"id": id}}),
         json!({"type": "response.output_item.done", "item": item}),

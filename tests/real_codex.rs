@@ -124,6 +124,19 @@ impl World {
     fn ws(&self) -> PathBuf {
         self.fx.path("ws")
     }
+
+    /// Lets the agent's tool commands write the workspace's `.git` (commit), as the README
+    /// tells a user to.
+    fn allow_git_writes(&self) {
+        let config = self._codex_home.0.join("config.toml");
+        let mut text = common::read(&config);
+        let git_dir = self.ws().join(".git");
+        text.push_str(&format!(
+            "[sandbox_workspace_write]\nwritable_roots = [{:?}]\n",
+            git_dir.to_string_lossy()
+        ));
+        std::fs::write(config, text).unwrap();
+    }
 }
 
 /// A config that needs no login and sends nothing anywhere but the model on `port`.
@@ -462,4 +475,122 @@ fn the_usage_limit_pauses_the_loop() {
     assert_eq!(runs["runs"][0]["stop_reason"], "usage_limit", "{runs}");
     let log = common::read(runs["runs"][0]["log_path"].as_str().unwrap());
     assert!(log.contains("hit your usage limit"), "{log}");
+}
+
+/// What the stand-in model reports each request (examples/fake_model.rs): input, cached
+/// input, output and reasoning tokens; the rate-limit windows (percent, minutes, seconds to
+/// the reset).
+const MODEL_USAGE: [u64; 4] = [12_345, 2_000, 678, 100];
+const MODEL_PRIMARY: (f64, u64, i64) = (12.5, 300, 3600);
+const MODEL_SECONDARY: (f64, u64, i64) = (40.0, 10_080, 3 * 86_400);
+
+/// A run of the real codex whose tool commands tick a TODO item and commit (with `.git`
+/// writable, as the README says): its row holds the tokens the model reported, as codex
+/// counts them (input − cached + output, summed over the run's requests) with the split and
+/// the rate-limit windows from codex's session file, the final answer, HEAD before and
+/// after with the one commit, and the TODO counts; nothing follows it, so Zulip gets a
+/// message of its own with the summary.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn a_runs_row_holds_what_the_real_codex_reported() {
+    let requests = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("rc-report-model-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&requests);
+    let w = World::new(
+        "rc-report",
+        &[("FAKE_MODEL_LOG", &requests.to_string_lossy())],
+    );
+    w.allow_git_writes();
+    let head_before = git(&w.ws(), &["rev-parse", "HEAD"]);
+    let zulip = FakeZulip::start();
+    let looper = w.start(&zulip.env_with(&[("LOOPER_TODO_FILE", "TODO.md")]));
+    let started = chrono::Utc::now().timestamp();
+    let prompt = "RUN: sleep 0.3\n\
+                  RUN: printf '%s\\n' '- [x] nothing' '- [ ] next' > TODO.md\n\
+                  RUN: git -c user.name=loop -c user.email=loop@example.invalid commit -qam tick";
+    let a = looper.run(json!({"codex_prompt": prompt}));
+    assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+    let id = run_id_of(&a);
+    let message = looper.wait("the run's own message on Zulip", || {
+        zulip
+            .contents()
+            .into_iter()
+            .find(|m| m.contains(&format!("run {id} ")))
+    });
+    let row = looper.ended_row(&id);
+    let log = common::read(row["log_path"].as_str().unwrap());
+    let seen = format!(
+        "{row}\n--- run log:\n{log}\n--- server log:\n{}",
+        looper.tail()
+    );
+    assert_eq!(row["outcome"], "ok", "{seen}");
+    let n = common::read(&requests)
+        .lines()
+        .filter(|l| l.starts_with("/v1/responses "))
+        .count() as u64;
+    assert!(
+        n >= 4,
+        "{n} model requests for three commands and an answer"
+    );
+    let [input, cached, output, reasoning] = MODEL_USAGE;
+    let t = &row["tokens"];
+    assert_eq!(
+        t["used"],
+        n * (input - cached + output),
+        "{n} requests: {seen}"
+    );
+    assert_eq!(
+        [
+            &t["input"],
+            &t["cached_input"],
+            &t["output"],
+            &t["reasoning"]
+        ],
+        [
+            &json!(n * input),
+            &json!(n * cached),
+            &json!(n * output),
+            &json!(n * reasoning)
+        ],
+        "{n} requests: {seen}"
+    );
+    for (name, (percent, minutes, resets_in)) in
+        [("primary", MODEL_PRIMARY), ("secondary", MODEL_SECONDARY)]
+    {
+        let w = &row["rate_limits"][name];
+        assert_eq!(w["used_percent"], percent, "{name}: {seen}");
+        assert_eq!(w["window_minutes"], minutes, "{name}: {seen}");
+        let reset = w["resets_at"].as_i64().unwrap_or(0);
+        let now = chrono::Utc::now().timestamp();
+        assert!(
+            (started + resets_in - 5..=now + resets_in + 5).contains(&reset),
+            "{name} resets at {reset}: {seen}"
+        );
+    }
+    assert_eq!(row["last_message"], "done", "{seen}");
+    let g = &row["git"];
+    assert_eq!(g["head_before"], head_before.as_str(), "{seen}");
+    assert_eq!(
+        g["head_after"],
+        git(&w.ws(), &["rev-parse", "HEAD"]).as_str(),
+        "{seen}"
+    );
+    assert_ne!(g["head_after"], g["head_before"], "{seen}");
+    assert_eq!(g["commits"], 1, "{seen}");
+    assert_eq!(g["dirty"], false, "{seen}");
+    assert_eq!(row["todo_before"], json!({"open": 1, "done": 0}), "{seen}");
+    assert_eq!(row["todo_after"], json!({"open": 1, "done": 1}), "{seen}");
+    let tokens = n * (input - cached + output);
+    let digits = tokens.to_string();
+    let grouped = format!(
+        "{},{}",
+        &digits[..digits.len() - 3],
+        &digits[digits.len() - 3..]
+    );
+    assert!(
+        message.starts_with(&format!("Looper: run {id} ok after "))
+            && message.contains(&format!("{grouped} tokens, 1 commit, TODO 1 → 1 open")),
+        "{message}"
+    );
+    assert!(message.contains("done"), "{message}");
 }
