@@ -11,6 +11,7 @@
 //! - `chatter:<n>`: `line 0` to `line <n-1>` on stdout, one every 20 ms;
 //! - `exit-if-prompt:<prompt>:<code>`: exit with that code when the prompt (the last
 //!   argument) is exactly `<prompt>`;
+//! - `sleep-if-prompt:<prompt>:<seconds>`: sleep that long when the prompt is `<prompt>`;
 //! - `ignore-term`: ignore SIGTERM from now on (helpers started later inherit that);
 //! - `grandchild`: start a helper (`fake-tool`) in a process group of its own, without
 //!   `LOOPER_RUN_ID`, like codex's tool commands; it sleeps until killed;
@@ -112,6 +113,12 @@ fn main() {
                 let (prompt, code) = arg.rsplit_once(':').expect("exit-if-prompt:<p>:<code>");
                 if args.last().map(String::as_str) == Some(prompt) {
                     std::process::exit(code.parse().expect("a code"));
+                }
+            }
+            "sleep-if-prompt" => {
+                let (prompt, secs) = arg.rsplit_once(':').expect("sleep-if-prompt:<p>:<s>");
+                if args.last().map(String::as_str) == Some(prompt) {
+                    std::thread::sleep(Duration::from_secs_f64(secs.parse().expect("seconds")));
                 }
             }
             "chatter" => {

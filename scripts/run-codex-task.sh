@@ -19,6 +19,7 @@ through the run's inbox ($LOOPER_INBOX).
 options (passed to `looper trigger`):
   --follow   print the new run's log until it ends
   --inbox    use $LOOPER_INBOX even when Looper can be reached over HTTP
+  --done     the task is done: the loop finishes (nothing is stopped, no run starts)
   -h, --help this text; nothing is triggered
 
 environment: LOOPER_BIN (the looper binary; set in every run; default: looper on PATH),

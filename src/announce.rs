@@ -16,8 +16,15 @@ use crate::report;
 use crate::request::RunRequest;
 
 /// A trigger's announcement, before anything is stopped: its failure stops the request
-/// (`502`, nothing stopped). The `zulip_output` of the answer on success.
-pub fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String, ApiError> {
+/// (`502`, nothing stopped), except for the hand-off of a live run (`queue`): its message is
+/// kept and delivered, marked late, once Zulip answers, and the loop goes on. The
+/// `zulip_output` of the answer on success.
+pub fn announce(
+    app: &std::sync::Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    queue: bool,
+) -> Result<String, ApiError> {
     let script = req
         .zulip_script_path
         .as_ref()
@@ -26,10 +33,9 @@ pub fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String,
         Some(summary) => format!("{}\n{summary}", req.zulip_message),
         None => req.zulip_message.clone(),
     };
-    let (via, outcome) = match script {
-        Some(script) => ("script", crate::zulip::run_script(script, &text)),
-        None => ("api", app.cfg().zulip.send(&text)),
-    };
+    // What Zulip did not take before goes first, in order.
+    deliver_queued(app);
+    let (via, outcome) = send_via(app, script.map(String::as_str), &text);
     match outcome {
         Ok(output) => {
             log::info!(
@@ -37,6 +43,21 @@ pub fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String,
                 Q(&output)
             );
             Ok(output)
+        }
+        Err(e) if queue => {
+            log::error!(
+                "zulip.send.queued request_id={request_id} via={via} error={} hint=\"the hand-off goes on; the message is delivered, marked late, when Zulip answers\"",
+                Q(&e.0)
+            );
+            app.loop_state().queue(crate::loopstate::Queued {
+                content: text,
+                queued_at: chrono::Local::now().to_rfc3339(),
+                request_id: request_id.to_string(),
+            });
+            start_outbox(app);
+            Ok(format!(
+                "queued: the announcement failed ({e}); Looper delivers it, marked late, once Zulip answers"
+            ))
         }
         Err(e) => {
             log::error!(
@@ -50,6 +71,86 @@ pub fn announce(app: &App, req: &RunRequest, request_id: &str) -> Result<String,
         }
     }
 }
+
+fn send_via(
+    app: &App,
+    script: Option<&str>,
+    text: &str,
+) -> (&'static str, Result<String, crate::zulip::ZulipError>) {
+    match script {
+        Some(script) => ("script", crate::zulip::run_script(script, text)),
+        None => ("api", app.cfg().zulip.send(text)),
+    }
+}
+
+/// Delivers the queued announcements, oldest first, each marked late, until Zulip fails
+/// again; how many are left.
+pub fn deliver_queued(app: &App) -> usize {
+    while let Some(q) = app.loop_state().next_queued() {
+        let queued = chrono::DateTime::parse_from_rfc3339(&q.queued_at)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
+            .unwrap_or_else(|_| q.queued_at.clone());
+        let text = format!(
+            "{}\n(late: queued at {queued}, while Zulip did not answer)",
+            q.content
+        );
+        let script = app.cfg().zulip_script.as_deref();
+        match send_via(app, script, &text) {
+            (via, Ok(out)) => {
+                log::info!(
+                    "zulip.send.late request_id={} via={via} output={}",
+                    q.request_id,
+                    Q(&out)
+                );
+                app.loop_state().delivered(&q);
+            }
+            (via, Err(e)) => {
+                log::warn!(
+                    "zulip.send.retry_failed request_id={} via={via} queued={} error={}",
+                    q.request_id,
+                    app.loop_state().queued(),
+                    Q(&e.0)
+                );
+                break;
+            }
+        }
+    }
+    app.loop_state().queued()
+}
+
+/// Starts the outbox thread unless it runs: while announcements wait, it tries Zulip again,
+/// first after [`RETRY_FIRST`], doubling to [`RETRY_MAX`], and ends when none is left. It
+/// waits on the shutdown signal, never in a bare sleep.
+pub fn start_outbox(app: &std::sync::Arc<App>) {
+    if !app.loop_state().claim_sender() {
+        return;
+    }
+    let mine = std::sync::Arc::clone(app);
+    let spawned = std::thread::Builder::new()
+        .name("outbox".into())
+        .spawn(move || {
+            let app = mine;
+            let mut wait = RETRY_FIRST;
+            loop {
+                if app.shutdown().wait(wait) {
+                    break;
+                }
+                if deliver_queued(&app) == 0 && app.loop_state().release_sender() {
+                    break;
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        });
+    if let Err(e) = spawned {
+        // Claimed, but no thread: the next queued message tries again.
+        app.loop_state().force_release_sender();
+        log::error!("zulip.outbox.fail error={}", Q(&e.to_string()));
+    }
+}
+
+/// How soon the outbox tries a queued announcement again, and the longest it waits.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The summary of the live run that hands off (`req.handed_off_by`), as it stands: the
 /// line under the caller's own first line. `None` with `LOOPER_RUN_REPORTS=0`.
@@ -76,12 +177,15 @@ fn handoff_summary(app: &App, req: &RunRequest) -> Option<String> {
     ))
 }
 
-/// After a run ended: announce a new usage-limit pause and a new crash-loop back-off once,
-/// and with `LOOPER_NOTIFY_ON_EXIT` the end of every run. Failures are logged, nothing more.
+/// After a run ended: announce what the stop rules made of it (`news`: the loop finished or
+/// paused, or finished by the run's own hand-off and said then), a new usage-limit pause
+/// and a new crash-loop back-off once, and with `LOOPER_NOTIFY_ON_EXIT` the end of every
+/// run. Failures are logged, nothing more.
 pub fn after_end(
     app: &App,
     done: &Ended,
     verdict: &Verdict,
+    news: crate::judge::News,
     limit: Option<&UsageLimit>,
     log_path: &Path,
     output_start: u64,
@@ -96,6 +200,10 @@ pub fn after_end(
             .collect::<String>()
     };
     let mut messages = Vec::new();
+    let said_before = news == crate::judge::News::SaidAlready;
+    if let crate::judge::News::Say(news) = news {
+        messages.push(news);
+    }
     let new_pause = verdict.pause.is_some_and(|(_, new)| new);
     if let Some(limit) = limit.filter(|_| new_pause) {
         let when = if limit.stated {
@@ -144,28 +252,29 @@ pub fn after_end(
             text.push_str(&format!("\n{}", summary()));
         }
         messages.push(text);
-    } else if app.cfg().run_reports && nothing_follows(done, verdict, app.cfg().autopoll) {
+    } else if app.cfg().run_reports
+        && !said_before
+        && (nothing_follows(done, verdict, app.cfg().autopoll) || !messages.is_empty())
+    {
         match messages.first_mut() {
-            // The pause or the back-off says why nothing follows: the summary goes with it.
+            // The finish, the pause or the back-off says why nothing follows: the summary
+            // goes with it.
             Some(first) => first.push_str(&format!("\n{}", summary())),
             None => messages.push(format!("Looper: {}", summary())),
         }
     }
     for m in messages {
-        // They quote the run's output (its last line, its last message): the agent's words,
-        // whose wildcard mentions must not ping a whole stream.
-        match app.cfg().zulip.send(&crate::trust::defuse_mentions(&m)) {
-            Ok(out) => log::info!(
-                "zulip.send.ok run_id={} via=api output={}",
-                done.row.run_id,
-                Q(&out)
-            ),
-            Err(e) => log::error!(
-                "zulip.send.fail run_id={} via=api error={}",
-                done.row.run_id,
-                Q(&e.0)
-            ),
-        }
+        say(app, &m, &done.row.run_id);
+    }
+}
+
+/// Says `text` on Zulip (by the API) for `about` (a run id, `autopoll`); a failure is
+/// logged, nothing more. It may quote a run's output (its last line, its last message):
+/// the agent's words, whose wildcard mentions must not ping a whole stream.
+pub fn say(app: &App, text: &str, about: &str) {
+    match app.cfg().zulip.send(&crate::trust::defuse_mentions(text)) {
+        Ok(out) => log::info!("zulip.send.ok about={about} via=api output={}", Q(&out)),
+        Err(e) => log::error!("zulip.send.fail about={about} via=api error={}", Q(&e.0)),
     }
 }
 

@@ -22,7 +22,7 @@ use crate::trust::Caller;
 const MAX_INFLIGHT: usize = 64;
 
 /// The paths Looper serves; all but `/health` need the token when one is set.
-const KNOWN: [&str; 5] = ["/health", "/run", "/status", "/runs", "/metrics"];
+const KNOWN: [&str; 6] = ["/health", "/run", "/status", "/runs", "/metrics", "/resume"];
 
 /// The tokens a request offers (`Authorization: Bearer` or `X-Looper-Token`).
 fn offered_tokens(head: &Head) -> Vec<&str> {
@@ -245,6 +245,9 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Outcome, 
     if (path, method) == ("/run", "POST") {
         return serve_run(app, rq, request_id).map(ok_json);
     }
+    if (path, method) == ("/resume", "POST") {
+        return serve_resume(app, rq, request_id).map(ok_json);
+    }
     if path != "/health" && !operator(app, &rq.head) {
         if run_token_of(app, &rq.head).is_some() {
             return Err(ApiError::new(
@@ -411,10 +414,84 @@ fn serve_run(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value
     outcome
 }
 
+/// `POST /resume` (`looper resume`): the operator ends the loop's holds, of the workspace
+/// the body names (`{"workspace": …}`) or of every workspace (`{}`). A run may not: a
+/// hand-off is good for asking for the next run only.
+fn serve_resume(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Value, ApiError> {
+    if let Caller::Run { run_id, .. } = caller_of(app, rq)? {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "run {} may not resume the loop: only the operator may (looper resume, a trigger of theirs). Nothing was changed",
+                run_id.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    require_json(&rq.head)?;
+    let body = rq.body()?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not JSON: {e}; nothing was changed"))
+    })?;
+    let Some(fields) = value.as_object() else {
+        return Err(ApiError::bad_request(
+            "the body is a JSON object: {} or {\"workspace\": \"<dir>\"}; nothing was changed",
+        ));
+    };
+    if let Some(other) = fields.keys().find(|k| *k != "workspace") {
+        return Err(ApiError::bad_request(format!(
+            "{other} is not a /resume field (only workspace); nothing was changed"
+        )));
+    }
+    let workspace = match fields.get("workspace") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(w)) if !w.trim().is_empty() => {
+            Some(pipeline::workspace_named(app, Some(w)))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "workspace is a directory's path (a non-empty string); nothing was changed",
+            ))
+        }
+    };
+    let ended = crate::judge::resume(app, workspace.as_deref(), &format!("resume:{request_id}"));
+    let resumed: Vec<Value> = ended
+        .iter()
+        .map(|(ws, h)| {
+            json!({
+                "workspace": ws,
+                "state": h.state,
+                "reason": h.reason,
+                "detail": h.detail,
+            })
+        })
+        .collect();
+    if !ended.is_empty() {
+        let names: Vec<String> = ended
+            .iter()
+            .map(|(ws, h)| format!("{ws} ({} {})", h.state, h.reason))
+            .collect();
+        crate::announce::say(
+            app,
+            &format!(
+                "Looper: the operator resumed the loop in {}; autopoll goes on there.",
+                names.join(", ")
+            ),
+            "resume",
+        );
+    }
+    Ok(json!({
+        "ok": true,
+        "request_id": request_id,
+        "workspace": workspace.map(|w| w.to_string_lossy().into_owned()),
+        "resumed": resumed,
+    }))
+}
+
 /// What `/metrics` shows, from the registry and autopoll's policy.
 fn metrics_snapshot(app: &App) -> crate::metrics::Snapshot {
     let (started, ended) = app.registry().counts();
     let poll = app.policy().view(std::time::Instant::now());
+    let holds = current_holds(app);
     crate::metrics::Snapshot {
         started: started.into_iter().map(|(t, n)| (t.as_str(), n)).collect(),
         ended: ended.into_iter().map(|(o, n)| (o.as_str(), n)).collect(),
@@ -424,13 +501,60 @@ fn metrics_snapshot(app: &App) -> crate::metrics::Snapshot {
             .map(|r| (r.started.elapsed().as_secs_f64(), r.quiet().as_secs_f64())),
         crashes: poll.crashes,
         backoff_seconds: poll.backoff_left.map_or(0.0, |d| d.as_secs_f64()),
-        paused_until: poll
-            .paused_until
+        paused_until: holds
+            .iter()
+            .find(|(_, h)| h.reason == "usage_limit")
+            .and_then(|(_, h)| h.until())
             .filter(|t| *t > chrono::Local::now())
             .map(|t| t.timestamp()),
         autopoll_enabled: app.cfg().autopoll,
         runs: run_figures(app),
+        holds: holds
+            .iter()
+            .map(|(w, h)| {
+                (
+                    w.clone(),
+                    h.state.clone(),
+                    h.reason.clone(),
+                    h.until().map(|t| t.timestamp()),
+                )
+            })
+            .collect(),
     }
+}
+
+/// Every workspace's hold now (one whose time is over ends here).
+fn current_holds(app: &App) -> Vec<(String, crate::loopstate::Hold)> {
+    let now = chrono::Local::now();
+    for (ws, _) in app.loop_state().holds() {
+        let _ = app.loop_state().hold_of(std::path::Path::new(&ws), now);
+    }
+    app.loop_state().holds()
+}
+
+/// The loop of the workspace autopoll serves, for `/status` and the page: `running`,
+/// `idle`, `paused` or `finished`, with the hold's reason, detail and times.
+fn loop_status(app: &App, holds: &[(String, crate::loopstate::Hold)]) -> Value {
+    let ws = crate::autopoll::workspace(app);
+    let key = ws.as_ref().map(|w| w.to_string_lossy().into_owned());
+    let hold = holds
+        .iter()
+        .find(|(w, _)| Some(w) == key.as_ref())
+        .map(|(_, h)| h);
+    let state = match hold {
+        Some(h) => h.state.clone(),
+        None if app.registry().active().is_some() => "running".into(),
+        None => "idle".into(),
+    };
+    json!({
+        "workspace": key,
+        "state": state,
+        "reason": hold.map(|h| &h.reason),
+        "detail": hold.map(|h| &h.detail),
+        "since": hold.map(|h| &h.since),
+        "until": hold.and_then(|h| h.until.as_ref()),
+        "run_id": hold.and_then(|h| h.run_id.as_ref()),
+    })
 }
 
 /// The figures `/metrics` takes from the runs' history rows: tokens by workspace, the
@@ -524,6 +648,8 @@ fn status(app: &App) -> Value {
         })
     });
     let poll = app.policy().view(std::time::Instant::now());
+    let holds = current_holds(app);
+    let state = loop_status(app, &holds);
     let in_time = |d: std::time::Duration| crate::autopoll::at(std::time::Instant::now() + d);
     let backoff_until = poll.backoff_left.map(in_time);
     json!({
@@ -539,9 +665,19 @@ fn status(app: &App) -> Value {
             "next_tick_at": if app.cfg().autopoll { poll.next_tick_in.map(in_time) } else { None },
             "backoff_until": backoff_until,
             "consecutive_crashes": poll.crashes,
-            "paused_until": poll.paused_until.map(|t| t.to_rfc3339()),
-            "pause_reason": poll.paused_until.map(|_| "usage_limit"),
+            "paused_until": if state["state"] == "paused" { state["until"].clone() } else { Value::Null },
+            "pause_reason": if state["state"] == "paused" { state["reason"].clone() } else { Value::Null },
         },
+        "loop": state,
+        "holds": holds
+            .iter()
+            .map(|(w, h)| {
+                let mut v = json!(h);
+                v["workspace"] = json!(w);
+                v
+            })
+            .collect::<Vec<_>>(),
+        "stop_scope": app.cfg().stop_scope.as_str(),
         "stop_method": app.stop_method(),
         "version": env!("CARGO_PKG_VERSION"),
     })

@@ -1,5 +1,5 @@
 //! What one server's threads share: the configuration, the shutdown flag, the run
-//! registry, autopoll's policy, the inboxes being watched and the listening socket. Each
+//! registry, autopoll's policy, the loop's memory, the inboxes being watched and the listening socket. Each
 //! is reached through a method; the rooms that act on runs live elsewhere.
 
 use std::io::Read;
@@ -11,6 +11,7 @@ use crate::cgroup::Cgroups;
 use crate::config::Config;
 use crate::history::History;
 use crate::inbox::{Doorbell, Inbox};
+use crate::loopstate::LoopState;
 use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
@@ -26,6 +27,8 @@ pub struct App {
     shutdown: Shutdown,
     registry: Registry,
     policy: Mutex<Policy>,
+    /// Pauses, finishes and queued announcements, kept across restarts.
+    loop_state: LoopState,
     /// `/run` requests being read or served on worker threads.
     inflight: AtomicUsize,
     /// `PATH` at start, for finding binaries.
@@ -69,6 +72,7 @@ impl App {
             shutdown: Shutdown::default(),
             registry: Registry::new(History::open(&cfg.log_dir), seed()),
             policy: Mutex::new(Policy::default()),
+            loop_state: LoopState::open(&cfg.log_dir),
             inflight: AtomicUsize::new(0),
             cfg,
             path_var,
@@ -99,6 +103,11 @@ impl App {
 
     pub fn history(&self) -> &History {
         self.registry.history()
+    }
+
+    /// What the loop remembers across restarts (see [`crate::loopstate`]).
+    pub fn loop_state(&self) -> &LoopState {
+        &self.loop_state
     }
 
     /// Autopoll's policy, to ask or to tell (see [`crate::policy`]).

@@ -57,21 +57,33 @@ fn tick(app: &Arc<App>, first: bool) {
         log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
         return;
     }
-    let resumed = match app.policy().gate(Instant::now(), chrono::Local::now()) {
-        Gate::Skip(reason) => {
-            log::debug!("codex.exec.autopoll.skip reason={reason}");
-            return;
-        }
-        Gate::Go { resumed } => resumed,
-    };
-    // Codex's usage limit is over: a run at once, whatever the logs say.
-    if resumed {
-        log::info!("codex.exec.autopoll.resume reason=usage_limit_reset");
+    if let Gate::Skip(reason) = app.policy().gate(Instant::now()) {
+        log::debug!("codex.exec.autopoll.skip reason={reason}");
+        return;
     }
     let Some(workspace) = workspace(app) else {
         log::debug!("codex.exec.autopoll.skip reason=no_workspace");
         return;
     };
+    let ended = match crate::judge::autopoll_gate(app, &workspace) {
+        Ok(ended) => ended,
+        Err((reason, said)) => {
+            if let Some(message) = said {
+                crate::announce::say(app, &message, "autopoll");
+            }
+            log::debug!("codex.exec.autopoll.skip reason={reason}");
+            return;
+        }
+    };
+    // A pause is over (codex's usage limit reset, a budget cleared): a run at once,
+    // whatever the logs say.
+    let resumed = ended.as_ref().map(|h| match h.reason.as_str() {
+        "usage_limit" => "usage_limit_reset".to_string(),
+        other => format!("{other}_cleared"),
+    });
+    if let Some(why) = &resumed {
+        log::info!("codex.exec.autopoll.resume reason={why}");
+    }
     stop::settle_unwatched(app, None);
     match any_live_run(app, &workspace) {
         Some(false) => {}
@@ -84,7 +96,7 @@ fn tick(app: &Arc<App>, first: bool) {
             return;
         }
     }
-    if !first && !resumed {
+    if !first && resumed.is_none() {
         if let Some(age) = newest_log_age(&app.cfg().log_dir) {
             if age < app.cfg().idle_stale {
                 log::debug!(
@@ -104,7 +116,7 @@ fn tick(app: &Arc<App>, first: bool) {
         log::debug!("codex.exec.autopoll.skip reason=live_run");
         return;
     }
-    let why = if resumed { "usage_limit_reset" } else { "idle" };
+    let why = resumed.as_deref().unwrap_or("idle");
     let req = RunRequest {
         workspace: Some(workspace.to_string_lossy().into_owned()),
         ..RunRequest::default()

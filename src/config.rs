@@ -62,6 +62,10 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_TODO_FILE",
     "LOOPER_GIT_STATE",
     "LOOPER_RUN_REPORTS",
+    "LOOPER_NO_PROGRESS_RUNS",
+    "LOOPER_MAX_RUNS_PER_DAY",
+    "LOOPER_MAX_TOKENS_PER_DAY",
+    "LOOPER_PAUSE_AT_PERCENT",
     "CODEX_HOME",
 ];
 
@@ -83,6 +87,14 @@ impl StopScope {
             "workspace" => Some(StopScope::Workspace),
             "own" => Some(StopScope::Own),
             _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopScope::All => "all",
+            StopScope::Workspace => "workspace",
+            StopScope::Own => "own",
         }
     }
 }
@@ -145,6 +157,8 @@ pub struct Config {
     pub report_sources: crate::report::Sources,
     /// Whether Zulip hears how runs ended (`LOOPER_RUN_REPORTS`).
     pub run_reports: bool,
+    /// When the loop stops by itself: stuck, over budget.
+    pub rules: crate::rules::Rules,
 }
 
 impl Config {
@@ -281,6 +295,18 @@ impl Vars<'_> {
             )?,
             linger: self.positive_seconds("LOOPER_HTTP_LINGER_SECONDS", d.linger.as_secs_f64())?,
         })
+    }
+
+    /// A whole number, `None` when unset.
+    fn count(&self, key: &str, what: &str) -> Result<Option<u64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(raw) => raw.parse::<u64>().map(Some).map_err(|_| {
+                ConfigError(format!(
+                    "{key}: expected a whole number of {what}, got {raw:?}"
+                ))
+            }),
+        }
     }
 
     fn flag(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -445,9 +471,30 @@ impl Config {
             )))
             }
         };
+        let rules = crate::rules::Rules {
+            no_progress_runs: v
+                .count("LOOPER_NO_PROGRESS_RUNS", "runs (0 = off)")?
+                .map_or(3, |n| n.min(u64::from(u32::MAX)) as u32),
+            max_runs_per_day: v.count("LOOPER_MAX_RUNS_PER_DAY", "runs")?,
+            max_tokens_per_day: v.count("LOOPER_MAX_TOKENS_PER_DAY", "tokens")?,
+            pause_at_percent: match v.get("LOOPER_PAUSE_AT_PERCENT") {
+                None => None,
+                Some(raw) => Some(
+                    raw.parse::<f64>()
+                        .ok()
+                        .filter(|p| *p > 0.0 && *p <= 100.0)
+                        .ok_or_else(|| {
+                            ConfigError(format!(
+                                "LOOPER_PAUSE_AT_PERCENT: expected a percentage above 0 and at most 100, got {raw:?}"
+                            ))
+                        })?,
+                ),
+            },
+        };
         let report_sources = crate::report::Sources {
             todo_file,
             git: v.flag("LOOPER_GIT_STATE", true)?,
+            fingerprints: rules.no_progress_runs > 0,
             codex_home: v
                 .get("CODEX_HOME")
                 .map(|p| absolute(cwd, home, p))
@@ -506,6 +553,7 @@ impl Config {
             zulip,
             report_sources,
             run_reports: v.flag("LOOPER_RUN_REPORTS", true)?,
+            rules,
         })
     }
 }

@@ -20,6 +20,9 @@ pub struct Snapshot {
     /// Whether autopoll is on (`LOOPER_AUTOPOLL`).
     pub autopoll_enabled: bool,
     pub runs: RunFigures,
+    /// The loops that start nothing by themselves: workspace, `paused`/`finished`, reason,
+    /// when it ends (Unix time) if it ends by itself.
+    pub holds: Vec<(String, String, String, Option<i64>)>,
 }
 
 /// What the runs' history rows say they did.
@@ -180,6 +183,57 @@ pub fn render(snap: &Snapshot) -> String {
         .iter()
         .map(|(w, p)| (format!("{{window=\"{w}\"}}"), *p))
         .collect();
+    let holds = |state: &str| -> Vec<(String, f64)> {
+        snap.holds
+            .iter()
+            .filter(|h| h.1 == state)
+            .map(|(w, _, reason, _)| {
+                (
+                    format!(
+                        "{{workspace=\"{}\",reason=\"{}\"}}",
+                        label_value(w),
+                        label_value(reason)
+                    ),
+                    1.0,
+                )
+            })
+            .collect()
+    };
+    family(
+        &mut out,
+        "looper_loop_paused",
+        "gauge",
+        "1 for each workspace whose loop is paused (no progress, a budget, the usage limit), by reason.",
+        &holds("paused"),
+    );
+    family(
+        &mut out,
+        "looper_loop_finished",
+        "gauge",
+        "1 for each workspace whose loop is finished (its TODO list done, or a run said done), by reason.",
+        &holds("finished"),
+    );
+    let until: Vec<(String, f64)> = snap
+        .holds
+        .iter()
+        .filter_map(|(w, _, reason, until)| {
+            Some((
+                format!(
+                    "{{workspace=\"{}\",reason=\"{}\"}}",
+                    label_value(w),
+                    label_value(reason)
+                ),
+                (*until)? as f64,
+            ))
+        })
+        .collect();
+    family(
+        &mut out,
+        "looper_loop_paused_until_timestamp_seconds",
+        "gauge",
+        "When a paused loop goes on by itself (Unix time); absent for a pause that waits for an operator.",
+        &until,
+    );
     family(
         &mut out,
         "looper_rate_limit_used_percent",

@@ -48,16 +48,29 @@ pub fn default_prompt(app: &App) -> Result<String, ApiError> {
         .unwrap_or_else(|| BUILTIN_PROMPT.to_string()))
 }
 
-/// Whether `from_run_id` is an old run calling late: another run is active, or, with none
-/// active, that run is known to have ended. (An id we never saw, with nothing active, is
-/// let through: it may be a run of an earlier Looper on this address.)
+/// Whether `from_run_id` may not hand off: an id Looper never gave out (its history keeps
+/// every run, across restarts), or an old run calling late — another run is active, or,
+/// with none active, a newer run than it started since. The newest run, live or just ended,
+/// goes through.
 pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
+    if app.registry().being_set_up(from_run_id) {
+        // Its hand-off waits for its setup under the run guard, then is looked at again.
+        return None;
+    }
+    if !app.registry().gave_out(from_run_id) {
+        return Some(ApiError::new(
+            409,
+            format!("unknown run: Looper never started a run {from_run_id}; a hand-off names the run that sends it. Nothing was stopped"),
+        ));
+    }
     let stale = match app.registry().active() {
         Some(active) => active.run_id != from_run_id,
-        None => app
-            .history()
-            .get(from_run_id)
-            .is_some_and(|row| row.return_code.is_some()),
+        // The newest run that ended on its own may still be heard (its inbox file is read
+        // after its exit); one that was stopped (replaced, by a person, at shutdown) is not.
+        None => app.history().newest(1).first().is_none_or(|newest| {
+            newest.run_id != from_run_id
+                || !matches!(newest.stop_reason.as_deref(), None | Some("usage_limit"))
+        }),
     };
     stale.then(|| ApiError::new(409, format!("stale: run {from_run_id} is no longer active")))
 }
@@ -101,18 +114,7 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
             codex::MAX_PROMPT_BYTES
         )));
     }
-    let named = match &req.workspace {
-        // `~` as the original read it; `..` folded away so the answer names the directory.
-        Some(w) => crate::paths::normalize(
-            &app.cfg()
-                .cwd
-                .join(crate::paths::expand_home(w, app.cfg().home.as_deref())),
-        ),
-        None => app.cfg().workspace.clone(),
-    };
-    // The directory itself, not a link to it: the run, its answer and its history name
-    // the same place.
-    let workspace = named.canonicalize().unwrap_or(named);
+    let workspace = target_workspace(app, req);
     let mut plan = Plan {
         prompt,
         workspace,
@@ -217,6 +219,28 @@ pub fn submit(
     if let Some(e) = stale() {
         return Err(e);
     }
+    let handoff = matches!(caller, Caller::Run { .. }) || req.from_run_id.is_some();
+    let workspace = target_workspace(app, &req);
+    if req.loop_done {
+        return finish_loop(app, &req, request_id, &workspace, handoff);
+    }
+    if handoff {
+        if let Some((e, said)) = crate::judge::refuse_handoff(app, &workspace) {
+            if let Some(message) = said {
+                crate::announce::say(app, &message, request_id);
+            }
+            log::warn!(
+                "run.refused request_id={request_id} caller={} status={} error={}",
+                Q(&caller.describe()),
+                e.status,
+                Q(&e.message)
+            );
+            return Err(e);
+        }
+    } else {
+        // The operator's own trigger: the loop goes on, whatever held it.
+        crate::judge::resume(app, Some(&workspace), &caller.describe());
+    }
     let value = execute(app, &req, request_id, trigger)?;
     log::info!(
         "run.success request_id={request_id} started={} pid={}",
@@ -224,6 +248,70 @@ pub fn submit(
         value["codex_exec_result"]["pid"]
     );
     Ok(value)
+}
+
+/// The directory a request runs in: `~` as the original read it, `..` folded away so the
+/// answer names the directory, and the directory itself, not a link to it (the run, its
+/// answer, its history and the loop's holds name the same place).
+fn target_workspace(app: &App, req: &RunRequest) -> PathBuf {
+    workspace_named(app, req.workspace.as_deref())
+}
+
+/// The workspace a request names (relative to Looper's directory, `~` expanded), as the
+/// loop's state knows it; `None`: the configured one.
+pub fn workspace_named(app: &App, workspace: Option<&str>) -> PathBuf {
+    let named = match workspace {
+        Some(w) => crate::paths::normalize(
+            &app.cfg()
+                .cwd
+                .join(crate::paths::expand_home(w, app.cfg().home.as_deref())),
+        ),
+        None => app.cfg().workspace.clone(),
+    };
+    named.canonicalize().unwrap_or(named)
+}
+
+/// A hand-off with `loop_done`: the live run that sends it says the task is done. The loop
+/// finishes: nothing is stopped (the run ends by itself), nothing starts, autopoll leaves
+/// the workspace alone, and the announcement says so with the run's summary.
+fn finish_loop(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    workspace: &Path,
+    handoff: bool,
+) -> Result<Value, ApiError> {
+    // The stale check passed: the run is the live one, or the newest, ended on its own
+    // (its inbox file may be read after its exit).
+    let Some(run_id) = req.handed_off_by.as_deref().filter(|_| handoff) else {
+        return Err(ApiError::new(
+            409,
+            "loop_done comes only with the hand-off of the run that finished the task (send it from the run, or with its from_run_id); nothing was changed",
+        ));
+    };
+    refuse_after_shutdown(app)?;
+    let mut announced = req.clone();
+    announced.zulip_message = format!(
+        "{}\nLooper: the loop in {} is finished: run {run_id} handed off with done. Autopoll starts nothing more there; `looper resume` or a trigger of yours starts it again.",
+        req.zulip_message,
+        workspace.display()
+    );
+    let zulip_output = announce(app, &announced, request_id, true)?;
+    crate::judge::finish_by_handoff(app, workspace, run_id);
+    Ok(json!({
+        "ok": true,
+        "request_id": request_id,
+        "loop_done": true,
+        "loop_state": "finished",
+        "run_id": Value::Null,
+        "zulip_output": zulip_output,
+        "killed_codex_exec_pids": [],
+        "remaining_codex_exec_pids": [],
+        "workspace": workspace.to_string_lossy(),
+        "codex_exec_started": false,
+        "codex_exec_result": Value::Null,
+        "codex_prompt_sent": false,
+    }))
 }
 
 /// Runs the whole pipeline for a validated request; the caller holds the run guard.
@@ -267,7 +355,12 @@ pub fn execute_replacing(
     let zulip_output = if trigger == Trigger::Autopoll {
         "skipped: autopoll does not announce".to_string()
     } else {
-        announce(app, req, request_id)?
+        // A live run's hand-off goes on when Zulip fails: its message waits in the outbox.
+        let live_handoff = req
+            .handed_off_by
+            .as_deref()
+            .is_some_and(|id| app.registry().active().is_some_and(|a| a.run_id == id));
+        announce(app, req, request_id, live_handoff)?
     };
 
     refuse_after_shutdown(app)?;

@@ -1,6 +1,6 @@
 //! Autopoll's policy: what a run's end means for the next start (a crash loop backs off,
-//! codex's usage limit pauses, a healthy run resets both) and whether a tick may start a
-//! run. Pure: the state, the event and the time go in, a verdict comes out; the caller
+//! codex's usage limit pauses — kept by [`crate::loopstate`] with the other pauses —, a
+//! healthy run resets the back-off) and whether a tick may start a run. Pure: the state, the event and the time go in, a verdict comes out; the caller
 //! logs, announces and starts. Nothing here reads a clock or a file.
 
 use std::time::{Duration, Instant};
@@ -36,8 +36,6 @@ pub struct Policy {
     backoff_until: Option<Instant>,
     /// Whether the current crash loop was announced already.
     announced: bool,
-    /// Codex hit its usage limit: autopoll starts nothing before this time.
-    paused_until: Option<DateTime<Local>>,
     /// When the next tick is due, for `/status`.
     next_tick: Option<Instant>,
 }
@@ -62,10 +60,9 @@ pub struct Verdict {
     pub backoff: Option<(u32, Duration, bool)>,
     /// A healthy run ended a crash count of this many.
     pub reset_after: Option<u32>,
-    /// Codex's usage limit pauses autopoll until then; `true`: a new pause, to be said once.
+    /// Codex's usage limit pauses autopoll until then; `true`: a new pause, to be said once
+    /// (the caller learns that from [`crate::loopstate`]).
     pub pause: Option<(DateTime<Local>, bool)>,
-    /// A run exited 0 during a usage-limit pause: the pause is over.
-    pub resumed: bool,
     /// The run counted as a crash (a quick non-zero exit nobody asked for).
     pub crash: bool,
 }
@@ -73,10 +70,9 @@ pub struct Verdict {
 /// Whether a tick may go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
-    /// Not now: `backoff` or `usage_limit`.
+    /// Not now: `backoff`.
     Skip(&'static str),
-    /// Go on; `resumed`: a usage-limit pause just ended (start without the quiet check).
-    Go { resumed: bool },
+    Go,
 }
 
 /// What `/status` and `/metrics` show of the policy.
@@ -85,29 +81,19 @@ pub struct View {
     pub crashes: u32,
     /// How long the back-off still lasts (none, or over: `None`).
     pub backoff_left: Option<Duration>,
-    pub paused_until: Option<DateTime<Local>>,
     pub next_tick_in: Option<Duration>,
 }
 
 impl Policy {
-    /// The verdict on a run's end at `now` (monotonic) / `local_now` (the wall clock).
-    pub fn on_end(
-        &mut self,
-        end: &RunEnd,
-        settings: Settings,
-        now: Instant,
-        local_now: DateTime<Local>,
-    ) -> Verdict {
+    /// The verdict on a run's end at `now`.
+    pub fn on_end(&mut self, end: &RunEnd, settings: Settings, now: Instant) -> Verdict {
         let mut verdict = Verdict::default();
         let quick = end.elapsed < QUICK_EXIT;
         if let Some(limit) = &end.usage_limit {
             // Not a crash: codex will not work before the reset, whatever we do.
             let margin =
                 chrono::Duration::from_std(settings.usage_limit_margin).unwrap_or_default();
-            let until = limit.resets_at + margin;
-            let new = self.paused_until.is_none_or(|p| p <= local_now);
-            self.paused_until = Some(until);
-            verdict.pause = Some((until, new));
+            verdict.pause = Some((limit.resets_at + margin, true));
         } else if quick && end.explained {
             // Stopped on purpose: says nothing about codex's health.
         } else if quick && end.return_code != 0 {
@@ -128,27 +114,15 @@ impl Policy {
             self.backoff_until = None;
             self.announced = false;
         }
-        if end.return_code == 0 && self.paused_until.take().is_some() {
-            // Someone's run worked (bought credits, or the reset came early): go on.
-            verdict.resumed = true;
-        }
         verdict
     }
 
-    /// Whether a tick at `now` / `local_now` may start a run. A usage-limit pause that is
-    /// over ends here.
-    pub fn gate(&mut self, now: Instant, local_now: DateTime<Local>) -> Gate {
+    /// Whether a tick at `now` may start a run.
+    pub fn gate(&mut self, now: Instant) -> Gate {
         if self.backoff_until.is_some_and(|until| now < until) {
             return Gate::Skip("backoff");
         }
-        match self.paused_until {
-            Some(until) if local_now < until => Gate::Skip("usage_limit"),
-            Some(_) => {
-                self.paused_until = None;
-                Gate::Go { resumed: true }
-            }
-            None => Gate::Go { resumed: false },
-        }
+        Gate::Go
     }
 
     /// Notes when the next tick is due.
@@ -163,7 +137,6 @@ impl Policy {
                 .backoff_until
                 .filter(|until| *until > now)
                 .map(|until| until - now),
-            paused_until: self.paused_until,
             next_tick_in: self.next_tick.map(|t| t.saturating_duration_since(now)),
         }
     }
@@ -189,9 +162,9 @@ mod tests {
 
     #[test]
     fn quick_crashes_back_off_doubling_and_are_announced_once() {
-        let (mut p, now, local) = (Policy::default(), Instant::now(), Local::now());
+        let (mut p, now) = (Policy::default(), Instant::now());
         let verdicts: Vec<Verdict> = (0..5)
-            .map(|_| p.on_end(&end(1, 2), SETTINGS, now, local))
+            .map(|_| p.on_end(&end(1, 2), SETTINGS, now))
             .collect();
         assert_eq!(verdicts[0].backoff, None);
         assert_eq!(verdicts[1].backoff, None);
@@ -207,11 +180,8 @@ mod tests {
             verdicts[4].backoff,
             Some((5, Duration::from_secs(1200), false))
         );
-        assert_eq!(p.gate(now, local), Gate::Skip("backoff"));
-        assert_eq!(
-            p.gate(now + Duration::from_secs(1201), local),
-            Gate::Go { resumed: false }
-        );
+        assert_eq!(p.gate(now), Gate::Skip("backoff"));
+        assert_eq!(p.gate(now + Duration::from_secs(1201)), Gate::Go);
     }
 
     #[test]
@@ -220,55 +190,53 @@ mod tests {
             idle_poll: Duration::from_millis(100),
             ..SETTINGS
         };
-        let (mut p, now, local) = (Policy::default(), Instant::now(), Local::now());
+        let (mut p, now) = (Policy::default(), Instant::now());
         let mut last = None;
         for _ in 0..40 {
-            last = p.on_end(&end(1, 0), fast, now, local).backoff;
+            last = p.on_end(&end(1, 0), fast, now).backoff;
         }
         assert_eq!(last.map(|b| b.1), Some(MAX_BACKOFF));
         let mut p = Policy::default();
         for _ in 0..3 {
-            last = p.on_end(&end(1, 0), fast, now, local).backoff;
+            last = p.on_end(&end(1, 0), fast, now).backoff;
         }
         assert_eq!(last.map(|b| b.1), Some(MIN_BACKOFF));
     }
 
     #[test]
     fn a_stop_is_no_crash_and_a_healthy_run_resets() {
-        let (mut p, now, local) = (Policy::default(), Instant::now(), Local::now());
+        let (mut p, now) = (Policy::default(), Instant::now());
         for _ in 0..3 {
-            p.on_end(&end(1, 1), SETTINGS, now, local);
+            p.on_end(&end(1, 1), SETTINGS, now);
         }
         let stopped = RunEnd {
             explained: true,
             ..end(-15, 1)
         };
-        assert_eq!(p.on_end(&stopped, SETTINGS, now, local), Verdict::default());
+        assert_eq!(p.on_end(&stopped, SETTINGS, now), Verdict::default());
         assert_eq!(p.view(now).crashes, 3);
         // A slow failure is no crash either: it resets the count.
-        let v = p.on_end(&end(1, 120), SETTINGS, now, local);
+        let v = p.on_end(&end(1, 120), SETTINGS, now);
         assert_eq!(v.reset_after, Some(3));
         assert_eq!(p.view(now).crashes, 0);
         assert!(p.view(now).backoff_left.is_none());
-        assert_eq!(p.gate(now, local), Gate::Go { resumed: false });
+        assert_eq!(p.gate(now), Gate::Go);
         // The next loop is announced again.
         for _ in 0..3 {
-            last_announce(&mut p, now, local);
+            last_announce(&mut p, now);
         }
         assert!(matches!(
-            p.on_end(&end(1, 1), SETTINGS, now, local).backoff,
+            p.on_end(&end(1, 1), SETTINGS, now).backoff,
             Some((4, _, false))
         ));
     }
 
-    fn last_announce(p: &mut Policy, now: Instant, local: DateTime<Local>) -> Option<bool> {
-        p.on_end(&end(1, 1), SETTINGS, now, local)
-            .backoff
-            .map(|b| b.2)
+    fn last_announce(p: &mut Policy, now: Instant) -> Option<bool> {
+        p.on_end(&end(1, 1), SETTINGS, now).backoff.map(|b| b.2)
     }
 
     #[test]
-    fn the_usage_limit_pauses_until_its_reset_and_a_success_resumes() {
+    fn the_usage_limit_pauses_until_its_reset_and_is_no_crash() {
         let (mut p, now, local) = (Policy::default(), Instant::now(), Local::now());
         let resets_at = local + chrono::Duration::hours(2);
         let limited = RunEnd {
@@ -280,25 +248,8 @@ mod tests {
             ..end(1, 5)
         };
         let until = resets_at + chrono::Duration::seconds(60);
-        assert_eq!(
-            p.on_end(&limited, SETTINGS, now, local).pause,
-            Some((until, true))
-        );
-        // The same pause again is not a new one.
-        assert_eq!(
-            p.on_end(&limited, SETTINGS, now, local).pause,
-            Some((until, false))
-        );
+        assert_eq!(p.on_end(&limited, SETTINGS, now).pause, Some((until, true)));
         assert_eq!(p.view(now).crashes, 0, "a usage limit is no crash");
-        assert_eq!(p.gate(now, local), Gate::Skip("usage_limit"));
-        assert_eq!(
-            p.gate(now, until + chrono::Duration::seconds(1)),
-            Gate::Go { resumed: true }
-        );
-        assert_eq!(p.gate(now, local), Gate::Go { resumed: false });
-        // Paused again, then someone's run succeeds: over.
-        p.on_end(&limited, SETTINGS, now, local);
-        assert!(p.on_end(&end(0, 300), SETTINGS, now, local).resumed);
-        assert_eq!(p.gate(now, local), Gate::Go { resumed: false });
+        assert_eq!(p.gate(now), Gate::Go, "the pause is the loop state's");
     }
 }

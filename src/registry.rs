@@ -340,7 +340,31 @@ impl Registry {
         if let Some(h) = self.runs().live.iter().find(|h| h.run.run_id == run_id) {
             return Some(h.run.workspace.clone());
         }
-        self.history.get(run_id).map(|r| r.workspace)
+        self.history
+            .get(run_id)
+            .map(|r| r.workspace)
+            .or_else(|| self.token_workspace(run_id))
+    }
+
+    /// The workspace of run `run_id` as its token was given out: a run being spawned is
+    /// known by it before it is registered (its first hand-off may come that early).
+    fn token_workspace(&self, run_id: &str) -> Option<PathBuf> {
+        let tokens = lock(&self.tokens);
+        let t = tokens.iter().rev().find(|t| t.run_id == run_id)?;
+        Some(t.workspace.clone())
+    }
+
+    /// Whether Looper ever gave out run id `run_id` (as a token, or in its history).
+    pub fn gave_out(&self, run_id: &str) -> bool {
+        self.token_workspace(run_id).is_some() || self.history.knows_id(run_id)
+    }
+
+    /// Whether run `run_id` is being spawned: its token is out, it is neither live nor in
+    /// the history yet.
+    pub fn being_set_up(&self, run_id: &str) -> bool {
+        self.token_workspace(run_id).is_some()
+            && !self.runs().live.iter().any(|h| h.run.run_id == run_id)
+            && !self.history.knows_id(run_id)
     }
 
     /// Takes a freshly spawned run in: live from now on, counted, and in the history.

@@ -97,6 +97,10 @@ pub struct Todo {
 pub struct Report {
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Whether it changed anything (a commit, the TODO file, the work tree), where the stuck
+    /// rule could compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<bool>,
     #[serde(default)]
     pub tokens: Option<Tokens>,
     #[serde(default)]
@@ -156,6 +160,10 @@ impl Output {
 pub struct Start {
     pub head: Option<String>,
     pub todo: Option<Todo>,
+    /// What the stuck rule compares: the TODO file's content and the work tree's (as git
+    /// sees it), each a fingerprint; `None` when unknown.
+    pub todo_digest: Option<u64>,
+    pub tree: Option<u64>,
 }
 
 /// Where to look, as the configuration says.
@@ -165,6 +173,8 @@ pub struct Sources {
     pub todo_file: Option<PathBuf>,
     /// Whether git is asked (`LOOPER_GIT_STATE`).
     pub git: bool,
+    /// Whether the stuck rule needs the fingerprints of the TODO file and the work tree.
+    pub fingerprints: bool,
     /// `$CODEX_HOME` (default `~/.codex`), where codex writes its session files.
     pub codex_home: Option<PathBuf>,
 }
@@ -172,17 +182,53 @@ pub struct Sources {
 impl Sources {
     /// The start of a run in `workspace`.
     pub fn at_start(&self, workspace: &Path) -> Start {
+        let text = self.todo_text(workspace);
         Start {
             head: self.git.then(|| git_head(workspace)).flatten(),
-            todo: self.todo(workspace),
+            todo: text.as_deref().and_then(count_todo),
+            todo_digest: self
+                .fingerprints
+                .then(|| text.as_deref().map(digest))
+                .flatten(),
+            tree: (self.fingerprints && self.git)
+                .then(|| tree_digest(workspace))
+                .flatten(),
         }
+    }
+
+    fn todo_text(&self, workspace: &Path) -> Option<String> {
+        let name = self.todo_file.as_ref()?;
+        read_inside(workspace, name, TODO_BYTES)
     }
 
     /// The TODO list's counts now, if it is configured and readable.
     pub fn todo(&self, workspace: &Path) -> Option<Todo> {
-        let name = self.todo_file.as_ref()?;
-        let text = read_inside(workspace, name, TODO_BYTES)?;
-        count_todo(&text)
+        count_todo(&self.todo_text(workspace)?)
+    }
+
+    /// Whether the run changed anything between `start` and now: a commit, the TODO file,
+    /// the work tree's content. `None` when neither could be compared (no git, no TODO
+    /// file): the stuck rule judges no run it cannot see.
+    fn progress(&self, workspace: &Path, start: &Start, git: Option<&Git>) -> Option<bool> {
+        if !self.fingerprints {
+            return None;
+        }
+        let committed = git.is_some_and(|g| {
+            g.commits.is_some_and(|n| n > 0)
+                || (g.head_before.is_some() && g.head_before != g.head_after)
+        });
+        let todo = start
+            .todo_digest
+            .zip(self.todo_text(workspace).as_deref().map(digest))
+            .map(|(a, b)| a != b);
+        let tree = start
+            .tree
+            .zip(self.git.then(|| tree_digest(workspace)).flatten())
+            .map(|(a, b)| a != b);
+        match (todo, tree) {
+            (None, None) if !committed => None,
+            _ => Some(committed || todo == Some(true) || tree == Some(true)),
+        }
     }
 
     /// What the run did, from its output (`output`, what it printed), its session file, the
@@ -202,6 +248,7 @@ impl Sources {
             ..Tokens::default()
         }));
         let git = self.git.then(|| git_state(workspace, start.head.clone()));
+        let progress = self.progress(workspace, start, git.as_ref());
         Report {
             session_id: printed.session_id,
             tokens,
@@ -211,6 +258,7 @@ impl Sources {
             git,
             todo_before: start.todo,
             todo_after: self.todo(workspace),
+            progress,
         }
     }
 
@@ -441,6 +489,16 @@ fn open_regular(path: &Path) -> Option<File> {
     file.metadata().ok()?.is_file().then_some(file)
 }
 
+/// A regular file of Looper's own (no link, no FIFO), at most `limit` bytes, as text.
+pub fn read_regular(path: &Path, limit: u64) -> Option<String> {
+    let mut text = Vec::new();
+    open_regular(path)?
+        .take(limit)
+        .read_to_end(&mut text)
+        .ok()?;
+    String::from_utf8(text).ok()
+}
+
 /// `name` inside `workspace`, read (at most `limit` bytes, as text) only when the path,
 /// every link resolved, stays inside the workspace and ends at a regular file.
 fn read_inside(workspace: &Path, name: &Path, limit: u64) -> Option<String> {
@@ -482,6 +540,12 @@ fn read_bounded_tail(path: &Path, limit: u64) -> Option<String> {
 /// the command line, the environment is cleared but for `PATH`, and only commands that
 /// read (no index refresh, no clean filters) are asked.
 fn git(workspace: &Path, args: &[&str]) -> Option<String> {
+    git_bytes(workspace, args, GIT_OUTPUT)
+        .map(|out| String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// [`git`]'s whole stdout, at most `cap` bytes.
+fn git_bytes(workspace: &Path, args: &[&str], cap: u64) -> Option<Vec<u8>> {
     let mut cmd = Command::new("git");
     cmd.env_clear()
         .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
@@ -502,12 +566,73 @@ fn git(workspace: &Path, args: &[&str]) -> Option<String> {
             "--no-pager",
         ])
         .args(args);
-    match crate::signals::run_bounded(&mut cmd, false, GIT_TIMEOUT, GIT_OUTPUT_WAIT, GIT_OUTPUT) {
-        Ok(crate::signals::Bounded::Exited(status, out)) if status.success() => {
-            Some(String::from_utf8_lossy(&out).trim().to_string())
-        }
+    match crate::signals::run_bounded(&mut cmd, false, GIT_TIMEOUT, GIT_OUTPUT_WAIT, cap) {
+        Ok(crate::signals::Bounded::Exited(status, out)) if status.success() => Some(out),
         _ => None,
     }
+}
+
+/// A fingerprint of `text`.
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// The most of the path lists and of the files' contents a tree fingerprint reads.
+const TREE_LIST_BYTES: u64 = 1 << 20;
+const TREE_FILE_BYTES: u64 = 1 << 20;
+const TREE_TOTAL_BYTES: u64 = 64 << 20;
+
+/// A fingerprint of the work tree as git sees it: HEAD, the paths that differ from it or
+/// are untracked (ignored files left out), and what each holds now (read by Looper, no link
+/// followed, no FIFO opened; git runs no filter). Equal fingerprints: nothing changed.
+fn tree_digest(workspace: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let head = git_head(workspace)?;
+    let changed = git_bytes(
+        workspace,
+        &["diff-index", "--name-only", "-z", "HEAD", "--"],
+        TREE_LIST_BYTES,
+    )?;
+    let untracked = git_bytes(
+        workspace,
+        &["ls-files", "--others", "--exclude-standard", "-z"],
+        TREE_LIST_BYTES,
+    )?;
+    let mut paths: Vec<&[u8]> = changed
+        .split(|b| *b == 0)
+        .chain(untracked.split(|b| *b == 0))
+        .filter(|p| !p.is_empty())
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    head.hash(&mut h);
+    let mut budget = TREE_TOTAL_BYTES;
+    for p in paths {
+        use std::os::unix::ffi::OsStrExt;
+        p.hash(&mut h);
+        let path = workspace.join(OsStr::from_bytes(p));
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::read_link(&path).ok().hash(&mut h);
+            }
+            Ok(m) if m.is_file() && budget > 0 => {
+                m.len().hash(&mut h);
+                let mut bytes = Vec::new();
+                if let Some(f) = open_regular(&path) {
+                    let _ = f.take(TREE_FILE_BYTES.min(budget)).read_to_end(&mut bytes);
+                }
+                budget -= bytes.len() as u64;
+                bytes.hash(&mut h);
+            }
+            Ok(m) => (m.len(), m.modified().ok()).hash(&mut h),
+            Err(_) => "gone".hash(&mut h),
+        }
+    }
+    Some(h.finish())
 }
 
 fn git_head(workspace: &Path) -> Option<String> {

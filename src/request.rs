@@ -25,6 +25,8 @@ pub struct RunRequest {
     pub startup_check: Option<Duration>,
     pub zulip_script_path: Option<String>,
     pub from_run_id: Option<String>,
+    /// `loop_done`: the run that hands off says the task is done; the loop finishes.
+    pub loop_done: bool,
     /// The run whose hand-off this is (the caller, when it is a run, or the `from_run_id`
     /// it names): set by the pipeline, never read from the body. That run ends
     /// `handed_off`, not `replaced`.
@@ -38,7 +40,7 @@ pub struct RunRequest {
 }
 
 /// Every field `/run` reads.
-const KNOWN_FIELDS: [&str; 13] = [
+const KNOWN_FIELDS: [&str; 14] = [
     "zulip_message",
     "codex_prompt",
     "prompt",
@@ -52,6 +54,7 @@ const KNOWN_FIELDS: [&str; 13] = [
     "codex_exec_startup_check_seconds",
     "zulip_script_path",
     "from_run_id",
+    "loop_done",
 ];
 
 /// Legacy delay fields, summed when `codex_exec_delay_seconds` is absent.
@@ -155,6 +158,11 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
             .map(Duration::from_secs_f64),
         zulip_script_path: non_empty(string_field(&obj, "zulip_script_path")?),
         from_run_id: non_empty(string_field(&obj, "from_run_id")?),
+        loop_done: match obj.get("loop_done") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::bad_request("loop_done must be true or false")),
+        },
         handed_off_by: None,
         ignored_fields: obj
             .keys()

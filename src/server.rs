@@ -240,6 +240,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         }
     }
     crate::inbox::start(&app);
+    // Announcements an earlier Looper could not deliver.
+    crate::announce::start_outbox(&app);
     let autopoll = crate::autopoll::start(&app);
     crate::http::serve(&app, &listener, app.cfg().http);
     if let Some(handle) = autopoll {

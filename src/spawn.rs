@@ -198,6 +198,9 @@ fn command(app: &App, run: &Run, file: &File) -> std::io::Result<Command> {
         .new_run_token(run.run_id, &run.start.workspace);
     cmd.env("LOOPER_RUN_TOKEN", &token)
         .env("LOOPER_API_TOKEN", &token);
+    // From its first instruction on, a hand-off from it waits for its setup, not "busy".
+    app.registry()
+        .setting_up(run.run_id, run.start.startup_check);
     if let Some(exe) = app.self_exe() {
         cmd.env("LOOPER_BIN", exe);
     }
@@ -378,10 +381,12 @@ impl Watcher {
             // asks git and reads files, completes the row after.
             ended.row.report = self.report(&start);
             app.history().record(ended.row.clone());
+            let news = crate::judge::after_run(app, &ended.row);
             crate::announce::after_end(
                 app,
                 &ended,
                 &verdict,
+                news,
                 limit.as_ref(),
                 &self.log_path,
                 self.output_start,
@@ -425,10 +430,26 @@ pub fn record_end(
         explained: ended.reason.is_some(),
         usage_limit: limit.clone(),
     };
-    let verdict = app
-        .policy()
-        .on_end(&end, settings, Instant::now(), chrono::Local::now());
-    if let (Some(limit), Some((until, _))) = (&limit, verdict.pause) {
+    let mut verdict = app.policy().on_end(&end, settings, Instant::now());
+    let ws = ended.row.workspace.clone();
+    if let (Some(limit), Some((until, new))) = (&limit, verdict.pause.as_mut()) {
+        let detail = format!(
+            "codex hit its usage limit (run {run_id}); it resets at {}{}",
+            crate::judge::when(limit.resets_at),
+            if limit.stated {
+                ""
+            } else {
+                " (codex named no time: Looper's guess)"
+            }
+        );
+        let hold = crate::loopstate::Hold::new(
+            "paused",
+            "usage_limit",
+            detail,
+            Some(*until),
+            Some(run_id),
+        );
+        *new = app.loop_state().hold(&ws, hold);
         log::warn!(
             "codex.exec.usage_limit run_id={run_id} resets_at={} stated={} paused_until={}",
             limit.resets_at.to_rfc3339(),
@@ -445,8 +466,13 @@ pub fn record_end(
     if let Some(crashes) = verdict.reset_after {
         log::info!("codex.exec.autopoll.backoff_reset after_crashes={crashes}");
     }
-    if verdict.resumed {
-        log::info!("codex.exec.autopoll.resume reason=run_succeeded run_id={run_id}");
+    if return_code == 0 {
+        // Someone's run worked (bought credits, or the reset came early): go on.
+        let (held, _) = app.loop_state().hold_of(&ws, chrono::Local::now());
+        if held.is_some_and(|h| h.reason == "usage_limit") {
+            app.loop_state().resume(Some(&ws));
+            log::info!("codex.exec.autopoll.resume reason=run_succeeded run_id={run_id}");
+        }
     }
     Some((ended, verdict))
 }

@@ -56,12 +56,13 @@ impl Caller {
 pub const MAX_RUN_MESSAGE: usize = 2000;
 
 /// The request fields a run may send: the hand-off.
-const HANDOFF_FIELDS: [&str; 5] = [
+const HANDOFF_FIELDS: [&str; 6] = [
     "zulip_message",
     "codex_prompt",
     "prompt",
     "from_run_id",
     "workspace",
+    "loop_done",
 ];
 
 /// The fields that choose a program to run.

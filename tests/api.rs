@@ -33,6 +33,9 @@ fn bad_input_is_refused_before_anything_happens() {
     let live = looper.run(json!({"codex_prompt": "keep me"}));
     assert_eq!(live.status, 200, "{}", live.body);
     let pid = live.body["codex_exec_result"]["pid"].as_u64().unwrap();
+    // Its record first (a loaded machine may start it slowly), so that the count below
+    // tells only what bad input did.
+    looper.record_of(pid);
     let announced = zulip.messages().len();
     for (body, field) in [
         ("not json", "JSON"),

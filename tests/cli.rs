@@ -69,7 +69,7 @@ fn trigger_posts_a_run_and_reports_it() {
     );
     assert_eq!(stale.status.code(), Some(1), "{}", stdout(&stale));
     assert!(
-        stderr(&stale).contains("stale: run deadbeef is no longer active"),
+        stderr(&stale).contains("unknown run: Looper never started a run deadbeef"),
         "{}",
         stderr(&stale)
     );

@@ -159,7 +159,7 @@ fn junk_in_the_inbox_is_answered_and_changes_nothing() {
         ("types.json", 400, "zulip_message"),
         ("array.json", 400, "object"),
         ("notes.txt", 400, "<name>.json"),
-        ("stale.json", 409, "stale"),
+        ("stale.json", 409, "unknown run"),
     ] {
         let answer = answer_of(&looper, &inbox, name);
         assert_eq!(answer["status"], status, "{name}: {answer}");

@@ -141,11 +141,12 @@ fn a_persons_run_goes_through_and_success_ends_the_pause() {
         "{}",
         a.body
     );
-    // (Autopoll's next run meets the limit again at once, so the log tells it, not /status.)
+    // A person's trigger ends the pause. (Autopoll's next run meets the limit again at
+    // once, so the log tells it, not /status.)
     looper.wait("the pause to end", || {
-        looper
-            .server_log()
-            .contains("codex.exec.autopoll.resume reason=run_succeeded")
-            .then_some(())
+        let log = looper.server_log();
+        (log.contains("loop.resumed workspace=")
+            && log.contains("was=paused reason=usage_limit by="))
+        .then_some(())
     });
 }

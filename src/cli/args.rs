@@ -21,6 +21,7 @@ pub enum Command {
     Status(Status),
     Runs(Runs),
     Logs(Logs),
+    Resume(Resume),
     ZulipCheck,
     /// `zulip send <message>`.
     ZulipSend(String),
@@ -43,6 +44,15 @@ pub struct Trigger {
     pub follow: bool,
     /// `--inbox`: through `$LOOPER_INBOX` even when HTTP would work.
     pub inbox: bool,
+    /// `--done`: the run says the task is done (`loop_done`); the loop finishes.
+    pub done: bool,
+}
+
+/// `looper resume`: end the loop's pauses (of one workspace, or of all).
+#[derive(Debug, Default, PartialEq)]
+pub struct Resume {
+    pub workspace: Option<PathBuf>,
+    pub url: Option<String>,
 }
 
 /// `looper status`.
@@ -91,12 +101,14 @@ pub fn parse(args: &[String]) -> Result<Command, Fail> {
         ("status", _) if wants_help => Ok(Command::Help(Topic::Status)),
         ("runs", _) if wants_help => Ok(Command::Help(Topic::Runs)),
         ("logs", _) if wants_help => Ok(Command::Help(Topic::Logs)),
+        ("resume", _) if wants_help => Ok(Command::Help(Topic::Resume)),
         // A bare `looper zulip` shows what it can do.
         ("zulip", _) if wants_help || rest.is_empty() => Ok(Command::Help(Topic::Zulip)),
         ("trigger", _) => trigger(rest).map(Command::Trigger),
         ("status", _) => status(rest).map(Command::Status),
         ("runs", _) => runs(rest).map(Command::Runs),
         ("logs", _) => logs(rest).map(Command::Logs),
+        ("resume", _) => resume(rest).map(Command::Resume),
         ("zulip", ["check"]) => Ok(Command::ZulipCheck),
         ("zulip", ["send", message]) if message.trim().is_empty() => {
             Err(Fail::usage(Topic::Looper, "zulip send needs a message"))
@@ -130,12 +142,21 @@ fn trigger(words: &[&str]) -> Result<Trigger, Fail> {
             Long("url") => opts.once(&mut t.url)?,
             Long("follow") => t.follow = opts.switch()?,
             Long("inbox") => t.inbox = opts.switch()?,
+            Long("done") => t.done = opts.switch()?,
             _ => return Err(opts.unknown()),
         }
     }
-    t.message = text("--message", message, message_file)?
-        .filter(|m| !m.trim().is_empty())
-        .ok_or_else(|| Fail::usage(Topic::Trigger, "trigger needs --message or --message-file"))?;
+    let message = text("--message", message, message_file)?.filter(|m| !m.trim().is_empty());
+    t.message = match message {
+        Some(m) => m,
+        None if t.done => DONE_MESSAGE.to_string(),
+        None => {
+            return Err(Fail::usage(
+                Topic::Trigger,
+                "trigger needs --message or --message-file",
+            ))
+        }
+    };
     t.prompt = text("--prompt", prompt, prompt_file)?;
     t.workspace = workspace.map(PathBuf::from);
     t.delay = match delay {
@@ -165,6 +186,23 @@ fn text(name: &str, given: Option<String>, file: Option<String>) -> Result<Optio
             .map_err(|e| Fail::Error(format!("cannot read {path} ({name}-file): {e}"))),
         (None, None) => Ok(None),
     }
+}
+
+/// The announcement of `trigger --done` without a message of its own.
+const DONE_MESSAGE: &str = "done: the task is finished";
+
+fn resume(words: &[&str]) -> Result<Resume, Fail> {
+    let mut opts = Options::new(Topic::Resume, words);
+    let (mut r, mut workspace) = (Resume::default(), None);
+    while let Some(arg) = opts.next()? {
+        match arg {
+            Long("workspace") => opts.once(&mut workspace)?,
+            Long("url") => opts.once(&mut r.url)?,
+            _ => return Err(opts.unknown()),
+        }
+    }
+    r.workspace = workspace.map(PathBuf::from);
+    Ok(r)
 }
 
 fn status(words: &[&str]) -> Result<Status, Fail> {
@@ -447,6 +485,7 @@ mod tests {
             "127.0.0.1:1",
             "--follow",
             "--inbox",
+            "--done",
         ]);
         assert_eq!(
             t,
@@ -459,6 +498,7 @@ mod tests {
                 url: Some("127.0.0.1:1".into()),
                 follow: true,
                 inbox: true,
+                done: true,
             }
         );
         let t = trigger_of(&["trigger", "--message", "--follow", "--prompt", ""]);

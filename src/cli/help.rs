@@ -1,7 +1,7 @@
 //! The help texts: `looper --help`, each command's `--help`, and the usage line that ends a
 //! usage error.
 
-const USAGE: &str = "usage: looper [serve | trigger | status | runs | logs | zulip check | zulip send] [--help] [--version]";
+const USAGE: &str = "usage: looper [serve | trigger | status | runs | logs | resume | zulip check | zulip send] [--help] [--version]";
 
 const HELP: &str = "\
 looper - announce on Zulip, stop every live `codex exec` run, start one fresh run
@@ -12,6 +12,7 @@ usage:
   looper status [--json]         what runs now, what ended last, what autopoll does
   looper runs [--limit N]        recent runs as a table
   looper logs [RUN_ID] [-f]      a run's log (the active run's by default), -f follows it
+  looper resume [--workspace W]  end the loop's pauses and finish (POST /resume)
   looper zulip check             where Zulip credentials come from, and the target
   looper zulip send <message>    post a message with the configured credentials
   looper <command> --help        help for one command
@@ -27,7 +28,7 @@ Configuration is by environment variables; see README.md.";
 const TRIGGER_HELP: &str = "\
 looper trigger - ask the server for a fresh run (POST /run) and print its JSON answer
 
-usage: looper trigger (--message TEXT | --message-file PATH) [options]
+usage: looper trigger (--message TEXT | --message-file PATH | --done) [options]
 
 options:
   --message TEXT, --message-file PATH   the Zulip announcement (required)
@@ -40,6 +41,9 @@ options:
                                         else http://127.0.0.1:$LOOPER_PORT)
   --follow                              print the new run's log until it exits
   --inbox                               leave the request in $LOOPER_INBOX instead of HTTP
+  --done                                from a run: the task is done, the loop finishes
+                                        (nothing is stopped, nothing starts; the message
+                                        defaults to \"done: the task is finished\")
   --help
 
 Inside a run, when Looper cannot be reached over HTTP (codex's sandbox allows no socket),
@@ -53,7 +57,27 @@ and the run exited 0), 1 otherwise, 2 for a usage error.
 examples:
   looper trigger --message 'Looper: fresh run'
   looper trigger --message-file msg.txt --prompt-file prompt.md --workspace ~/src/app
-  looper trigger --message 'next step' --from-run \"$LOOPER_RUN_ID\"";
+  looper trigger --message 'next step' --from-run \"$LOOPER_RUN_ID\"
+  looper trigger --done --message 'all items ticked'";
+
+const RESUME_HELP: &str = "\
+looper resume - end the loop's pauses: finished, stuck, over budget, codex's usage limit
+
+usage: looper resume [--workspace DIR] [--url URL]
+
+options:
+  --workspace DIR   only this workspace's loop (default: every workspace's)
+  --url URL         the server (default: $LOOPER_URL, else http://127.0.0.1:$LOOPER_PORT)
+  --help
+
+Autopoll goes on in the resumed workspace at its next tick. A budget that is still over is
+waived until it clears (the day turns, the window resets). The operator's token comes from
+$LOOPER_API_TOKEN; a run may not resume. Exit code 0 when the server answered ok (also when
+nothing was paused), 1 otherwise, 2 for a usage error.
+
+examples:
+  looper resume
+  looper resume --workspace ~/src/app";
 
 const STATUS_HELP: &str = "\
 looper status - show what runs now, what ended last, and what autopoll does
@@ -112,6 +136,7 @@ pub enum Topic {
     Status,
     Runs,
     Logs,
+    Resume,
     Zulip,
 }
 
@@ -124,6 +149,7 @@ pub fn text(topic: Topic) -> String {
         Topic::Status => STATUS_HELP.to_string(),
         Topic::Runs => RUNS_HELP.to_string(),
         Topic::Logs => LOGS_HELP.to_string(),
+        Topic::Resume => RESUME_HELP.to_string(),
         Topic::Zulip => ZULIP_HELP.to_string(),
     }
 }
@@ -136,6 +162,7 @@ pub fn usage_line(topic: Topic) -> &'static str {
         Topic::Status => STATUS_HELP,
         Topic::Runs => RUNS_HELP,
         Topic::Logs => LOGS_HELP,
+        Topic::Resume => RESUME_HELP,
         Topic::Looper | Topic::Serve | Topic::Zulip => return USAGE,
     };
     help.lines()

@@ -88,6 +88,7 @@ fn run_command(
         Command::Status(s) => show::status(&s, env, out),
         Command::Runs(r) => show::runs(&r, env, out),
         Command::Logs(l) => logs::logs(&l, env, out),
+        Command::Resume(r) => trigger::resume(&r, env, out),
         Command::ZulipCheck => zulip_check(env, out),
         Command::ZulipSend(message) => zulip_send(&message, env, out),
     }

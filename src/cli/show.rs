@@ -117,16 +117,46 @@ pub fn describe_status(base: &str, s: &Value) -> String {
                 text(&p["backoff_until"])
             ));
         }
-        if !p["paused_until"].is_null() {
-            lines.push(format!(
-                "  paused: codex hit its usage limit; no run starts by itself until {} (then the loop resumes; a trigger of yours still runs)",
-                text(&p["paused_until"])
-            ));
-        }
     } else {
         lines.push("autopoll: off".to_string());
     }
+    lines.extend(describe_loop(s));
+    if let Some(scope) = s["stop_scope"].as_str() {
+        let what = if scope == "own" {
+            "the runs this Looper started"
+        } else {
+            "every codex exec of this user"
+        };
+        lines.push(format!(
+            "a trigger stops: {what} (LOOPER_STOP_SCOPE={scope})"
+        ));
+    }
     lines.join("\n") + "\n"
+}
+
+/// The loop's state and each workspace's pause or finish, with why and until when.
+fn describe_loop(s: &Value) -> Vec<String> {
+    let l = &s["loop"];
+    let mut lines = vec![format!(
+        "loop: {} in {}",
+        text(&l["state"]),
+        text(&l["workspace"])
+    )];
+    for h in s["holds"].as_array().into_iter().flatten() {
+        let until = match &h["until"] {
+            Value::Null => "until `looper resume` or a trigger of yours".to_string(),
+            t => format!("until {} (or `looper resume`)", text(t)),
+        };
+        lines.push(format!(
+            "  {} {} since {}: {} ({}); {until}",
+            text(&h["workspace"]),
+            text(&h["state"]),
+            text(&h["since"]),
+            text(&h["reason"]),
+            text(&h["detail"])
+        ));
+    }
+    lines
 }
 
 /// `looper runs`: recent runs as a table, or as `/runs` answered with `--json`.

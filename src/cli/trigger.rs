@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::args::Trigger;
+use super::args::{Resume, Trigger};
 use super::client::{base_url, call, reachable};
 use super::help::Topic;
 use super::logs::{follow, FOLLOW_POLL};
@@ -40,6 +40,13 @@ pub fn trigger(
         return Ok(1);
     }
     let result = &answer["codex_exec_result"];
+    if answer["loop_done"] == json!(true) {
+        eprintln!(
+            "looper: the loop in {} is finished; nothing was stopped, no run started",
+            answer["workspace"].as_str().unwrap_or("?")
+        );
+        return Ok(0);
+    }
     if result.is_null() {
         eprintln!("looper: announced; no run started");
         return Ok(0);
@@ -79,10 +86,7 @@ fn request(t: &Trigger, env: &HashMap<String, String>) -> Value {
         body["codex_prompt"] = json!(prompt);
     }
     if let Some(ws) = &t.workspace {
-        let abs = std::path::absolute(ws)
-            .map(|p| crate::config::normalize(&p))
-            .unwrap_or_else(|_| ws.clone());
-        body["workspace"] = json!(abs.to_string_lossy());
+        body["workspace"] = json!(absolute(ws));
     }
     let from = t
         .from_run
@@ -95,7 +99,51 @@ fn request(t: &Trigger, env: &HashMap<String, String>) -> Value {
     if let Some(secs) = t.delay {
         body["codex_exec_delay_seconds"] = json!(secs);
     }
+    if t.done {
+        body["loop_done"] = json!(true);
+    }
     body
+}
+
+/// A directory typed on this shell's command line, absolute (the server does not know
+/// this shell's working directory).
+fn absolute(dir: &Path) -> String {
+    std::path::absolute(dir)
+        .map(|p| crate::config::normalize(&p))
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `looper resume`: `POST /resume`, the answer printed, what ended said on stderr.
+pub fn resume(r: &Resume, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let mut body = json!({});
+    if let Some(ws) = &r.workspace {
+        body["workspace"] = json!(absolute(ws));
+    }
+    let base = base_url(r.url.as_deref(), env);
+    let (status, answer) = call("POST", &base, "/resume", Some(&body), env)?;
+    let _ = writeln!(out, "{answer}");
+    if answer["ok"] != json!(true) {
+        eprintln!(
+            "looper: HTTP {status}: {}",
+            answer["error"].as_str().unwrap_or("the server said no")
+        );
+        return Ok(1);
+    }
+    let resumed = answer["resumed"].as_array().cloned().unwrap_or_default();
+    if resumed.is_empty() {
+        eprintln!("looper: nothing was paused or finished; nothing changed");
+    }
+    for h in resumed {
+        eprintln!(
+            "looper: resumed {} (was {}: {})",
+            h["workspace"].as_str().unwrap_or("?"),
+            h["state"].as_str().unwrap_or("?"),
+            h["reason"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(0)
 }
 
 /// Sends `body` to Looper: through `$LOOPER_INBOX` with `--inbox` or when the server cannot
