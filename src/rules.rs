@@ -65,7 +65,10 @@ pub fn budget_over(rules: &Rules, rows: &[Row], now: DateTime<Local>) -> Option<
         if n >= max {
             return Some(Over {
                 reason: "max_runs_per_day",
-                detail: format!("{n} runs today reach LOOPER_MAX_RUNS_PER_DAY={max}"),
+                detail: format!(
+                    "{n} run{} started today, LOOPER_MAX_RUNS_PER_DAY={max}",
+                    if n == 1 { "" } else { "s" }
+                ),
                 until: next_midnight(now),
             });
         }

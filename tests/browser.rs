@@ -407,3 +407,44 @@ fn the_page_draws_the_burndown_and_a_runs_whole_last_message() {
     }
     s.screenshot("looper-page-progress.png");
 }
+
+/// A paused loop shows on the page with its reason and its end, and the page's Resume
+/// button ends the pause.
+#[test]
+#[ignore = "needs Chromium and chromedriver: scripts/test-browser"]
+fn the_page_shows_a_paused_loop_and_resumes_it() {
+    let fx = Fixture::new("browser-pause");
+    let looper = fx.start(&[
+        ("LOOPER_MAX_RUNS_PER_DAY", "1"),
+        ("FAKE_CODEX", "record;sleep:0.4;turn:Did a bit.;exit:0"),
+    ]);
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    looper.wait("the pause", || {
+        (looper.get("/status").body["loop"]["state"] == "paused").then_some(())
+    });
+    let driver = Driver::start();
+    let s = driver.session();
+    s.open(&page(&looper));
+    s.wait_text("#loop-state", "the paused loop on the page", |t| {
+        t.starts_with("paused in ")
+    });
+    let why = s.text("#loop-why");
+    assert!(
+        why.starts_with("max_runs_per_day: 1 run started today"),
+        "{why}"
+    );
+    let until = s.text("#loop-until");
+    assert!(until.ends_with("(or Resume)"), "{until}");
+    assert!(s.displayed("#resume-button"), "no Resume button");
+    s.screenshot("looper-page-paused.png");
+    s.click("#resume-button");
+    s.wait_text("#result", "the resume answer", |t| {
+        t.starts_with("resumed: ") && t.contains("max_runs_per_day")
+    });
+    s.wait_text("#loop-state", "the loop going on", |t| {
+        t.starts_with("idle in ")
+    });
+    assert!(!s.displayed("#resume-button"), "the Resume button stayed");
+    assert_eq!(looper.get("/status").body["loop"]["state"], "idle");
+}

@@ -58,8 +58,14 @@ fn a_live_metrics_page_passes_promtool_and_holds_what_the_rules_use() {
     let fx = Fixture::new("promtool");
     let ws = fx.path("ws");
     common::git_workspace_with_todo(&ws, "- [ ] one\n- [ ] two\n");
+    // A second workspace whose one item the second run ticks: that loop finishes, while the
+    // first one's pauses at its budget of one run a day (the rules use both gauges).
+    let other = fx.path("ws2");
+    std::fs::create_dir_all(&other).unwrap();
+    common::git_workspace_with_todo(&other, "- [ ] only\n");
     let looper = fx.start(&[
         ("LOOPER_TODO_FILE", "TODO.md"),
+        ("LOOPER_MAX_RUNS_PER_DAY", "1"),
         (
             "FAKE_CODEX",
             "record;tick:TODO.md;commit:tick;turn:Ticked one.;exit:0",
@@ -67,11 +73,20 @@ fn a_live_metrics_page_passes_promtool_and_holds_what_the_rules_use() {
     ]);
     let a = looper.run(json!({"codex_prompt": "work"}));
     assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
-    let id = run_id_of(&a);
-    let metrics = looper.wait("the run's report in /metrics", || {
+    looper.wait("the first loop's pause", || {
+        let body = minreq::get(looper.url("/metrics")).send().ok()?;
+        body.as_str()
+            .ok()?
+            .contains("looper_loop_paused{")
+            .then_some(())
+    });
+    let b = looper.run(json!({"codex_prompt": "work", "workspace": other}));
+    assert_eq!(b.status, 200, "{}\n{}", b.body, looper.tail());
+    let id = run_id_of(&b);
+    let metrics = looper.wait("the second loop's finish in /metrics", || {
         let body = minreq::get(looper.url("/metrics")).send().ok()?;
         let text = body.as_str().ok()?.to_string();
-        text.contains("looper_last_run_tokens 11023")
+        (text.contains("looper_loop_finished{") && text.contains("looper_todo_open_items 0"))
             .then_some(text)
     });
     let o = promtool(&["check", "metrics"], Some(&metrics));
@@ -98,7 +113,7 @@ fn a_live_metrics_page_passes_promtool_and_holds_what_the_rules_use() {
     for sample in [
         format!("looper_commits_total{{workspace=\"{ws_label}\"}} 1"),
         format!("looper_tokens_total{{workspace=\"{ws_label}\"}} 11023"),
-        "looper_todo_open_items 1".to_string(),
+        format!("looper_loop_paused{{workspace=\"{ws_label}\",reason=\"max_runs_per_day\"}} 1"),
         "looper_autopoll_enabled 0".to_string(),
     ] {
         assert!(metrics.contains(&sample), "{sample} in\n{metrics}");

@@ -353,7 +353,7 @@ fn a_past_budget_handoff_gets_429_and_its_run_lives_on() {
     assert_eq!(answer["status"], 429, "{answer}\n{}", looper.tail());
     let error = answer["body"]["error"].as_str().unwrap_or("");
     assert!(
-        error.contains("2 runs today reach LOOPER_MAX_RUNS_PER_DAY=2")
+        error.contains("2 runs started today, LOOPER_MAX_RUNS_PER_DAY=2")
             && error.contains("no run starts before")
             && error.contains("Nothing was stopped"),
         "{error}"
