@@ -364,12 +364,17 @@ fn a_handoff_inside_the_startup_check_proceeds() {
     let second = newest_run_besides(&looper, &run_id_of(&first));
     let row = looper.ended_row(second["run_id"].as_str().unwrap());
     assert_eq!(row["return_code"], 0, "{row}\n{}", looper.tail());
-    let answers: Vec<Value> = std::fs::read_dir(&done)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".answer.json"))
-        .map(|e| serde_json::from_str(&common::read(e.path())).unwrap())
-        .collect();
+    // The answer is written once the hand-off's own /run is over (the new run may end
+    // before that).
+    let answers: Vec<Value> = looper.wait("the hand-off's answer", || {
+        let found: Vec<Value> = std::fs::read_dir(&done)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".answer.json"))
+            .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+            .collect();
+        (!found.is_empty()).then_some(found)
+    });
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0]["status"], 200, "{}", answers[0]);
 }
@@ -593,4 +598,78 @@ fn a_runs_row_holds_what_the_real_codex_reported() {
         "{message}"
     );
     assert!(message.contains("done"), "{message}");
+}
+
+/// The done rule with the real codex: a run that hands off with `looper trigger --done`
+/// from inside the sandbox (through the inbox) finishes the loop; nothing more starts, and
+/// the run ends by itself.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn a_run_that_says_done_finishes_the_loop() {
+    let w = World::new("rc-done", &[]);
+    let zulip = FakeZulip::start();
+    let looper = w.start(&zulip.env());
+    let prompt = r#"RUN: "$LOOPER_BIN" trigger --done --message 'all items ticked'"#;
+    let a = looper.run(json!({"codex_prompt": prompt}));
+    assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+    let id = run_id_of(&a);
+    let row = looper.ended_row(&id);
+    let seen = format!("{row}\n{}", looper.tail());
+    assert_eq!(row["outcome"], "ok", "{seen}");
+    let l = looper.get("/status").body["loop"].clone();
+    assert_eq!(
+        (&l["state"], &l["reason"], &l["run_id"]),
+        (&json!("finished"), &json!("loop_done"), &json!(id)),
+        "{l}\n{seen}"
+    );
+    let finished: Vec<String> = zulip
+        .contents()
+        .into_iter()
+        .filter(|m| m.contains("is finished"))
+        .collect();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert!(finished[0].starts_with("all items ticked"), "{finished:?}");
+    let rows = looper.get("/runs").body["runs"].as_array().unwrap().len();
+    assert_eq!(rows, 1, "done started a run: {seen}");
+}
+
+/// The stuck rule with the real codex: three runs that reach the model and change nothing
+/// pause the loop, the message naming them.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn three_real_runs_that_change_nothing_pause_the_loop() {
+    let w = World::new("rc-stuck", &[]);
+    let zulip = FakeZulip::start();
+    let looper = w.start(&zulip.env());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let state = looper.get("/status").body["loop"]["state"].clone();
+        assert_eq!(state, "idle", "paused after {n} runs\n{}", looper.tail());
+        let a = looper.run(json!({"codex_prompt": "RUN: git status --short"}));
+        assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+        let id = run_id_of(&a);
+        looper.wait(&format!("the summary of run {id}"), || {
+            zulip
+                .contents()
+                .into_iter()
+                .find(|m| m.contains(&format!("run {id} ")) && m.contains(" after "))
+        });
+        ids.push(id);
+    }
+    let l = looper.get("/status").body["loop"].clone();
+    assert_eq!(
+        (&l["state"], &l["reason"]),
+        (&json!("paused"), &json!("no_progress")),
+        "{l}\n{}",
+        looper.tail()
+    );
+    let names = ids.join(", ");
+    assert!(l["detail"].as_str().unwrap().ends_with(&names), "{l}");
+    let said: Vec<String> = zulip
+        .contents()
+        .into_iter()
+        .filter(|m| m.contains("changed nothing"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains(&names), "{said:?}");
 }
