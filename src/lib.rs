@@ -27,6 +27,8 @@
 //! - [`registry`]: the one owner of Looper's runs (a `RunHandle` each), the run guard,
 //!   the recent exits and the counters that `/status` and `/metrics` read.
 //! - [`config`]: every environment variable, parsed from a map (reads no file).
+//! - [`judge`]: the stop rules applied to one workspace (a finished loop, a pause) over
+//!   [`rules`] (pure), kept by [`loopstate`] (`loop-state.json`).
 //!
 //! The parts:
 //! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse` for any [`http::Handler`]:
@@ -36,6 +38,9 @@
 //! - [`zulip`]: credentials, recipients, sending. [`output`]: run logs and the mirror of
 //!   their output. [`cgroup`]: a cgroup per run where one can be made.
 //! - [`policy`]: autopoll's rules (crash back-off, usage-limit pause), pure.
+//! - [`report`]: what a run did (tokens, last message, TODO counts) from its output, its
+//!   session file and the workspace; [`git`]: HEAD, commits and the work tree, asked so
+//!   that the workspace's own git configuration runs nothing as Looper.
 //! - [`request`]: a `/run` body read and validated. [`history`]: `runs.jsonl`.
 //! - [`signals`]: signals that reach the right process (pidfds), one stop in progress, how a
 //!   child starts; [`procs`]: `/proc` scanning, matching, process trees; [`sockets`]: who
@@ -56,6 +61,7 @@ pub mod cli;
 pub mod codex;
 pub mod config;
 pub mod error;
+pub mod git;
 pub mod history;
 pub mod http;
 pub mod inbox;

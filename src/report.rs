@@ -14,17 +14,9 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// How long one git command may take before it is killed and its field left empty.
-const GIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most of a git command's output we read (a HEAD, a count, a shortstat line).
-const GIT_OUTPUT: u64 = 4096;
-/// How long git's output may lag its exit (a helper it left holding the pipe).
-const GIT_OUTPUT_WAIT: Duration = Duration::from_secs(1);
 /// The most of a TODO file read; a longer one is counted no further.
 const TODO_BYTES: u64 = 1024 * 1024;
 /// The most of a session file read (the end is what matters: read from there).
@@ -70,19 +62,14 @@ pub struct RateLimits {
     pub secondary: Option<Window>,
 }
 
-/// The git state around a run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Git {
-    pub head_before: Option<String>,
-    pub head_after: Option<String>,
-    /// Commits reachable from `head_after` and not from `head_before`.
-    pub commits: Option<u64>,
-    /// `git diff --shortstat` between the two heads.
-    pub files_changed: Option<u64>,
-    pub insertions: Option<u64>,
-    pub deletions: Option<u64>,
-    /// Whether tracked files differ from HEAD, or untracked ones exist, at the end.
-    pub dirty: Option<bool>,
+pub use crate::git::Git;
+
+/// A fingerprint of `text`.
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// Markdown task items: `- [ ]` open, `- [x]` done, nested ones too.
@@ -183,16 +170,23 @@ impl Sources {
     /// The start of a run in `workspace`.
     pub fn at_start(&self, workspace: &Path) -> Start {
         let text = self.todo_text(workspace);
+        // The stuck rule compares the work tree; its reading holds HEAD too.
+        let (head, tree) = match self.git {
+            false => (None, None),
+            true if self.fingerprints => match crate::git::Tree::read(workspace) {
+                Some(t) => (t.head.clone(), Some(t.digest(workspace))),
+                None => (crate::git::head(workspace), None),
+            },
+            true => (crate::git::head(workspace), None),
+        };
         Start {
-            head: self.git.then(|| git_head(workspace)).flatten(),
+            head,
             todo: text.as_deref().and_then(count_todo),
             todo_digest: self
                 .fingerprints
                 .then(|| text.as_deref().map(digest))
                 .flatten(),
-            tree: (self.fingerprints && self.git)
-                .then(|| tree_digest(workspace))
-                .flatten(),
+            tree,
         }
     }
 
@@ -209,7 +203,13 @@ impl Sources {
     /// Whether the run changed anything between `start` and now: a commit, the TODO file,
     /// the work tree's content. `None` when neither could be compared (no git, no TODO
     /// file): the stuck rule judges no run it cannot see.
-    fn progress(&self, workspace: &Path, start: &Start, git: Option<&Git>) -> Option<bool> {
+    fn progress(
+        &self,
+        workspace: &Path,
+        start: &Start,
+        git: Option<&Git>,
+        tree: Option<&crate::git::Tree>,
+    ) -> Option<bool> {
         if !self.fingerprints {
             return None;
         }
@@ -223,7 +223,7 @@ impl Sources {
             .map(|(a, b)| a != b);
         let tree = start
             .tree
-            .zip(self.git.then(|| tree_digest(workspace)).flatten())
+            .zip(tree.map(|t| t.digest(workspace)))
             .map(|(a, b)| a != b);
         match (todo, tree) {
             (None, None) if !committed => None,
@@ -247,8 +247,14 @@ impl Sources {
             used,
             ..Tokens::default()
         }));
-        let git = self.git.then(|| git_state(workspace, start.head.clone()));
-        let progress = self.progress(workspace, start, git.as_ref());
+        let tree = self
+            .git
+            .then(|| crate::git::Tree::read(workspace))
+            .flatten();
+        let git = self
+            .git
+            .then(|| crate::git::state(workspace, start.head.clone(), tree.as_ref()));
+        let progress = self.progress(workspace, start, git.as_ref(), tree.as_ref());
         Report {
             session_id: printed.session_id,
             tokens,
@@ -534,185 +540,6 @@ fn read_bounded_tail(path: &Path, limit: u64) -> Option<String> {
     })
 }
 
-/// Runs `git <args>` in `workspace`; its trimmed stdout when it exits 0 within
-/// [`GIT_TIMEOUT`]. The workspace's own configuration could name programs for git to run
-/// (`core.fsmonitor`, hooks, external diffs, text conversions): those are switched off on
-/// the command line, the environment is cleared but for `PATH`, and only commands that
-/// read (no index refresh, no clean filters) are asked.
-fn git(workspace: &Path, args: &[&str]) -> Option<String> {
-    git_bytes(workspace, args, GIT_OUTPUT)
-        .map(|out| String::from_utf8_lossy(&out).trim().to_string())
-}
-
-/// [`git`]'s whole stdout, at most `cap` bytes.
-fn git_bytes(workspace: &Path, args: &[&str], cap: u64) -> Option<Vec<u8>> {
-    let mut cmd = Command::new("git");
-    cmd.env_clear()
-        .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_OPTIONAL_LOCKS", "0")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .arg("-C")
-        .arg(workspace)
-        .args([
-            "-c",
-            "core.fsmonitor=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "diff.external=",
-            "--no-pager",
-        ])
-        .args(args);
-    match crate::signals::run_bounded(&mut cmd, false, GIT_TIMEOUT, GIT_OUTPUT_WAIT, cap) {
-        Ok(crate::signals::Bounded::Exited(status, out)) if status.success() => Some(out),
-        _ => None,
-    }
-}
-
-/// A fingerprint of `text`.
-fn digest(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-/// The most of the path lists and of the files' contents a tree fingerprint reads.
-const TREE_LIST_BYTES: u64 = 1 << 20;
-const TREE_FILE_BYTES: u64 = 1 << 20;
-const TREE_TOTAL_BYTES: u64 = 64 << 20;
-
-/// A fingerprint of the work tree as git sees it: HEAD, the paths that differ from it or
-/// are untracked (ignored files left out), and what each holds now (read by Looper, no link
-/// followed, no FIFO opened; git runs no filter). Equal fingerprints: nothing changed.
-fn tree_digest(workspace: &Path) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let head = git_head(workspace)?;
-    let changed = git_bytes(
-        workspace,
-        &["diff-index", "--name-only", "-z", "HEAD", "--"],
-        TREE_LIST_BYTES,
-    )?;
-    let untracked = git_bytes(
-        workspace,
-        &["ls-files", "--others", "--exclude-standard", "-z"],
-        TREE_LIST_BYTES,
-    )?;
-    let mut paths: Vec<&[u8]> = changed
-        .split(|b| *b == 0)
-        .chain(untracked.split(|b| *b == 0))
-        .filter(|p| !p.is_empty())
-        .collect();
-    paths.sort_unstable();
-    paths.dedup();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    head.hash(&mut h);
-    let mut budget = TREE_TOTAL_BYTES;
-    for p in paths {
-        use std::os::unix::ffi::OsStrExt;
-        p.hash(&mut h);
-        let path = workspace.join(OsStr::from_bytes(p));
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                std::fs::read_link(&path).ok().hash(&mut h);
-            }
-            Ok(m) if m.is_file() && budget > 0 => {
-                m.len().hash(&mut h);
-                let mut bytes = Vec::new();
-                if let Some(f) = open_regular(&path) {
-                    let _ = f.take(TREE_FILE_BYTES.min(budget)).read_to_end(&mut bytes);
-                }
-                budget -= bytes.len() as u64;
-                bytes.hash(&mut h);
-            }
-            Ok(m) => (m.len(), m.modified().ok()).hash(&mut h),
-            Err(_) => "gone".hash(&mut h),
-        }
-    }
-    Some(h.finish())
-}
-
-fn git_head(workspace: &Path) -> Option<String> {
-    git(workspace, &["rev-parse", "--verify", "-q", "HEAD"]).filter(|h| is_object_id(h))
-}
-
-fn is_object_id(s: &str) -> bool {
-    (40..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
-}
-
-/// HEAD now, the commits since `before` and their shortstat, and whether the tree is dirty.
-fn git_state(workspace: &Path, before: Option<String>) -> Git {
-    let after = git_head(workspace);
-    let mut state = Git {
-        head_before: before.clone(),
-        head_after: after.clone(),
-        ..Git::default()
-    };
-    if let (Some(b), Some(a)) = (&before, &after) {
-        let range = format!("{b}..{a}");
-        state.commits =
-            git(workspace, &["rev-list", "--count", &range]).and_then(|n| n.parse().ok());
-        if let Some(stat) = git(
-            workspace,
-            &[
-                "diff",
-                "--shortstat",
-                "--no-ext-diff",
-                "--no-textconv",
-                b,
-                a,
-            ],
-        ) {
-            let (files, plus, minus) = parse_shortstat(&stat);
-            state.files_changed = Some(files);
-            state.insertions = Some(plus);
-            state.deletions = Some(minus);
-        }
-    }
-    if after.is_some() {
-        // Plumbing: compares stat data, runs no filter; `ls-files` lists untracked files.
-        let tracked = git(workspace, &["diff-index", "--name-only", "HEAD", "--"]);
-        let untracked = git(
-            workspace,
-            &[
-                "ls-files",
-                "--others",
-                "--exclude-standard",
-                "--directory",
-                "--no-empty-directory",
-            ],
-        );
-        if let (Some(t), Some(u)) = (tracked, untracked) {
-            state.dirty = Some(!t.is_empty() || !u.is_empty());
-        }
-    }
-    state
-}
-
-/// ` 3 files changed, 10 insertions(+), 2 deletions(-)`: (files, insertions, deletions);
-/// an empty line is no change.
-fn parse_shortstat(line: &str) -> (u64, u64, u64) {
-    let mut out = (0, 0, 0);
-    for part in line.split(',') {
-        let mut words = part.split_whitespace();
-        let (Some(n), Some(what)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let Ok(n) = n.parse::<u64>() else { continue };
-        if what.starts_with("file") {
-            out.0 = n;
-        } else if what.starts_with("insertion") {
-            out.1 = n;
-        } else if what.starts_with("deletion") {
-            out.2 = n;
-        }
-    }
-    out
-}
-
 /// One line for people: `run <id> <outcome> after <duration>, <tokens> tokens, <n>
 /// commits, TODO <open> → <open>`, leaving out what is not known.
 pub fn summary(run_id: &str, outcome: &str, seconds: f64, report: &Report) -> String {
@@ -834,13 +661,7 @@ mod tests {
     }
 
     #[test]
-    fn shortstat_and_numbers_read_as_git_and_codex_print_them() {
-        assert_eq!(
-            parse_shortstat(" 3 files changed, 10 insertions(+), 2 deletions(-)"),
-            (3, 10, 2)
-        );
-        assert_eq!(parse_shortstat(" 1 file changed, 1 deletion(-)"), (1, 0, 1));
-        assert_eq!(parse_shortstat(""), (0, 0, 0));
+    fn numbers_read_as_codex_prints_them() {
         assert_eq!(parse_count("11,023"), Some(11023));
         assert_eq!(parse_count("1,2,3"), Some(123));
         assert_eq!(parse_count("-5"), None);

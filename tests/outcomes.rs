@@ -175,6 +175,53 @@ fn a_runs_row_says_what_it_did() {
 /// Whatever is missing or hostile leaves the run working and the fields empty: no tokens
 /// line, no session file, no git asked, a TODO file that is a link out of the workspace, a
 /// FIFO, binary or missing; a session id printed after the header counts for nothing.
+/// The agent names a clean filter for every file (`.git/config`, `.git/info/attributes`) and
+/// leaves the index racily clean, so that any git command comparing the work tree's content
+/// with the index would run the filter: Looper reads a run's start and end (HEAD, the
+/// fingerprint, whether the tree is dirty) without it, and still tells a clean tree from a
+/// changed one.
+#[test]
+fn a_workspace_clean_filter_never_runs_as_looper() {
+    if !have_git() {
+        eprintln!("skipped: git is not installed here");
+        return;
+    }
+    let fx = Fixture::new("outcome-filter");
+    let ws = fx.path("ws");
+    common::git_workspace_with_todo(&ws, "- [ ] one\n");
+    let pwned = fx.path("pwned");
+    let filter = format!(
+        "[ -n \"$LOOPER_RUN_ID\" ] || touch {}; cat",
+        pwned.display()
+    );
+    git(&ws, &["config", "filter.x.clean", &filter]);
+    std::fs::create_dir_all(ws.join(".git/info")).unwrap();
+    std::fs::write(ws.join(".git/info/attributes"), "* filter=x\n").unwrap();
+    // Every entry's mtime is at or after the index's own: racily clean.
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800);
+    std::fs::File::options()
+        .write(true)
+        .open(ws.join(".git/index"))
+        .and_then(|f| f.set_modified(old))
+        .expect("age the index");
+    let z = FakeZulip::start();
+    for (script, dirty) in [
+        ("record;exit:0", false),
+        ("record;tick:TODO.md;exit:0", true),
+    ] {
+        let looper = fx.start_owned(&z.env_with(&[("FAKE_CODEX", script)]));
+        let a = looper.run(json!({"codex_prompt": "work"}));
+        assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+        let (row, _) = reported(&looper, &z, &run_id_of(&a));
+        assert_eq!(row["git"]["dirty"], dirty, "{script}: {row}");
+        assert!(
+            !pwned.exists(),
+            "git ran the workspace's clean filter as Looper ({script})\n{}",
+            looper.tail()
+        );
+    }
+}
+
 #[test]
 fn what_cannot_be_read_stays_empty() {
     let fx = Fixture::new("outcome-empty");
