@@ -16,7 +16,7 @@ use crate::logging::Q;
 use crate::output;
 use crate::pipeline;
 use crate::request::Trigger;
-use crate::trust::Caller;
+use crate::trust::{Caller, Peer};
 
 /// `/run` requests being read or served at once; more get a 503.
 const MAX_INFLIGHT: usize = 64;
@@ -59,10 +59,11 @@ fn unauthorized() -> ApiError {
     )
 }
 
-/// Who sends a request with an effect (`POST /run`). A loopback connection whose client
-/// belongs to a run is that run's, whatever token it carries (an agent may have read the
-/// operator's from disk); then the operator's token; then a run's own token; then, with no
-/// token configured, a local caller.
+/// Who sends a request with an effect (`POST /run`, `/resume`). A loopback connection whose
+/// client belongs to a run is that run's, whatever token it carries (an agent may have read
+/// the operator's from disk); one whose client has already closed its end is refused (a
+/// run's process could send and leave before it is seen); then the operator's token; then a
+/// run's own token; then, with no token configured, a local caller.
 fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
     let as_run = |run_id: String, workspace: Option<std::path::PathBuf>| {
         let workspace = workspace
@@ -80,8 +81,14 @@ fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
         })
     };
     if let (Some(peer), Some(local)) = (rq.peer, rq.local) {
-        if let Some(run_id) = crate::trust::run_of_connection(app, peer, local) {
-            return as_run(run_id, None);
+        match crate::trust::run_of_connection(app, peer, local) {
+            Peer::Run(run_id) => return as_run(run_id, None),
+            Peer::Gone => {
+                return Err(ApiError::bad_request(
+                    "the client closed its end of the connection before Looper could tell who sent the request: keep it open until the answer. Nothing was changed",
+                ))
+            }
+            Peer::NotRun => {}
         }
     }
     if app.cfg().api_token.is_some() && operator(app, &rq.head) {

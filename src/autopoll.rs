@@ -31,10 +31,11 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
 }
 
 /// Where autopoll starts runs: `LOOPER_WORKSPACE`, else the workspace of the newest run in
-/// the history (a first trigger names the loop's workspace); else nowhere.
+/// the history (a first trigger names the loop's workspace); else nowhere. As runs and
+/// holds know it: canonical (a link, `..` or a trailing slash in the variable is resolved).
 pub fn workspace(app: &App) -> Option<PathBuf> {
     if app.cfg().workspace_set {
-        return Some(app.cfg().workspace.clone());
+        return Some(pipeline::workspace_named(app, None));
     }
     app.history().recent_workspaces(1).into_iter().next()
 }

@@ -71,22 +71,37 @@ fn canonical(a: std::net::SocketAddr) -> std::net::SocketAddr {
     std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-/// The owner (uid) and inode of the client's end of a connection Looper accepted: `peer`
-/// is the client's address, `local` Looper's end. Asked of the kernel for that one socket
+/// The client's end of a connection Looper accepted, as the kernel knows it now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Client {
+    /// A process may hold it: its owner (uid) and inode.
+    Held { uid: u32, inode: u64 },
+    /// Closed: no process holds it any more (the kernel lists it without an inode, or not).
+    Gone,
+    /// The kernel's socket tables cannot be read here.
+    Unknown,
+}
+
+/// The client's end of a connection Looper accepted: `peer` is the client's address,
+/// `local` Looper's end. Asked of the kernel for that one socket
 /// ([`crate::sys::tcp_socket_owner`], microseconds), else read from `/proc/net/tcp{,6}`
 /// (milliseconds with many sockets about).
-pub fn client_socket(
-    peer: std::net::SocketAddr,
-    local: std::net::SocketAddr,
-) -> Option<(u32, u64)> {
+pub fn client_socket(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Client {
     let (peer, local) = (canonical(peer), canonical(local));
-    if let Some(found) = crate::sys::tcp_socket_owner(peer, local) {
-        return Some(found);
+    if let Some((uid, inode)) = crate::sys::tcp_socket_owner(peer, local).filter(|f| f.1 != 0) {
+        return Client::Held { uid, inode };
     }
-    net_sockets()
-        .into_iter()
-        .find(|s| s.state == 1 && s.local == peer && s.remote == local && s.inode != 0)
-        .map(|s| (s.uid, s.inode))
+    // The listing holds Looper's own listening socket: empty, it could not be read.
+    let all = net_sockets();
+    if all.is_empty() {
+        return Client::Unknown;
+    }
+    all.into_iter()
+        .find(|s| s.state != 10 && s.local == peer && s.remote == local && s.inode != 0)
+        .map_or(Client::Gone, |s| Client::Held {
+            uid: s.uid,
+            inode: s.inode,
+        })
 }
 
 /// The user owning the socket that listens on TCP `port` in this network namespace (the
@@ -135,7 +150,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (_s, peer) = l.accept().unwrap();
-        let (uid, inode) = client_socket(peer, l.local_addr().unwrap()).expect("found");
+        let Client::Held { uid, inode } = client_socket(peer, l.local_addr().unwrap()) else {
+            panic!("not found");
+        };
         // The kernel's answer for that one socket agrees with the full listing.
         let listed = net_sockets()
             .into_iter()
@@ -151,6 +168,8 @@ mod tests {
             listener_uid(l.local_addr().unwrap().port()),
             Some(current_uid())
         );
+        // Closed by its client: nobody holds it, whatever state the kernel keeps it in.
         drop(c);
+        assert_eq!(client_socket(peer, l.local_addr().unwrap()), Client::Gone);
     }
 }

@@ -196,24 +196,40 @@ pub fn defuse_mentions(text: &str) -> String {
     out
 }
 
+/// Who is at the other end of a connection, as far as runs go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peer {
+    /// A process of run `0` holds the client's end.
+    Run(String),
+    /// Nobody Looper can tie to a run: another host or user, a process outside every run,
+    /// or `/proc` cannot tell.
+    NotRun,
+    /// A loopback client that closed its end before Looper looked: it cannot be told from a
+    /// run's process that sends and leaves at once.
+    Gone,
+}
+
 /// The run a loopback connection's client belongs to: the process holding the client's end
 /// of the connection (found through `/proc/net/tcp` and the processes' descriptors) carries
 /// a `LOOPER_RUN_ID` of this Looper's, descends from a live run, or sits in a run's cgroup.
-/// `None` for anyone else, or when `/proc` cannot tell.
-pub fn run_of_connection(app: &App, peer: SocketAddr, local: SocketAddr) -> Option<String> {
+pub fn run_of_connection(app: &App, peer: SocketAddr, local: SocketAddr) -> Peer {
     if !peer.ip().to_canonical().is_loopback() {
-        return None;
+        return Peer::NotRun;
     }
     let uid = procs::current_uid();
-    let (owner_uid, inode) = sockets::client_socket(peer, local)?;
-    if owner_uid != uid {
-        return None;
-    }
+    let inode = match sockets::client_socket(peer, local) {
+        sockets::Client::Held { uid: owner, inode } if owner == uid => inode,
+        sockets::Client::Gone => return Peer::Gone,
+        _ => return Peer::NotRun,
+    };
     let mut run_of: HashMap<i32, String> = procs::runs_of(uid, app.url()).into_iter().collect();
     // Without cgroups, a run's processes that dropped their environment are found as its
     // descendants, which takes the full table; with them, the table is not needed.
     let table = if app.cgroups().is_none() && app.registry().any_live() {
-        procs::scan(uid).ok()?
+        match procs::scan(uid) {
+            Ok(table) => table,
+            Err(_) => return Peer::NotRun,
+        }
     } else {
         Vec::new()
     };
@@ -225,7 +241,7 @@ pub fn run_of_connection(app: &App, peer: SocketAddr, local: SocketAddr) -> Opti
     run_of
         .into_iter()
         .find(|(pid, _)| sockets::holds_socket(*pid, inode))
-        .map(|(_, id)| id)
+        .map_or(Peer::NotRun, |(_, id)| Peer::Run(id))
 }
 
 #[cfg(test)]

@@ -157,6 +157,36 @@ fn the_last_tick_finishes_the_loop_also_after_a_restart() {
     });
 }
 
+/// `LOOPER_WORKSPACE` names the workspace through a link, with a trailing slash: the hold
+/// its finished loop gets (kept under the real path, as runs know it) still stops autopoll.
+#[test]
+fn a_hold_holds_a_workspace_named_through_a_link() {
+    let Some(fx) = git_fixture("finish-link", "- [ ] one\n") else {
+        return;
+    };
+    let link = fx.path("link");
+    std::os::unix::fs::symlink(fx.path("ws"), &link).unwrap();
+    let z = FakeZulip::start();
+    let env = z.env_with(&[
+        ("LOOPER_WORKSPACE", &format!("{}/", link.display())),
+        ("LOOPER_TODO_FILE", "TODO.md"),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", "record;tick:TODO.md;commit:tick;exit:0"),
+    ]);
+    let looper = fx.start_owned(&env);
+    skips(&looper, "todo_done");
+    assert_eq!(loop_of(&looper)["state"], "finished", "{}", looper.tail());
+    assert_eq!(
+        looper.records().len(),
+        1,
+        "autopoll started a finished loop again\n{}",
+        looper.tail()
+    );
+}
+
 /// A run that exits 1 with nothing open finishes nothing: its failure is not the task done.
 #[test]
 fn a_failed_run_with_an_empty_list_finishes_nothing() {

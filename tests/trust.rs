@@ -789,3 +789,54 @@ fn a_process_that_left_the_session_and_environment_is_stopped() {
     let killed = b.body["killed_codex_exec_pids"].as_array().unwrap();
     assert!(killed.contains(&json!(escaped)), "{}", b.body);
 }
+
+/// An agent that read the operator's token from disk sends a trigger and closes its end at
+/// once, so that Looper finds no process holding the connection to tie to its run. Such a
+/// request cannot be told from the agent's: refused, nothing starts. The same request from
+/// a client that waits for its answer (curl, `looper trigger`) starts the run.
+#[test]
+fn a_trigger_whose_client_left_before_it_was_seen_does_nothing() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let fx = Fixture::new("client-left");
+    let looper = fx.start(&[("LOOPER_API_TOKEN", OPERATOR_TOKEN), SLEEPING_CODEX]);
+    let body = json!({"zulip_message": "m", "codex_prompt": "left"}).to_string();
+    let request = format!(
+        "POST /run HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {OPERATOR_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        looper.port,
+        body.len()
+    );
+    let mut c = looper.raw();
+    // Corked, the request leaves only with the close: when Looper reads it, no process
+    // holds the client's end any more.
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor and a pointer to an int of the size given.
+    let corked = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(corked, 0, "TCP_CORK");
+    c.write_all(request.as_bytes()).unwrap();
+    drop(c);
+    let end = looper.wait("Looper to answer the request", || {
+        let log = looper.server_log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("method=POST path=/run status="))?;
+        Some(line.to_string())
+    });
+    assert!(end.contains("status=400"), "{end}\n{}", looper.tail());
+    assert!(
+        looper.records().is_empty(),
+        "a request nobody could be tied to started a run\n{}",
+        looper.tail()
+    );
+    let a = looper.run_as(OPERATOR_TOKEN, json!({"codex_prompt": "waits"}));
+    assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+    assert_eq!(looper.records().len(), 1);
+}
