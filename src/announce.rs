@@ -33,8 +33,13 @@ pub fn announce(
         Some(summary) => format!("{}\n{summary}", req.zulip_message),
         None => req.zulip_message.clone(),
     };
-    // What Zulip did not take before goes first, in order.
-    deliver_queued(app);
+    // What Zulip did not take before goes first, in order; unless the outbox delivers it
+    // now or its last try failed (Zulip is down: one timeout under the run guard, not two).
+    if let Some(mut last_failed) = app.loop_state().delivery(false) {
+        if !*last_failed {
+            deliver_queued(app, &mut last_failed);
+        }
+    }
     let (via, outcome) = send_via(app, script.map(String::as_str), &text);
     match outcome {
         Ok(output) => {
@@ -42,6 +47,12 @@ pub fn announce(
                 "zulip.send.ok request_id={request_id} via={via} output={}",
                 Q(&output)
             );
+            // Zulip answers again: what waits follows now, not at the outbox's next try.
+            if app.loop_state().queued() > 0 {
+                if let Some(mut last_failed) = app.loop_state().delivery(false) {
+                    deliver_queued(app, &mut last_failed);
+                }
+            }
             Ok(output)
         }
         Err(e) if queue => {
@@ -84,8 +95,9 @@ fn send_via(
 }
 
 /// Delivers the queued announcements, oldest first, each marked late, until Zulip fails
-/// again; how many are left.
-pub fn deliver_queued(app: &App) -> usize {
+/// again (noted in `last_failed`, the delivery right); how many are left.
+fn deliver_queued(app: &App, last_failed: &mut bool) -> usize {
+    *last_failed = false;
     while let Some(q) = app.loop_state().next_queued() {
         let queued = chrono::DateTime::parse_from_rfc3339(&q.queued_at)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S %Z").to_string())
@@ -111,6 +123,7 @@ pub fn deliver_queued(app: &App) -> usize {
                     app.loop_state().queued(),
                     Q(&e.0)
                 );
+                *last_failed = true;
                 break;
             }
         }
@@ -135,7 +148,11 @@ pub fn start_outbox(app: &std::sync::Arc<App>) {
                 if app.shutdown().wait(wait) {
                     break;
                 }
-                if deliver_queued(&app) == 0 && app.loop_state().release_sender() {
+                let left = match app.loop_state().delivery(true) {
+                    Some(mut last_failed) => deliver_queued(&app, &mut last_failed),
+                    None => app.loop_state().queued(),
+                };
+                if left == 0 && app.loop_state().release_sender() {
                     break;
                 }
                 wait = (wait * 2).min(RETRY_MAX);

@@ -472,9 +472,16 @@ impl Config {
             }
         };
         let rules = crate::rules::Rules {
-            no_progress_runs: v
-                .count("LOOPER_NO_PROGRESS_RUNS", "runs (0 = off)")?
-                .map_or(3, |n| n.min(u64::from(u32::MAX)) as u32),
+            no_progress_runs: match v.count("LOOPER_NO_PROGRESS_RUNS", "runs (0 = off)")? {
+                None => 3,
+                Some(n) if n <= u64::from(crate::rules::MAX_NO_PROGRESS_RUNS) => n as u32,
+                Some(n) => {
+                    return Err(ConfigError(format!(
+                        "LOOPER_NO_PROGRESS_RUNS: at most {} runs (0 = off), got {n}",
+                        crate::rules::MAX_NO_PROGRESS_RUNS
+                    )))
+                }
+            },
             max_runs_per_day: v.count("LOOPER_MAX_RUNS_PER_DAY", "runs")?,
             max_tokens_per_day: v.count("LOOPER_MAX_TOKENS_PER_DAY", "tokens")?,
             pause_at_percent: match v.get("LOOPER_PAUSE_AT_PERCENT") {
@@ -611,6 +618,8 @@ mod tests {
             ("LOOPER_TODO_FILE", "/etc/passwd"),
             ("LOOPER_GIT_STATE", "sometimes"),
             ("LOOPER_RUN_REPORTS", "loud"),
+            ("LOOPER_NO_PROGRESS_RUNS", "101"),
+            ("LOOPER_PAUSE_AT_PERCENT", "0"),
         ] {
             let err = cfg(&[(key, value)]).unwrap_err();
             assert!(err.0.starts_with(key), "{key}={value}: {err}");

@@ -27,7 +27,14 @@ fn rows_of(app: &App, workspace: &Path) -> Vec<Row> {
 
 /// The first budget `workspace` reached at `now` that no operator waived.
 fn budget_over(app: &App, workspace: &Path, now: DateTime<Local>) -> Option<Over> {
-    let over = rules::budget_over(&app.cfg().rules, &rows_of(app, workspace), now)?;
+    let r = &app.cfg().rules;
+    if r.max_runs_per_day.is_none()
+        && r.max_tokens_per_day.is_none()
+        && r.pause_at_percent.is_none()
+    {
+        return None;
+    }
+    let over = rules::budget_over(r, &rows_of(app, workspace), now)?;
     (!app.loop_state().waived(workspace, over.reason, now)).then_some(over)
 }
 

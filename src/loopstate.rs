@@ -102,6 +102,9 @@ pub struct LoopState {
     saved: Mutex<Saved>,
     /// Whether a thread delivers the outbox (not kept: a new Looper starts its own).
     sender: Mutex<bool>,
+    /// Held by whoever delivers queued messages now (so that none goes twice); holds
+    /// whether the last try failed.
+    delivery: Mutex<bool>,
 }
 
 fn key(workspace: &Path) -> String {
@@ -128,6 +131,7 @@ impl LoopState {
             path,
             saved: Mutex::new(saved),
             sender: Mutex::new(false),
+            delivery: Mutex::new(false),
         }
     }
 
@@ -268,7 +272,7 @@ impl LoopState {
                         runs.push(run_id.to_string());
                     }
                     let len = runs.len();
-                    runs.drain(..len.saturating_sub(100));
+                    runs.drain(..len.saturating_sub(crate::rules::MAX_NO_PROGRESS_RUNS as usize));
                 }
                 None => {}
             }
@@ -313,6 +317,19 @@ impl LoopState {
         }
         *sender = true;
         true
+    }
+
+    /// The right to deliver queued messages, with whether the last try failed. `wait`:
+    /// until whoever delivers now is done; else `None` when someone delivers now.
+    pub fn delivery(&self, wait: bool) -> Option<std::sync::MutexGuard<'_, bool>> {
+        match wait {
+            true => Some(self.delivery.lock().unwrap_or_else(|e| e.into_inner())),
+            false => match self.delivery.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            },
+        }
     }
 
     /// No thread delivers the outbox (its start failed).

@@ -586,6 +586,11 @@ impl Registry {
         token
     }
 
+    /// Forgets run `run_id`'s token: its spawn failed, nobody holds it.
+    pub fn forget_token(&self, run_id: &str) {
+        lock(&self.tokens).retain(|t| t.run_id != run_id);
+    }
+
     /// The run (id and workspace) whose token `offered` is, compared in constant time.
     pub fn run_of_token(&self, offered: &str) -> Option<(String, PathBuf)> {
         let mut found = None;

@@ -8,6 +8,10 @@ use chrono::{DateTime, Local, NaiveTime, TimeZone};
 use crate::history::Row;
 use crate::report::{Report, Todo};
 
+/// The longest streak of runs that changed nothing that is kept, and so the most
+/// `LOOPER_NO_PROGRESS_RUNS` may ask for.
+pub const MAX_NO_PROGRESS_RUNS: u32 = 100;
+
 /// The stop rules' settings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rules {
@@ -78,7 +82,7 @@ pub fn budget_over(rules: &Rules, rows: &[Row], now: DateTime<Local>) -> Option<
             .iter()
             .filter_map(|r| r.report.tokens.as_ref())
             .map(|t| t.used)
-            .sum();
+            .fold(0, u64::saturating_add);
         if used >= max {
             return Some(Over {
                 reason: "max_tokens_per_day",

@@ -91,6 +91,8 @@ pub fn launch(
         // autopoll); a run that did start keeps its log beside its history row.
         if app.history().get(request_id).is_none() {
             let _ = std::fs::remove_file(&log_path);
+            // Nor a token: no process holds it, and the id is not one being set up.
+            app.registry().forget_token(request_id);
         }
     })?;
     if app.cfg().log_retention > 0 {
