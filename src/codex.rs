@@ -163,9 +163,19 @@ pub fn inside_git_work_tree(dir: &Path) -> bool {
         let dot_git = d.join(".git");
         match std::fs::metadata(&dot_git) {
             Ok(m) if m.is_dir() => dot_git.join("HEAD").is_file(),
-            Ok(m) if m.is_file() => std::fs::read(&dot_git)
-                .map(|b| b.starts_with(b"gitdir:"))
-                .unwrap_or(false),
+            // Its first bytes only, never blocking: the agent may leave a huge file or
+            // swap in a FIFO.
+            Ok(m) if m.is_file() => {
+                use std::io::Read;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut start = Vec::new();
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(&dot_git)
+                    .and_then(|f| f.take(7).read_to_end(&mut start))
+                    .is_ok_and(|_| start == b"gitdir:")
+            }
             _ => false,
         }
     })

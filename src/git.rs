@@ -47,6 +47,10 @@ pub struct Git {
 /// command line, the environment is cleared but for `PATH`, and callers ask only commands
 /// that read no work-tree content.
 fn run(workspace: &Path, args: &[&str], cap: u64) -> Option<Vec<u8>> {
+    // Outside a work tree every question fails: none is asked (a process saved per question).
+    if !crate::codex::inside_git_work_tree(workspace) {
+        return None;
+    }
     let mut cmd = Command::new("git");
     cmd.env_clear()
         .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))

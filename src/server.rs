@@ -210,7 +210,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         }
     }
     log::info!(
-        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_method={}",
+        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_scope={} stop_method={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         Q(&app.cfg().host),
@@ -219,6 +219,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         Q(&app.cfg().server_log_path.to_string_lossy()),
         Q(&app.cfg().workspace.to_string_lossy()),
         if app.cfg().api_token.is_some() { "token" } else { "none" },
+        app.cfg().stop_scope.as_str(),
         app.stop_method(),
     );
 

@@ -249,6 +249,10 @@ fn the_page_shows_the_loop_and_its_buttons_work() {
     assert_eq!(s.find_all("#timeline .bar.replaced").len(), 1);
     assert_eq!(s.find_all("#timeline .bar.running").len(), 1);
     assert_eq!(s.find_all("#runs-table tbody tr").len(), 2);
+    assert_eq!(
+        s.text("#stop-scope"),
+        "every codex exec of this user (LOOPER_STOP_SCOPE=all)"
+    );
     s.screenshot("looper-page.png");
 
     // Trigger a fresh run from the page.

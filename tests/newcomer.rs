@@ -179,3 +179,72 @@ fn an_address_in_use_says_what_to_do() {
         "{text}"
     );
 }
+
+/// The README's check of the systemd unit works where there is no login session (no
+/// `XDG_RUNTIME_DIR`: ssh, sudo, CI), once looper is installed where the unit looks.
+#[test]
+fn the_readmes_unit_check_works_without_a_session() {
+    let Ok(found) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipped: systemd-analyze is not installed here");
+        return;
+    };
+    assert!(found.status.success());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let line = readme
+        .split('`')
+        .find(|part| part.contains("systemd-analyze") && part.contains("verify"))
+        .expect("the README gives a systemd-analyze command")
+        .to_string();
+    let fx = Fixture::new("unit-check");
+    let home = fx.path("home");
+    std::fs::create_dir_all(home.join(".cargo/bin")).unwrap();
+    std::os::unix::fs::symlink(common::looper_binary(), home.join(".cargo/bin/looper")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&line)
+        .current_dir(root)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}\n{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+}
+
+/// Which runs a trigger stops is said where the loop is shown: the start-up line, `/status`
+/// and `looper status`; a typo'd `LOOPER_STOP_SCOPES` is named and the default in force said.
+#[test]
+fn the_stop_scope_in_force_is_said() {
+    let fx = Fixture::new("scope-said");
+    for (key, value, scope, words) in [
+        (
+            "LOOPER_STOP_SCOPE",
+            "workspace",
+            "workspace",
+            "the codex exec runs in the new run's workspace",
+        ),
+        (
+            "LOOPER_STOP_SCOPES",
+            "own",
+            "all",
+            "every codex exec of this user",
+        ),
+    ] {
+        let looper = fx.start(&[(key, value)]);
+        let start = looper.log_with(" server.start ");
+        assert!(start.contains(&format!(" stop_scope={scope} ")), "{start}");
+        if key != "LOOPER_STOP_SCOPE" {
+            looper.log_with(&format!("config.unknown_variable name={key} "));
+        }
+        assert_eq!(looper.get("/status").body["stop_scope"], json!(scope));
+        let url = format!("http://127.0.0.1:{}", looper.port);
+        let o = common::cli(&fx, &["status"], &[("LOOPER_URL", &url)]);
+        let said = format!("a trigger stops: {words} (LOOPER_STOP_SCOPE={scope})");
+        assert!(common::stdout(&o).contains(&said), "{}", common::stdout(&o));
+    }
+}

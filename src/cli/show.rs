@@ -122,10 +122,10 @@ pub fn describe_status(base: &str, s: &Value) -> String {
     }
     lines.extend(describe_loop(s));
     if let Some(scope) = s["stop_scope"].as_str() {
-        let what = if scope == "own" {
-            "the runs this Looper started"
-        } else {
-            "every codex exec of this user"
+        let what = match scope {
+            "own" => "the runs this Looper started",
+            "workspace" => "the codex exec runs in the new run's workspace",
+            _ => "every codex exec of this user",
         };
         lines.push(format!(
             "a trigger stops: {what} (LOOPER_STOP_SCOPE={scope})"
