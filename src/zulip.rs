@@ -500,18 +500,15 @@ fn lookup_user(creds: &Credentials, name: &str, timeout_secs: u64) -> Result<u64
 /// `<full name> <email> (user id <n>)`.
 pub fn whoami(creds: &Credentials, timeout_secs: u64) -> Result<String, ZulipError> {
     let json = get_json(creds, "/api/v1/users/me", timeout_secs)?;
-    let text = |k: &str| {
-        json.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("?")
-            .to_string()
-    };
-    let id = json.get("user_id").and_then(|v| v.as_u64()).unwrap_or(0);
-    Ok(format!(
-        "{} <{}> (user id {id})",
-        text("full_name"),
-        text("email")
-    ))
+    let text = |k: &str| json.get(k).and_then(|v| v.as_str());
+    let id = json.get("user_id").and_then(|v| v.as_u64());
+    match (text("full_name"), text("email"), id) {
+        (Some(name), Some(email), Some(id)) => Ok(format!("{name} <{email}> (user id {id})")),
+        _ => Err(ZulipError(format!(
+            "{} answered /api/v1/users/me without the user's full_name, email and user_id: is ZULIP_SITE a Zulip server?",
+            creds.site
+        ))),
+    }
 }
 
 fn basic_auth(creds: &Credentials) -> String {

@@ -95,9 +95,24 @@ fn trigger_auth_and_unreachable_server() {
     );
     assert_eq!(no.status.code(), Some(1));
     assert!(
-        stderr(&no).contains("HTTP 401: unauthorized"),
+        stderr(&no).contains("HTTP 401: unauthorized")
+            && stderr(&no).contains("set LOOPER_API_TOKEN")
+            && !stderr(&no).contains("Authorization: Bearer"),
         "{}",
         stderr(&no)
+    );
+    // A wrong token: the command line names the variable, not curl's headers.
+    let wrong = cli(
+        &fx,
+        &["status"],
+        &[("LOOPER_URL", &u), ("LOOPER_API_TOKEN", "wrong")],
+    );
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        stderr(&wrong).contains("did not accept the token in LOOPER_API_TOKEN"),
+        "{}{}",
+        stdout(&wrong),
+        stderr(&wrong)
     );
     let yes = cli(
         &fx,
@@ -137,6 +152,9 @@ fn trigger_follow_tails_the_run() {
         out.contains("step one\nstep two\n\n# codex_exec_return_code=0\n"),
         "{out}"
     );
+    // Stdout is the log alone; the JSON answer went to stderr.
+    assert!(!out.contains("\"ok\":"), "{out}");
+    assert!(stderr(&o).contains("\"ok\":true"), "{}", stderr(&o));
     assert!(stderr(&o).contains("run exited with return code 0"));
 }
 
@@ -208,6 +226,24 @@ fn zulip_check_and_send() {
     let o = cli(&fx, &["zulip", "check"], &unusable);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(stdout(&o).contains("Zulip says no") && stdout(&o).contains("unreachable"));
+    // A site that answers, but not as Zulip does: a failure, not "? <?> (user id 0)".
+    let odd = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let odd_site = format!("http://{}", odd.server_addr().to_ip().unwrap());
+    std::thread::spawn(move || {
+        if let Ok(rq) = odd.recv() {
+            let _ = rq.respond(tiny_http::Response::from_string(r#"{"result": "success"}"#));
+        }
+    });
+    let odd_creds = z.env_with(&[("ZULIP_SITE", &odd_site)]);
+    let odd_creds: Vec<(&str, &str)> = odd_creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = cli(&fx, &["zulip", "check"], &odd_creds);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("without the user's full_name, email and user_id")
+            && !stdout(&o).contains("user id 0"),
+        "{}",
+        stdout(&o)
+    );
     let none = cli(&fx, &["zulip", "check"], &[]);
     assert_eq!(none.status.code(), Some(1));
     assert!(stdout(&none).contains("not configured"));
@@ -238,11 +274,12 @@ fn the_wrapper_script_is_a_drop_in() {
         "message from the file",
     )
     .unwrap();
-    std::fs::write(
-        repo.join("scripts/looper-prompt.md"),
-        "the same prompt as always",
-    )
-    .unwrap();
+    // The example prompt, copied beside it as the README says, is every run's prompt.
+    let shipped = common::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/looper-prompt.md"
+    ));
+    std::fs::write(repo.join("scripts/looper-prompt.md"), &shipped).unwrap();
     let z = FakeZulip::start();
     let looper = fx.start_owned(&z.env_with(&[("FAKE_CODEX", "record;sleep:600")]));
     let run = |extra: &[(&str, &str)]| {
@@ -265,7 +302,7 @@ fn the_wrapper_script_is_a_drop_in() {
     assert_eq!(rec["cwd"], json!(repo));
     assert_eq!(
         rec["argv"].as_array().unwrap().last(),
-        Some(&json!("the same prompt as always"))
+        Some(&json!(shipped))
     );
     assert_eq!(z.messages()[0].form()["content"], "message from the file");
     // Called from inside the run (with its LOOPER_RUN_ID and LOOPER_URL), it hands off from

@@ -100,13 +100,29 @@ pub fn call(
             format!("cannot reach Looper at {base}: {e} (is `looper serve` running? set LOOPER_URL or --url)"),
 )
     })?;
-    let value = serde_json::from_slice(response.as_bytes()).map_err(|_| {
+    let mut value: Value = serde_json::from_slice(response.as_bytes()).map_err(|_| {
         Fail::Error(format!(
             "{url} answered HTTP {} with something that is not Looper's JSON",
             response.status_code
         ))
     })?;
+    if response.status_code == 401 {
+        value["error"] = Value::from(unauthorized(env));
+    }
     Ok((response.status_code, value))
+}
+
+/// A `401` in the words of the command line: the server's own names the headers curl
+/// would send; here it is the variable to set.
+fn unauthorized(env: &HashMap<String, String>) -> String {
+    let sent = env
+        .get("LOOPER_API_TOKEN")
+        .is_some_and(|t| !t.trim().is_empty());
+    if sent {
+        "unauthorized: Looper did not accept the token in LOOPER_API_TOKEN; set it to the token Looper was started with".to_string()
+    } else {
+        "unauthorized: Looper wants its token; set LOOPER_API_TOKEN to the token Looper was started with".to_string()
+    }
 }
 
 /// Whether a connection to the server at `base` can be opened at all. Inside codex's
@@ -151,6 +167,9 @@ pub fn fetch_log(
         .with_timeout(30)
         .send()
         .map_err(|e| Fail::Error(format!("cannot reach Looper at {base}: {e}")))?;
+    if response.status_code == 401 {
+        return Err(Fail::Error(format!("HTTP 401: {}", unauthorized(env))));
+    }
     if response.status_code != 200 {
         let error: Value = serde_json::from_slice(response.as_bytes()).unwrap_or_default();
         return Err(Fail::Error(format!(

@@ -20,7 +20,7 @@ usage:
 
 examples:
   looper
-  looper trigger --message 'Looper: fresh run' --prompt-file scripts/example-prompt.md --follow
+  looper trigger --message 'Looper: fresh run' --prompt-file scripts/looper-prompt.md --follow
   looper status
 
 Configuration is by environment variables; see README.md.";
@@ -39,7 +39,8 @@ options:
   --delay SECONDS                       wait before spawning (default: the server's)
   --url URL                             the server (default: $LOOPER_URL, with or without /run,
                                         else http://127.0.0.1:$LOOPER_PORT)
-  --follow                              print the new run's log until it exits
+  --follow                              print the new run's log until it exits (stdout
+                                        is the log; the JSON answer goes to stderr)
   --inbox                               leave the request in $LOOPER_INBOX instead of HTTP
   --done                                from a run: the task is done, the loop finishes
                                         (nothing is stopped, nothing starts; the message

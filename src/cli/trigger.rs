@@ -19,7 +19,8 @@ use super::Fail;
 /// `LOOPER_INBOX_WAIT_SECONDS` says otherwise.
 const INBOX_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
-/// Asks for a fresh run, prints the JSON answer, and says on stderr what came of it.
+/// Asks for a fresh run, prints the JSON answer (on stderr with `--follow`, whose stdout is
+/// the run's log), and says on stderr what came of it.
 pub fn trigger(
     t: &Trigger,
     env: &HashMap<String, String>,
@@ -30,7 +31,12 @@ pub fn trigger(
     let Some((status, answer)) = send(t, &base, &body, env)? else {
         return Ok(0);
     };
-    let _ = writeln!(out, "{answer}");
+    // Followed, stdout is the run's log alone: the answer goes to stderr.
+    if t.follow {
+        eprintln!("{answer}");
+    } else {
+        let _ = writeln!(out, "{answer}");
+    }
     let ok = answer["ok"] == json!(true);
     if !ok {
         eprintln!(
