@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{cli, stderr, stdout, FakeZulip, Fixture, Looper};
+use common::{cli, run_id_of, stderr, stdout, FakeZulip, Fixture, Looper};
 use serde_json::{json, Value};
 
 fn url(looper: &Looper) -> String {
@@ -362,4 +362,82 @@ fn readme_and_parser_know_the_same_variables() {
         undocumented.is_empty(),
         "variables missing from the README: {undocumented:?}"
     );
+}
+
+/// `looper logs` with nothing running shows the newest run's log; `-f` on a run that gets
+/// replaced says which run replaced it; `--follow-loop` goes on with the next run's log.
+#[test]
+fn logs_show_the_newest_run_and_follow_the_loop() {
+    let fx = Fixture::new("cli-logs");
+    let looper = fx.start(&[(
+        "FAKE_CODEX",
+        "record;print:output of a run;sleep-if-prompt:long:600;exit:0",
+    )]);
+    let env = [("LOOPER_URL", url(&looper))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = looper.run(json!({"codex_prompt": "short"}));
+    let a_id = run_id_of(&a);
+    looper.ended_row(&a_id);
+    let o = cli(&fx, &["logs"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("output of a run"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains(&format!("no run is active; the newest is run {a_id} (ok")),
+        "{}",
+        stderr(&o)
+    );
+
+    // A follower of a run in the background, its output in files.
+    let follower = |args: &[&str], tag: &str| {
+        let (out, err) = (
+            fx.path(&format!("{tag}.out")),
+            fx.path(&format!("{tag}.err")),
+        );
+        let child = Command::new(common::looper_binary())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &fx.dir)
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        (child, out, err)
+    };
+    let b = looper.run(json!({"codex_prompt": "long"}));
+    let b_id = run_id_of(&b);
+    let (mut plain, out, err) = follower(&["logs", "-f"], "plain");
+    looper.wait("the follower to print B's output", || {
+        common::read(&out).contains("output of a run").then_some(())
+    });
+    let c = looper.run(json!({"codex_prompt": "long"}));
+    let c_id = run_id_of(&c);
+    let status = plain.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        common::read(&err).contains(&format!("run {b_id} was replaced by run {c_id}")),
+        "{}",
+        common::read(&err)
+    );
+
+    let (mut looping, out, err) = follower(&["logs", "--follow-loop"], "loop");
+    looper.wait("the loop follower to print C's output", || {
+        common::read(&out).contains("output of a run").then_some(())
+    });
+    let d = looper.run(json!({"codex_prompt": "short"}));
+    let d_id = run_id_of(&d);
+    let marker = format!("# looper: run {c_id} was replaced by run {d_id}; run {d_id} follows");
+    let text = looper.wait("the loop follower to go on with D", || {
+        let text = common::read(&out);
+        (text.contains(&marker) && text.matches("output of a run").count() >= 2).then_some(text)
+    });
+    assert!(
+        common::read(&err).contains(&format!("following run {d_id}")),
+        "{text}\n{}",
+        common::read(&err)
+    );
+    // It follows on until interrupted: ours to end.
+    let _ = looping.kill();
+    let _ = looping.wait();
 }

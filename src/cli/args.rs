@@ -74,10 +74,12 @@ pub struct Runs {
 /// `looper logs`.
 #[derive(Debug, Default, PartialEq)]
 pub struct Logs {
-    /// `None`: the active run's.
+    /// `None`: the active run's, else the newest run's.
     pub run_id: Option<String>,
     pub url: Option<String>,
     pub follow: bool,
+    /// `--follow-loop`: follow, and go on with each next run's log.
+    pub follow_loop: bool,
 }
 
 /// How many rows `looper runs` shows unless `--limit` says otherwise.
@@ -254,6 +256,10 @@ fn logs(words: &[&str]) -> Result<Logs, Fail> {
         match arg {
             Long("url") => opts.once(&mut l.url)?,
             Short('f') | Long("follow") => l.follow = opts.switch()?,
+            Long("follow-loop") => {
+                l.follow_loop = opts.switch()?;
+                l.follow |= l.follow_loop;
+            }
             _ => return Err(opts.unknown()),
         }
     }
@@ -729,11 +735,14 @@ mod tests {
                 Logs {
                     run_id: Some("abc".into()),
                     url: None,
-                    follow: true
+                    follow: true,
+                    follow_loop: false,
                 },
                 "{words:?}"
             );
         }
+        let looping = logs_of(&["logs", "--follow-loop"]);
+        assert!(looping.follow && looping.follow_loop, "{looping:?}");
         assert_eq!(
             logs_of(&["logs", "--url=h:1", "abc"]).url.as_deref(),
             Some("h:1")

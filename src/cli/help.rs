@@ -11,7 +11,7 @@ usage:
   looper trigger [options]       ask the server for a fresh run (POST /run)
   looper status [--json]         what runs now, what ended last, what autopoll does
   looper runs [--limit N]        recent runs as a table
-  looper logs [RUN_ID] [-f]      a run's log (the active run's by default), -f follows it
+  looper logs [RUN_ID] [-f]      a run's log (the active run's, else the newest), -f follows it
   looper resume [--workspace W]  end the loop's pauses and finish (POST /resume)
   looper zulip check             where Zulip credentials come from, and the target
   looper zulip send <message>    post a message with the configured credentials
@@ -92,17 +92,20 @@ examples:
   looper status --json | jq .active";
 
 const LOGS_HELP: &str = "\
-looper logs - print a run's log (the active run's by default)
+looper logs - print a run's log (the active run's by default, else the newest run's)
 
-usage: looper logs [RUN_ID] [-f] [--url URL]
+usage: looper logs [RUN_ID] [-f | --follow-loop] [--url URL]
 
-  -f, --follow   keep printing as the log grows, until the run ends (exit 0 when it
-                 exited 0)
+  -f, --follow     keep printing as the log grows, until the run ends (exit 0 when it
+                   exited 0); a run that was replaced says which run replaced it
+  --follow-loop    follow, and go on with each next run's log (replaced or ended, the
+                   loop's next run is followed when it starts) until interrupted
 
 examples:
   looper logs
   looper logs 0a1b2c3d
-  looper logs -f";
+  looper logs -f
+  looper logs --follow-loop";
 
 const RUNS_HELP: &str = "\
 looper runs - recent runs, newest first

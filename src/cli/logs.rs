@@ -12,29 +12,104 @@ use super::Fail;
 /// How often a follow looks for new output (and `trigger` for an answer in the inbox).
 pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-/// `looper logs [RUN_ID] [-f]`: a run's log (the active run's by default), followed with
-/// `-f` until the run ends.
+/// `looper logs [RUN_ID] [-f | --follow-loop]`: a run's log (the active run's, else the
+/// newest run's), followed with `-f` until the run ends, and with `--follow-loop` on into
+/// each next run's.
 pub fn logs(l: &Logs, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
     let base = base_url(l.url.as_deref(), env);
-    let run_id = match &l.run_id {
+    let mut run_id = match &l.run_id {
         Some(id) => id.clone(),
-        None => active_run(&base, env)?,
+        None => default_run(&base, env)?,
     };
-    if l.follow {
-        let rc = follow(&base, env, &run_id, None, None, out)?;
-        return Ok(if rc == Some(0) { 0 } else { 1 });
+    if !l.follow {
+        let _ = out.write_all(&fetch_log(&base, env, &run_id, None)?);
+        return Ok(0);
     }
-    let _ = out.write_all(&fetch_log(&base, env, &run_id, None)?);
-    Ok(0)
+    loop {
+        let rc = follow(&base, env, &run_id, None, None, out)?;
+        let next = next_run(&base, env, &run_id, l.follow_loop)?;
+        match (&next, l.follow_loop) {
+            (Some((id, how)), true) => {
+                eprintln!("looper: run {run_id} {how}; following run {id}");
+                let _ = writeln!(out, "\n# looper: run {run_id} {how}; run {id} follows\n");
+            }
+            (Some((id, how)), false) => {
+                eprintln!(
+                    "looper: run {run_id} {how} (looper logs {id} -f; --follow-loop goes on by itself)"
+                );
+            }
+            (None, _) => {}
+        }
+        match next {
+            Some((id, _)) if l.follow_loop => run_id = id,
+            _ => return Ok(if rc == Some(0) { 0 } else { 1 }),
+        }
+    }
 }
 
-/// The id of the run that is active now, as `/status` says.
-fn active_run(base: &str, env: &HashMap<String, String>) -> Result<String, Fail> {
+/// The id of the run that is active now, as `/status` says; else the newest run's (said
+/// on stderr), so that the log of a loop that just went quiet is still one command away.
+fn default_run(base: &str, env: &HashMap<String, String>) -> Result<String, Fail> {
     let (_, s) = call("GET", base, "/status", None, env)?;
-    s["active"]["run_id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| Fail::Error("no run is active; name one (`looper runs` lists them)".into()))
+    if let Some(id) = s["active"]["run_id"].as_str() {
+        return Ok(id.to_string());
+    }
+    let (_, runs) = call("GET", base, "/runs?limit=1", None, env)?;
+    let newest = &runs["runs"][0];
+    let id = newest["run_id"].as_str().ok_or_else(|| {
+        Fail::Error("no run yet: nothing to show (`looper trigger` starts one)".into())
+    })?;
+    eprintln!(
+        "looper: no run is active; the newest is run {id} ({}, ended {})",
+        newest["outcome"].as_str().unwrap_or("ended"),
+        newest["ended_at"].as_str().unwrap_or("?")
+    );
+    Ok(id.to_string())
+}
+
+/// The run that came after `run_id` ended: the next one started (with how `run_id` ended,
+/// in words). With `wait`, one is waited for when none has started yet (autopoll, or the
+/// next trigger, starts it); without, `None` then.
+fn next_run(
+    base: &str,
+    env: &HashMap<String, String>,
+    run_id: &str,
+    wait: bool,
+) -> Result<Option<(String, String)>, Fail> {
+    let mut tries = 0;
+    loop {
+        let (_, runs) = call("GET", base, "/runs?limit=100", None, env)?;
+        let rows: Vec<&serde_json::Value> = runs["runs"]
+            .as_array()
+            .map(|r| r.iter().collect())
+            .unwrap_or_default();
+        // Newest first: the row just before `run_id`'s is the one started after it.
+        let at = rows.iter().position(|r| r["run_id"] == run_id);
+        let stop = at.and_then(|i| rows[i]["stop_reason"].as_str());
+        let replaced = match stop {
+            Some("handed_off") => Some("handed off to"),
+            Some("replaced") => Some("was replaced by"),
+            _ => None,
+        };
+        if let Some(next) = at.filter(|i| *i > 0).map(|i| rows[i - 1]) {
+            let id = next["run_id"].as_str().unwrap_or_default().to_string();
+            match replaced {
+                Some(words) => return Ok(Some((id.clone(), format!("{words} run {id}")))),
+                None if wait => {
+                    let outcome = at.and_then(|i| rows[i]["outcome"].as_str());
+                    let how = format!("ended ({})", outcome.unwrap_or("?"));
+                    return Ok(Some((id, how)));
+                }
+                None => {}
+            }
+        }
+        // A replacement is registered just after the stop: looked for a few seconds.
+        tries += 1;
+        if !wait && (replaced.is_none() || tries > 10) {
+            return Ok(None);
+        }
+        std::thread::sleep(FOLLOW_POLL * 5);
+    }
 }
 
 /// Whether run `run_id` has ended, as the server's history says: `Some(return code)` once
