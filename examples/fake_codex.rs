@@ -38,7 +38,8 @@
 //!   unless `FAKE_CODEX_NO_SESSION` is set, its session file under `$CODEX_HOME` (default
 //!   `~/.codex`) with a `token_count` and a `task_complete` event. The usage is
 //!   `$FAKE_CODEX_USAGE` (`input,cached,output,reasoning`; default `12345,2000,678,0`);
-//! - `commit:<message>`: `git add -A` and `git commit` in the working directory;
+//! - `commit:<message>`: `git add -A` and `git commit` in the working directory (with
+//!   `$FAKE_CODEX_GIT`, default `git`);
 //! - `tick:<file>`: mark the first open `- [ ]` item of that file done.
 //!
 //! Without `FAKE_CODEX` it does `record;print:fake codex working;sleep:600`.
@@ -200,8 +201,10 @@ fn main() {
             }
             "turn" => turn(&args, arg),
             "commit" => {
+                // FAKE_CODEX_GIT: the agent's git, where a test slows down Looper's.
+                let bin = std::env::var("FAKE_CODEX_GIT").unwrap_or_else(|_| "git".into());
                 let git = |a: &[&str]| {
-                    let ok = Command::new("git")
+                    let ok = Command::new(&bin)
                         .args(["-c", "user.name=fake", "-c", "user.email=fake@example.com"])
                         .args(a)
                         .stdout(Stdio::null())

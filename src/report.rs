@@ -167,26 +167,27 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// The start of a run in `workspace`.
+    /// The start of a run in `workspace`, read before it is spawned (so that a quick first
+    /// commit is the run's own): the TODO file and HEAD. The work tree's fingerprint, which
+    /// may take git longer, is [`Sources::tree_at_start`]'s.
     pub fn at_start(&self, workspace: &Path) -> Start {
         let text = self.todo_text(workspace);
-        // The stuck rule compares the work tree; its reading holds HEAD too.
-        let (head, tree) = match self.git {
-            false => (None, None),
-            true if self.fingerprints => match crate::git::Tree::read(workspace) {
-                Some(t) => (t.head.clone(), Some(t.digest(workspace))),
-                None => (crate::git::head(workspace), None),
-            },
-            true => (crate::git::head(workspace), None),
-        };
         Start {
-            head,
+            head: self.git.then(|| crate::git::head(workspace)).flatten(),
             todo: text.as_deref().and_then(count_todo),
             todo_digest: self
                 .fingerprints
                 .then(|| text.as_deref().map(digest))
                 .flatten(),
-            tree,
+            tree: None,
+        }
+    }
+
+    /// The work tree's fingerprint for the stuck rule, read by the run's watcher while
+    /// codex starts up (the agent asks its model before it changes anything).
+    pub fn tree_at_start(&self, workspace: &Path, start: &mut Start) {
+        if self.git && self.fingerprints {
+            start.tree = crate::git::Tree::read(workspace).map(|t| t.digest(workspace));
         }
     }
 

@@ -254,6 +254,8 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
     if app.shutdown().is_set() {
         return Err(ApiError::shutting_down());
     }
+    // Read before the run can change it: a quick first commit is the run's own.
+    let start = app.cfg().report_sources.at_start(&run.start.workspace);
     // Forked outside any lock; registered right after.
     let spawned = cmd.spawn();
     drop(cmd);
@@ -300,6 +302,7 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
         output_start: run.output_start,
         group_path,
         workspace: run.start.workspace.clone(),
+        start,
     };
     let thread = std::thread::Builder::new()
         .name(format!("watch-{}", run.run_id))
@@ -334,6 +337,8 @@ struct Watcher {
     output_start: u64,
     group_path: Option<PathBuf>,
     workspace: PathBuf,
+    /// What was read before it was spawned.
+    start: crate::report::Start,
 }
 
 impl Watcher {
@@ -342,8 +347,10 @@ impl Watcher {
     fn watch(self, mut child: Child, mut log: File) {
         let app = &self.app;
         let (pid, rid) = (child.id(), &self.run_id);
-        // Read while codex starts up, before the agent can have changed anything.
-        let start = app.cfg().report_sources.at_start(&self.workspace);
+        let mut start = self.start.clone();
+        app.cfg()
+            .report_sources
+            .tree_at_start(&self.workspace, &mut start);
         log::info!(
             "run.start_state run_id={rid} head={} todo={}",
             start.head.as_deref().unwrap_or("-"),

@@ -222,6 +222,55 @@ fn a_workspace_clean_filter_never_runs_as_looper() {
     }
 }
 
+/// A run that commits at once, on a box where git is slow (a big repository): Looper reads
+/// where the run started before the run may change it, so the commit is the run's own
+/// (it read HEAD after the commit when the two raced, and counted none).
+#[test]
+fn a_quick_first_commit_is_the_runs_own() {
+    if !have_git() {
+        eprintln!("skipped: git is not installed here");
+        return;
+    }
+    let fx = Fixture::new("outcome-quick");
+    let ws = fx.path("ws");
+    let head_before = common::git_workspace_with_todo(&ws, "- [ ] one\n");
+    let path = std::env::var("PATH").unwrap_or_default();
+    let real_git = std::env::split_paths(&path)
+        .map(|d| d.join("git"))
+        .find(|p| p.is_file())
+        .expect("git on PATH");
+    // Looper's git answers half a second late; the agent's is the real one.
+    let slow = fx.path("slow-bin");
+    std::fs::create_dir_all(&slow).unwrap();
+    let wrapper = slow.join("git");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nsleep 0.5\nexec {} \"$@\"\n", real_git.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let z = FakeZulip::start();
+    let looper = fx.start_owned(&z.env_with(&[
+        ("PATH", &format!("{}:{path}", slow.display())),
+        ("FAKE_CODEX_GIT", &real_git.to_string_lossy()),
+        ("FAKE_CODEX", "record;tick:TODO.md;commit:at once;exit:0"),
+    ]));
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}\n{}", a.body, looper.tail());
+    let (row, _) = reported(&looper, &z, &run_id_of(&a));
+    let g = &row["git"];
+    assert_eq!(
+        (&g["head_before"], &g["commits"]),
+        (&json!(head_before), &json!(1)),
+        "{row}\n{}",
+        looper.tail()
+    );
+}
+
 #[test]
 fn what_cannot_be_read_stays_empty() {
     let fx = Fixture::new("outcome-empty");
