@@ -288,10 +288,16 @@ pub fn after_end(
 /// Says `text` on Zulip (by the API) for `about` (a run id, `autopoll`); a failure is
 /// logged, nothing more. It may quote a run's output (its last line, its last message):
 /// the agent's words, whose wildcard mentions must not ping a whole stream.
-pub fn say(app: &App, text: &str, about: &str) {
+pub fn say(app: &App, text: &str, about: &str) -> String {
     match app.cfg().zulip.send(&crate::trust::defuse_mentions(text)) {
-        Ok(out) => log::info!("zulip.send.ok about={about} via=api output={}", Q(&out)),
-        Err(e) => log::error!("zulip.send.fail about={about} via=api error={}", Q(&e.0)),
+        Ok(out) => {
+            log::info!("zulip.send.ok about={about} via=api output={}", Q(&out));
+            out
+        }
+        Err(e) => {
+            log::error!("zulip.send.fail about={about} via=api error={}", Q(&e.0));
+            format!("failed: {e}")
+        }
     }
 }
 

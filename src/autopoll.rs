@@ -97,8 +97,9 @@ fn tick(app: &Arc<App>, first: bool) {
             return;
         }
     }
+    let age = newest_log_age(&app.cfg().log_dir);
     if !first && resumed.is_none() {
-        if let Some(age) = newest_log_age(&app.cfg().log_dir) {
+        if let Some(age) = age {
             if age < app.cfg().idle_stale {
                 log::debug!(
                     "codex.exec.autopoll.skip reason=recent_log age_s={:.1}",
@@ -117,16 +118,46 @@ fn tick(app: &Arc<App>, first: bool) {
         log::debug!("codex.exec.autopoll.skip reason=live_run");
         return;
     }
-    let why = resumed.as_deref().unwrap_or("idle");
+    let why = match (&resumed, first) {
+        (Some(why), _) => why.as_str(),
+        (None, true) => "first_tick",
+        (None, false) => "idle",
+    };
+    let because = match (&ended, first) {
+        (Some(hold), _) => match hold.until() {
+            Some(until) => format!(
+                "the pause for {} ended at {}",
+                hold.reason,
+                until.format("%H:%M")
+            ),
+            None => format!("the pause for {} ended", hold.reason),
+        },
+        (None, true) => {
+            "this is the first tick since Looper started (it does not wait for quiet logs)"
+                .to_string()
+        }
+        (None, false) => match age {
+            Some(age) => format!(
+                "the run logs have been quiet for {} (LOOPER_IDLE_LOG_STALE_SECONDS={})",
+                crate::report::duration(age.as_secs_f64()),
+                app.cfg().idle_stale.as_secs_f64()
+            ),
+            None => "no run has written a log yet".to_string(),
+        },
+    };
     let req = RunRequest {
         workspace: Some(workspace.to_string_lossy().into_owned()),
+        zulip_message: format!(
+            "Looper: autopoll starts a run in {}: {because}.",
+            workspace.display()
+        ),
         ..RunRequest::default()
     };
     start_run(app, req, why, StopReason::Replaced);
 }
 
-/// Starts a run through the common pipeline (no announcement); the caller holds the guard.
-/// The runs it stops get `reason`.
+/// Starts a run through the common pipeline, announcing `req.zulip_message` (a Zulip failure
+/// does not hold the run back); the caller holds the guard. The runs it stops get `reason`.
 fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
     let request_id = format!("auto{}", app.registry().new_id());
     log::info!("codex.exec.autopoll.start request_id={request_id} reason={why}");
@@ -172,6 +203,13 @@ fn check_hung(app: &Arc<App>) {
     let req = RunRequest {
         prompt: Some(live.prompt.clone()),
         workspace: Some(live.workspace.to_string_lossy().into_owned()),
+        zulip_message: format!(
+            "Looper: autopoll replaces run {} in {}: its log has been silent for {} (LOOPER_HUNG_RUN_SECONDS={}).",
+            live.run_id,
+            live.workspace.display(),
+            crate::report::duration(silent.as_secs_f64()),
+            app.cfg().hung_run.as_secs_f64()
+        ),
         ..RunRequest::default()
     };
     start_run(app, req, "hung", StopReason::Hung);

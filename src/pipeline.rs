@@ -353,7 +353,8 @@ pub fn execute_replacing(
     refuse_after_shutdown(app)?;
     log::info!("run.step request_id={request_id} action=announce");
     let zulip_output = if trigger == Trigger::Autopoll {
-        "skipped: autopoll does not announce".to_string()
+        // Autopoll says why it starts a run; a Zulip failure does not hold the run back.
+        crate::announce::say(app, &req.zulip_message, request_id)
     } else {
         // A live run's hand-off goes on when Zulip fails: its message waits in the outbox.
         let live_handoff = req

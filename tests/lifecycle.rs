@@ -16,7 +16,7 @@ fn runs(looper: &common::Looper) -> Vec<Value> {
     a.body["runs"].as_array().unwrap().clone()
 }
 
-/// The first tick starts a run with an `auto` id and no announcement; while it lives, later
+/// The first tick starts a run with an `auto` id and says why on Zulip; while it lives, later
 /// ticks start nothing.
 #[test]
 fn autopoll_starts_one_run_when_idle() {
@@ -43,7 +43,16 @@ fn autopoll_starts_one_run_when_idle() {
     assert_eq!(rows[0]["trigger"], json!("autopoll"));
     assert!(rows[0]["request_id"].as_str().unwrap().starts_with("auto"));
     assert_eq!(rows[0]["return_code"], json!(null));
-    assert!(z.messages().is_empty(), "autopoll must not announce");
+    // Announced with its reason: the first tick after a start does not wait for quiet logs.
+    let said = z.contents();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with(&format!(
+            "Looper: autopoll starts a run in {}: ",
+            fx.path("ws").display()
+        )) && said[0].contains("first tick since Looper started"),
+        "{said:?}"
+    );
     // The default workspace and the built-in prompt about TODO.md.
     assert_eq!(rec["cwd"], json!(fx.path("ws")));
     let prompt = rec["argv"]
@@ -326,11 +335,21 @@ fn a_crash_loop_backs_off() {
         (3..=4).contains(&starts),
         "{starts} starts before the back-off"
     );
-    let notices: Vec<String> = z
-        .messages()
-        .iter()
-        .map(|m| m.form()["content"].clone())
-        .collect();
+    // Each start is announced with its reason: the first tick, then quiet logs.
+    let (announced, notices): (Vec<String>, Vec<String>) = z
+        .contents()
+        .into_iter()
+        .partition(|m| m.starts_with("Looper: autopoll starts a run in "));
+    assert_eq!(announced.len(), starts, "{announced:?}");
+    assert!(
+        announced[0].contains("first tick since Looper started"),
+        "{announced:?}"
+    );
+    assert!(
+        announced[1..].iter().all(|m| m
+            .contains("the run logs have been quiet for 0 s (LOOPER_IDLE_LOG_STALE_SECONDS=0)")),
+        "{announced:?}"
+    );
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(notices[0].contains("keeps failing") && notices[0].contains("cannot authenticate"));
     assert_eq!(runs(&looper)[0]["return_code"], json!(1));

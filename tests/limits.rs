@@ -72,11 +72,11 @@ fn the_loop_waits_for_the_reset_and_resumes() {
         (held >= 5).then_some(())
     });
     assert_eq!(looper.records().len(), 1, "a run started during the pause");
-    let notes: Vec<String> = zulip
-        .messages()
-        .iter()
-        .map(|m| m.form()["content"].clone())
-        .collect();
+    let (announced, notes): (Vec<String>, Vec<String>) = zulip
+        .contents()
+        .into_iter()
+        .partition(|m| m.starts_with("Looper: autopoll starts a run in "));
+    assert_eq!(announced.len(), 1, "{announced:?}");
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
         notes[0].contains("usage limit") && notes[0].contains("resumes"),
@@ -91,6 +91,17 @@ fn the_loop_waits_for_the_reset_and_resumes() {
     // Logged after the first run's end, and so after anything that end logged.
     let log = looper.log_with("codex.exec.autopoll.resume reason=usage_limit_reset");
     assert!(!log.contains("keeps failing"));
+    // Its start says why: the pause is over.
+    let why = format!(
+        "the pause for usage_limit ended at {}",
+        until.with_timezone(&Local).format("%H:%M")
+    );
+    looper.wait("the resumed start's announcement", || {
+        zulip
+            .contents()
+            .into_iter()
+            .find(|m| m.starts_with("Looper: autopoll starts a run in ") && m.contains(&why))
+    });
 }
 
 /// The other form codex prints (`Sep 30th, 2026 4:05 PM`) is read too, and `looper
