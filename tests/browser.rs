@@ -175,6 +175,15 @@ impl Session<'_> {
         })
     }
 
+    /// Runs `body` (a function body that returns a value) in the page; its value.
+    fn script(&self, body: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": body, "args": []})),
+        )
+    }
+
     fn screenshot(&self, name: &str) -> PathBuf {
         let b64 = self.call("GET", "/screenshot", None);
         let png = decode_base64(b64.as_str().expect("screenshot"));
@@ -306,10 +315,25 @@ fn the_page_asks_for_the_token() {
     looper.wait("the token prompt", || {
         s.displayed("#token-box").then_some(())
     });
+    // Without the token nothing is known, and the page says why rather than "none".
+    s.wait_text("#summary", "the header naming the token", |t| {
+        t == "token needed (LOOPER_API_TOKEN)"
+    });
+    for panel in [
+        "#active-run-id",
+        "#autopoll-state",
+        "#loop-state",
+        "#timeline",
+    ] {
+        assert_eq!(s.text(panel), "unknown: the token is needed", "{panel}");
+    }
     s.clear_and_type("#token-input", "wrong-token");
     s.click("#token-submit");
     s.wait_text("#error", "the wrong-token error", |t| t.contains("refused"));
-    assert_eq!(s.text("#active-run-id"), "none");
+    s.wait_text("#active-run-id", "the run unknown", |t| {
+        t == "unknown: the token was refused"
+    });
+    assert_eq!(s.text("#summary"), "token refused");
     s.clear_and_type("#token-input", "right-token");
     s.click("#token-submit");
     let id = run_id_of(&a);
@@ -451,4 +475,173 @@ fn the_page_shows_a_paused_loop_and_resumes_it() {
     });
     assert!(!s.displayed("#resume-button"), "the Resume button stayed");
     assert_eq!(looper.get("/status").body["loop"]["state"], "idle");
+}
+
+/// Until Looper answers, every panel says it is loading (not "none", not empty); when the
+/// answer is an error, the page says Looper does not answer. The page is served by a stand-in
+/// that holds the page's requests, as a slow or wedged Looper would.
+#[test]
+#[ignore = "needs Chromium and chromedriver: scripts/test-browser"]
+fn the_page_says_it_is_loading_until_looper_answers() {
+    let fx = Fixture::new("browser-loading");
+    let looper = fx.start(&[]);
+    let html = minreq::get(looper.url("/"))
+        .send()
+        .expect("the page")
+        .as_str()
+        .expect("the page's text")
+        .to_string();
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+    let port = server.server_addr().to_ip().expect("ip").port();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held) = std::sync::mpsc::channel::<String>();
+    let srv = server.clone();
+    std::thread::spawn(move || {
+        let mut waiting = Vec::new();
+        for rq in srv.incoming_requests() {
+            if rq.url() == "/" {
+                let page = tiny_http::Response::from_string(html.clone()).with_header(
+                    "Content-Type: text/html; charset=utf-8"
+                        .parse::<tiny_http::Header>()
+                        .unwrap(),
+                );
+                let _ = rq.respond(page);
+                continue;
+            }
+            let _ = held_tx.send(rq.url().to_string());
+            waiting.push(rq);
+            if released.try_recv().is_ok() {
+                break;
+            }
+        }
+        for rq in waiting.into_iter().chain(srv.incoming_requests()) {
+            let _ = rq.respond(
+                tiny_http::Response::from_string(r#"{"ok":false,"error":"stand-in says no"}"#)
+                    .with_status_code(503),
+            );
+        }
+    });
+    let driver = Driver::start();
+    let s = driver.session();
+    s.open(&format!("http://127.0.0.1:{port}/"));
+    let first = held
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the page asks for /status");
+    assert_eq!(first, "/status");
+    assert_eq!(s.text("#summary"), "loading…");
+    for panel in [
+        "#active-run-id",
+        "#autopoll-state",
+        "#loop-state",
+        "#log-tail",
+        "#timeline",
+        "#progress-state",
+        "#runs-table tbody",
+    ] {
+        assert_eq!(s.text(panel), "loading…", "{panel} while loading");
+    }
+    s.screenshot("looper-page-loading.png");
+    // The stand-in now answers 503 to everything (the next poll comes within 2 s).
+    release.send(()).unwrap();
+    s.wait_text("#summary", "the page saying Looper does not answer", |t| {
+        t == "Looper does not answer"
+    });
+    assert_eq!(s.text("#active-run-id"), "unknown: Looper does not answer");
+    let error = s.text("#error");
+    assert!(
+        error.contains("HTTP 503") && error.contains("stand-in says no"),
+        "{error}"
+    );
+    server.unblock();
+}
+
+/// A crash loop (autopoll, a codex that fails at once): the timeline is newest first like
+/// the table, the autopoll ids fit their labels, a 0-second failure is a bar one can see,
+/// and during the back-off "next tick" names the back-off's end, not a tick that would do
+/// nothing.
+#[test]
+#[ignore = "needs Chromium and chromedriver: scripts/test-browser"]
+fn the_page_shows_a_crash_loop_plainly() {
+    let fx = Fixture::new("browser-crashloop");
+    let looper = fx.start(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("FAKE_CODEX", "record;print:cannot authenticate;exit:1"),
+    ]);
+    looper.wait("the back-off", || {
+        let s = looper.get("/status").body;
+        s["autopoll"]["backoff_until"].is_string().then_some(())
+    });
+    let runs = || -> Vec<String> {
+        looper.get("/runs").body["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let driver = Driver::start();
+    let s = driver.session();
+    s.open(&page(&looper));
+    // A snapshot of the page that shows every run of /runs during the back-off (should the
+    // back-off end meanwhile, the next one comes after one more crash).
+    let (runs, seen) = looper.wait("the page showing every run in the back-off", || {
+        let runs = runs();
+        let v = s.script(
+            "const ids = (css) => [...document.querySelectorAll(css)].map((e) => e.dataset.runId);
+             return { bars: ids('#timeline .bar'), rows: ids('#runs-table tbody tr'),
+                      failed: document.querySelectorAll('#timeline .bar.failed').length,
+                      next: document.getElementById('autopoll-next').textContent,
+                      backoff: document.getElementById('autopoll-backoff').textContent,
+                      rects: [...document.querySelectorAll('#timeline .tl-row')].map((row) => {
+                        const [label, bar] = row.children;
+                        const l = label.getBoundingClientRect(), b = bar.getBoundingClientRect();
+                        return { id: label.textContent, cut: label.scrollWidth > label.clientWidth,
+                                 overlap: l.right > b.left, width: b.width };
+                      }) };",
+        );
+        let shown = |k: &str| v[k].as_array().map_or(0, |a| a.len());
+        let backoff = v["backoff"].as_str().is_some_and(|t| t != "–");
+        (shown("bars") == runs.len() && shown("rows") == runs.len() && backoff).then_some((runs, v))
+    });
+    assert!(
+        runs.len() >= 3 && runs.iter().all(|r| r.starts_with("auto")),
+        "{runs:?}"
+    );
+    let ids = |k: &str| -> Vec<String> {
+        seen[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(ids("rows"), runs, "the table, newest first: {seen}");
+    assert_eq!(
+        ids("bars"),
+        runs,
+        "the timeline in the table's order: {seen}"
+    );
+    assert_eq!(seen["failed"], json!(runs.len()), "{seen}");
+    for r in seen["rects"].as_array().unwrap() {
+        assert_eq!(r["cut"], json!(false), "a run id cut short: {r}");
+        assert_eq!(
+            r["overlap"],
+            json!(false),
+            "a run id running into its bar: {r}"
+        );
+        let width = r["width"].as_f64().unwrap();
+        assert!(width >= 8.0, "a sliver of a bar, {width} px: {r}");
+    }
+    let next = seen["next"].as_str().unwrap();
+    let backoff = seen["backoff"].as_str().unwrap();
+    assert_eq!(
+        next,
+        format!("the first after the back-off ends ({backoff})"),
+        "{seen}"
+    );
+    s.screenshot("looper-page-backoff.png");
+    s.script("document.getElementById('timeline').scrollIntoView(); return null;");
+    s.screenshot("looper-page-timeline.png");
 }

@@ -313,6 +313,13 @@ fn a_crash_loop_backs_off() {
         s["autopoll"]["backoff_until"].is_string().then_some(s)
     });
     assert!(status["autopoll"]["consecutive_crashes"].as_u64().unwrap() >= 3);
+    // looper status names the back-off's end as the next tick that may start a run.
+    let shown = common::cli(&fx, &["status"], &[("LOOPER_URL", &looper.url(""))]);
+    let shown = common::stdout(&shown);
+    assert!(
+        shown.contains("; next tick the first after the back-off ends ("),
+        "{shown}"
+    );
     // The back-off (at least 10 s) holds further starts: watch 10 ticks skip for it.
     let starts = looper.records().len();
     // Counted in the log up to a request made after that (its line is logged at DEBUG, after

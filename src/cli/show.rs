@@ -50,15 +50,30 @@ fn text(v: &Value) -> String {
 }
 
 /// When autopoll ticks next: a time in the past means a tick is under way.
-fn next_tick(v: &Value) -> String {
-    let past = v
-        .as_str()
+fn instant(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    v.as_str()
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .is_some_and(|t| t < chrono::Local::now());
-    if past {
-        "now".to_string()
-    } else {
-        text(v)
+}
+
+/// When autopoll's next tick may start a run: a tick during a back-off or a pause does
+/// nothing, so the end of the hold is named instead.
+fn next_tick(p: &Value, state: &Value) -> String {
+    if state["state"] == "finished" {
+        return "none: the loop is finished".to_string();
+    }
+    let tick = instant(&p["next_tick_at"]);
+    let hold = [
+        ("the back-off", &p["backoff_until"]),
+        ("the pause", &p["paused_until"]),
+    ]
+    .into_iter()
+    .filter_map(|(what, v)| Some((what, instant(v)?, v)))
+    .filter(|(_, until, _)| tick.is_none_or(|t| *until > t))
+    .max_by_key(|(_, until, _)| *until);
+    match (hold, tick) {
+        (Some((what, _, v)), _) => format!("the first after {what} ends ({})", text(v)),
+        (None, Some(t)) if t < chrono::Local::now() => "now".to_string(),
+        (None, _) => text(&p["next_tick_at"]),
     }
 }
 
@@ -108,7 +123,7 @@ pub fn describe_status(base: &str, s: &Value) -> String {
             "autopoll: every {} s when logs are quiet for {} s; next tick {}",
             text(&p["interval_seconds"]),
             text(&p["stale_seconds"]),
-            next_tick(&p["next_tick_at"])
+            next_tick(p, &s["loop"])
         ));
         if !p["backoff_until"].is_null() {
             lines.push(format!(
