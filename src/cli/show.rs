@@ -49,14 +49,14 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// When autopoll ticks next: a time in the past means a tick is under way.
+/// A time of a `/status` answer (RFC 3339), if it is one.
 fn instant(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     v.as_str()
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
 }
 
 /// When autopoll's next tick may start a run: a tick during a back-off or a pause does
-/// nothing, so the end of the hold is named instead.
+/// nothing, so the end of the hold is named instead; a tick in the past is under way ("now").
 fn next_tick(p: &Value, state: &Value) -> String {
     if state["state"] == "finished" {
         return "none: the loop is finished".to_string();
