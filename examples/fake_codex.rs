@@ -5,7 +5,8 @@
 //! - `record`: write `$FAKE_CODEX_RECORD_DIR/<pid>.json` (argv, cwd, stdin, session,
 //!   process group, `LOOPER_*` variables, the names of `ZULIP_*` ones, pids of the helpers
 //!   it started);
-//! - `print:<text>` / `stderr:<text>`: a line on stdout / stderr;
+//! - `print:<text>` / `stderr:<text>`: a line on stdout / stderr; `print-file:<path>`: the
+//!   file's text as a line on stdout (text with `;` in it);
 //! - `flood:<bytes>`: that many bytes of 100-byte lines on stdout, as fast as it can;
 //! - `sleep:<seconds>`; `exit:<code>`; `await:<path>`: wait until that file exists;
 //! - `chatter:<n>`: `line 0` to `line <n-1>` on stdout, one every 20 ms;
@@ -23,6 +24,9 @@
 //! - `term-spawns`: wait until SIGTERM comes, then start a helper (`fake-late`, keeping
 //!   `LOOPER_RUN_ID`, its pid written to `$FAKE_CODEX_RECORD_DIR/late-<pid>.txt`) and exit,
 //!   as a tool that forks as it dies;
+//! - `term-handoff:<message>`: wait until SIGTERM comes, then drop a hand-off with that
+//!   message (and `from_run_id` = `$LOOPER_RUN_ID`) into `$LOOPER_INBOX`, named
+//!   `term-<pid>.json`, and exit 143, as a TERM trap in the agent's shell could;
 //! - `escape`: start a helper (`fake-escaped`) that leaves everything a stop by `/proc`
 //!   can see: a new session, an empty environment, re-parented away (`setsid env -i sh -c
 //!   'exec sleep 600' &` in a tool command does the same); it sleeps until killed;
@@ -38,6 +42,7 @@
 //!   unless `FAKE_CODEX_NO_SESSION` is set, its session file under `$CODEX_HOME` (default
 //!   `~/.codex`) with a `token_count` and a `task_complete` event. The usage is
 //!   `$FAKE_CODEX_USAGE` (`input,cached,output,reasoning`; default `12345,2000,678,0`);
+//! - `turn-file:<path>`: `turn:` with the file's text as the message;
 //! - `commit:<message>`: `git add -A` and `git commit` in the working directory (with
 //!   `$FAKE_CODEX_GIT`, default `git`);
 //! - `tick:<file>`: mark the first open `- [ ]` item of that file done.
@@ -109,6 +114,7 @@ fn main() {
         match cmd {
             "record" => record(&args, &helpers),
             "print" => println!("{arg}"),
+            "print-file" => println!("{}", std::fs::read_to_string(arg).expect("print-file")),
             "stderr" => eprintln!("{arg}"),
             "exit-if-prompt" => {
                 let (prompt, code) = arg.rsplit_once(':').expect("exit-if-prompt:<p>:<code>");
@@ -177,6 +183,25 @@ fn main() {
                     .process_group(0);
                 helpers.push(c.spawn().expect("spawn output holder").id());
             }
+            "term-handoff" => {
+                let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                signal_hook::flag::register(libc::SIGTERM, term.clone()).expect("handler");
+                while !term.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // As a trap in the agent's shell would: a hand-off dropped in the inbox on the
+                // way out (written aside, then renamed in).
+                let inbox = std::env::var("LOOPER_INBOX").expect("LOOPER_INBOX");
+                let body = serde_json::json!({
+                    "zulip_message": arg,
+                    "from_run_id": std::env::var("LOOPER_RUN_ID").unwrap_or_default(),
+                });
+                let name = format!("term-{}", std::process::id());
+                let tmp = format!("{inbox}/{name}.json.tmp");
+                std::fs::write(&tmp, body.to_string()).expect("write the hand-off");
+                std::fs::rename(&tmp, format!("{inbox}/{name}.json")).expect("hand off");
+                std::process::exit(143);
+            }
             "term-spawns" => {
                 let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 signal_hook::flag::register(libc::SIGTERM, term.clone()).expect("handler");
@@ -200,6 +225,7 @@ fn main() {
                 }
             }
             "turn" => turn(&args, arg),
+            "turn-file" => turn(&args, &std::fs::read_to_string(arg).expect("turn-file")),
             "commit" => {
                 // FAKE_CODEX_GIT: the agent's git, where a test slows down Looper's.
                 let bin = std::env::var("FAKE_CODEX_GIT").unwrap_or_else(|_| "git".into());

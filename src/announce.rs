@@ -14,6 +14,7 @@ use crate::policy::Verdict;
 use crate::registry::Ended;
 use crate::report;
 use crate::request::RunRequest;
+use crate::trust::quote_run_text;
 
 /// A trigger's announcement, before anything is stopped: its failure stops the request
 /// (`502`, nothing stopped), except for the hand-off of a live run (`queue`): its message is
@@ -88,8 +89,14 @@ fn send_via(
     script: Option<&str>,
     text: &str,
 ) -> (&'static str, Result<String, crate::zulip::ZulipError>) {
+    // No control character has any business in a chat message (a run's are dropped before,
+    // with its quote).
+    let text = &crate::visible::strip_controls(text);
     match script {
-        Some(script) => ("script", crate::zulip::run_script(script, text)),
+        Some(script) => {
+            let node = crate::jail::helpers().and_then(|h| h.node.as_deref());
+            ("script", crate::zulip::run_script(script, text, node))
+        }
         None => ("api", app.cfg().zulip.send(text)),
     }
 }
@@ -186,7 +193,7 @@ fn handoff_summary(app: &App, req: &RunRequest) -> Option<String> {
     let now = app
         .cfg()
         .report_sources
-        .report(&live.workspace, &output, &start);
+        .so_far(&live.workspace, &output, &start);
     let seconds = live.started.elapsed().as_secs_f64();
     Some(format!(
         "↳ {}",
@@ -238,10 +245,10 @@ pub fn after_end(
     }
     if let Some((_, backoff, true)) = verdict.backoff {
         messages.push(format!(
-            "Looper: codex keeps failing right after start (last rc={}); autopoll backs off for {:.0} s and longer while it goes on. Last output: {}",
+            "Looper: codex keeps failing right after start (last rc={}); autopoll backs off for {:.0} s and longer while it goes on. Its last output:\n{}\n",
             done.row.return_code.unwrap_or(0),
             backoff.as_secs_f64(),
-            last_line()
+            quote_run_text(&last_line())
         ));
     }
     let row = &done.row;
@@ -253,17 +260,21 @@ pub fn after_end(
             &row.report,
         );
         if let Some(m) = &row.report.last_message {
-            text.push_str(&format!(". Last message: {}", report::opening(m, 200)));
+            let opening = report::opening(m, 200);
+            text.push_str(&format!(
+                ". Its last message:\n{}\n",
+                quote_run_text(&opening)
+            ));
         }
         text
     };
     if app.cfg().notify_on_exit {
         let mut text = format!(
-            "Looper: run {} ended with rc={} after {:.1} s. Last line: {}",
+            "Looper: run {} ended with rc={} after {:.1} s. Its last line:\n{}\n",
             row.run_id,
             row.return_code.unwrap_or(0),
             row.duration_seconds.unwrap_or(0.0),
-            last_line()
+            quote_run_text(&last_line())
         );
         if app.cfg().run_reports {
             text.push_str(&format!("\n{}", summary()));
@@ -289,7 +300,8 @@ pub fn after_end(
 /// logged, nothing more. It may quote a run's output (its last line, its last message):
 /// the agent's words, whose wildcard mentions must not ping a whole stream.
 pub fn say(app: &App, text: &str, about: &str) -> String {
-    match app.cfg().zulip.send(&crate::trust::defuse_mentions(text)) {
+    let text = crate::trust::defuse_mentions(&crate::visible::strip_controls(text));
+    match app.cfg().zulip.send(&text) {
         Ok(out) => {
             log::info!("zulip.send.ok about={about} via=api output={}", Q(&out));
             out

@@ -573,10 +573,12 @@ fn run_figures(app: &App) -> crate::metrics::RunFigures {
     for r in &rows {
         let workspace = || r.workspace.to_string_lossy().into_owned();
         if let Some(t) = &r.report.tokens {
-            *tokens.entry(workspace()).or_default() += t.used;
+            let sum = tokens.entry(workspace()).or_default();
+            *sum = sum.saturating_add(t.used);
         }
         if let Some(n) = r.report.git.as_ref().and_then(|g| g.commits) {
-            *commits.entry(workspace()).or_default() += n;
+            let sum = commits.entry(workspace()).or_default();
+            *sum = sum.saturating_add(n);
         }
     }
     let ended = || rows.iter().filter(|r| r.ended_at.is_some());
@@ -686,6 +688,7 @@ fn status(app: &App) -> Value {
             .collect::<Vec<_>>(),
         "stop_scope": app.cfg().stop_scope.as_str(),
         "stop_method": app.stop_method(),
+        "helper_jail": crate::jail::helpers().map_or("none", |h| h.method.as_str()),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

@@ -11,20 +11,25 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::logging::Q;
 
 use serde::{Deserialize, Serialize};
 
 /// How long one git command may take before it is killed and its field left empty.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// The most of a short answer read (a HEAD, a count, a shortstat line).
+/// The most of a short answer read (a count, a shortstat line).
 const SHORT: u64 = 4096;
 /// The most of a listing read (the index, the untracked files); a longer one is unknown.
 const LISTING: u64 = 16 << 20;
 /// How long git's output may lag its exit (a helper it left holding the pipe).
 const OUTPUT_WAIT: Duration = Duration::from_secs(1);
+/// The most of a file read for HEAD or a loose ref; the most of `packed-refs` looked at.
+const REF_FILE: u64 = 4096;
+const PACKED_REFS: u64 = 64 << 20;
 
 /// The git state around a run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -42,53 +47,158 @@ pub struct Git {
     pub dirty: Option<bool>,
 }
 
-/// Runs `git <args>` in `workspace`: its whole stdout (at most `cap` bytes) when it exits 0
-/// within [`TIMEOUT`]. Programs the configuration could name are switched off on the
-/// command line, the environment is cleared but for `PATH`, and callers ask only commands
-/// that read no work-tree content.
-fn run(workspace: &Path, args: &[&str], cap: u64) -> Option<Vec<u8>> {
+/// The time a group of git questions may take together (a run's report, a hand-off's
+/// summary). Once one question outlives it, git is taken to be stuck or hostile (a FIFO in
+/// its configuration) and the rest are not asked: a bad git costs its own fields, once.
+pub struct Budget {
+    until: Instant,
+    broken: AtomicBool,
+}
+
+impl Budget {
+    pub fn new(limit: Duration) -> Budget {
+        Budget {
+            until: Instant::now() + limit,
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// The time the next question may take; `None` when none is left.
+    fn left(&self) -> Option<Duration> {
+        if self.broken.load(Ordering::Relaxed) {
+            return None;
+        }
+        let left = self.until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| left.min(TIMEOUT))
+    }
+}
+
+/// Runs `git <args>` in `workspace`, in its jail ([`crate::jail`]): its whole stdout (at
+/// most `cap` bytes) when it exits 0 within what `budget` has left. Callers ask only
+/// commands that read no work-tree content.
+fn run(workspace: &Path, args: &[&str], cap: u64, budget: &Budget) -> Option<Vec<u8>> {
     // Outside a work tree every question fails: none is asked (a process saved per question).
     if !crate::codex::inside_git_work_tree(workspace) {
         return None;
     }
-    let mut cmd = Command::new("git");
-    cmd.env_clear()
-        .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_OPTIONAL_LOCKS", "0")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .arg("-C")
-        .arg(workspace)
-        .args([
-            "-c",
-            "core.fsmonitor=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "diff.external=",
-            "--no-pager",
-        ])
-        .args(args);
-    match crate::signals::run_bounded(&mut cmd, false, TIMEOUT, OUTPUT_WAIT, cap) {
+    let limit = budget.left()?;
+    let mut cmd = crate::jail::helpers()?.git(workspace)?;
+    cmd.args(args);
+    match crate::signals::run_bounded(&mut cmd, false, limit, OUTPUT_WAIT, cap) {
         Ok(crate::signals::Bounded::Exited(status, out)) if status.success() => Some(out),
+        Ok(crate::signals::Bounded::TimedOut) => {
+            budget.broken.store(true, Ordering::Relaxed);
+            log::warn!(
+                "git.timeout workspace={} command={} seconds={:.1} hint=\"git did not answer in time (a FIFO or a slow include in its configuration?): this run's git fields stay empty\"",
+                Q(&workspace.to_string_lossy()),
+                Q(args.first().copied().unwrap_or("")),
+                limit.as_secs_f64()
+            );
+            None
+        }
         _ => None,
     }
 }
 
 /// A listing, or `None` when it reached `LISTING` (cut, so not the whole truth).
-fn listing(workspace: &Path, args: &[&str]) -> Option<Vec<u8>> {
-    run(workspace, args, LISTING).filter(|out| (out.len() as u64) < LISTING)
+fn listing(workspace: &Path, args: &[&str], budget: &Budget) -> Option<Vec<u8>> {
+    run(workspace, args, LISTING, budget).filter(|out| (out.len() as u64) < LISTING)
 }
 
-fn text(workspace: &Path, args: &[&str]) -> Option<String> {
-    run(workspace, args, SHORT).map(|out| String::from_utf8_lossy(&out).trim().to_string())
+fn text(workspace: &Path, args: &[&str], budget: &Budget) -> Option<String> {
+    run(workspace, args, SHORT, budget).map(|out| String::from_utf8_lossy(&out).trim().to_string())
 }
 
-/// HEAD's object id, if `workspace` is in a repository with a commit.
+/// HEAD's object id, if `workspace` is in a repository with a commit: read from the
+/// repository's own files (`HEAD`, the loose ref it names, `packed-refs`), never by running
+/// git, so that it costs no process and nothing the agent configured can hold it up. Each
+/// file is opened without following a link at its end and without blocking (a FIFO is no
+/// file), and read only so far. `None` where only git could tell (a reftable repository).
 pub fn head(workspace: &Path) -> Option<String> {
-    text(workspace, &["rev-parse", "--verify", "-q", "HEAD"]).filter(|h| is_object_id(h))
+    let (git_dir, common_dir) = git_dirs(workspace)?;
+    let mut content = read_small(&git_dir.join("HEAD"))?;
+    // A symbolic ref may name another one: a few steps at most.
+    for _ in 0..5 {
+        let value = content.trim();
+        if is_object_id(value) {
+            return Some(value.to_string());
+        }
+        let name = value.strip_prefix("ref:")?.trim();
+        if !is_ref_name(name) {
+            return None;
+        }
+        // Refs of one worktree live in its own git directory, the others in the common one.
+        let per_worktree = ["refs/worktree/", "refs/bisect/", "refs/rewritten/"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        let base = if per_worktree { &git_dir } else { &common_dir };
+        match read_small(&base.join(name)) {
+            Some(next) => content = next,
+            None => return packed_ref(&common_dir, name),
+        }
+    }
+    None
+}
+
+/// The git directory of the work tree `workspace` lies in, and its common directory (they
+/// differ for a linked worktree).
+fn git_dirs(workspace: &Path) -> Option<(PathBuf, PathBuf)> {
+    let dir = workspace.canonicalize().ok()?;
+    let top = dir.ancestors().find(|d| {
+        let dot = d.join(".git");
+        std::fs::metadata(&dot)
+            .is_ok_and(|m| (m.is_dir() && dot.join("HEAD").is_file()) || m.is_file())
+    })?;
+    let dot = top.join(".git");
+    let git_dir = if dot.is_dir() {
+        dot
+    } else {
+        let text = read_small(&dot)?;
+        let named = text.strip_prefix("gitdir:")?.trim();
+        top.join(named)
+    };
+    let common_dir = match read_small(&git_dir.join("commondir")) {
+        Some(c) => git_dir.join(c.trim()),
+        None => git_dir.clone(),
+    };
+    Some((git_dir, common_dir))
+}
+
+/// A small regular file as text (at most [`REF_FILE`] bytes).
+fn read_small(path: &Path) -> Option<String> {
+    crate::paths::read_regular(path, REF_FILE)
+}
+
+/// The object id `packed-refs` gives `name`.
+fn packed_ref(common_dir: &Path, name: &str) -> Option<String> {
+    use std::io::{BufRead, Read};
+    let file = crate::paths::open_regular(&common_dir.join("packed-refs"))?;
+    let reader = std::io::BufReader::new(file.take(PACKED_REFS));
+    for line in reader.split(b'\n') {
+        let line = line.ok()?;
+        let Ok(line) = std::str::from_utf8(&line) else {
+            continue;
+        };
+        if let Some((id, r)) = line.split_once(' ') {
+            if r.trim_end() == name && is_object_id(id) {
+                return Some(id.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A ref name as git allows it under `refs/`, and nothing that could leave the directory.
+fn is_ref_name(name: &str) -> bool {
+    name.starts_with("refs/")
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('.')
+                && !c.ends_with(".lock")
+                && c.bytes()
+                    .all(|b| b > b' ' && b != 0x7f && !b"~^:?*[\\".contains(&b))
+        })
+        && !name.contains("..")
 }
 
 fn is_object_id(s: &str) -> bool {
@@ -182,11 +292,12 @@ pub struct Tree {
 
 impl Tree {
     /// `None` outside a repository, or when a listing failed or was too long.
-    pub fn read(workspace: &Path) -> Option<Tree> {
-        let index = listing(workspace, &["ls-files", "--stage", "--debug", "-z"])?;
+    pub fn read(workspace: &Path, budget: &Budget) -> Option<Tree> {
+        let index = listing(workspace, &["ls-files", "--stage", "--debug", "-z"], budget)?;
         let untracked = listing(
             workspace,
             &["ls-files", "--others", "--exclude-standard", "-z"],
+            budget,
         )?;
         Some(Tree {
             head: head(workspace),
@@ -231,7 +342,7 @@ impl Tree {
 }
 
 /// Whether the index differs from HEAD (no work-tree file is read).
-fn staged_changes(workspace: &Path) -> Option<bool> {
+fn staged_changes(workspace: &Path, budget: &Budget) -> Option<bool> {
     let out = run(
         workspace,
         &[
@@ -244,13 +355,19 @@ fn staged_changes(workspace: &Path) -> Option<bool> {
             "--",
         ],
         SHORT,
+        budget,
     )?;
     Some(!out.is_empty())
 }
 
 /// HEAD now (from `tree`, read by the caller), the commits since `before` and their
 /// shortstat, and whether the tree is dirty.
-pub fn state(workspace: &Path, before: Option<String>, tree: Option<&Tree>) -> Git {
+pub fn state(
+    workspace: &Path,
+    before: Option<String>,
+    tree: Option<&Tree>,
+    budget: &Budget,
+) -> Git {
     let after = tree.and_then(|t| t.head.clone());
     let mut state = Git {
         head_before: before.clone(),
@@ -258,9 +375,7 @@ pub fn state(workspace: &Path, before: Option<String>, tree: Option<&Tree>) -> G
         ..Git::default()
     };
     if let (Some(b), Some(a)) = (&before, &after) {
-        let range = format!("{b}..{a}");
-        state.commits =
-            text(workspace, &["rev-list", "--count", &range]).and_then(|n| n.parse().ok());
+        state.commits = commits_between(workspace, b, a, budget);
         // Between two commits: no work-tree file is read; no external diff, no textconv.
         let args = [
             "diff",
@@ -270,7 +385,7 @@ pub fn state(workspace: &Path, before: Option<String>, tree: Option<&Tree>) -> G
             b,
             a,
         ];
-        if let Some(stat) = text(workspace, &args) {
+        if let Some(stat) = text(workspace, &args, budget) {
             let (files, plus, minus) = parse_shortstat(&stat);
             state.files_changed = Some(files);
             state.insertions = Some(plus);
@@ -278,9 +393,23 @@ pub fn state(workspace: &Path, before: Option<String>, tree: Option<&Tree>) -> G
         }
     }
     if let Some(t) = tree.filter(|t| t.head.is_some()) {
-        state.dirty = staged_changes(workspace).map(|staged| t.dirty(workspace, staged));
+        state.dirty = staged_changes(workspace, budget).map(|staged| t.dirty(workspace, staged));
     }
     state
+}
+
+/// The commits reachable from `after` and not from `before`.
+pub fn commits_between(
+    workspace: &Path,
+    before: &str,
+    after: &str,
+    budget: &Budget,
+) -> Option<u64> {
+    if before == after {
+        return Some(0);
+    }
+    let range = format!("{before}..{after}");
+    text(workspace, &["rev-list", "--count", &range], budget).and_then(|n| n.parse().ok())
 }
 
 /// ` 3 files changed, 10 insertions(+), 2 deletions(-)`: (files, insertions, deletions);

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::Q;
 
+/// The history's file, in the log directory.
+pub const FILE_NAME: &str = "runs.jsonl";
+
 /// The most rows `/runs` can return, and how many we keep in memory.
 pub const MAX_ROWS: usize = 1000;
 
@@ -90,7 +93,7 @@ impl History {
     /// are skipped with a warning; a torn last line gets its newline so the next append
     /// starts clean.
     pub fn open(dir: &Path) -> History {
-        let path = dir.join("runs.jsonl");
+        let path = dir.join(FILE_NAME);
         let mut text = String::new();
         let opened = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -222,6 +225,15 @@ impl History {
     pub fn last_finished(&self) -> Option<Row> {
         let rows = self.rows();
         rows.iter().rev().find(|r| r.return_code.is_some()).cloned()
+    }
+
+    /// The newest row of a run in `workspace` (canonical).
+    pub fn newest_in(&self, workspace: &Path) -> Option<Row> {
+        let rows = self.rows();
+        rows.iter()
+            .rev()
+            .find(|r| r.workspace == workspace)
+            .cloned()
     }
 
     /// The workspaces of the newest runs, newest first, each once, at most `limit`.

@@ -448,8 +448,12 @@ pub fn init(path: &Path, level: LevelFilter, max_bytes: u64) -> io::Result<()> {
         max_bytes,
     };
     let sink = SINK.get_or_init(|| Sink::new(level));
+    // The terminal (or journal) sees the agent's output shown, never obeyed; the file keeps
+    // every byte.
     start_writer(sink, STDERR, |bytes| {
-        let _ = io::stderr().lock().write_all(bytes);
+        let _ = io::stderr()
+            .lock()
+            .write_all(&crate::visible::visible(bytes));
     })?;
     start_writer(sink, FILE, move |bytes| log_file.write(bytes))?;
     if log::set_boxed_logger(Box::new(ServerLogger { level })).is_ok() {

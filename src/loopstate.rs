@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::Q;
 
+/// The loop's state, in the log directory.
+pub const FILE_NAME: &str = "loop-state.json";
+
 /// The most announcements kept for a Zulip that does not answer; the oldest go first.
 pub const OUTBOX_MAX: usize = 50;
 
@@ -115,8 +118,8 @@ impl LoopState {
     /// Loads `loop-state.json` from `dir`; a missing file is a fresh loop, an unreadable one
     /// too (said in the log: an operator should know their pauses are gone).
     pub fn open(dir: &Path) -> LoopState {
-        let path = dir.join("loop-state.json");
-        let saved = match crate::report::read_regular(&path, 4 << 20) {
+        let path = dir.join(FILE_NAME);
+        let saved = match crate::paths::read_regular(&path, 4 << 20) {
             Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
                 log::error!(
                     "loop_state.unreadable path={} error={} hint=\"pauses and finishes were forgotten\"",

@@ -1,6 +1,32 @@
-//! Paths as a user writes them: `~` expanded, `.` and `..` folded. Pure functions.
+//! Paths as a user writes them (`~` expanded, `.` and `..` folded: pure functions), and
+//! files read where someone else may have planted anything (a link, a FIFO, a device, a huge
+//! file): opened so that nothing follows, blocks or grows without bound.
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+/// Opens `path` for reading without following a link at its end, without blocking (a
+/// FIFO), without taking a terminal as the controlling one; only a regular file is
+/// returned.
+pub fn open_regular(path: &Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
+}
+
+/// A regular file ([`open_regular`]), at most `limit` bytes, as text.
+pub fn read_regular(path: &Path, limit: u64) -> Option<String> {
+    let mut text = Vec::new();
+    open_regular(path)?
+        .take(limit)
+        .read_to_end(&mut text)
+        .ok()?;
+    String::from_utf8(text).ok()
+}
 
 /// `~` and `~/...` as a shell would read them (with `home`, the `HOME` variable); anything
 /// else unchanged.

@@ -57,6 +57,17 @@ pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
         // Its hand-off waits for its setup under the run guard, then is looked at again.
         return None;
     }
+    if let Some(reason) = app.registry().stopping(from_run_id) {
+        // The operator (or another trigger) stops it: whatever it says as it dies (a TERM
+        // trap's hand-off) starts nothing.
+        return Some(ApiError::new(
+            409,
+            format!(
+                "stale: run {from_run_id} is being stopped ({}); it can no longer hand off. Nothing was stopped",
+                reason.as_str()
+            ),
+        ));
+    }
     if !app.registry().gave_out(from_run_id) {
         return Some(ApiError::new(
             409,
@@ -194,21 +205,33 @@ pub fn submit(
         Caller::Run {
             run_id: Some(id), ..
         } => Some(id.clone()),
-        Caller::Run { workspace, .. } => app.registry().live_in(workspace),
+        // An inbox file names its run, or is its workspace's: the live run there, else the
+        // newest one (whether that one may still hand off is the stale check's).
+        Caller::Run { workspace, .. } => req.from_run_id.clone().or_else(|| {
+            let run = app.registry().live_in(workspace);
+            run.or_else(|| app.history().newest_in(workspace).map(|r| r.run_id))
+        }),
         _ => None,
     }
     .or_else(|| req.from_run_id.clone());
+    if matches!(caller, Caller::Run { .. }) && req.handed_off_by.is_none() {
+        return Err(ApiError::new(
+            409,
+            "no run of this workspace may hand off: Looper started none here. Nothing was stopped",
+        ));
+    }
+    // The run that sends it, by its own word or by where it comes from.
+    let sender = req
+        .from_run_id
+        .clone()
+        .or_else(|| req.handed_off_by.clone());
     // A late call from an old run is refused as stale even while another run is being set
     // up, so that its caller learns why.
-    let stale = || {
-        req.from_run_id
-            .as_deref()
-            .and_then(|from| stale_reason(app, from))
-    };
+    let stale = || sender.as_deref().and_then(|from| stale_reason(app, from));
     if let Some(e) = stale() {
         return Err(e);
     }
-    let guard = match req.from_run_id.as_deref() {
+    let guard = match sender.as_deref() {
         Some(from) => app.registry().handoff_guard(from, app.shutdown()),
         None => app.registry().try_guard(),
     };

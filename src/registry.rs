@@ -408,6 +408,11 @@ impl Registry {
         }
     }
 
+    /// Why live run `run_id` is being stopped by Looper, if it is.
+    pub fn stopping(&self, run_id: &str) -> Option<StopReason> {
+        self.runs().handle(run_id).and_then(|h| h.stop_reason)
+    }
+
     /// Keeps what run `run_id`'s watcher read at its start.
     pub fn note_start(&self, run_id: &str, start: crate::report::Start) {
         if let Some(h) = self.runs().handle(run_id) {

@@ -10,13 +10,17 @@
 //! environment and the configuration that would run a program switched off.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// How long git may take, all questions together, for the work tree at a run's start, for
+/// everything at its end, and for a hand-off's summary (asked under the run guard).
+const START_BUDGET: Duration = Duration::from_secs(5);
+const END_BUDGET: Duration = Duration::from_secs(10);
+const SUMMARY_BUDGET: Duration = Duration::from_millis(500);
 /// The most of a TODO file read; a longer one is counted no further.
 const TODO_BYTES: u64 = 1024 * 1024;
 /// The most of a session file read (the end is what matters: read from there).
@@ -26,11 +30,25 @@ pub const MESSAGE_BYTES: usize = 256 * 1024;
 /// How much of the last message a row, a Zulip line or a table shows.
 pub const MESSAGE_OPENING: usize = 300;
 
+/// Where a run's token count was read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// Codex's session file under `$CODEX_HOME`: numbers the agent cannot write.
+    Session,
+    /// The `tokens used` count codex printed at the end of its output, taken only where
+    /// codex's own structure puts it.
+    Printed,
+}
+
 /// Tokens a run used, as codex counts them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Tokens {
     /// What codex prints as `tokens used`: input − cached input + output, over the run.
     pub used: u64,
+    /// Where `used` was read (absent in rows from before it was said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TokenSource>,
     /// The split, where codex's session file was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<u64>,
@@ -120,7 +138,7 @@ impl Output {
         use std::io::{Seek, SeekFrom};
         const HEAD: u64 = 64 * 1024;
         const TAIL: u64 = 1024 * 1024;
-        let Some(mut file) = open_regular(log_path) else {
+        let Some(mut file) = crate::paths::open_regular(log_path) else {
             return Output::default();
         };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -187,7 +205,8 @@ impl Sources {
     /// codex starts up (the agent asks its model before it changes anything).
     pub fn tree_at_start(&self, workspace: &Path, start: &mut Start) {
         if self.git && self.fingerprints {
-            start.tree = crate::git::Tree::read(workspace).map(|t| t.digest(workspace));
+            let budget = crate::git::Budget::new(START_BUDGET);
+            start.tree = crate::git::Tree::read(workspace, &budget).map(|t| t.digest(workspace));
         }
     }
 
@@ -236,6 +255,33 @@ impl Sources {
     /// workspace and `start`. Written for a run that ended, and good for one still live (a
     /// hand-off's summary of the run it replaces).
     pub fn report(&self, workspace: &Path, output: &Output, start: &Start) -> Report {
+        let (tokens, session, printed) = self.tokens_and_message(output);
+        let budget = crate::git::Budget::new(END_BUDGET);
+        let tree = self
+            .git
+            .then(|| crate::git::Tree::read(workspace, &budget))
+            .flatten();
+        let git = self
+            .git
+            .then(|| crate::git::state(workspace, start.head.clone(), tree.as_ref(), &budget));
+        let progress = self.progress(workspace, start, git.as_ref(), tree.as_ref());
+        Report {
+            session_id: printed.session_id,
+            tokens,
+            rate_limits: session.rate_limits,
+            last_message: session.last_message.or(printed.last_message.clone()),
+            last_message_path: None,
+            git,
+            todo_before: start.todo,
+            todo_after: self.todo(workspace),
+            progress,
+        }
+    }
+
+    /// The tokens a run used, from codex's session file when it is found (numbers the
+    /// agent cannot write), else from the count codex prints where its own structure puts
+    /// it; with what the session file and the output say otherwise.
+    fn tokens_and_message(&self, output: &Output) -> (Option<Tokens>, Session, Printed) {
         let printed = Printed::read(&output.head, &output.tail);
         let session = printed
             .session_id
@@ -244,28 +290,40 @@ impl Sources {
             .and_then(|path| read_bounded_tail(&path, SESSION_BYTES))
             .map(|text| Session::read(&text))
             .unwrap_or_default();
-        let tokens = session.tokens.or(printed.tokens.map(|used| Tokens {
+        let tokens = session.tokens.clone().or(printed.tokens.map(|used| Tokens {
             used,
+            source: Some(TokenSource::Printed),
             ..Tokens::default()
         }));
-        let tree = self
-            .git
-            .then(|| crate::git::Tree::read(workspace))
-            .flatten();
-        let git = self
-            .git
-            .then(|| crate::git::state(workspace, start.head.clone(), tree.as_ref()));
-        let progress = self.progress(workspace, start, git.as_ref(), tree.as_ref());
+        (tokens, session, printed)
+    }
+
+    /// What a live run has done so far, for its hand-off's summary, which is said under the
+    /// run guard: its tokens and TODO list (files), and its commits, which cost git at most
+    /// [`SUMMARY_BUDGET`] (HEAD itself is read from the repository's files). Nothing of
+    /// the work tree.
+    pub fn so_far(&self, workspace: &Path, output: &Output, start: &Start) -> Report {
+        let (tokens, _, _) = self.tokens_and_message(output);
+        let git = self.git.then(|| {
+            let after = crate::git::head(workspace);
+            let budget = crate::git::Budget::new(SUMMARY_BUDGET);
+            let commits = match (&start.head, &after) {
+                (Some(b), Some(a)) => crate::git::commits_between(workspace, b, a, &budget),
+                _ => None,
+            };
+            Git {
+                head_before: start.head.clone(),
+                head_after: after,
+                commits,
+                ..Git::default()
+            }
+        });
         Report {
-            session_id: printed.session_id,
             tokens,
-            rate_limits: session.rate_limits,
-            last_message: session.last_message.or(printed.last_message),
-            last_message_path: None,
             git,
             todo_before: start.todo,
             todo_after: self.todo(workspace),
-            progress,
+            ..Report::default()
         }
     }
 
@@ -325,7 +383,7 @@ pub fn opening(text: &str, chars: usize) -> String {
 /// What codex printed that we can trust: the session id from the header (the block before
 /// the first `user` line), and, after the last `codex` line, the last `tokens used` count
 /// and the message between them.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Printed {
     session_id: Option<String>,
     tokens: Option<u64>,
@@ -344,31 +402,57 @@ impl Printed {
             .filter(|id| is_session_id(id))
             .map(str::to_string);
         // Looper's own trailer is no part of the run's output.
-        let lines: Vec<&str> = tail
+        let mut lines: Vec<&str> = tail
             .lines()
             .filter(|l| !l.starts_with("# codex_exec_return_code="))
             .collect();
-        let Some(last_codex) = lines.iter().rposition(|l| *l == "codex") else {
-            return Printed {
+        // The blank line before the trailer is Looper's too.
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        match final_turn(&lines) {
+            Some((message, tokens)) => Printed {
                 session_id,
-                ..Printed::default()
-            };
-        };
-        let after = &lines[last_codex + 1..];
-        let count = after
-            .windows(2)
-            .enumerate()
-            .rev()
-            .filter(|(_, w)| w[0] == "tokens used")
-            .find_map(|(i, w)| Some((i, parse_count(w[1])?)));
-        let message_end = count.map(|(i, _)| i).unwrap_or(after.len());
-        let message = after[..message_end].join("\n").trim().to_string();
-        Printed {
-            session_id,
-            tokens: count.map(|(_, n)| n),
-            last_message: (!message.is_empty()).then_some(message),
+                tokens: Some(tokens),
+                last_message: (!message.trim().is_empty()).then(|| message.trim().to_string()),
+            },
+            // No count where codex puts one (a failed turn): what follows its last `codex`
+            // line is still the agent's last word.
+            None => {
+                let message = lines
+                    .iter()
+                    .rposition(|l| *l == "codex")
+                    .map(|at| lines[at + 1..].join("\n").trim().to_string())
+                    .filter(|m| !m.is_empty());
+                Printed {
+                    session_id,
+                    tokens: None,
+                    last_message: message,
+                }
+            }
         }
     }
+}
+
+/// The end of a turn as codex prints it, and only as codex prints it: on stderr `codex`,
+/// the final message, `tokens used` and the count; then the same message again on stdout,
+/// last. The agent writes the message (and tool output before it), so a `tokens used` line
+/// of its own can stand anywhere in it: only the split where what follows the count is the
+/// very message between `codex` and `tokens used` counts, and of those the one with the
+/// longest message (a forged count inside the message leaves a shorter, inner split). The
+/// message and the count; `None` when the output does not end like that.
+fn final_turn(lines: &[&str]) -> Option<(String, u64)> {
+    let n = lines.len();
+    (0..n.saturating_sub(1))
+        .filter(|&i| lines[i] == "tokens used")
+        .find_map(|i| {
+            let count = parse_count(lines[i + 1])?;
+            let after = &lines[i + 2..];
+            let k = after.len();
+            let start = i.checked_sub(k + 1)?;
+            (lines[start] == "codex" && lines[start + 1..i] == *after)
+                .then(|| (after.join("\n"), count))
+        })
 }
 
 /// A session id as codex writes it: a UUID (hex digits and dashes), nothing that could
@@ -386,7 +470,7 @@ fn parse_count(line: &str) -> Option<u64> {
 }
 
 /// What codex's session file says: the last totals, the last rate limits, the final answer.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Session {
     tokens: Option<Tokens>,
     rate_limits: Option<RateLimits>,
@@ -428,6 +512,7 @@ fn totals(u: &serde_json::Value) -> Option<Tokens> {
     let cached = u["cached_input_tokens"].as_u64().unwrap_or(0);
     Some(Tokens {
         used: input.saturating_sub(cached).saturating_add(output),
+        source: Some(TokenSource::Session),
         input: Some(input),
         cached_input: Some(cached),
         output: Some(output),
@@ -485,27 +570,6 @@ fn cut_bytes(s: &str, limit: usize) -> String {
     s[..at].to_string()
 }
 
-/// Opens `path` for reading without following a link at its end and without blocking on
-/// a FIFO; only a regular file is returned.
-fn open_regular(path: &Path) -> Option<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    file.metadata().ok()?.is_file().then_some(file)
-}
-
-/// A regular file of Looper's own (no link, no FIFO), at most `limit` bytes, as text.
-pub fn read_regular(path: &Path, limit: u64) -> Option<String> {
-    let mut text = Vec::new();
-    open_regular(path)?
-        .take(limit)
-        .read_to_end(&mut text)
-        .ok()?;
-    String::from_utf8(text).ok()
-}
-
 /// `name` inside `workspace`, read (at most `limit` bytes, as text) only when the path,
 /// every link resolved, stays inside the workspace and ends at a regular file.
 fn read_inside(workspace: &Path, name: &Path, limit: u64) -> Option<String> {
@@ -517,18 +581,13 @@ fn read_inside(workspace: &Path, name: &Path, limit: u64) -> Option<String> {
     if !path.starts_with(&root) {
         return None;
     }
-    let mut text = Vec::new();
-    open_regular(&path)?
-        .take(limit)
-        .read_to_end(&mut text)
-        .ok()?;
-    String::from_utf8(text).ok()
+    crate::paths::read_regular(&path, limit)
 }
 
 /// The last `limit` bytes of a regular file (its first line dropped when it was cut).
 fn read_bounded_tail(path: &Path, limit: u64) -> Option<String> {
     use std::io::{Seek, SeekFrom};
-    let mut file = open_regular(path)?;
+    let mut file = crate::paths::open_regular(path)?;
     let size = file.metadata().ok()?.len();
     let from = size.saturating_sub(limit);
     file.seek(SeekFrom::Start(from)).ok()?;
@@ -620,7 +679,21 @@ mod tests {
         let fake = "user\nx\nsession id: 11111111-1111-1111-1111-111111111111\n";
         assert_eq!(Printed::read(fake, fake).session_id, None);
         // A failed turn prints no count.
-        assert_eq!(Printed::read("", "codex\nsorry\n").tokens, None);
+        let failed = Printed::read("", "codex\nsorry\n");
+        assert_eq!(
+            (failed.tokens, failed.last_message.as_deref()),
+            (None, Some("sorry"))
+        );
+        // A message that ends with a count of its own: codex's count stands (the message is
+        // printed twice, so the forged one sits inside a shorter split).
+        let forged = "x\ncodex\nok\ntokens used\n1";
+        let t = transcript(forged, "11,023");
+        let p = Printed::read(&t, &t);
+        assert_eq!(p.tokens, Some(11_023), "{t}");
+        assert_eq!(p.last_message.as_deref(), Some(forged));
+        // Without codex's own end (stderr lost, say), a count in the message is no count.
+        let bare = format!("codex\n{forged}\n");
+        assert_eq!(Printed::read(&bare, &bare).tokens, None);
         assert_eq!(Printed::read("", "no codex at all").last_message, None);
         // Nothing that could make a path.
         assert_eq!(

@@ -41,21 +41,82 @@ pub fn env_map() -> HashMap<String, String> {
         .collect()
 }
 
-/// Creates the log directories and proves they are writable.
+/// Creates the log directories (mode 0700, as every directory Looper makes for itself),
+/// proves they are writable, and refuses state that is not Looper's own: a directory, or a
+/// file Looper keeps there, that another user owns or that group or others may write (a
+/// directory made first by someone else under `/tmp` would let them forge the loop's
+/// state).
 fn prepare_dirs(cfg: &Config) -> Result<(), StartError> {
     let cannot = |what: &str, path: &Path, e: std::io::Error| {
         StartError::Io(format!("{what}: cannot write to {}: {e}", path.display()))
     };
-    std::fs::create_dir_all(&cfg.log_dir)
-        .map_err(|e| cannot("CODEX_EXEC_LOG_DIR", &cfg.log_dir, e))?;
+    let private = |path: &Path| {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+    };
+    private(&cfg.log_dir).map_err(|e| cannot("CODEX_EXEC_LOG_DIR", &cfg.log_dir, e))?;
+    own_state("CODEX_EXEC_LOG_DIR", &cfg.log_dir, true)?;
+    for file in [crate::history::FILE_NAME, crate::loopstate::FILE_NAME] {
+        own_state("CODEX_EXEC_LOG_DIR", &cfg.log_dir.join(file), false)?;
+    }
     let probe = cfg
         .log_dir
         .join(format!(".looper-write-check-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|_| std::fs::remove_file(&probe))
         .map_err(|e| cannot("CODEX_EXEC_LOG_DIR", &cfg.log_dir, e))?;
+    // The server log may live in a shared directory (`/var/log`): the file is what must be
+    // Looper's.
     if let Some(parent) = cfg.server_log_path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| cannot("LOOPER_SERVER_LOG_PATH", parent, e))?;
+        private(parent).map_err(|e| cannot("LOOPER_SERVER_LOG_PATH", parent, e))?;
+    }
+    own_state("LOOPER_SERVER_LOG_PATH", &cfg.server_log_path, false)?;
+    Ok(())
+}
+
+/// Refuses `path` (set by `setting`) unless it is Looper's own: owned by its user, writable
+/// by nobody else, a directory (`dir`) or a regular file that is no link. A file that does
+/// not exist yet is fine.
+fn own_state(setting: &str, path: &Path, dir: bool) -> Result<(), StartError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        StartError::Config(ConfigError(format!(
+            "{setting}: {} {why}: another user could forge or read Looper's state there. Give Looper a directory of its own (owned by its user, mode 0700)",
+            path.display()
+        )))
+    };
+    // A directory the setting names may be reached through a link (the operator's); a file
+    // Looper keeps there may not.
+    let meta = if dir {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    };
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir => return Ok(()),
+        Err(e) => return Err(refuse(format!("cannot be examined ({e})"))),
+    };
+    let me = crate::procs::current_uid();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "belongs to user {}, not to Looper's user ({me})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "may be written by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    let kind_ok = if dir { meta.is_dir() } else { meta.is_file() };
+    if !kind_ok {
+        let what = if dir { "a directory" } else { "a regular file" };
+        return Err(refuse(format!("is not {what}")));
     }
     Ok(())
 }
@@ -140,6 +201,11 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     };
     let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned(), cgroups));
     app.set_listener(&listener);
+    // git (and node) found once, outside every workspace known now, and git's jail probed.
+    let workspaces: Vec<std::path::PathBuf> = std::iter::once(app.cfg().workspace.clone())
+        .chain(app.history().recent_workspaces(64))
+        .collect();
+    let helpers = crate::jail::install(crate::jail::Helpers::find(app.path_var(), &workspaces));
     // Signal handling is in place before anyone can learn that we are up.
     start_signal_thread(&app)?;
 
@@ -210,7 +276,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         }
     }
     log::info!(
-        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_scope={} stop_method={}",
+        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_scope={} stop_method={} helper_jail={}{} git={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         Q(&app.cfg().host),
@@ -221,6 +287,15 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         if app.cfg().api_token.is_some() { "token" } else { "none" },
         app.cfg().stop_scope.as_str(),
         app.stop_method(),
+        helpers.method.as_str(),
+        match helpers.method {
+            crate::jail::Method::Landlock(abi) => format!(" landlock_abi={abi}"),
+            crate::jail::Method::Environment => String::new(),
+        },
+        Q(&helpers
+            .git
+            .as_ref()
+            .map_or("none".into(), |g| g.path.to_string_lossy().into_owned())),
     );
 
     // Runs of a previous Looper that ended meanwhile get their history rows completed.
@@ -269,6 +344,7 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
                     app.begin_shutdown();
                 } else {
                     log::warn!("server.signal signal={sig} action=exit_now");
+                    crate::signals::end_helpers();
                     logging::flush();
                     std::process::exit(1);
                 }
@@ -313,6 +389,8 @@ fn shutdown(app: &App) {
     {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // No helper outlives Looper: a git still blocked (a FIFO in its configuration) goes.
+    crate::signals::end_helpers();
     log::info!("server.stop.done");
 }
 

@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::logging::Q;
@@ -373,6 +375,26 @@ pub fn wait_gone(pid: i32, limit: Duration) -> bool {
     Waiter::new(pid).wait(limit)
 }
 
+/// The helpers running now (each the leader of a process group of its own, unreaped), so
+/// that shutdown ends them; and whether shutdown did (no helper starts after it).
+static HELPERS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static HELPERS_CLOSED: AtomicBool = AtomicBool::new(false);
+
+fn lock_helpers() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    HELPERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// At shutdown: kills every helper's process group (a git blocked on a FIFO, a Zulip script
+/// that hangs) and lets no new helper start. Their callers see them time out.
+pub fn end_helpers() {
+    HELPERS_CLOSED.store(true, Ordering::Release);
+    let running = lock_helpers();
+    for pid in running.iter() {
+        log::info!("helper.killed pid={pid} reason=shutdown");
+        signal_child_group(*pid, libc::SIGKILL);
+    }
+}
+
 /// How a helper program ([`run_bounded`]) ended.
 pub enum Bounded {
     /// It exited: its status and what it printed (at most the limit asked for).
@@ -413,11 +435,24 @@ pub fn run_bounded(
         .stderr(stderr)
         .process_group(0);
     default_signals_on_spawn(cmd);
+    if HELPERS_CLOSED.load(Ordering::Acquire) {
+        return Err(NotStarted::Spawn(std::io::Error::other(
+            "Looper is shutting down",
+        )));
+    }
     let spawned = cmd.spawn();
     // The Command holds the pipe's write ends: replace them so that we see end-of-file.
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = spawned.map_err(NotStarted::Spawn)?;
     let pid = child.id();
+    {
+        let mut running = lock_helpers();
+        running.push(pid);
+        if HELPERS_CLOSED.load(Ordering::Acquire) {
+            // Shutdown looked before this one was listed.
+            signal_child_group(pid, libc::SIGKILL);
+        }
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -427,8 +462,16 @@ pub fn run_bounded(
     });
     // The child is reaped here and only here, after the wait: until then its pid (and
     // process group) cannot belong to anyone else, so the kill hits only the helper's group.
-    if !wait_gone(pid as i32, limit) {
-        signal_child_group(pid, libc::SIGKILL);
+    let exited = wait_gone(pid as i32, limit);
+    {
+        // Unlisted before it is reaped: whoever kills the listed groups kills only ours.
+        let mut running = lock_helpers();
+        running.retain(|p| *p != pid);
+        if !exited {
+            signal_child_group(pid, libc::SIGKILL);
+        }
+    }
+    if !exited {
         let _ = child.wait();
         return Ok(Bounded::TimedOut);
     }

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
@@ -348,9 +349,10 @@ impl Watcher {
         let app = &self.app;
         let (pid, rid) = (child.id(), &self.run_id);
         let mut start = self.start.clone();
-        app.cfg()
-            .report_sources
-            .tree_at_start(&self.workspace, &mut start);
+        // The work tree's fingerprint asks git, which may be slow (a big repository) or made
+        // to hang by the agent: read beside the watch, so that the run's exit is noticed at
+        // once whatever git does.
+        let tree = self.read_start_tree();
         log::info!(
             "run.start_state run_id={rid} head={} todo={}",
             start.head.as_deref().unwrap_or("-"),
@@ -379,6 +381,7 @@ impl Watcher {
                 log::info!("cgroup.lingering run_id={rid} hint=\"a process the run left is stopped with the next stop\"");
             }
         }
+        start.tree = tree.and_then(|t| t.join().ok()).flatten();
         let limit = (return_code != 0)
             .then(|| {
                 let tail = output::tail(&self.log_path, self.output_start, 40);
@@ -405,6 +408,24 @@ impl Watcher {
 }
 
 impl Watcher {
+    /// Starts reading the work tree's fingerprint at the run's start, for the stuck rule
+    /// (bounded by its git budget); `None` when it is not wanted or no thread could start.
+    fn read_start_tree(&self) -> Option<JoinHandle<Option<u64>>> {
+        let sources = &self.app.cfg().report_sources;
+        if !(sources.git && sources.fingerprints) {
+            return None;
+        }
+        let (sources, workspace) = (sources.clone(), self.workspace.clone());
+        std::thread::Builder::new()
+            .name(format!("start-{}", self.run_id))
+            .spawn(move || {
+                let mut start = crate::report::Start::default();
+                sources.tree_at_start(&workspace, &mut start);
+                start.tree
+            })
+            .ok()
+    }
+
     /// What the run did, its last message kept beside its log.
     fn report(&self, start: &crate::report::Start) -> crate::report::Report {
         let output = crate::report::Output::read(&self.log_path, self.output_start);

@@ -21,6 +21,23 @@ pub fn shutdown_socket(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
+/// The Landlock ABI version the kernel offers, `None` without Landlock (not built in, or
+/// not enabled at boot).
+pub fn landlock_abi() -> Option<i32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, a zero size and the VERSION flag, the call only
+    // returns the ABI version (or -1); it touches no memory of ours.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (v > 0).then_some(v as i32)
+}
+
 /// Makes this process undumpable: no other process of the same user (only one with
 /// `CAP_SYS_PTRACE`) may read its memory or `/proc/<pid>/environ`, which hold the token and
 /// the Zulip key. Programs Looper starts are dumpable again (exec resets the flag).

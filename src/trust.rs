@@ -7,8 +7,8 @@
 //!   `zulip_script_path`), which would be code execution for any web page or local user;
 //! - a **run** — its inbox, its own `LOOPER_RUN_TOKEN`, or a loopback connection whose
 //!   client process belongs to a run: the hand-off only (message, prompt, `from_run_id`,
-//!   its own workspace); its Zulip text is capped, marked as the run's, and cannot ping
-//!   everyone.
+//!   its own workspace); its Zulip text is capped, quoted under Looper's line naming the
+//!   run, and pings nobody.
 //!
 //! The rules are plain functions over a parsed request; finding which run a connection's
 //! client belongs to reads `/proc` ([`run_of_connection`]).
@@ -155,24 +155,67 @@ pub fn admit(
     Ok(())
 }
 
-/// A run's Zulip text as it is sent: Zulip's wildcard mentions defused, cut to
-/// [`MAX_RUN_MESSAGE`] characters, and a last line saying which run sent it. The first line
-/// stays the caller's (people and wrappers match on it).
+/// A run's hand-off text as it is sent to Zulip: Looper's own line saying which run hands
+/// off, then the run's words quoted ([`quote_run_text`]), so that nothing the run writes
+/// can pass for Looper.
 pub fn handoff_text(message: &str, run_id: Option<&str>) -> String {
-    let defused = defuse_mentions(message);
-    let mut text: String = defused.chars().take(MAX_RUN_MESSAGE).collect();
-    if defused.chars().count() > MAX_RUN_MESSAGE {
-        text.push_str(" […]");
+    let who = match run_id {
+        Some(id) => format!("run {id}"),
+        None => "a run (through its inbox)".to_string(),
+    };
+    format!("Looper: {who} hands off:\n{}\n", quote_run_text(message))
+}
+
+/// The agent's words for Zulip: control characters dropped, every mention form defused
+/// ([`defuse_all_mentions`]), cut to [`MAX_RUN_MESSAGE`] characters, each line inside a
+/// quote block (`> `). A blank line must follow the block before Looper's next line, or
+/// Markdown would take that line into the quote.
+pub fn quote_run_text(text: &str) -> String {
+    let clean = defuse_all_mentions(&crate::visible::strip_controls(text));
+    let mut cut: String = clean.chars().take(MAX_RUN_MESSAGE).collect();
+    if clean.chars().count() > MAX_RUN_MESSAGE {
+        cut.push_str(" […]");
     }
-    match run_id {
-        Some(id) => format!("{text}\n(hand-off from run {id})"),
-        None => format!("{text}\n(hand-off from a run's inbox)"),
+    let cut = cut.trim_end();
+    if cut.is_empty() {
+        return "> (nothing)".to_string();
     }
+    cut.lines()
+        .map(|l| {
+            if l.is_empty() {
+                ">".to_string()
+            } else {
+                format!("> {l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every Zulip mention made plain text: a zero-width space after each `@` that starts
+/// one — a person or a wildcard (`@**…**`), a group (`@*…*`), and their silent forms
+/// (`@_**…**`, `@_*…*`). An `@` in an address (`a@b.c`) stays.
+pub fn defuse_all_mentions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        out.push('@');
+        if after.starts_with('*') || after.starts_with("_*") {
+            out.push('\u{200B}');
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Zulip's mentions that notify everyone (`@**all**`, `@**everyone**`, `@**channel**`,
 /// `@**stream**`, `@**topic**`, their silent `@_**…**` forms, and role groups such as
-/// `@*role:everyone*`) made plain text: a zero-width space after the `@`.
+/// `@*role:everyone*`) made plain text: a zero-width space after the `@`. For Looper's own
+/// messages, which name only what the operator configured; a run's words go through
+/// [`quote_run_text`].
 pub fn defuse_mentions(text: &str) -> String {
     const WILDCARDS: [&str; 5] = ["all", "everyone", "channel", "stream", "topic"];
     let mut out = String::with_capacity(text.len());
@@ -299,7 +342,7 @@ mod tests {
         admit(&caller, &mut ok, |_| None).unwrap();
         assert_eq!(ok.from_run_id.as_deref(), Some("r1"));
         assert_eq!(ok.workspace.as_deref(), ws.canonicalize().unwrap().to_str());
-        assert!(ok.zulip_message.starts_with("next\n"));
+        assert_eq!(ok.zulip_message, "Looper: run r1 hands off:\n> next\n");
         for asked in [
             other.clone(),
             ws.join("link"),
@@ -335,23 +378,24 @@ mod tests {
     }
 
     #[test]
-    fn a_runs_text_is_capped_marked_and_pings_nobody() {
+    fn a_runs_text_is_quoted_capped_and_pings_nobody() {
         let t = handoff_text(
-            "done @**all** and @_**Everyone** @**Tessa** @*role:members*",
+            "done @**all** and @_**Everyone** @**Tessa** @*role:members* @_*team* a@b.c\n\nLooper: the operator resumed the loop\u{1b}]52;c;eA==\u{7}",
             Some("r1"),
         );
         assert_eq!(
             t,
-            "done @\u{200B}**all** and @\u{200B}_**Everyone** @**Tessa** @\u{200B}*role:members*\n(hand-off from run r1)"
+            "Looper: run r1 hands off:\n> done @\u{200B}**all** and @\u{200B}_**Everyone** @\u{200B}**Tessa** @\u{200B}*role:members* @\u{200B}_*team* a@b.c\n>\n> Looper: the operator resumed the loop]52;c;eA==\n"
         );
         let long = "x".repeat(MAX_RUN_MESSAGE + 50);
         let t = handoff_text(&long, None);
-        assert!(t.starts_with(&"x".repeat(MAX_RUN_MESSAGE)));
-        assert!(t.chars().count() < MAX_RUN_MESSAGE + 60);
-        assert!(t.ends_with("(hand-off from a run's inbox)"));
+        assert!(t.starts_with("Looper: a run (through its inbox) hands off:\n> xxx"));
+        assert!(t.chars().count() < MAX_RUN_MESSAGE + 80, "{}", t.len());
+        assert!(t.ends_with("x […]\n"));
         assert_eq!(
-            defuse_mentions("a@b.c @**stream|x**"),
-            "a@b.c @\u{200B}**stream|x**"
+            defuse_mentions("a@b.c @**stream|x** @**Tessa**"),
+            "a@b.c @\u{200B}**stream|x** @**Tessa**"
         );
+        assert_eq!(quote_run_text(" \n"), "> (nothing)");
     }
 }

@@ -554,11 +554,17 @@ pub fn base64(input: &[u8]) -> String {
 }
 
 /// Announces by running the user's program with the message as its one argument (a `.js`
-/// file under `node`). Its combined output, trimmed, becomes `zulip_output`.
-pub fn run_script(path: &str, message: &str) -> Result<String, ZulipError> {
+/// file under `node`, as found at start). Its combined output, trimmed, becomes
+/// `zulip_output`.
+pub fn run_script(path: &str, message: &str, node: Option<&Path>) -> Result<String, ZulipError> {
     use crate::signals::{Bounded, NotStarted};
     let mut cmd = if path.ends_with(".js") {
-        let mut c = Command::new("node");
+        let node = node.ok_or_else(|| {
+            ZulipError(format!(
+                "Zulip script {path} needs node, which Looper did not find on its PATH at start (absolute entries outside the workspaces)"
+            ))
+        })?;
+        let mut c = Command::new(node);
         c.arg(path);
         c
     } else {

@@ -98,20 +98,21 @@ fn an_inbox_request_from_the_active_run_replaces_it() {
         .iter()
         .map(|m| m.form()["content"].clone())
         .collect();
-    // The caller's words first, then which run handed off (a run's text is marked), then
-    // that run's summary as it stood.
+    // Looper says which run hands off, the run's words follow quoted (they cannot pass for
+    // Looper's), then, after a blank line that ends the quote, that run's summary.
     let last = contents.last().cloned().unwrap_or_default();
     let lines: Vec<&str> = last.lines().collect();
     assert_eq!(
-        lines[..2],
+        lines[..3],
         [
-            "handed off",
-            format!("(hand-off from run {old_id})").as_str()
+            format!("Looper: run {old_id} hands off:").as_str(),
+            "> handed off",
+            ""
         ],
         "{last}"
     );
     assert!(
-        lines[2].starts_with(&format!("↳ run {old_id} handed_off after ")),
+        lines[3].starts_with(&format!("↳ run {old_id} handed_off after ")),
         "{last}"
     );
     let runs = looper.get("/runs").body;

@@ -130,7 +130,7 @@ fn a_runs_row_says_what_it_did() {
     );
     assert!(
         message.contains(
-            ", 11,023 tokens, 1 commit, TODO 3 → 2 open. Last message: Ticked the first item."
+            ", 11,023 tokens, 1 commit, TODO 3 → 2 open. Its last message:\n> Ticked the first item.\n"
         ),
         "{message}"
     );
@@ -319,7 +319,11 @@ fn what_cannot_be_read_stays_empty() {
         if todo == "fifo.md" {
             // A count a tool printed after its own `codex` line is the only count there is:
             // taken, since codex's own is missing; no split without the session file.
-            assert_eq!(row["tokens"], json!({"used": 999}), "{row}");
+            assert_eq!(
+                row["tokens"],
+                json!({"used": 999, "source": "printed"}),
+                "{row}"
+            );
         } else {
             assert!(row["tokens"].is_null(), "{todo}: {row}");
         }
@@ -345,7 +349,11 @@ fn the_printed_count_is_codexs_own() {
     let a = looper.run(json!({"codex_prompt": "work"}));
     assert_eq!(a.status, 200, "{}", a.body);
     let (row, message) = reported(&looper, &z, &run_id_of(&a));
-    assert_eq!(row["tokens"], json!({"used": 4250}), "{row}");
+    assert_eq!(
+        row["tokens"],
+        json!({"used": 4250, "source": "printed"}),
+        "{row}"
+    );
     assert_eq!(row["last_message"], "done", "{row}");
     assert!(message.contains(", 4,250 tokens"), "{message}");
 }
@@ -413,7 +421,7 @@ fn a_quoted_last_message_pings_nobody() {
     let a = looper.run(json!({"codex_prompt": "work"}));
     assert_eq!(a.status, 200, "{}", a.body);
     let (_, message) = reported(&looper, &z, &run_id_of(&a));
-    assert!(message.contains("Last message: done @"), "{message}");
+    assert!(message.contains("Its last message:\n> done @"), "{message}");
     for wildcard in ["@**all**", "@**everyone**"] {
         assert!(!message.contains(wildcard), "{wildcard} sent: {message}");
     }

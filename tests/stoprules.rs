@@ -497,7 +497,7 @@ fn a_handoff_during_a_zulip_outage_starts_its_run_and_the_message_comes_late() {
     });
     let late = looper.wait("the late announcement", || {
         z.contents().into_iter().find(|m| {
-            m.starts_with("handing off to the next run") && m.contains("(late: queued at ")
+            m.contains("\n> handing off to the next run\n") && m.contains("(late: queued at ")
         })
     });
     assert!(late.contains("while Zulip did not answer"), "{late}");

@@ -244,22 +244,27 @@ fn a_runs_handoff_goes_through_and_its_text_is_tamed() {
     });
     looper.log_with("run.ignored_fields");
     let sent = zulip.messages().last().unwrap().form()["content"].clone();
-    let first_line = sent.lines().next().unwrap();
+    let id = run_id_of(&a);
+    // Looper's line names the run; the run's words follow, quoted.
+    let lines: Vec<&str> = sent.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("Looper: run {id} hands off:"),
+        "{sent:.80}"
+    );
     assert!(
-        first_line.starts_with("done @\u{200B}**all** x"),
-        "{first_line:.40}"
+        lines[1].starts_with("> done @\u{200B}**all** x"),
+        "{:.40}",
+        lines[1]
     );
     assert!(
         sent.chars().count() < 2100,
         "{} characters sent",
         sent.chars().count()
     );
-    // The mark, then the summary of the run that handed off.
-    let id = run_id_of(&a);
+    // The quote ends (a blank line), then the summary of the run that handed off.
     assert!(
-        sent.contains(&format!(
-            "\n(hand-off from run {id})\n↳ run {id} handed_off after "
-        )),
+        sent.contains(&format!("x […]\n\n↳ run {id} handed_off after ")),
         "{}",
         sent.lines().rev().take(2).collect::<Vec<_>>().join(" | ")
     );
@@ -434,10 +439,15 @@ fn the_history_is_never_written_through_a_link() {
     let bashrc = fx.path("home-bashrc");
     std::fs::write(&bashrc, "# my bashrc\n").unwrap();
     std::os::unix::fs::symlink(&bashrc, fx.path("logs/runs.jsonl")).unwrap();
-    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
-    let a = looper.run(json!({"codex_prompt": "x"}));
-    assert_eq!(a.status, 200, "{}", a.body);
-    looper.stderr_with("history.write_failed");
+    // A link where Looper keeps its history is not Looper's own file: refused at start.
+    let (mut child, stderr) = fx.spawn(&[("FAKE_CODEX", "record;sleep:600")]);
+    let status = child.wait().unwrap();
+    let said = common::read(&stderr);
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("CODEX_EXEC_LOG_DIR") && said.contains("runs.jsonl"),
+        "{said}"
+    );
     assert_eq!(std::fs::read_to_string(&bashrc).unwrap(), "# my bashrc\n");
 }
 

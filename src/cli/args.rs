@@ -46,6 +46,8 @@ pub struct Trigger {
     pub inbox: bool,
     /// `--done`: the run says the task is done (`loop_done`); the loop finishes.
     pub done: bool,
+    /// `--raw`: the run's log bytes as they are, even to a terminal.
+    pub raw: bool,
 }
 
 /// `looper resume`: end the loop's pauses (of one workspace, or of all).
@@ -80,6 +82,19 @@ pub struct Logs {
     pub follow: bool,
     /// `--follow-loop`: follow, and go on with each next run's log.
     pub follow_loop: bool,
+    /// `--raw`: the log's bytes as they are, even to a terminal.
+    pub raw: bool,
+}
+
+impl Command {
+    /// Whether the output keeps the agent's bytes as they are (`--raw`).
+    pub fn raw(&self) -> bool {
+        match self {
+            Command::Trigger(t) => t.raw,
+            Command::Logs(l) => l.raw,
+            _ => false,
+        }
+    }
 }
 
 /// How many rows `looper runs` shows unless `--limit` says otherwise.
@@ -145,6 +160,7 @@ fn trigger(words: &[&str]) -> Result<Trigger, Fail> {
             Long("follow") => t.follow = opts.switch()?,
             Long("inbox") => t.inbox = opts.switch()?,
             Long("done") => t.done = opts.switch()?,
+            Long("raw") => t.raw = opts.switch()?,
             _ => return Err(opts.unknown()),
         }
     }
@@ -256,6 +272,7 @@ fn logs(words: &[&str]) -> Result<Logs, Fail> {
         match arg {
             Long("url") => opts.once(&mut l.url)?,
             Short('f') | Long("follow") => l.follow = opts.switch()?,
+            Long("raw") => l.raw = opts.switch()?,
             Long("follow-loop") => {
                 l.follow_loop = opts.switch()?;
                 l.follow |= l.follow_loop;
@@ -492,6 +509,7 @@ mod tests {
             "--follow",
             "--inbox",
             "--done",
+            "--raw",
         ]);
         assert_eq!(
             t,
@@ -505,6 +523,7 @@ mod tests {
                 follow: true,
                 inbox: true,
                 done: true,
+                raw: true,
             }
         );
         let t = trigger_of(&["trigger", "--message", "--follow", "--prompt", ""]);
@@ -737,12 +756,14 @@ mod tests {
                     url: None,
                     follow: true,
                     follow_loop: false,
+                    raw: false,
                 },
                 "{words:?}"
             );
         }
         let looping = logs_of(&["logs", "--follow-loop"]);
         assert!(looping.follow && looping.follow_loop, "{looping:?}");
+        assert!(logs_of(&["logs", "--raw"]).raw);
         assert_eq!(
             logs_of(&["logs", "--url=h:1", "abc"]).url.as_deref(),
             Some("h:1")

@@ -41,6 +41,8 @@ options:
                                         else http://127.0.0.1:$LOOPER_PORT)
   --follow                              print the new run's log until it exits (stdout
                                         is the log; the JSON answer goes to stderr)
+  --raw                                 with --follow: the log's bytes as they are (to a
+                                        terminal, control characters are shown as ^[ etc.)
   --inbox                               leave the request in $LOOPER_INBOX instead of HTTP
   --done                                from a run: the task is done, the loop finishes
                                         (nothing is stopped, nothing starts; the message
@@ -94,12 +96,14 @@ examples:
 const LOGS_HELP: &str = "\
 looper logs - print a run's log (the active run's by default, else the newest run's)
 
-usage: looper logs [RUN_ID] [-f | --follow-loop] [--url URL]
+usage: looper logs [RUN_ID] [-f | --follow-loop] [--raw] [--url URL]
 
   -f, --follow     keep printing as the log grows, until the run ends (exit 0 when it
                    exited 0); a run that was replaced says which run replaced it
   --follow-loop    follow, and go on with each next run's log (replaced or ended, the
                    loop's next run is followed when it starts) until interrupted
+  --raw            the log's bytes as they are, even to a terminal (which otherwise sees
+                   the agent's control characters shown as ^[, ^G, \\u009b, never obeyed)
 
 examples:
   looper logs

@@ -30,11 +30,11 @@ pub fn logs(l: &Logs, env: &HashMap<String, String>, out: &mut dyn Write) -> Res
         let next = next_run(&base, env, &run_id, l.follow_loop)?;
         match (&next, l.follow_loop) {
             (Some((id, how)), true) => {
-                eprintln!("looper: run {run_id} {how}; following run {id}");
+                note!("looper: run {run_id} {how}; following run {id}");
                 let _ = writeln!(out, "\n# looper: run {run_id} {how}; run {id} follows\n");
             }
             (Some((id, how)), false) => {
-                eprintln!(
+                note!(
                     "looper: run {run_id} {how} (looper logs {id} -f; --follow-loop goes on by itself)"
                 );
             }
@@ -59,7 +59,7 @@ fn default_run(base: &str, env: &HashMap<String, String>) -> Result<String, Fail
     let id = newest["run_id"].as_str().ok_or_else(|| {
         Fail::Error("no run yet: nothing to show (`looper trigger` starts one)".into())
     })?;
-    eprintln!(
+    note!(
         "looper: no run is active; the newest is run {id} ({}, ended {})",
         newest["outcome"].as_str().unwrap_or("ended"),
         newest["ended_at"].as_str().unwrap_or("?")

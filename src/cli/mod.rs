@@ -7,6 +7,15 @@ use std::io::Write;
 
 use crate::server;
 
+/// A line on stderr for a person, `eprintln!`'s way, but shown as
+/// [`crate::visible::visible`] shows it when stderr is a terminal: it may quote what the
+/// agent wrote (an error's tail of a run log, a run's message).
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::note_line(&format!($($arg)*))
+    };
+}
+
 mod args;
 mod client;
 mod help;
@@ -53,28 +62,55 @@ impl Fail {
     }
 }
 
+/// Writes `line` and a newline to stderr, shown visibly when stderr is a terminal.
+pub(crate) fn note_line(line: &str) {
+    use std::io::IsTerminal;
+    let stderr = std::io::stderr();
+    let text = format!("{line}\n");
+    let shown = if stderr.is_terminal() {
+        crate::visible::visible(text.as_bytes())
+    } else {
+        std::borrow::Cow::Borrowed(text.as_bytes())
+    };
+    let _ = stderr.lock().write_all(&shown);
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
+    use std::io::IsTerminal;
     let env = server::env_map();
-    let mut out = std::io::stdout().lock();
-    let result = run_command(args, &env, &mut out);
-    let _ = out.flush();
+    let result = args::parse(args).and_then(|command| {
+        // What the agent wrote reaches a terminal shown, never obeyed; `--raw` (logs,
+        // trigger) keeps the bytes, and a pipe gets them as they are.
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() && !command.raw() {
+            let mut out = crate::visible::Visible::new(stdout.lock());
+            let result = run_command(command, &env, &mut out);
+            let _ = out.flush();
+            result
+        } else {
+            let mut out = stdout.lock();
+            let result = run_command(command, &env, &mut out);
+            let _ = out.flush();
+            result
+        }
+    });
     match result {
         Ok(code) => code,
         Err(fail) => {
-            eprintln!("looper: {}", fail.message());
+            note!("looper: {}", fail.message());
             fail.code()
         }
     }
 }
 
-/// Parses the command line, then runs what it asks for.
+/// Runs what the command line asks for.
 fn run_command(
-    args: &[String],
+    command: Command,
     env: &HashMap<String, String>,
     out: &mut dyn Write,
 ) -> Result<i32, Fail> {
-    match args::parse(args)? {
+    match command {
         Command::Version => {
             let _ = writeln!(out, "looper {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
@@ -101,7 +137,7 @@ fn serve(env: &HashMap<String, String>) -> i32 {
     match outcome {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("looper: {e}");
+            note!("looper: {e}");
             match e {
                 server::StartError::Config(_) => 2,
                 server::StartError::Io(_) => 1,
@@ -164,7 +200,7 @@ mod tests {
             [("HOME".to_string(), "/nonexistent".to_string())].into();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut out = Vec::new();
-        let code = match run_command(&args, &env, &mut out) {
+        let code = match args::parse(&args).and_then(|c| run_command(c, &env, &mut out)) {
             Ok(c) => c,
             Err(fail) => {
                 out.extend_from_slice(fail.message().as_bytes());

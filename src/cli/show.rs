@@ -24,7 +24,7 @@ pub fn status(
         let _ = write!(out, "{}", describe_status(&base, &s));
     }
     if s["ok"] != json!(true) {
-        eprintln!(
+        note!(
             "looper: HTTP {code}: {}",
             s["error"].as_str().unwrap_or("?")
         );
@@ -179,7 +179,7 @@ pub fn runs(r: &Runs, env: &HashMap<String, String>, out: &mut dyn Write) -> Res
     let base = base_url(r.url.as_deref(), env);
     let (code, answer) = call("GET", &base, &format!("/runs?limit={}", r.limit), None, env)?;
     if answer["ok"] != json!(true) {
-        eprintln!(
+        note!(
             "looper: HTTP {code}: {}",
             answer["error"].as_str().unwrap_or("?")
         );

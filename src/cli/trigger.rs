@@ -33,13 +33,13 @@ pub fn trigger(
     };
     // Followed, stdout is the run's log alone: the answer goes to stderr.
     if t.follow {
-        eprintln!("{answer}");
+        note!("{answer}");
     } else {
         let _ = writeln!(out, "{answer}");
     }
     let ok = answer["ok"] == json!(true);
     if !ok {
-        eprintln!(
+        note!(
             "looper: HTTP {status}: {}",
             answer["error"].as_str().unwrap_or("the server said no")
         );
@@ -47,18 +47,18 @@ pub fn trigger(
     }
     let result = &answer["codex_exec_result"];
     if answer["loop_done"] == json!(true) {
-        eprintln!(
+        note!(
             "looper: the loop in {} is finished; nothing was stopped, no run started",
             answer["workspace"].as_str().unwrap_or("?")
         );
         return Ok(0);
     }
     if result.is_null() {
-        eprintln!("looper: announced; no run started");
+        note!("looper: announced; no run started");
         return Ok(0);
     }
     let log_path = result["log_path"].as_str().unwrap_or_default().to_string();
-    eprintln!(
+    note!(
         "looper: run {} started, pid {}, log {}",
         answer["run_id"].as_str().unwrap_or("?"),
         result["pid"],
@@ -77,8 +77,8 @@ pub fn trigger(
         out,
     )?;
     match rc {
-        Some(rc) => eprintln!("looper: run exited with return code {rc}"),
-        None => eprintln!("looper: run ended; its return code is unknown"),
+        Some(rc) => note!("looper: run exited with return code {rc}"),
+        None => note!("looper: run ended; its return code is unknown"),
     }
     Ok(if rc == Some(0) { 0 } else { 1 })
 }
@@ -131,7 +131,7 @@ pub fn resume(r: &Resume, env: &HashMap<String, String>, out: &mut dyn Write) ->
     let (status, answer) = call("POST", &base, "/resume", Some(&body), env)?;
     let _ = writeln!(out, "{answer}");
     if answer["ok"] != json!(true) {
-        eprintln!(
+        note!(
             "looper: HTTP {status}: {}",
             answer["error"].as_str().unwrap_or("the server said no")
         );
@@ -139,10 +139,10 @@ pub fn resume(r: &Resume, env: &HashMap<String, String>, out: &mut dyn Write) ->
     }
     let resumed = answer["resumed"].as_array().cloned().unwrap_or_default();
     if resumed.is_empty() {
-        eprintln!("looper: nothing was paused or finished; nothing changed");
+        note!("looper: nothing was paused or finished; nothing changed");
     }
     for h in resumed {
-        eprintln!(
+        note!(
             "looper: resumed {} (was {}: {})",
             h["workspace"].as_str().unwrap_or("?"),
             h["state"].as_str().unwrap_or("?"),
@@ -212,7 +212,7 @@ fn through_inbox(dir: &Path, body: &Value, wait: Duration) -> Result<Option<(u16
     f.write_all(body.to_string().as_bytes()).map_err(cannot)?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(cannot)?;
-    eprintln!("looper: queued {}", path.display());
+    note!("looper: queued {}", path.display());
     let answer_path = crate::inbox::answer_path(dir, &name);
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {
@@ -224,7 +224,7 @@ fn through_inbox(dir: &Path, body: &Value, wait: Duration) -> Result<Option<(u16
         }
         std::thread::sleep(FOLLOW_POLL);
     }
-    eprintln!(
+    note!(
         "looper: no answer within {} s; the request stays queued in {} for Looper to take",
         wait.as_secs_f64(),
         dir.display()
