@@ -374,6 +374,78 @@ fn inbox_handoffs(b: &Bins, dir: &Path, rounds: usize) -> Vec<f64> {
     times
 }
 
+/// A git repository `dir/<name>` with one commit, made by the machine's git (`None`
+/// without one); with `hostile`, its configuration includes a FIFO, so that every git
+/// command there blocks until it is killed.
+fn git_workspace(dir: &Path, name: &str, hostile: bool) -> Option<PathBuf> {
+    let ws = dir.join(name);
+    std::fs::create_dir_all(&ws).ok()?;
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args([
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@example.invalid",
+            ])
+            .args(args)
+            .current_dir(&ws)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(ws.join("TODO.md"), "- [ ] one\n").ok()?;
+    if !(git(&["init", "-q"]) && git(&["add", "-A"]) && git(&["commit", "-qm", "start"])) {
+        return None;
+    }
+    if hostile {
+        let fifo = ws.join(".gitfifo");
+        let c = std::ffi::CString::new(fifo.to_str()?).ok()?;
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path in the bench's directory.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+            return None;
+        }
+        let mut config = std::fs::read_to_string(ws.join(".git/config")).ok()?;
+        config.push_str(&format!("[include]\n\tpath = {}\n", fifo.display()));
+        std::fs::write(ws.join(".git/config"), config).ok()?;
+    }
+    Some(ws)
+}
+
+/// `/run`'s wall time over 15 triggers (each stopping the run before), in `workspace` (the
+/// plain `ws/` without git by default): the median and the longest, in milliseconds.
+fn run_walls(b: &Bins, dir: &Path, zport: u16, workspace: Option<&Path>) -> (f64, f64) {
+    let mut env = vec![
+        ("ZULIP_SITE", format!("http://127.0.0.1:{zport}")),
+        ("ZULIP_BOT_EMAIL", "bench@example.com".to_string()),
+        ("ZULIP_BOT_API_KEY", "bench-key".to_string()),
+        ("FAKE_CODEX", "sleep:600".to_string()),
+        ("LOOPER_MIRROR_CODEX_OUTPUT", "1".to_string()),
+    ];
+    if let Some(ws) = workspace {
+        env.push(("LOOPER_WORKSPACE", ws.to_string_lossy().into_owned()));
+        env.push(("LOOPER_REQUIRE_GIT", "1".to_string()));
+    }
+    let (s, _) = start_looper(b, dir, &env);
+    let body = r#"{"zulip_message":"bench","codex_prompt":"bench prompt"}"#;
+    assert_eq!(http(s.port, "POST", "/run", body).map(|r| r.0), Some(200));
+    let mut walls = Vec::new();
+    for _ in 0..15 {
+        let t0 = Instant::now();
+        let r = http(s.port, "POST", "/run", body).expect("run");
+        walls.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.0, 200, "{}", r.1);
+        assert!(
+            r.1.contains("\"killed_codex_exec_pids\":[")
+                && !r.1.contains("\"killed_codex_exec_pids\":[]")
+        );
+    }
+    drop(s);
+    let max = walls.iter().cloned().fold(0.0, f64::max);
+    (median(&mut walls), max)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let b = bins();
@@ -482,31 +554,12 @@ fn main() {
         format!("ratio {:.0}%", 100.0 * dbg_rps / bare_rps),
     ));
 
-    // /run wall time with zero delays, one live run to stop, Zulip answered locally.
+    // /run wall time with zero delays, one live run to stop, Zulip answered locally: in a
+    // plain directory, in a git workspace (whose runs' watchers ask git), and in one whose git
+    // never answers (an include of a FIFO: nothing on /run's path may wait for git).
     let zport = fake_zulip();
-    let zenv = [
-        ("ZULIP_SITE", format!("http://127.0.0.1:{zport}")),
-        ("ZULIP_BOT_EMAIL", "bench@example.com".to_string()),
-        ("ZULIP_BOT_API_KEY", "bench-key".to_string()),
-        ("FAKE_CODEX", "sleep:600".to_string()),
-        ("LOOPER_MIRROR_CODEX_OUTPUT", "1".to_string()),
-    ];
-    let (s, _) = start_looper(&b, &dir, &zenv);
-    let body = r#"{"zulip_message":"bench","codex_prompt":"bench prompt"}"#;
-    assert_eq!(http(s.port, "POST", "/run", body).map(|r| r.0), Some(200));
-    let mut walls = Vec::new();
-    for _ in 0..15 {
-        let t0 = Instant::now();
-        let r = http(s.port, "POST", "/run", body).expect("run");
-        walls.push(t0.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(r.0, 200, "{}", r.1);
-        assert!(
-            r.1.contains("\"killed_codex_exec_pids\":[")
-                && !r.1.contains("\"killed_codex_exec_pids\":[]")
-        );
-    }
-    let max = walls.iter().cloned().fold(0.0, f64::max);
-    let run_ms = median(&mut walls);
+    let plain = run_walls(&b, &dir, zport, None);
+    let (run_ms, max) = plain;
     rows.push((
         "/run (median of 15, max)".into(),
         format!("{run_ms:.1} ms, max {max:.1} ms"),
@@ -516,7 +569,34 @@ fn main() {
         run_ms <= 10.0,
         format!("/run median {run_ms:.1} ms <= 10 ms"),
     ));
-    drop(s);
+    match (
+        git_workspace(&dir, "gitws", false),
+        git_workspace(&dir, "fifows", true),
+    ) {
+        (Some(ws), Some(hostile)) => {
+            let (git_ms, git_max) = run_walls(&b, &dir, zport, Some(&ws));
+            rows.push((
+                "/run in a git workspace (median of 15, max)".into(),
+                format!("{git_ms:.1} ms, max {git_max:.1} ms"),
+                "<= 10 ms median".into(),
+            ));
+            verdicts.push((
+                git_ms <= 10.0,
+                format!("/run in a git workspace {git_ms:.1} ms <= 10 ms"),
+            ));
+            let (bad_ms, bad_max) = run_walls(&b, &dir, zport, Some(&hostile));
+            rows.push((
+                "/run where git never answers (median of 15, max)".into(),
+                format!("{bad_ms:.1} ms, max {bad_max:.1} ms"),
+                "<= 250 ms max".into(),
+            ));
+            verdicts.push((
+                bad_max <= 250.0,
+                format!("/run where git never answers: max {bad_max:.1} ms <= 250 ms"),
+            ));
+        }
+        _ => eprintln!("bench: git is missing: the git-workspace rows are left out"),
+    }
 
     // Output copy: 200 MB as fast as the fake codex can write, mirror on (and off, to show
     // what the mirror costs).

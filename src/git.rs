@@ -96,6 +96,15 @@ fn run(workspace: &Path, args: &[&str], cap: u64, budget: &Budget) -> Option<Vec
             );
             None
         }
+        Err(crate::signals::NotStarted::Spawn(e) | crate::signals::NotStarted::Pipe(e)) => {
+            // Its jail refused to close (or no process): this run's git fields stay empty.
+            log::warn!(
+                "git.not_started workspace={} error={}",
+                Q(&workspace.to_string_lossy()),
+                Q(&e.to_string())
+            );
+            None
+        }
         _ => None,
     }
 }

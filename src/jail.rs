@@ -53,13 +53,11 @@ impl Method {
 pub struct Git {
     /// The binary, absolute and with every link resolved.
     pub path: PathBuf,
-    /// `git --exec-path`: git's own helper programs.
-    exec_path: Option<PathBuf>,
     /// The ELF interpreter of the binary (the dynamic loader), which `exec` opens too.
     interpreter: Option<PathBuf>,
 }
 
-/// The helpers of one server, found and probed at start.
+/// The helpers of one server, found at start.
 #[derive(Debug, Clone)]
 pub struct Helpers {
     pub git: Option<Git>,
@@ -121,8 +119,9 @@ fn inside(p: &Path, dir: &Path) -> bool {
 
 impl Helpers {
     /// Finds git and node on `path_var` (absolute entries outside every one of
-    /// `workspaces`), learns git's exec path, and probes the jail: a jailed `git --version`
-    /// that runs means Landlock is in force.
+    /// `workspaces`), and chooses git's jail: Landlock where the kernel's ABI bars files and
+    /// TCP (4 or later), git is an ELF program (a script would need a shell) and the ruleset
+    /// can be built. Runs no process: start-up stays quick.
     pub fn find(path_var: Option<&str>, workspaces: &[PathBuf]) -> Helpers {
         let find = |name: &str| {
             let dirs = path_var?.split(':').filter(|d| d.starts_with('/'));
@@ -139,25 +138,32 @@ impl Helpers {
                 method: Method::Environment,
             };
         };
-        let mut git = Git {
-            exec_path: None,
-            interpreter: elf_interpreter(&path),
-            path,
+        let (method, git) = match elf_interpreter(&path) {
+            // A script (a wrapper around git) needs a shell the jail would not let it run.
+            None => (
+                Err("git is not an ELF program (a script?)".to_string()),
+                Git {
+                    path,
+                    interpreter: None,
+                },
+            ),
+            Some(interpreter) => {
+                let git = Git { path, interpreter };
+                let method = match crate::sys::landlock_abi() {
+                    Some(abi) if abi >= 4 => git.ruleset().map(|_| Method::Landlock(abi)),
+                    Some(abi) => Err(format!("the kernel's Landlock ABI {abi} cannot bar TCP")),
+                    None => Err("the kernel has no Landlock".to_string()),
+                };
+                (method, git)
+            }
         };
-        git.exec_path = git.ask_exec_path();
-        let method = match crate::sys::landlock_abi() {
-            Some(abi) if abi >= 4 => match git.probe() {
-                Ok(()) => Method::Landlock(abi),
-                Err(e) => {
-                    log::warn!(
-                        "helper_jail.unavailable abi={abi} error={} hint=\"git runs with its environment and settings locked down only\"",
-                        Q(&e)
-                    );
-                    Method::Environment
-                }
-            },
-            _ => Method::Environment,
-        };
+        let method = method.unwrap_or_else(|why| {
+            log::warn!(
+                "helper_jail.unavailable reason={} hint=\"git runs with its environment and settings locked down only\"",
+                Q(&why)
+            );
+            Method::Environment
+        });
         Helpers {
             git: Some(git),
             node,
@@ -213,50 +219,8 @@ impl Git {
         cmd
     }
 
-    /// Asks git (unjailed: no repository, an empty environment, the root as its working
-    /// directory) where its own helper programs are.
-    fn ask_exec_path(&self) -> Option<PathBuf> {
-        let mut cmd = Command::new(&self.path);
-        cmd.env_clear()
-            .envs(ENVIRONMENT)
-            .current_dir("/")
-            .arg("--exec-path");
-        let out = bounded(&mut cmd)?;
-        let text = String::from_utf8(out).ok()?;
-        let dir = PathBuf::from(text.trim());
-        (dir.is_absolute() && dir.is_dir()).then(|| dir.canonicalize().ok())?
-    }
-
-    /// Runs `git --version` in the jail: `Err` says why it cannot run there.
-    fn probe(&self) -> Result<(), String> {
-        let ruleset = self.ruleset()?;
-        let mut cmd = Command::new(&self.path);
-        cmd.env_clear()
-            .envs(ENVIRONMENT)
-            .current_dir("/")
-            .arg("--version");
-        confine_on_spawn(&mut cmd, ruleset);
-        use crate::signals::{run_bounded, Bounded, NotStarted};
-        let limit = std::time::Duration::from_secs(5);
-        match run_bounded(&mut cmd, true, limit, limit, 4096) {
-            Ok(Bounded::Exited(status, out))
-                if status.success() && out.starts_with(b"git version") =>
-            {
-                Ok(())
-            }
-            Ok(Bounded::Exited(status, out)) => Err(format!(
-                "jailed git failed ({status}): {:?}",
-                String::from_utf8_lossy(&out)
-            )),
-            Ok(Bounded::TimedOut) => Err("jailed git did not answer".into()),
-            Err(NotStarted::Pipe(e) | NotStarted::Spawn(e)) => {
-                Err(format!("jailed git did not start: {e}"))
-            }
-        }
-    }
-
-    /// The Landlock ruleset: read anything; execute (and read) git, its exec path and its
-    /// loader; write `/dev/null` only; nothing else of the file system (no write, no new
+    /// The Landlock ruleset: read anything; execute (and read) git and its loader only (the
+    /// commands Looper asks are git's builtins); write `/dev/null` only; nothing else of the file system (no write, no new
     /// file, no link, no device ioctl), no TCP port to bind or connect, no signal or
     /// abstract socket outside.
     fn ruleset(&self) -> Result<RulesetCreated, String> {
@@ -279,11 +243,7 @@ impl Git {
             PathFd::new("/dev/null")?,
             AccessFs::ReadFile | AccessFs::WriteFile,
         ))?;
-        let own = [
-            Some(&self.path),
-            self.exec_path.as_ref(),
-            self.interpreter.as_ref(),
-        ];
+        let own = [Some(&self.path), self.interpreter.as_ref()];
         for path in own.into_iter().flatten() {
             ruleset = ruleset.add_rule(PathBeneath::new(
                 PathFd::new(path)?,
@@ -291,16 +251,6 @@ impl Git {
             ))?;
         }
         Ok(ruleset)
-    }
-}
-
-/// Output of a short helper run at start, when it exits 0 within a few seconds.
-fn bounded(cmd: &mut Command) -> Option<Vec<u8>> {
-    use crate::signals::{run_bounded, Bounded};
-    let limit = std::time::Duration::from_secs(5);
-    match run_bounded(cmd, false, limit, limit, 4096) {
-        Ok(Bounded::Exited(status, out)) if status.success() => Some(out),
-        _ => None,
     }
 }
 
@@ -338,8 +288,9 @@ fn refuse_on_spawn(cmd: &mut Command, why: String) {
     }
 }
 
-/// The `PT_INTERP` of a 64-bit ELF file: the loader that `exec` opens with it.
-fn elf_interpreter(path: &Path) -> Option<PathBuf> {
+/// Whether `path` is a 64-bit ELF program, and if so its `PT_INTERP`: the loader that
+/// `exec` opens with it (`Some(None)`: a static program).
+fn elf_interpreter(path: &Path) -> Option<Option<PathBuf>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).ok()?;
     let mut head = [0u8; 64];
@@ -381,9 +332,9 @@ fn elf_interpreter(path: &Path) -> Option<PathBuf> {
         let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
         use std::os::unix::ffi::OsStrExt;
         let interp = PathBuf::from(OsStr::from_bytes(&name[..end]));
-        return interp.canonicalize().ok();
+        return interp.canonicalize().ok().map(Some);
     }
-    None
+    Some(None)
 }
 
 #[cfg(test)]
@@ -394,8 +345,10 @@ mod tests {
     fn the_loader_of_a_dynamic_binary_is_found() {
         // Whatever runs the tests is an ELF program of this machine.
         let me = std::env::current_exe().unwrap();
-        if let Some(interp) = elf_interpreter(&me) {
-            assert!(interp.is_absolute() && interp.is_file(), "{interp:?}");
+        match elf_interpreter(&me) {
+            Some(Some(interp)) => assert!(interp.is_absolute() && interp.is_file(), "{interp:?}"),
+            Some(None) => {} // a static build (musl)
+            None => panic!("the test binary is no ELF program"),
         }
         assert_eq!(elf_interpreter(Path::new("/nonexistent")), None);
         assert_eq!(elf_interpreter(Path::new("/etc/hostname")), None);

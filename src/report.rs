@@ -702,6 +702,22 @@ mod tests {
         );
     }
 
+    /// The end of a real `codex exec` 0.171.0 run against the stand-in model (its combined
+    /// stdout and stderr as Looper's log holds them).
+    #[test]
+    fn the_real_codex_end_of_turn_is_read() {
+        let log = "OpenAI Codex v0.171.0\n--------\nworkdir: /w\nmodel: gpt-5.5\nprovider: fake\napproval: never\nsandbox: workspace-write [workdir, /tmp, $TMPDIR]\nreasoning effort: none\nreasoning summaries: none\nsession id: 01a2517d-dd6f-7b92-8009-db85a1e627a7\n--------\nuser\nRUN: echo hi\nsay done\nexec\n/bin/bash -lc 'echo hi' in /w\n succeeded in 58ms:\nhi\n\ncodex\ndone\ntokens used\n22,046\ndone\n\n# codex_exec_return_code=0\n";
+        let p = Printed::read(log, log);
+        assert_eq!(
+            p.session_id.as_deref(),
+            Some("01a2517d-dd6f-7b92-8009-db85a1e627a7")
+        );
+        assert_eq!(
+            (p.tokens, p.last_message.as_deref()),
+            (Some(22_046), Some("done"))
+        );
+    }
+
     #[test]
     fn the_session_file_gives_the_split_the_limits_and_the_answer() {
         let text = [

@@ -295,10 +295,10 @@ fn the_loop_goes_on_through_looper_trigger_in_the_sandbox() {
         .iter()
         .map(|m| m.form()["content"].clone())
         .collect();
-    // The agent's words first, then which run sent them (a run's text is marked), then that
-    // run's summary.
+    // Looper says which run hands off, the agent's words follow quoted, then that run's
+    // summary.
     let marked = format!(
-        "next run please\n(hand-off from run {first_id})\n↳ run {first_id} handed_off after "
+        "Looper: run {first_id} hands off:\n> next run please\n\n↳ run {first_id} handed_off after "
     );
     assert!(texts.iter().any(|t| t.starts_with(&marked)), "{texts:?}");
     let done = std::fs::read_dir(w.ws().join(".looper/inbox/done"))
@@ -628,7 +628,12 @@ fn a_run_that_says_done_finishes_the_loop() {
         .filter(|m| m.contains("is finished"))
         .collect();
     assert_eq!(finished.len(), 1, "{finished:?}");
-    assert!(finished[0].starts_with("all items ticked"), "{finished:?}");
+    assert!(
+        finished[0].starts_with(&format!(
+            "Looper: run {id} hands off:\n> all items ticked\n"
+        )),
+        "{finished:?}"
+    );
     let rows = looper.get("/runs").body["runs"].as_array().unwrap().len();
     assert_eq!(rows, 1, "done started a run: {seen}");
 }
