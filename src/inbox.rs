@@ -163,9 +163,10 @@ impl Doorbell {
         let rang = crate::sys::poll_readable(&[n.fd(), b.fd()], SAFETY_NET)[1];
         let seen = n.drain();
         if !rang && seen & APPEARED != 0 && seen & (LANDED | libc::IN_Q_OVERFLOW) == 0 {
-            // Only a name that appeared: a file still being written gets the time it had
-            // before inotify.
-            crate::sys::poll_readable(&[b.fd()], POLL);
+            // Only a name that appeared (a `.tmp` being written, a link, a FIFO): looked at
+            // again after the time it had before inotify, or as soon as anything lands (the
+            // rename that follows a `.tmp`), whichever comes first.
+            crate::sys::poll_readable(&[n.fd(), b.fd()], POLL);
             n.drain();
         }
         b.clear();

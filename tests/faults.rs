@@ -108,6 +108,7 @@ fn stops_from_outside_are_no_crashes() {
         ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
         ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
     ]));
+    let mut ids = Vec::new();
     for (i, sig) in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGTERM]
         .into_iter()
         .enumerate()
@@ -118,24 +119,33 @@ fn stops_from_outside_are_no_crashes() {
         let pid = rec["pid"].as_u64().unwrap();
         // SAFETY: kill(2) on the fake codex this test's Looper started for it.
         unsafe { libc::kill(pid as i32, sig) };
-        let row = looper.ended_row(rec["looper_run_id"].as_str().unwrap());
+        let id = rec["looper_run_id"].as_str().unwrap().to_string();
+        let row = looper.ended_row(&id);
         assert_eq!(row["stop_reason"], "external", "{row}");
+        ids.push(id);
     }
     let status = looper.get("/status").body;
     assert_eq!(status["autopoll"]["consecutive_crashes"], 0, "{status}");
     assert!(status["autopoll"]["backoff_until"].is_null(), "{status}");
     // Each stop gets its summary (nothing followed it; the starts are announced apart),
-    // and none of them reads as a crash.
-    // The summary follows the row's end: wait for the fourth.
+    // one each, and none of them reads as a crash. The summary follows the row's end.
     let said = looper.wait("a summary of each of the four stops", || {
         let said: Vec<String> = z
             .contents()
             .into_iter()
             .filter(|m| !m.starts_with("Looper: autopoll starts a run in "))
             .collect();
-        (said.len() >= 4).then_some(said)
+        ids.iter()
+            .all(|id| said.iter().any(|m| m.contains(&format!("run {id} "))))
+            .then_some(said)
     });
-    assert_eq!(said.len(), 4, "{said:?}");
+    for id in &ids {
+        let about: Vec<&String> = said
+            .iter()
+            .filter(|m| m.contains(&format!("run {id} ")))
+            .collect();
+        assert_eq!(about.len(), 1, "run {id}: {about:?}");
+    }
     assert!(
         said.iter()
             .all(|m| m.contains(" external after ") && !m.contains("keeps failing")),

@@ -344,3 +344,41 @@ fn a_workspace_outside_git_is_refused_before_any_effect() {
     let a = looper.run(json!({"codex_prompt": "x"}));
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+/// A request whose writer takes a moment between creating its `.tmp` file and renaming it
+/// in is taken on the rename, not at the quarter-second safety net: the creation woke the
+/// inbox thread first, which then slept on its bell alone and missed the rename (290 ms
+/// median, measured). The time is read from the server log's own clock: from the rename to
+/// `inbox.take`, median of five, well under the safety net's 250 ms.
+#[test]
+fn a_slowly_written_request_is_taken_when_it_lands() {
+    let fx = Fixture::new("inbox-slow");
+    let looper = fx.start(&[("FAKE_CODEX", "record;sleep:600")]);
+    let a = looper.run(json!({"codex_prompt": "first"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let inbox = fx.path("ws/.looper/inbox");
+    let mut lags = Vec::new();
+    for i in 0..5 {
+        use std::io::Write;
+        let tmp = inbox.join(format!("slow{i}.json.tmp"));
+        let mut file = std::fs::File::create(&tmp).unwrap();
+        // The creation is seen; the writer is still at work.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        file.write_all(br#"{"zulip_message": "m", "codex_prompt": ""}"#)
+            .unwrap();
+        drop(file);
+        let renamed = chrono::Local::now();
+        std::fs::rename(&tmp, inbox.join(format!("slow{i}.json"))).unwrap();
+        let line = looper.log_with(&format!("file=slow{i}.json"));
+        let taken = line
+            .lines()
+            .find(|l| l.contains(" inbox.take ") && l.contains(&format!("file=slow{i}.json")))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .unwrap_or_else(|| panic!("no inbox.take for slow{i}.json\n{}", looper.tail()));
+        lags.push((taken - renamed.fixed_offset()).num_milliseconds());
+        answer_of(&looper, &inbox, &format!("slow{i}.json"));
+    }
+    lags.sort_unstable();
+    assert!(lags[2] < 125, "rename to inbox.take, ms: {lags:?}");
+}

@@ -32,7 +32,7 @@ fn reported(looper: &Looper, z: &FakeZulip, run_id: &str) -> (Value, String) {
 #[test]
 fn a_runs_row_says_what_it_did() {
     if !have_git() {
-        eprintln!("skipped: git is not installed here");
+        common::skip("git is not installed here");
         return;
     }
     let fx = Fixture::new("outcome");
@@ -183,7 +183,7 @@ fn a_runs_row_says_what_it_did() {
 #[test]
 fn a_workspace_clean_filter_never_runs_as_looper() {
     if !have_git() {
-        eprintln!("skipped: git is not installed here");
+        common::skip("git is not installed here");
         return;
     }
     let fx = Fixture::new("outcome-filter");
@@ -228,7 +228,7 @@ fn a_workspace_clean_filter_never_runs_as_looper() {
 #[test]
 fn a_quick_first_commit_is_the_runs_own() {
     if !have_git() {
-        eprintln!("skipped: git is not installed here");
+        common::skip("git is not installed here");
         return;
     }
     let fx = Fixture::new("outcome-quick");

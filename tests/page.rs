@@ -176,12 +176,15 @@ fn metrics_follow_the_text_format_and_count_runs() {
     assert_eq!(m["looper_runs_started_total{trigger=\"autopoll\"}"], 0.0);
     assert_eq!(m["looper_runs_ended_total{outcome=\"ok\"}"], 0.0);
     assert_eq!(m["looper_run_active"], 1.0);
-    assert!(m["looper_active_run_age_seconds"] >= 0.0);
+    // The second run, which began before this scrape, is the active one.
+    let age = m["looper_active_run_age_seconds"];
+    assert!(age > 0.0 && age < 600.0, "{age}");
     assert!(m.contains_key("looper_active_run_quiet_seconds"));
     assert_eq!(m["looper_autopoll_consecutive_crashes"], 0.0);
     assert_eq!(m["looper_autopoll_backoff_seconds"], 0.0);
     assert_eq!(m["looper_usage_limit_until_seconds"], 0.0);
-    assert!(pid_of(&second) > 0);
+    let status = looper.get_with("/status", &auth).body;
+    assert_eq!(status["active"]["pid"], json!(pid_of(&second)), "{status}");
 }
 
 /// `looper logs` prints the active run's log; `-f` follows a run until it ends and exits

@@ -21,7 +21,7 @@ fn summary_of(looper: &Looper, z: &FakeZulip, id: &str) -> String {
 /// (progress is what git sees); `None`, said, where git is not installed.
 fn git_fixture(tag: &str, todo: &str) -> Option<Fixture> {
     if !have_git() {
-        eprintln!("skipped: git is not installed here");
+        common::skip("git is not installed here");
         return None;
     }
     let fx = Fixture::new(tag);

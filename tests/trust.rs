@@ -239,12 +239,15 @@ fn a_runs_handoff_goes_through_and_its_text_is_tamed() {
             .any(|r| r["argv"].as_array().and_then(|a| a.last()) == Some(&json!("second")))
             .then_some(())
     });
-    looper.wait("the announcement", || {
-        (zulip.messages().len() == 2).then_some(())
+    let id = run_id_of(&a);
+    // The hand-off's announcement (the second run's own summary may come before or after).
+    let sent = looper.wait("the hand-off's announcement", || {
+        zulip
+            .contents()
+            .into_iter()
+            .find(|m| m.starts_with(&format!("Looper: run {id} hands off:")))
     });
     looper.log_with("run.ignored_fields");
-    let sent = zulip.messages().last().unwrap().form()["content"].clone();
-    let id = run_id_of(&a);
     // Looper's line names the run; the run's words follow, quoted.
     let lines: Vec<&str> = sent.lines().collect();
     assert_eq!(
@@ -655,7 +658,7 @@ fn no_other_process_reads_loopers_environment() {
         .local_addr()
         .unwrap()
         .port();
-    let mut looper = std::process::Command::new(common::looper_binary());
+    let mut looper = std::process::Command::new(common::binary_for_anyone(&fx));
     looper
         .env_clear()
         .env("HOME", &shared)
@@ -705,7 +708,7 @@ fn no_other_process_reads_loopers_environment() {
 fn the_token_is_not_sent_to_a_squatter() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: starting a program as another user needs root");
+        common::skip("starting a program as another user needs root");
         return;
     }
     let fx = Fixture::new("squat");
@@ -719,7 +722,7 @@ fn the_token_is_not_sent_to_a_squatter() {
     drop(listener);
     let squatter = {
         use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(common::looper_binary());
+        let mut cmd = std::process::Command::new(common::binary_for_anyone(&fx));
         cmd.env_clear()
             .env("LOOPER_PORT", port.to_string())
             .env("LOOPER_AUTO_START_WHEN_IDLE", "0")
@@ -788,7 +791,7 @@ fn a_process_that_left_the_session_and_environment_is_stopped() {
         .expect("the escaped helper's pid");
     assert!(alive(escaped));
     if method != json!("cgroup") {
-        eprintln!("skipped: cgroups cannot be used here (stop_method {method}); the /proc method cannot see this process");
+        common::skip("cgroups cannot be used here (stop_method {method}); the /proc method cannot see this process");
         return;
     }
     let b = looper.run(json!({"codex_prompt": ""}));

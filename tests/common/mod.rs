@@ -138,6 +138,21 @@ pub fn looper_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_looper")))
 }
 
+/// A copy of the `looper` binary that any user can run (in the fixture's own directory,
+/// opened to everyone): a test that starts Looper as another user must not depend on the
+/// checkout's directories being open to them (a clone under root's 0700 home is not).
+pub fn binary_for_anyone(fx: &Fixture) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fx.path("anyone");
+    std::fs::create_dir_all(&dir).expect("a directory for everyone");
+    let copy = dir.join("looper");
+    std::fs::copy(looper_binary(), &copy).expect("copy looper");
+    for (path, mode) in [(&fx.dir, 0o755), (&dir, 0o755), (&copy, 0o755)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    copy
+}
+
 /// A binary built from `examples/<name>.rs` (the fake codex, the stand-in model).
 pub fn example_binary(name: &str) -> PathBuf {
     let looper = PathBuf::from(env!("CARGO_BIN_EXE_looper"));
