@@ -7,20 +7,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::app::App;
-use crate::logging::Q;
-use crate::pipeline;
-use crate::policy::Gate;
-use crate::registry::{LiveRun, StopReason};
-use crate::request::{RunRequest, Trigger};
-use crate::stop;
+use crate::os::logging::Q;
+use crate::rules::backoff::Gate;
+use crate::run::pipeline;
+use crate::run::request::{RunRequest, Trigger};
+use crate::run::stop;
+use crate::state::app::App;
+use crate::state::registry::{LiveRun, StopReason};
 
 /// The newest `codex-exec-*.log` in `dir` and how long ago it changed.
 pub fn newest_log_age(dir: &Path) -> Option<Duration> {
     let newest = std::fs::read_dir(dir)
         .ok()?
         .flatten()
-        .filter(|e| crate::output::is_run_log(&e.file_name()))
+        .filter(|e| crate::run::output::is_run_log(&e.file_name()))
         .filter_map(|e| e.metadata().ok()?.modified().ok())
         .max()?;
     Some(
@@ -66,11 +66,11 @@ fn tick(app: &Arc<App>, first: bool) {
         log::debug!("codex.exec.autopoll.skip reason=no_workspace");
         return;
     };
-    let ended = match crate::judge::autopoll_gate(app, &workspace) {
+    let ended = match crate::autoloop::judge::autopoll_gate(app, &workspace) {
         Ok(ended) => ended,
         Err((reason, said)) => {
             if let Some(message) = said {
-                crate::announce::say(app, &message, "autopoll");
+                crate::notify::announce::say(app, &message, "autopoll");
             }
             log::debug!("codex.exec.autopoll.skip reason={reason}");
             return;

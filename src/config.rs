@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
-pub use crate::paths::{expand_home, normalize};
+pub use crate::os::paths::{expand_home, normalize};
 use crate::zulip::Zulip;
 
-use crate::request::MAX_SECONDS;
+use crate::run::request::MAX_SECONDS;
 
 /// Every variable the parser knows, for `--help` and for the README check.
 pub const KNOWN_VARS: &[&str] = &[
@@ -130,7 +130,6 @@ pub struct Config {
     pub log_retention: usize,
     pub hung_run: Duration,
     pub notify_on_exit: bool,
-    pub allow_unauthenticated: bool,
     /// Which runs a trigger stops.
     pub stop_scope: StopScope,
     /// After codex's usage limit, how long past the reset autopoll waits.
@@ -158,7 +157,7 @@ pub struct Config {
     /// Whether Zulip hears how runs ended (`LOOPER_RUN_REPORTS`).
     pub run_reports: bool,
     /// When the loop stops by itself: stuck, over budget.
-    pub rules: crate::rules::Rules,
+    pub rules: crate::rules::stop::Rules,
 }
 
 impl Config {
@@ -397,7 +396,7 @@ impl Config {
         }
         let log_level = match v.get("LOOPER_LOG_LEVEL") {
             None => LevelFilter::Info,
-            Some(raw) => crate::logging::parse_level(raw).ok_or_else(|| {
+            Some(raw) => crate::os::logging::parse_level(raw).ok_or_else(|| {
                 ConfigError(format!(
                     "LOOPER_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {raw:?}"
                 ))
@@ -471,14 +470,14 @@ impl Config {
             )))
             }
         };
-        let rules = crate::rules::Rules {
+        let rules = crate::rules::stop::Rules {
             no_progress_runs: match v.count("LOOPER_NO_PROGRESS_RUNS", "runs (0 = off)")? {
                 None => 3,
-                Some(n) if n <= u64::from(crate::rules::MAX_NO_PROGRESS_RUNS) => n as u32,
+                Some(n) if n <= u64::from(crate::rules::stop::MAX_NO_PROGRESS_RUNS) => n as u32,
                 Some(n) => {
                     return Err(ConfigError(format!(
                         "LOOPER_NO_PROGRESS_RUNS: at most {} runs (0 = off), got {n}",
-                        crate::rules::MAX_NO_PROGRESS_RUNS
+                        crate::rules::stop::MAX_NO_PROGRESS_RUNS
                     )))
                 }
             },
@@ -541,7 +540,6 @@ impl Config {
             log_retention,
             hung_run: v.seconds("LOOPER_HUNG_RUN_SECONDS", 0.0)?,
             notify_on_exit: v.flag("LOOPER_NOTIFY_ON_EXIT", false)?,
-            allow_unauthenticated,
             require_git: v.flag("LOOPER_REQUIRE_GIT", true)?,
             cwd: cwd.to_path_buf(),
             allowed_hosts: v

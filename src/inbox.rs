@@ -5,13 +5,13 @@
 //! One thread looks into the inboxes Looper knows whenever the kernel says a name landed in
 //! one ([`Doorbell`]: inotify; every [`POLL`] where it has none), takes each complete file
 //! into `done/`, hands it to [`Desk::hand_off`] (the same pipeline as `POST /run`, as a
-//! request *of a run* of that workspace: the hand-off only, see [`crate::trust`]), and
+//! request *of a run* of that workspace: the hand-off only, see [`crate::run::trust`]), and
 //! writes `done/<name>.answer.json` with the status and body an HTTP caller would have got.
 //!
 //! Everything in a workspace is written by the agent, so nothing here follows a name it may
 //! have placed: `.looper`, the inbox and `done/` are opened once as directories without
 //! following links (a link, or a directory of another user, is refused), and every later
-//! step goes through those handles ([`crate::sys::Dir`]): requests are read only when they
+//! step goes through those handles ([`crate::os::sys::Dir`]): requests are read only when they
 //! are regular files of ours with no other hard link, answers are written as new files and
 //! renamed into place, and pruning removes names inside `done/` only.
 
@@ -25,9 +25,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::logging::Q;
-use crate::shutdown::Shutdown;
-use crate::sys::{Bell, Dir, Inotify, Kind};
+use crate::os::logging::Q;
+use crate::os::shutdown::Shutdown;
+use crate::os::sys::{Bell, Dir, Inotify, Kind};
 
 /// How often the inboxes are looked into where the kernel cannot say when a file lands.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -44,7 +44,7 @@ const DONE_KEPT: usize = 100;
 /// The suffix of an answer file in `done/`.
 pub const ANSWER_SUFFIX: &str = ".answer.json";
 /// The most a request file may hold (as a `/run` body).
-const MAX_REQUEST: u64 = crate::request::MAX_BODY as u64;
+const MAX_REQUEST: u64 = crate::run::request::MAX_BODY as u64;
 
 /// The inbox of runs in `workspace`.
 pub fn dir_for(workspace: &Path) -> PathBuf {
@@ -84,7 +84,7 @@ pub fn existing(workspace: &Path) -> io::Result<Inbox> {
 }
 
 fn open(workspace: &Path, create: bool) -> io::Result<Inbox> {
-    let uid = crate::procs::current_uid();
+    let uid = crate::os::procs::current_uid();
     let workspace = workspace.canonicalize()?;
     let mode = create.then_some(0o700);
     let ws = Dir::open(&workspace)?;
@@ -160,13 +160,13 @@ impl Doorbell {
             std::thread::sleep(POLL);
             return;
         };
-        let rang = crate::sys::poll_readable(&[n.fd(), b.fd()], SAFETY_NET)[1];
+        let rang = crate::os::sys::poll_readable(&[n.fd(), b.fd()], SAFETY_NET)[1];
         let seen = n.drain();
         if !rang && seen & APPEARED != 0 && seen & (LANDED | libc::IN_Q_OVERFLOW) == 0 {
             // Only a name that appeared (a `.tmp` being written, a link, a FIFO): looked at
             // again after the time it had before inotify, or as soon as anything lands (the
             // rename that follows a `.tmp`), whichever comes first.
-            crate::sys::poll_readable(&[n.fd(), b.fd()], POLL);
+            crate::os::sys::poll_readable(&[n.fd(), b.fd()], POLL);
             n.drain();
         }
         b.clear();
@@ -296,7 +296,7 @@ fn read_request(dir: &Dir, name: &OsStr, shown: &str) -> Result<Vec<u8>, ApiErro
         Kind::File => {}
         _ => return Err(refuse("it is not a regular file")),
     }
-    if meta.uid != crate::procs::current_uid() {
+    if meta.uid != crate::os::procs::current_uid() {
         return Err(refuse("it is not owned by Looper's user"));
     }
     if meta.nlink != 1 {

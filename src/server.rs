@@ -10,10 +10,10 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::app::App;
 use crate::config::{Config, ConfigError};
-use crate::logging::{self, Q};
-use crate::registry::StopReason;
+use crate::os::logging::{self, Q};
+use crate::state::app::App;
+use crate::state::registry::StopReason;
 
 /// What the watcher threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
@@ -59,7 +59,10 @@ fn prepare_dirs(cfg: &Config) -> Result<(), StartError> {
     };
     private(&cfg.log_dir).map_err(|e| cannot("CODEX_EXEC_LOG_DIR", &cfg.log_dir, e))?;
     own_state("CODEX_EXEC_LOG_DIR", &cfg.log_dir, true)?;
-    for file in [crate::history::FILE_NAME, crate::loopstate::FILE_NAME] {
+    for file in [
+        crate::state::history::FILE_NAME,
+        crate::state::loopstate::FILE_NAME,
+    ] {
         own_state("CODEX_EXEC_LOG_DIR", &cfg.log_dir.join(file), false)?;
     }
     let probe = cfg
@@ -100,7 +103,7 @@ fn own_state(setting: &str, path: &Path, dir: bool) -> Result<(), StartError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir => return Ok(()),
         Err(e) => return Err(refuse(format!("cannot be examined ({e})"))),
     };
-    let me = crate::procs::current_uid();
+    let me = crate::os::procs::current_uid();
     if meta.uid() != me {
         return Err(refuse(format!(
             "belongs to user {}, not to Looper's user ({me})",
@@ -181,15 +184,15 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         ))
     })?;
     let listener = Arc::new(listen(&socket_text(&cfg.host, cfg.port))?);
-    crate::signals::ignore_file_size_signal();
+    crate::os::signals::ignore_file_size_signal();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
     let url = format!("http://{}:{port}/run", callback_host(&cfg.host));
     // No other process of this user may read our memory or environment (the token, the
     // Zulip key): an agent's leftovers run as this user too.
-    if let Err(e) = crate::sys::make_undumpable() {
+    if let Err(e) = crate::os::sys::make_undumpable() {
         log::warn!("server.undumpable_failed error={}", Q(&e.to_string()));
     }
-    let cgroups = match crate::cgroup::Cgroups::setup() {
+    let cgroups = match crate::os::cgroup::Cgroups::setup() {
         Ok(c) => Some(c),
         Err(why) => {
             log::info!(
@@ -205,7 +208,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     let workspaces: Vec<std::path::PathBuf> = std::iter::once(app.cfg().workspace.clone())
         .chain(app.history().recent_workspaces(64))
         .collect();
-    let helpers = crate::jail::install(crate::jail::Helpers::find(app.path_var(), &workspaces));
+    let helpers =
+        crate::os::jail::install(crate::os::jail::Helpers::find(app.path_var(), &workspaces));
     // Signal handling is in place before anyone can learn that we are up.
     start_signal_thread(&app)?;
 
@@ -219,7 +223,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         );
     }
     // What the first trigger would find out, said now.
-    let found = crate::codex::resolve(
+    let found = crate::run::codex::resolve(
         None,
         app.cfg().codex_exec_binary.as_deref(),
         &app.cfg().cwd,
@@ -232,7 +236,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             Some(b) => format!("CODEX_EXEC_BINARY={b}"),
             None => format!(
                 "{} beside looper, and codex on PATH",
-                crate::codex::LOCAL_CANDIDATES.join(", ")
+                crate::run::codex::LOCAL_CANDIDATES.join(", ")
             ),
         };
         log::warn!(
@@ -289,8 +293,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         app.stop_method(),
         helpers.method.as_str(),
         match helpers.method {
-            crate::jail::Method::Landlock(abi) => format!(" landlock_abi={abi}"),
-            crate::jail::Method::Environment => String::new(),
+            crate::os::jail::Method::Landlock(abi) => format!(" landlock_abi={abi}"),
+            crate::os::jail::Method::Environment => String::new(),
         },
         Q(&helpers
             .git
@@ -299,7 +303,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     );
 
     // Runs of a previous Looper that ended meanwhile get their history rows completed.
-    crate::stop::settle_unwatched(&app, None);
+    crate::run::stop::settle_unwatched(&app, None);
     // Hand-offs of runs started before this start are picked up too.
     for ws in std::iter::once(app.cfg().workspace.clone()).chain(app.history().recent_workspaces(8))
     {
@@ -317,7 +321,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     }
     crate::inbox::start(&app);
     // Announcements an earlier Looper could not deliver.
-    crate::announce::start_outbox(&app);
+    crate::notify::announce::start_outbox(&app);
     let autopoll = crate::autopoll::start(&app);
     crate::http::serve(&app, &listener, app.cfg().http);
     if let Some(handle) = autopoll {
@@ -344,7 +348,7 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
                     app.begin_shutdown();
                 } else {
                     log::warn!("server.signal signal={sig} action=exit_now");
-                    crate::signals::end_helpers();
+                    crate::os::signals::end_helpers();
                     logging::flush();
                     std::process::exit(1);
                 }
@@ -360,7 +364,7 @@ fn shutdown(app: &App) {
     let ids: HashSet<String> = app.registry().live_ids();
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
-        if let Err(e) = crate::stop::stop_runs(
+        if let Err(e) = crate::run::stop::stop_runs(
             app,
             None,
             Some(&ids),
@@ -390,7 +394,7 @@ fn shutdown(app: &App) {
         std::thread::sleep(Duration::from_millis(10));
     }
     // No helper outlives Looper: a git still blocked (a FIFO in its configuration) goes.
-    crate::signals::end_helpers();
+    crate::os::signals::end_helpers();
     log::info!("server.stop.done");
 }
 

@@ -347,9 +347,9 @@ fn readme_and_parser_know_the_same_variables() {
             named.insert(word.to_string());
         }
     }
-    let known: std::collections::BTreeSet<String> = looper::config::KNOWN_VARS
+    let known: std::collections::BTreeSet<String> = looper::KNOWN_VARS
         .iter()
-        .chain(looper::config::CLIENT_VARS)
+        .chain(looper::CLIENT_VARS)
         .map(|s| s.to_string())
         .collect();
     let unknown: Vec<&String> = named.difference(&known).collect();

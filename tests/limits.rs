@@ -46,7 +46,7 @@ fn the_loop_waits_for_the_reset_and_resumes() {
     let fx = Fixture::new("limit-clock");
     let zulip = FakeZulip::start();
     let (minute, margin) = near_reset(4);
-    let looper = start(&fx, &zulip, &looper::limits::clock_text(minute), margin);
+    let looper = start(&fx, &zulip, &looper::clock_text(minute), margin);
     let status = looper.wait("the pause", || {
         let s = looper.get("/status").body;
         s["autopoll"]["paused_until"].is_string().then_some(s)
@@ -111,7 +111,7 @@ fn the_date_form_is_read_and_status_says_it() {
     let fx = Fixture::new("limit-date");
     let zulip = FakeZulip::start();
     let (minute, _) = near_reset(0);
-    let looper = start(&fx, &zulip, &looper::limits::date_text(minute), 3600);
+    let looper = start(&fx, &zulip, &looper::date_text(minute), 3600);
     let status = looper.wait("the pause", || {
         let s = looper.get("/status").body;
         s["autopoll"]["paused_until"].is_string().then_some(s)
@@ -140,7 +140,7 @@ fn a_persons_run_goes_through_and_success_ends_the_pause() {
     let fx = Fixture::new("limit-person");
     let zulip = FakeZulip::start();
     let (minute, _) = near_reset(0);
-    let looper = start(&fx, &zulip, &looper::limits::clock_text(minute), 3600);
+    let looper = start(&fx, &zulip, &looper::clock_text(minute), 3600);
     looper.wait("the pause", || {
         let s = looper.get("/status").body;
         s["autopoll"]["paused_until"].is_string().then_some(())

@@ -10,7 +10,7 @@ use serde_json::json;
 fn basic(email: &str, key: &str) -> String {
     format!(
         "Basic {}",
-        looper::zulip::base64(format!("{email}:{key}").as_bytes())
+        looper::base64(format!("{email}:{key}").as_bytes())
     )
 }
 

@@ -53,8 +53,8 @@ fn with_token(
         return Ok(rq);
     };
     if let Some(port) = loopback_port(base) {
-        let me = crate::procs::current_uid();
-        if let Some(owner) = crate::sockets::listener_uid(port).filter(|u| *u != me) {
+        let me = crate::os::procs::current_uid();
+        if let Some(owner) = crate::os::sockets::listener_uid(port).filter(|u| *u != me) {
             return Err(Fail::Error(
                 format!(
                     "port {port} on this machine is held by user {owner}, not by you (user {me}): LOOPER_API_TOKEN is not sent there. Is Looper running? Another user's program may be listening in its place"

@@ -139,7 +139,7 @@ fn read_local(path: &str, offset: u64) -> Option<Vec<u8>> {
     let mut file = std::fs::File::open(path).ok()?;
     file.seek(SeekFrom::Start(offset)).ok()?;
     let mut chunk = Vec::new();
-    file.take(crate::output::MAX_LOG_CHUNK)
+    file.take(crate::run::output::MAX_LOG_CHUNK)
         .read_to_end(&mut chunk)
         .ok()?;
     Some(chunk)
@@ -169,14 +169,14 @@ pub fn follow(
             let _ = out.flush();
             *offset += chunk.len() as u64;
         }
-        chunk.len() as u64 == crate::output::MAX_LOG_CHUNK
+        chunk.len() as u64 == crate::run::output::MAX_LOG_CHUNK
     };
     loop {
         while print_new(&mut offset) {}
         let ended = match run_end(base, env, run_id) {
             Ok(end) => end,
             Err(_) => {
-                let gone = pid.is_none_or(|p| !crate::procs::is_alive(p as i32));
+                let gone = pid.is_none_or(|p| !crate::os::procs::is_alive(p as i32));
                 gone.then_some(None)
             }
         };

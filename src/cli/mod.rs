@@ -8,7 +8,7 @@ use std::io::Write;
 use crate::server;
 
 /// A line on stderr for a person, `eprintln!`'s way, but shown as
-/// [`crate::visible::visible`] shows it when stderr is a terminal: it may quote what the
+/// [`crate::os::visible::visible`] shows it when stderr is a terminal: it may quote what the
 /// agent wrote (an error's tail of a run log, a run's message).
 macro_rules! note {
     ($($arg:tt)*) => {
@@ -68,7 +68,7 @@ pub(crate) fn note_line(line: &str) {
     let stderr = std::io::stderr();
     let text = format!("{line}\n");
     let shown = if stderr.is_terminal() {
-        crate::visible::visible(text.as_bytes())
+        crate::os::visible::visible(text.as_bytes())
     } else {
         std::borrow::Cow::Borrowed(text.as_bytes())
     };
@@ -84,7 +84,7 @@ pub fn main(args: &[String]) -> i32 {
         // trigger) keeps the bytes, and a pipe gets them as they are.
         let stdout = std::io::stdout();
         if stdout.is_terminal() && !command.raw() {
-            let mut out = crate::visible::Visible::new(stdout.lock());
+            let mut out = crate::os::visible::Visible::new(stdout.lock());
             let result = run_command(command, &env, &mut out);
             let _ = out.flush();
             result
@@ -133,7 +133,7 @@ fn run_command(
 fn serve(env: &HashMap<String, String>) -> i32 {
     let outcome = server::run(env);
     // The last lines (`server.stop.done`) may still wait for the log's writers.
-    crate::logging::flush();
+    crate::os::logging::flush();
     match outcome {
         Ok(()) => 0,
         Err(e) => {

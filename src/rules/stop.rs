@@ -1,0 +1,298 @@
+//! When the loop should stop: done (the TODO list has nothing open after a run that exited
+//! 0), stuck (runs in a row that changed nothing) and over budget (runs or tokens a day,
+//! the account's rate-limit use). Pure: the rows, the report and the time go in, a verdict
+//! comes out; [`crate::state::loopstate`] remembers it, the caller logs and announces it.
+
+use chrono::{DateTime, Local, NaiveTime, TimeZone};
+
+use crate::report::{Report, Todo};
+use crate::state::history::Row;
+
+/// The longest streak of runs that changed nothing that is kept, and so the most
+/// `LOOPER_NO_PROGRESS_RUNS` may ask for.
+pub const MAX_NO_PROGRESS_RUNS: u32 = 100;
+
+/// The stop rules' settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules {
+    /// `LOOPER_NO_PROGRESS_RUNS` (default 3; `0`: off).
+    pub no_progress_runs: u32,
+    /// `LOOPER_MAX_RUNS_PER_DAY`.
+    pub max_runs_per_day: Option<u64>,
+    /// `LOOPER_MAX_TOKENS_PER_DAY`.
+    pub max_tokens_per_day: Option<u64>,
+    /// `LOOPER_PAUSE_AT_PERCENT`.
+    pub pause_at_percent: Option<f64>,
+}
+
+/// A budget that is reached: which, what it says, and when it clears.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Over {
+    pub reason: &'static str,
+    pub detail: String,
+    pub until: DateTime<Local>,
+}
+
+/// The machine's next local midnight after `now` (a day without one, at a DST change,
+/// takes the first instant of the next day that exists).
+pub fn next_midnight(now: DateTime<Local>) -> DateTime<Local> {
+    let mut day = now.date_naive();
+    for _ in 0..3 {
+        day = day.succ_opt().unwrap_or(day);
+        let midnight = day.and_time(NaiveTime::MIN);
+        if let Some(t) = Local.from_local_datetime(&midnight).earliest() {
+            return t;
+        }
+        for hour in 1..3 {
+            if let Some(t) = Local
+                .from_local_datetime(&(midnight + chrono::Duration::hours(hour)))
+                .earliest()
+            {
+                return t;
+            }
+        }
+    }
+    now + chrono::Duration::days(1)
+}
+
+fn started_today(row: &Row, now: DateTime<Local>) -> bool {
+    DateTime::parse_from_rfc3339(&row.started_at)
+        .is_ok_and(|t| t.with_timezone(&Local).date_naive() == now.date_naive())
+}
+
+/// The first budget of `rules` that `rows` (one workspace's, any order) reach at `now`;
+/// `ended_only` leaves out the run still live (a hand-off counts the run it would start).
+pub fn budget_over(rules: &Rules, rows: &[Row], now: DateTime<Local>) -> Option<Over> {
+    let today: Vec<&Row> = rows.iter().filter(|r| started_today(r, now)).collect();
+    if let Some(max) = rules.max_runs_per_day {
+        let n = today.len() as u64;
+        if n >= max {
+            return Some(Over {
+                reason: "max_runs_per_day",
+                detail: format!(
+                    "{n} run{} started today, LOOPER_MAX_RUNS_PER_DAY={max}",
+                    if n == 1 { "" } else { "s" }
+                ),
+                until: next_midnight(now),
+            });
+        }
+    }
+    if let Some(max) = rules.max_tokens_per_day {
+        let used: u64 = today
+            .iter()
+            .filter_map(|r| r.report.tokens.as_ref())
+            .map(|t| t.used)
+            .fold(0, u64::saturating_add);
+        if used >= max {
+            return Some(Over {
+                reason: "max_tokens_per_day",
+                detail: format!(
+                    "{} tokens today reach LOOPER_MAX_TOKENS_PER_DAY={}",
+                    crate::report::thousands(used),
+                    crate::report::thousands(max)
+                ),
+                until: next_midnight(now),
+            });
+        }
+    }
+    let percent = rules.pause_at_percent?;
+    // The newest figures codex saw.
+    let limits = rows
+        .iter()
+        .filter(|r| r.report.rate_limits.is_some())
+        .max_by(|a, b| a.ended_at.cmp(&b.ended_at))?
+        .report
+        .rate_limits
+        .clone()?;
+    [("5-hour", &limits.primary), ("weekly", &limits.secondary)]
+        .into_iter()
+        .filter_map(|(name, w)| {
+            let w = w.as_ref()?;
+            let until = Local.timestamp_opt(w.resets_at?, 0).single()?;
+            (w.used_percent >= percent && until > now).then(|| Over {
+                reason: "rate_limit_percent",
+                detail: format!(
+                    "codex reports {:.0}% of the {name} window used, at or over LOOPER_PAUSE_AT_PERCENT={percent}",
+                    w.used_percent
+                ),
+                until,
+            })
+        })
+        .max_by_key(|o| o.until)
+}
+
+/// Whether a run's end finishes the loop by its TODO list: it exited 0 and the list has
+/// items, none of them open. (A list with no items at all is not a finished one: more
+/// likely a file emptied by mistake.)
+pub fn todo_done(return_code: Option<i32>, todo: Option<Todo>) -> bool {
+    return_code == Some(0) && todo.is_some_and(|t| t.open == 0 && t.done > 0)
+}
+
+/// How a run ended, as the stuck rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts {
+    /// A run that worked on the task: judged by its progress.
+    Yes,
+    /// Ended at a usage limit, stopped by a person, another trigger or a shutdown, or it
+    /// never reached the model: no count either way.
+    No,
+}
+
+/// Whether a run with this stop reason and report counts for the stuck rule.
+pub fn counts(stop_reason: Option<&str>, report: &Report) -> Counts {
+    let stopped = matches!(
+        stop_reason,
+        Some("usage_limit" | "shutdown" | "external" | "replaced")
+    );
+    let reached_model = report.tokens.is_some() || report.last_message.is_some();
+    if stopped || !reached_model {
+        Counts::No
+    } else {
+        Counts::Yes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{RateLimits, Tokens, Window};
+
+    fn row(started: DateTime<Local>, tokens: Option<u64>) -> Row {
+        Row {
+            run_id: "r".into(),
+            request_id: "r".into(),
+            trigger: "http".into(),
+            pid: 1,
+            workspace: "/w".into(),
+            log_path: "/l".into(),
+            started_at: started.to_rfc3339(),
+            ended_at: Some(started.to_rfc3339()),
+            return_code: Some(0),
+            duration_seconds: Some(1.0),
+            stop_reason: None,
+            outcome: Some("ok".into()),
+            report: Report {
+                tokens: tokens.map(|used| Tokens {
+                    used,
+                    ..Tokens::default()
+                }),
+                ..Report::default()
+            },
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Local> {
+        Local
+            .from_local_datetime(
+                &chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap(),
+            )
+            .earliest()
+            .unwrap()
+    }
+
+    #[test]
+    fn runs_a_day_pause_until_midnight_and_clear_then() {
+        let rules = Rules {
+            max_runs_per_day: Some(3),
+            ..Rules::default()
+        };
+        let now = at("2026-12-02 15:00");
+        let rows: Vec<Row> = (0..3)
+            .map(|h| row(at(&format!("2026-12-02 1{h}:00")), None))
+            .collect();
+        let over = budget_over(&rules, &rows[..2], now);
+        assert_eq!(over, None);
+        let over = budget_over(&rules, &rows, now).expect("over");
+        assert_eq!(over.reason, "max_runs_per_day");
+        assert_eq!(over.until, at("2026-12-03 00:00"));
+        // Yesterday's runs do not count: the day turned, the budget cleared.
+        assert_eq!(budget_over(&rules, &rows, at("2026-12-03 00:00")), None);
+    }
+
+    #[test]
+    fn tokens_a_day_count_what_the_runs_recorded() {
+        let rules = Rules {
+            max_tokens_per_day: Some(20_000),
+            ..Rules::default()
+        };
+        let now = at("2026-12-02 23:59");
+        let mut rows = vec![row(at("2026-12-02 08:00"), Some(11_023))];
+        rows.push(row(at("2026-12-01 08:00"), Some(50_000)));
+        rows.push(row(at("2026-12-02 09:00"), None));
+        assert_eq!(budget_over(&rules, &rows, now), None);
+        rows.push(row(at("2026-12-02 10:00"), Some(9_000)));
+        let over = budget_over(&rules, &rows, now).expect("over");
+        assert_eq!(over.reason, "max_tokens_per_day");
+        assert!(over.detail.contains("20,023 tokens"), "{}", over.detail);
+        assert_eq!(over.until, at("2026-12-03 00:00"));
+    }
+
+    #[test]
+    fn the_rate_limit_use_pauses_until_its_window_resets() {
+        let rules = Rules {
+            pause_at_percent: Some(80.0),
+            ..Rules::default()
+        };
+        let now = at("2026-12-02 12:00");
+        let reset = at("2026-12-02 14:30");
+        let mut r = row(at("2026-12-02 11:00"), Some(1));
+        r.report.rate_limits = Some(RateLimits {
+            primary: Some(Window {
+                used_percent: 85.0,
+                window_minutes: Some(300),
+                resets_at: Some(reset.timestamp()),
+            }),
+            secondary: Some(Window {
+                used_percent: 20.0,
+                window_minutes: Some(10080),
+                resets_at: Some(reset.timestamp() + 86_400),
+            }),
+        });
+        let over = budget_over(&rules, std::slice::from_ref(&r), now).expect("over");
+        assert_eq!((over.reason, over.until), ("rate_limit_percent", reset));
+        assert!(
+            over.detail.contains("85% of the 5-hour window"),
+            "{}",
+            over.detail
+        );
+        // Past the reset the figures are old: no pause.
+        assert_eq!(budget_over(&rules, &[r], reset), None);
+    }
+
+    #[test]
+    fn only_an_exit_0_with_every_item_done_finishes() {
+        let done = Some(Todo { open: 0, done: 4 });
+        assert!(todo_done(Some(0), done));
+        assert!(!todo_done(Some(1), done));
+        assert!(!todo_done(Some(-15), done));
+        assert!(!todo_done(Some(0), Some(Todo { open: 1, done: 3 })));
+        assert!(!todo_done(Some(0), Some(Todo { open: 0, done: 0 })));
+        assert!(!todo_done(Some(0), None));
+    }
+
+    #[test]
+    fn stops_and_runs_that_never_reached_the_model_count_for_nothing() {
+        let worked = Report {
+            tokens: Some(Tokens::default()),
+            ..Report::default()
+        };
+        assert_eq!(counts(None, &worked), Counts::Yes);
+        assert_eq!(counts(Some("handed_off"), &worked), Counts::Yes);
+        for reason in ["usage_limit", "shutdown", "external", "replaced"] {
+            assert_eq!(counts(Some(reason), &worked), Counts::No, "{reason}");
+        }
+        assert_eq!(counts(None, &Report::default()), Counts::No);
+    }
+
+    #[test]
+    fn midnight_is_the_next_local_one() {
+        assert_eq!(
+            next_midnight(at("2026-12-02 00:00")),
+            at("2026-12-03 00:00")
+        );
+        assert_eq!(
+            next_midnight(at("2026-12-31 23:59")),
+            at("2027-01-01 00:00")
+        );
+    }
+}

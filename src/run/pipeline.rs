@@ -1,0 +1,517 @@
+//! The `/run` pipeline, shared by `POST /run`, the inbox and autopoll: what the caller may
+//! ask ([`crate::run::trust::admit`]), the stale hand-off check and the run guard, then plan →
+//! announce → stop → spawn → startup check, and the answer. The plan decides everything
+//! before the first effect; after a shutdown began no step with an effect starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::notify::announce::announce;
+use crate::os::logging::Q;
+use crate::run::codex;
+use crate::run::request::{parse_request, RunRequest, Trigger};
+use crate::run::spawn::{launch, Spawned, Start};
+use crate::run::stop::stop_runs;
+use crate::run::trust::Caller;
+use crate::state::app::App;
+use crate::state::registry::StopReason;
+
+/// The prompt used when neither the request, `LOOPER_PROMPT_FILE` nor
+/// `LOOPER_DEFAULT_PROMPT` gives one: the repeat-the-same-prompt pattern around `TODO.md`.
+pub const BUILTIN_PROMPT: &str = "Read TODO.md in this repository. Take the first item that is not done, \
+do it and check that it works, then update TODO.md: what you changed, what failed, and what is left. \
+Keep TODO.md the single source of truth for the next run.";
+
+/// The prompt for a run that named none: `LOOPER_PROMPT_FILE` (read now), else
+/// `LOOPER_DEFAULT_PROMPT`, else [`BUILTIN_PROMPT`].
+pub fn default_prompt(app: &App) -> Result<String, ApiError> {
+    if let Some(path) = &app.cfg().prompt_file {
+        return match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Ok(text),
+            Ok(_) => Err(ApiError::new(
+                500,
+                format!("LOOPER_PROMPT_FILE {} is empty", path.display()),
+            )),
+            Err(e) => Err(ApiError::new(
+                500,
+                format!("cannot read LOOPER_PROMPT_FILE {}: {e}", path.display()),
+            )),
+        };
+    }
+    Ok(app
+        .cfg()
+        .default_prompt
+        .clone()
+        .unwrap_or_else(|| BUILTIN_PROMPT.to_string()))
+}
+
+/// Whether `from_run_id` may not hand off: an id Looper never gave out (its history keeps
+/// every run, across restarts), or an old run calling late — another run is active, or,
+/// with none active, a newer run than it started since. The newest run, live or just ended,
+/// goes through.
+pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
+    if app.registry().being_set_up(from_run_id) {
+        // Its hand-off waits for its setup under the run guard, then is looked at again.
+        return None;
+    }
+    if let Some(reason) = app.registry().stopping(from_run_id) {
+        // The operator (or another trigger) stops it: whatever it says as it dies (a TERM
+        // trap's hand-off) starts nothing.
+        return Some(ApiError::new(
+            409,
+            format!(
+                "stale: run {from_run_id} is being stopped ({}); it can no longer hand off. Nothing was stopped",
+                reason.as_str()
+            ),
+        ));
+    }
+    if !app.registry().gave_out(from_run_id) {
+        return Some(ApiError::new(
+            409,
+            format!("unknown run: Looper never started a run {from_run_id}; a hand-off names the run that sends it. Nothing was stopped"),
+        ));
+    }
+    let stale = match app.registry().active() {
+        Some(active) => active.run_id != from_run_id,
+        // The newest run that ended on its own may still be heard (its inbox file is read
+        // after its exit); one that was stopped (replaced, by a person, at shutdown) is not.
+        None => app.history().newest(1).first().is_none_or(|newest| {
+            newest.run_id != from_run_id
+                || !matches!(newest.stop_reason.as_deref(), None | Some("usage_limit"))
+        }),
+    };
+    stale.then(|| ApiError::new(409, format!("stale: run {from_run_id} is no longer active")))
+}
+
+/// Everything decided before the first effect.
+struct Plan {
+    prompt: String,
+    workspace: PathBuf,
+    workspace_from_request: bool,
+    binary: Option<(PathBuf, codex::Source)>,
+}
+
+fn check_workspace(plan: &Plan) -> Result<(), ApiError> {
+    if plan.workspace.is_dir() {
+        return Ok(());
+    }
+    let status = if plan.workspace_from_request {
+        400
+    } else {
+        500
+    };
+    Err(ApiError::new(
+        status,
+        format!("workspace is not a directory: {}", plan.workspace.display()),
+    ))
+}
+
+fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
+    let prompt = match &req.prompt {
+        Some(p) => p.clone(),
+        None => default_prompt(app)?,
+    };
+    if prompt.len() > codex::MAX_PROMPT_BYTES {
+        let source = match (&req.prompt, &app.cfg().prompt_file) {
+            (None, Some(file)) => format!("LOOPER_PROMPT_FILE {}", file.display()),
+            _ => "the prompt".to_string(),
+        };
+        return Err(ApiError::bad_request(format!(
+            "{source} is {} bytes; codex exec takes at most {} (Linux passes no single argument of 128 KiB or more)",
+            prompt.len(),
+            codex::MAX_PROMPT_BYTES
+        )));
+    }
+    let workspace = target_workspace(app, req);
+    let mut plan = Plan {
+        prompt,
+        workspace,
+        workspace_from_request: req.workspace.is_some(),
+        binary: None,
+    };
+    if !plan.prompt.is_empty() {
+        check_workspace(&plan)?;
+        check_own_files_outside(app, &plan.workspace)?;
+        if app.cfg().require_git && !codex::inside_git_work_tree(&plan.workspace) {
+            return Err(ApiError::bad_request(format!(
+                "workspace is not inside a git work tree: {} (codex refuses to run outside git; run `git init` there, or set LOOPER_REQUIRE_GIT=0)",
+                plan.workspace.display()
+            )));
+        }
+        let found = codex::resolve(
+            req.codex_exec_binary.as_deref(),
+            app.cfg().codex_exec_binary.as_deref(),
+            &app.cfg().cwd,
+            app.own_dir(),
+            app.path_var(),
+            &plan.workspace,
+        )
+        .map_err(|name| match &req.codex_exec_binary {
+            Some(_) => ApiError::bad_request(format!(
+                "codex_exec_binary not found: {name} (give a path to an executable, or a name on the server's PATH)"
+            )),
+            None => ApiError::new(500, format!("required tool is missing from PATH: {name}")),
+        })?;
+        plan.binary = Some(found);
+    }
+    Ok(plan)
+}
+
+/// Looper's own files (run logs, the history, the server log) never lie inside a workspace
+/// it runs: the agent writes anything there, links included, and would rewrite them.
+fn check_own_files_outside(app: &App, workspace: &Path) -> Result<(), ApiError> {
+    for (setting, dir) in app.cfg().own_dirs() {
+        let dir = dir.canonicalize().unwrap_or(dir);
+        if dir.starts_with(workspace) {
+            return Err(ApiError::bad_request(format!(
+                "workspace {} holds Looper's own files ({setting} is {}): the agent could rewrite them. Move {setting} out of the workspace",
+                workspace.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Takes a `/run` body, from HTTP or an inbox file, through everything `POST /run` does:
+/// validation, what `caller` may ask for ([`crate::run::trust::admit`]), the stale hand-off
+/// check, the run guard (a hand-off from the run still being set up waits for that setup),
+/// the pipeline.
+pub fn submit(
+    app: &Arc<App>,
+    body: &[u8],
+    request_id: &str,
+    trigger: Trigger,
+    caller: &Caller,
+) -> Result<Value, ApiError> {
+    let mut req = parse_request(body)?;
+    crate::run::trust::admit(caller, &mut req, |id| {
+        app.registry()
+            .workspace_of(id)
+            .and_then(|w| w.canonicalize().ok())
+    })
+    .inspect_err(|e| {
+        log::warn!(
+            "run.refused request_id={request_id} caller={} status={} error={}",
+            Q(&caller.describe()),
+            e.status,
+            Q(&e.message)
+        )
+    })?;
+    req.handed_off_by = match caller {
+        Caller::Run {
+            run_id: Some(id), ..
+        } => Some(id.clone()),
+        // An inbox file names its run, or is its workspace's: the live run there, else the
+        // newest one (whether that one may still hand off is the stale check's).
+        Caller::Run { workspace, .. } => req.from_run_id.clone().or_else(|| {
+            let run = app.registry().live_in(workspace);
+            run.or_else(|| app.history().newest_in(workspace).map(|r| r.run_id))
+        }),
+        _ => None,
+    }
+    .or_else(|| req.from_run_id.clone());
+    if matches!(caller, Caller::Run { .. }) && req.handed_off_by.is_none() {
+        return Err(ApiError::new(
+            409,
+            "no run of this workspace may hand off: Looper started none here. Nothing was stopped",
+        ));
+    }
+    // The run that sends it, by its own word or by where it comes from.
+    let sender = req
+        .from_run_id
+        .clone()
+        .or_else(|| req.handed_off_by.clone());
+    // A late call from an old run is refused as stale even while another run is being set
+    // up, so that its caller learns why.
+    let stale = || sender.as_deref().and_then(|from| stale_reason(app, from));
+    if let Some(e) = stale() {
+        return Err(e);
+    }
+    let guard = match sender.as_deref() {
+        Some(from) => app.registry().handoff_guard(from, app.shutdown()),
+        None => app.registry().try_guard(),
+    };
+    let Some(_guard) = guard else {
+        return Err(ApiError::new(409, "busy: another run is in progress"));
+    };
+    // Looked at again under the guard: a run may have been replaced meanwhile.
+    if let Some(e) = stale() {
+        return Err(e);
+    }
+    let handoff = matches!(caller, Caller::Run { .. }) || req.from_run_id.is_some();
+    let workspace = target_workspace(app, &req);
+    if req.loop_done {
+        return finish_loop(app, &req, request_id, &workspace, handoff);
+    }
+    if handoff {
+        if let Some((e, said)) = crate::autoloop::judge::refuse_handoff(app, &workspace) {
+            if let Some(message) = said {
+                crate::notify::announce::say(app, &message, request_id);
+            }
+            log::warn!(
+                "run.refused request_id={request_id} caller={} status={} error={}",
+                Q(&caller.describe()),
+                e.status,
+                Q(&e.message)
+            );
+            return Err(e);
+        }
+    } else {
+        // The operator's own trigger: the loop goes on, whatever held it.
+        crate::autoloop::judge::resume(app, Some(&workspace), &caller.describe());
+    }
+    let value = execute(app, &req, request_id, trigger)?;
+    log::info!(
+        "run.success request_id={request_id} started={} pid={}",
+        value["codex_exec_started"],
+        value["codex_exec_result"]["pid"]
+    );
+    Ok(value)
+}
+
+/// The directory a request runs in: `~` as the original read it, `..` folded away so the
+/// answer names the directory, and the directory itself, not a link to it (the run, its
+/// answer, its history and the loop's holds name the same place).
+fn target_workspace(app: &App, req: &RunRequest) -> PathBuf {
+    workspace_named(app, req.workspace.as_deref())
+}
+
+/// The workspace a request names (relative to Looper's directory, `~` expanded), as the
+/// loop's state knows it; `None`: the configured one.
+pub fn workspace_named(app: &App, workspace: Option<&str>) -> PathBuf {
+    let named = match workspace {
+        Some(w) => crate::os::paths::normalize(
+            &app.cfg()
+                .cwd
+                .join(crate::os::paths::expand_home(w, app.cfg().home.as_deref())),
+        ),
+        None => app.cfg().workspace.clone(),
+    };
+    named.canonicalize().unwrap_or(named)
+}
+
+/// A hand-off with `loop_done`: the live run that sends it says the task is done. The loop
+/// finishes: nothing is stopped (the run ends by itself), nothing starts, autopoll leaves
+/// the workspace alone, and the announcement says so with the run's summary.
+fn finish_loop(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    workspace: &Path,
+    handoff: bool,
+) -> Result<Value, ApiError> {
+    // The stale check passed: the run is the live one, or the newest, ended on its own
+    // (its inbox file may be read after its exit).
+    let Some(run_id) = req.handed_off_by.as_deref().filter(|_| handoff) else {
+        return Err(ApiError::new(
+            409,
+            "loop_done comes only with the hand-off of the run that finished the task (send it from the run, or with its from_run_id); nothing was changed",
+        ));
+    };
+    refuse_after_shutdown(app)?;
+    let mut announced = req.clone();
+    announced.zulip_message = format!(
+        "{}\nLooper: the loop in {} is finished: run {run_id} handed off with done. Autopoll starts nothing more there; `looper resume` or a trigger of yours starts it again.",
+        req.zulip_message,
+        workspace.display()
+    );
+    let zulip_output = announce(app, &announced, request_id, true)?;
+    crate::autoloop::judge::finish_by_handoff(app, workspace, run_id);
+    Ok(json!({
+        "ok": true,
+        "request_id": request_id,
+        "loop_done": true,
+        "loop_state": "finished",
+        "run_id": Value::Null,
+        "zulip_output": zulip_output,
+        "killed_codex_exec_pids": [],
+        "remaining_codex_exec_pids": [],
+        "workspace": workspace.to_string_lossy(),
+        "codex_exec_started": false,
+        "codex_exec_result": Value::Null,
+        "codex_prompt_sent": false,
+    }))
+}
+
+/// Runs the whole pipeline for a validated request; the caller holds the run guard.
+pub fn execute(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    trigger: Trigger,
+) -> Result<Value, ApiError> {
+    execute_replacing(app, req, request_id, trigger, StopReason::Replaced)
+}
+
+/// [`execute`], with the reason the runs it stops get (hung-run replacement says `hung`).
+pub fn execute_replacing(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    trigger: Trigger,
+    stop_reason: StopReason,
+) -> Result<Value, ApiError> {
+    log::info!(
+        "run.start request_id={request_id} trigger={} prompt={} workspace={}",
+        trigger.as_str(),
+        match &req.prompt {
+            None => "default".to_string(),
+            Some(p) if p.is_empty() => "empty".to_string(),
+            Some(p) => format!("{}_chars", p.chars().count()),
+        },
+        Q(req.workspace.as_deref().unwrap_or("default"))
+    );
+    let plan = plan(app, req)?;
+    if !req.ignored_fields.is_empty() {
+        log::warn!(
+            "run.ignored_fields request_id={request_id} fields={} hint=\"not /run fields; a typo?\"",
+            Q(&req.ignored_fields.join(","))
+        );
+    }
+
+    refuse_after_shutdown(app)?;
+    log::info!("run.step request_id={request_id} action=announce");
+    let zulip_output = if trigger == Trigger::Autopoll {
+        // Autopoll says why it starts a run; a Zulip failure does not hold the run back.
+        crate::notify::announce::say(app, &req.zulip_message, request_id)
+    } else {
+        // A live run's hand-off goes on when Zulip fails: its message waits in the outbox.
+        let live_handoff = req
+            .handed_off_by
+            .as_deref()
+            .is_some_and(|id| app.registry().active().is_some_and(|a| a.run_id == id));
+        announce(app, req, request_id, live_handoff)?
+    };
+
+    refuse_after_shutdown(app)?;
+    log::info!("run.step request_id={request_id} action=stop");
+    if let Some(run_id) = &req.handed_off_by {
+        app.registry().mark_handed_off(run_id);
+    }
+    let stopped = stop_runs(
+        app,
+        plan.binary.as_ref().map(|b| b.0.as_path()),
+        None,
+        &plan.workspace,
+        request_id,
+        stop_reason,
+    )?;
+
+    let spawned = if plan.prompt.is_empty() {
+        log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
+        None
+    } else {
+        // The workspace may have gone while we announced and stopped.
+        check_workspace(&plan)?;
+        let Some((binary, source)) = plan.binary.clone() else {
+            return Err(ApiError::new(500, "no codex binary was resolved"));
+        };
+        let start = Start {
+            binary,
+            source,
+            prompt: plan.prompt.clone(),
+            workspace: plan.workspace.clone(),
+            delay: req.delay.unwrap_or(app.cfg().exec_delay),
+            startup_check: req.startup_check.unwrap_or(app.cfg().startup_check),
+        };
+        Some(launch(app, &start, request_id, trigger)?)
+    };
+    Ok(answer(
+        req,
+        request_id,
+        &plan,
+        zulip_output,
+        &stopped,
+        spawned.as_ref(),
+    ))
+}
+
+/// The answer to a request that went through: every field the original's wrappers read.
+fn answer(
+    req: &RunRequest,
+    request_id: &str,
+    plan: &Plan,
+    zulip_output: String,
+    stopped: &crate::os::signals::StopReport,
+    spawned: Option<&Spawned>,
+) -> Value {
+    let result = spawned.map(|s| {
+        json!({
+            "pid": s.pid,
+            "log_path": s.log_path.to_string_lossy(),
+            "command": s.command,
+            "startup_return_code": s.startup_return_code,
+        })
+    });
+    let killed = &stopped.killed;
+    let remaining = &stopped.remaining;
+    let (binary, source) = match &plan.binary {
+        Some((b, s)) => (json!(b.to_string_lossy()), json!(s.as_str())),
+        None => (Value::Null, Value::Null),
+    };
+    json!({
+        "ok": true,
+        "request_id": request_id,
+        "run_id": spawned.map(|s| s.run_id.clone()),
+        "zulip_output": zulip_output,
+        "killed_codex_exec_pids": killed,
+        "remaining_codex_exec_pids": remaining,
+        "workspace": plan.workspace.to_string_lossy(),
+        "codex_exec_binary": binary,
+        "codex_exec_binary_source": source,
+        "codex_exec_started": spawned.is_some(),
+        "codex_exec_result": result,
+        "codex_exec_approval_policy": "never",
+        "codex_exec_sandbox": "workspace-write",
+        "killed_vscode_pids": killed,
+        "remaining_vscode_pids": remaining,
+        "codex_prompt_sent": spawned.is_some(),
+        "codex_send_result": result,
+        "ignored_fields": req.ignored_fields,
+    })
+}
+
+/// After SIGTERM no step with an effect begins.
+fn refuse_after_shutdown(app: &App) -> Result<(), ApiError> {
+    if app.shutdown().is_set() {
+        return Err(ApiError::shutting_down());
+    }
+    Ok(())
+}
+
+/// The inbox thread's requests go through the pipeline as hand-offs of a run of their
+/// workspace.
+impl crate::inbox::Desk for App {
+    fn inboxes(&self) -> Vec<Arc<crate::inbox::Inbox>> {
+        App::inboxes(self)
+    }
+
+    fn shutdown(&self) -> &crate::os::shutdown::Shutdown {
+        App::shutdown(self)
+    }
+
+    fn doorbell(&self) -> &crate::inbox::Doorbell {
+        App::doorbell(self)
+    }
+
+    fn new_id(&self) -> String {
+        self.registry().new_id()
+    }
+
+    fn hand_off(
+        self: &Arc<Self>,
+        workspace: &Path,
+        body: &[u8],
+        request_id: &str,
+    ) -> Result<Value, ApiError> {
+        let caller = Caller::Run {
+            run_id: None,
+            workspace: workspace.to_path_buf(),
+        };
+        submit(self, body, request_id, Trigger::Inbox, &caller)
+    }
+}

@@ -1,0 +1,293 @@
+//! Stopping runs: finding every process a stop takes (the runs in scope, however they left
+//! their session: by `LOOPER_RUN_ID`, by descent from a run of ours, by cgroup), ending them
+//! (SIGTERM, a second look for what they started meanwhile, SIGKILL after the grace), and
+//! completing the history rows of runs no Looper watched end.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::config::StopScope;
+use crate::error::ApiError;
+use crate::os::logging::Q;
+use crate::os::procs::{self, ProcInfo};
+use crate::os::signals;
+use crate::run::output;
+use crate::state::app::App;
+use crate::state::history::Row;
+use crate::state::registry::{Group, StopReason};
+
+/// What one stop takes, decided once at its start: the names that count as codex, the
+/// scope, and with `LOOPER_STOP_SCOPE=workspace` the runs of that workspace (the history's
+/// included, their paths resolved here, outside every lock).
+struct Reach<'a> {
+    app: &'a App,
+    names: procs::Names,
+    /// The workspace, canonical.
+    dir: PathBuf,
+    only_run_ids: Option<&'a HashSet<String>>,
+    /// With the workspace scope: the run ids of `dir`, ours and earlier Loopers'.
+    scope_ids: HashSet<String>,
+}
+
+impl<'a> Reach<'a> {
+    fn new(
+        app: &'a App,
+        binary: Option<&Path>,
+        only_run_ids: Option<&'a HashSet<String>>,
+        workspace: &Path,
+    ) -> Reach<'a> {
+        let binaries = app.registry().binaries();
+        let names = procs::Names::new(
+            app.cfg().process_names.as_deref(),
+            binaries
+                .iter()
+                .map(String::as_str)
+                .chain(binary.and_then(|b| b.to_str())),
+        );
+        let dir = canonical(workspace);
+        let mut reach = Reach {
+            app,
+            names,
+            dir,
+            only_run_ids,
+            scope_ids: HashSet::new(),
+        };
+        if app.cfg().stop_scope == StopScope::Workspace {
+            let mut resolved: HashMap<PathBuf, bool> = HashMap::new();
+            let rows = app.history().newest(crate::state::history::MAX_ROWS);
+            let live = app.registry().live();
+            let runs = rows
+                .iter()
+                .map(|r| (&r.run_id, &r.workspace))
+                .chain(live.iter().map(|r| (&r.run_id, &r.workspace)));
+            for (id, w) in runs {
+                let here = *resolved
+                    .entry(w.clone())
+                    .or_insert_with(|| canonical(w) == reach.dir);
+                if here {
+                    reach.scope_ids.insert(id.clone());
+                }
+            }
+        }
+        reach
+    }
+
+    /// Whether the run of `workspace` is in this stop's scope (only with the workspace scope
+    /// does the workspace matter; stopping given runs, all of them are).
+    fn in_scope(&self, workspace: &Path) -> bool {
+        self.only_run_ids.is_some()
+            || self.app.cfg().stop_scope != StopScope::Workspace
+            || canonical(workspace) == self.dir
+    }
+
+    /// The cgroups this stop ends.
+    fn groups(&self) -> Vec<Group> {
+        let mut groups = self.app.registry().groups();
+        groups.retain(|g| self.in_scope(&g.workspace));
+        groups
+    }
+
+    /// Processes of ours in `table` that the stop takes whatever they look like: our live
+    /// runs' own processes, and whatever sits in their cgroups, however it left their
+    /// sessions.
+    fn ours(&self, table: &[ProcInfo]) -> Vec<(i32, u64)> {
+        let live = self.app.registry().live();
+        let own = live
+            .iter()
+            .filter(|r| self.in_scope(&r.workspace))
+            .filter_map(|r| Some((r.pid as i32, r.start_time?)));
+        let grouped = self
+            .groups()
+            .into_iter()
+            .flat_map(|g| crate::os::cgroup::members(&g.path))
+            .filter_map(|pid| Some((pid, table.iter().find(|p| p.pid == pid)?.start_time)));
+        own.chain(grouped).collect()
+    }
+
+    /// The processes of `table` this stop takes.
+    fn select(&self, table: &[ProcInfo]) -> Vec<ProcInfo> {
+        let scope = match self.app.cfg().stop_scope {
+            StopScope::All => procs::Scope::All,
+            StopScope::Own => procs::Scope::Own,
+            StopScope::Workspace => procs::Scope::Workspace {
+                dir: &self.dir,
+                run_ids: &self.scope_ids,
+            },
+        };
+        procs::select(
+            table,
+            &procs::Selector {
+                names: &self.names,
+                looper_url: self.app.url(),
+                only_run_ids: self.only_run_ids,
+                scope,
+                extra_pids: &self.ours(table),
+                self_pid: std::process::id() as i32,
+            },
+        )
+    }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The processes a stop would take: the runs that match (all live codex exec runs, or only
+/// `only_run_ids` of ours), Looper's own children, and all their descendants.
+pub fn find_runs(
+    app: &App,
+    binary: Option<&Path>,
+    only_run_ids: Option<&HashSet<String>>,
+    workspace: &Path,
+) -> Result<Vec<ProcInfo>, ApiError> {
+    let table = scan_or_refuse(procs::scan(procs::current_uid()))?;
+    Ok(Reach::new(app, binary, only_run_ids, workspace).select(&table))
+}
+
+fn scan_or_refuse(scanned: std::io::Result<Vec<ProcInfo>>) -> Result<Vec<ProcInfo>, ApiError> {
+    scanned.map_err(|e| {
+        ApiError::new(
+            500,
+            format!(
+                "cannot read /proc to find live codex runs ({e}); nothing was stopped or started"
+            ),
+        )
+    })
+}
+
+/// Stops every live codex exec run in scope (`LOOPER_STOP_SCOPE`), or with `only_run_ids`
+/// just those runs of ours. `binary` is the binary about to be used, whose name counts as
+/// codex.
+pub fn stop_runs(
+    app: &App,
+    binary: Option<&Path>,
+    only_run_ids: Option<&HashSet<String>>,
+    workspace: &Path,
+    request_id: &str,
+    reason: StopReason,
+) -> Result<signals::StopReport, ApiError> {
+    let reach = Reach::new(app, binary, only_run_ids, workspace);
+    let mut table = scan_or_refuse(procs::scan(procs::current_uid()))?;
+    let mut targets = reach.select(&table);
+    // Our runs among the targets die on purpose: not crashes, and their history says why.
+    let mark_ours = |targets: &[ProcInfo]| {
+        let pids: Vec<i32> = targets.iter().map(|p| p.pid).collect();
+        app.registry().mark_stopping(&pids, reason);
+    };
+    mark_ours(&targets);
+    let pids: Vec<i32> = targets.iter().map(|p| p.pid).collect();
+    log::info!(
+        "process.kill.start request_id={request_id} count={} pids={}",
+        targets.len(),
+        Q(&join(&pids))
+    );
+    // SIGTERM, then look again until nothing of these runs is left or the grace is over:
+    // a process started meanwhile (a trap that spawns, a tool forking as it dies) carries
+    // the same run id or descends from a target, and is stopped too.
+    let deadline = Instant::now() + app.cfg().stop_grace;
+    let mut stop = signals::Stop::default();
+    let mut stopped_ids: HashSet<String> = HashSet::new();
+    loop {
+        stopped_ids.extend(targets.iter().filter_map(|p| p.run_id.clone()));
+        stop.terminate(&targets);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let all_gone = stop.wait(left.min(signals::RESCAN_EVERY));
+        if Instant::now() >= deadline {
+            break;
+        }
+        // New processes only: those already seen were judged above.
+        table = match procs::rescan(procs::current_uid(), &table) {
+            Ok(t) => t,
+            Err(_) => break,
+        };
+        targets = reach.select(&table);
+        mark_ours(&targets);
+        if all_gone && targets.iter().all(|p| stop.covers(p)) {
+            break;
+        }
+    }
+    let report = stop.finish();
+    // Last, each cgroup of these runs is ended whole and removed.
+    for group in reach.groups() {
+        if !app.registry().release_group(&group.path, true) {
+            log::warn!(
+                "cgroup.kill_failed run_id={} path={}",
+                group.run_id,
+                Q(&group.path.to_string_lossy())
+            );
+        }
+    }
+    log::info!(
+        "process.kill.done request_id={request_id} killed={} remaining={}",
+        Q(&join(&report.killed)),
+        Q(&join(&report.remaining))
+    );
+    // Runs a previous Looper started have no watcher here to record their end.
+    settle_unwatched(app, Some((&stopped_ids, reason)));
+    Ok(report)
+}
+
+/// Completes the history rows of runs that ended while no Looper watched them: started by
+/// a previous Looper (killed, or crashed) and gone now, or never recorded as ended. A row
+/// is left open while a process still carries its run id. The return code comes from the
+/// log's trailer when it has one, else stays `null`; `ended_at` is the log's last change.
+/// The runs in `stopped` were just stopped by us, for its reason. Costs nothing (no `/proc`
+/// scan) when every open row is a live run of ours.
+pub fn settle_unwatched(app: &App, stopped: Option<(&HashSet<String>, StopReason)>) {
+    let open = app.history().unended();
+    let ours = app.registry().live_ids();
+    let candidates: Vec<_> = open
+        .into_iter()
+        .filter(|r| !ours.contains(&r.run_id))
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    // Unreadable /proc: nothing can be told about them now; look again later.
+    let Ok(table) = procs::scan(procs::current_uid()) else {
+        return;
+    };
+    let alive: HashSet<String> = table.into_iter().filter_map(|p| p.run_id).collect();
+    for row in candidates {
+        if alive.contains(&row.run_id) {
+            continue;
+        }
+        let return_code = output::logged_return_code(&row.log_path);
+        let ended = std::fs::metadata(&row.log_path)
+            .and_then(|m| m.modified())
+            .map(chrono::DateTime::<chrono::Local>::from)
+            .unwrap_or_else(|_| chrono::Local::now());
+        let duration_seconds = chrono::DateTime::parse_from_rfc3339(&row.started_at)
+            .ok()
+            .map(|started| {
+                let ms = (ended.fixed_offset() - started).num_milliseconds().max(0);
+                ms as f64 / 1000.0
+            });
+        let stop_reason = stopped
+            .filter(|(ids, _)| ids.contains(&row.run_id))
+            .map(|(_, reason)| reason.as_str().to_string())
+            .or(row.stop_reason.clone());
+        let (run_id, pid) = (row.run_id.clone(), row.pid);
+        let settled = Row {
+            ended_at: Some(ended.to_rfc3339()),
+            return_code,
+            duration_seconds,
+            stop_reason,
+            ..row
+        };
+        if app.history().record_end_once(settled) {
+            log::info!(
+                "codex.exec.exit_unwatched run_id={run_id} pid={pid} return_code={}",
+                return_code.map_or("unknown".to_string(), |c| c.to_string())
+            );
+        }
+    }
+}
+
+fn join(pids: &[i32]) -> String {
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}

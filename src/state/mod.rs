@@ -1,0 +1,8 @@
+//! What the server keeps: the live runs (the registry and its run guard), the history
+//! (`runs.jsonl`), the loop's holds and queued messages (`loop-state.json`), and the one
+//! context every thread shares ([`app::App`]).
+
+pub(crate) mod app;
+pub(crate) mod history;
+pub(crate) mod loopstate;
+pub(crate) mod registry;
