@@ -2,18 +2,20 @@
 //! gone quiet. It shares the run guard with `/run` and waits on the shutdown
 //! signal, never in a bare sleep.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::autoloop::judge::Gate;
+use crate::model::StopReason;
+use crate::model::Trigger;
 use crate::os::logging::Q;
-use crate::rules::backoff::Gate;
 use crate::run::pipeline;
-use crate::run::request::{RunRequest, Trigger};
+use crate::run::request::RunRequest;
 use crate::run::stop;
 use crate::state::app::App;
-use crate::state::registry::{LiveRun, StopReason};
+use crate::state::registry::LiveRun;
 
 /// The newest `codex-exec-*.log` in `dir` and how long ago it changed.
 pub fn newest_log_age(dir: &Path) -> Option<Duration> {
@@ -30,19 +32,11 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
     )
 }
 
-/// Where autopoll starts runs: `LOOPER_WORKSPACE`, else the workspace of the newest run in
-/// the history (a first trigger names the loop's workspace); else nowhere. As runs and
-/// holds know it: canonical (a link, `..` or a trailing slash in the variable is resolved).
-pub fn workspace(app: &App) -> Option<PathBuf> {
-    if app.cfg().workspace_set {
-        return Some(pipeline::workspace_named(app, None));
-    }
-    app.history().recent_workspaces(1).into_iter().next()
-}
+use crate::autoloop::workspace;
 
 /// Whether any codex exec run (ours or not) is alive; `None` when `/proc` cannot tell.
 fn any_live_run(app: &App, workspace: &Path) -> Option<bool> {
-    if app.registry().any_live() {
+    if app.registry().busy() {
         return Some(true);
     }
     stop::find_runs(app, None, None, workspace)
@@ -54,12 +48,12 @@ fn any_live_run(app: &App, workspace: &Path) -> Option<bool> {
 /// guard (so a trigger arriving meanwhile is not refused as busy) and takes the guard only
 /// to start a run.
 fn tick(app: &Arc<App>, first: bool) {
-    if app.registry().guard_held() {
+    if app.registry().guard().held() {
         log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
         return;
     }
-    if let Gate::Skip(reason) = app.policy().gate(Instant::now()) {
-        log::debug!("codex.exec.autopoll.skip reason={reason}");
+    if app.policy().backing_off(Instant::now()) {
+        log::debug!("codex.exec.autopoll.skip reason=backoff");
         return;
     }
     let Some(workspace) = workspace(app) else {
@@ -67,25 +61,28 @@ fn tick(app: &Arc<App>, first: bool) {
         return;
     };
     let ended = match crate::autoloop::judge::autopoll_gate(app, &workspace) {
-        Ok(ended) => ended,
-        Err((reason, said)) => {
+        Gate::Go { ended } => ended,
+        Gate::Held(reason) => {
+            log::debug!("codex.exec.autopoll.skip reason={}", reason.as_str());
+            return;
+        }
+        Gate::OverBudget { reason, said } => {
             if let Some(message) = said {
-                crate::notify::announce::say(app, &message, "autopoll");
+                crate::notify::say(app, &message, "autopoll");
             }
-            log::debug!("codex.exec.autopoll.skip reason={reason}");
+            log::debug!("codex.exec.autopoll.skip reason={}", reason.as_str());
             return;
         }
     };
     // A pause is over (codex's usage limit reset, a budget cleared): a run at once,
     // whatever the logs say.
-    let resumed = ended.as_ref().map(|h| match h.reason.as_str() {
-        "usage_limit" => "usage_limit_reset".to_string(),
-        other => format!("{other}_cleared"),
+    let resumed = ended.as_ref().map(|h| match h.reason {
+        crate::model::HoldReason::UsageLimit => "usage_limit_reset".to_string(),
+        other => format!("{}_cleared", other.as_str()),
     });
     if let Some(why) = &resumed {
         log::info!("codex.exec.autopoll.resume reason={why}");
     }
-    stop::settle_unwatched(app, None);
     match any_live_run(app, &workspace) {
         Some(false) => {}
         Some(true) => {
@@ -109,12 +106,12 @@ fn tick(app: &Arc<App>, first: bool) {
             }
         }
     }
-    let Some(_guard) = app.registry().try_guard() else {
+    let Some(_guard) = app.registry().guard().try_take() else {
         log::debug!("codex.exec.autopoll.skip reason=run_in_progress");
         return;
     };
     // A trigger may have started a run between the look above and the guard.
-    if app.registry().any_live() {
+    if app.registry().busy() {
         log::debug!("codex.exec.autopoll.skip reason=live_run");
         return;
     }
@@ -124,13 +121,13 @@ fn tick(app: &Arc<App>, first: bool) {
         (None, false) => "idle",
     };
     let because = match (&ended, first) {
-        (Some(hold), _) => match hold.until() {
+        (Some(hold), _) => match hold.until {
             Some(until) => format!(
                 "the pause for {} ended at {}",
-                hold.reason,
-                until.format("%H:%M")
+                hold.reason.as_str(),
+                crate::autoloop::judge::clock(until)
             ),
-            None => format!("the pause for {} ended", hold.reason),
+            None => format!("the pause for {} ended", hold.reason.as_str()),
         },
         (None, true) => {
             "this is the first tick since Looper started (it does not wait for quiet logs)"
@@ -187,7 +184,7 @@ fn check_hung(app: &Arc<App>) {
     if hung_run(app).is_none() {
         return;
     }
-    let Some(_guard) = app.registry().try_guard() else {
+    let Some(_guard) = app.registry().guard().try_take() else {
         return;
     };
     // Looked at again under the guard: a /run may have replaced it meanwhile.
@@ -201,7 +198,7 @@ fn check_hung(app: &Arc<App>) {
         silent.as_secs_f64()
     );
     let req = RunRequest {
-        prompt: Some(live.prompt.clone()),
+        prompt: live.prompt.clone(),
         workspace: Some(live.workspace.to_string_lossy().into_owned()),
         zulip_message: format!(
             "Looper: autopoll replaces run {} in {}: its log has been silent for {} (LOOPER_HUNG_RUN_SECONDS={}).",
@@ -285,10 +282,4 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
             None
         }
     }
-}
-
-/// The wall-clock time of a future instant, for `/status`.
-pub fn at(when: Instant) -> String {
-    let ahead = when.saturating_duration_since(Instant::now());
-    (chrono::Local::now() + chrono::Duration::from_std(ahead).unwrap_or_default()).to_rfc3339()
 }

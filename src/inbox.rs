@@ -224,12 +224,14 @@ fn is_request_name(name: &str) -> bool {
 
 /// Takes every complete request in `inbox`, oldest name first.
 fn take_all<D: Desk>(app: &Arc<D>, inbox: &Inbox) {
-    let Ok(entries) = inbox.dir.names() else {
+    let Ok(entries) = inbox.dir.entries() else {
         return;
     };
+    // Directories the listing names as such are passed over without a `stat` each.
     let mut names: Vec<OsString> = entries
         .into_iter()
-        .filter(|n| is_request_name(&n.to_string_lossy()))
+        .filter(|(n, is_dir)| !is_dir && is_request_name(&n.to_string_lossy()))
+        .map(|(n, _)| n)
         .filter(|n| inbox.dir.stat(n).is_ok_and(|e| e.kind != Kind::Dir))
         .collect();
     names.sort();

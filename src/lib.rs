@@ -60,6 +60,7 @@ pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod http;
 pub(crate) mod inbox;
+pub(crate) mod model;
 pub(crate) mod notify;
 pub(crate) mod os;
 pub(crate) mod report;

@@ -11,9 +11,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, ConfigError};
+use crate::model::StopReason;
 use crate::os::logging::{self, Q};
 use crate::state::app::App;
-use crate::state::registry::StopReason;
 
 /// What the watcher threads get, after the runs were stopped, to write their trailers.
 const TRAILER_WAIT: Duration = Duration::from_secs(1);
@@ -59,9 +59,10 @@ fn prepare_dirs(cfg: &Config) -> Result<(), StartError> {
     };
     private(&cfg.log_dir).map_err(|e| cannot("CODEX_EXEC_LOG_DIR", &cfg.log_dir, e))?;
     own_state("CODEX_EXEC_LOG_DIR", &cfg.log_dir, true)?;
+    safe_ancestors("CODEX_EXEC_LOG_DIR", &cfg.log_dir, 1)?;
     for file in [
         crate::state::history::FILE_NAME,
-        crate::state::loopstate::FILE_NAME,
+        crate::state::loopfile::FILE_NAME,
     ] {
         own_state("CODEX_EXEC_LOG_DIR", &cfg.log_dir.join(file), false)?;
     }
@@ -75,8 +76,45 @@ fn prepare_dirs(cfg: &Config) -> Result<(), StartError> {
     // Looper's.
     if let Some(parent) = cfg.server_log_path.parent() {
         private(parent).map_err(|e| cannot("LOOPER_SERVER_LOG_PATH", parent, e))?;
+        safe_ancestors("LOOPER_SERVER_LOG_PATH", parent, 0)?;
     }
     own_state("LOOPER_SERVER_LOG_PATH", &cfg.server_log_path, false)?;
+    Ok(())
+}
+
+/// Refuses a directory whose parents let another user swap it: every directory above it
+/// (links resolved; `skip` 1 leaves out `dir` itself, which is checked as Looper's own)
+/// belongs to root or to Looper's user, and one that others may write has the sticky bit
+/// (as `/tmp` does), so that nobody else can rename what lies in it.
+fn safe_ancestors(setting: &str, dir: &Path, skip: usize) -> Result<(), StartError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(real) = dir.canonicalize() else {
+        return Ok(());
+    };
+    let me = crate::os::procs::current_uid();
+    for above in real.ancestors().skip(skip) {
+        let Ok(meta) = std::fs::metadata(above) else {
+            continue;
+        };
+        let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        let others_write = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if !owner_ok || (others_write && !sticky) {
+            let why = if owner_ok {
+                format!(
+                    "may be written by group or others (mode {:o})",
+                    meta.mode() & 0o7777
+                )
+            } else {
+                format!("belongs to user {}", meta.uid())
+            };
+            return Err(StartError::Config(ConfigError(format!(
+                "{setting}: {} lies in {}, which {why}: someone else could swap it for a directory of theirs. Give Looper a directory whose parents are root's or its own",
+                dir.display(),
+                above.display()
+            ))));
+        }
+    }
     Ok(())
 }
 
@@ -246,20 +284,36 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         );
     }
     if let Some(file) = &app.cfg().prompt_file {
-        if let Err(e) = std::fs::read_to_string(file) {
+        let limit = crate::run::codex::MAX_PROMPT_BYTES as u64 + 1;
+        if let Err(e) = crate::os::paths::read_named_text(file, limit) {
             log::warn!(
                 "config.prompt_file_unreadable path={} error={} hint=\"runs without a prompt of their own will fail until LOOPER_PROMPT_FILE can be read\"",
                 Q(&file.to_string_lossy()),
                 Q(&e.to_string())
             );
         }
+        let ws = app
+            .cfg()
+            .workspace
+            .canonicalize()
+            .unwrap_or(app.cfg().workspace.clone());
+        if file.canonicalize().is_ok_and(|f| f.starts_with(&ws)) {
+            log::warn!(
+                "config.prompt_file_in_workspace path={} hint=\"the agent can rewrite the prompt of every run that names none; keep LOOPER_PROMPT_FILE outside the workspace if that is not meant\"",
+                Q(&file.to_string_lossy())
+            );
+        }
     }
+    let script = app.cfg().zulip_script.as_deref();
     for w in &app.cfg().zulip.warnings {
-        log::warn!("zulip.config.warning message={}", Q(w));
+        if script.is_none() || w != crate::zulip::NOT_CONFIGURED {
+            log::warn!("zulip.config.warning message={}", Q(w));
+        }
     }
-    let zulip = match &app.cfg().zulip.credentials {
-        Some(c) => format!("{} {}", Q(&c.source), app.cfg().zulip.describe_target()),
-        None => "off".to_string(),
+    let zulip = match (script, &app.cfg().zulip.credentials) {
+        (Some(script), _) => format!("script {}", Q(script)),
+        (None, Some(c)) => format!("{} {}", Q(&c.source), app.cfg().zulip.describe_target()),
+        (None, None) => "off".to_string(),
     };
     let workspace = app
         .cfg()
@@ -280,7 +334,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         }
     }
     log::info!(
-        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_scope={} stop_method={} helper_jail={}{} git={}",
+        "server.start version={} pid={} host={} port={port} url={} log_dir={} server_log={} workspace={} auth={} zulip={zulip} stop_scope={} stop_method={} helper_jail={}{} helper_seccomp={} git={}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         Q(&app.cfg().host),
@@ -296,14 +350,16 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             crate::os::jail::Method::Landlock(abi) => format!(" landlock_abi={abi}"),
             crate::os::jail::Method::Environment => String::new(),
         },
+        if crate::os::seccomp::available() { "on" } else { "off" },
         Q(&helpers
             .git
             .as_ref()
             .map_or("none".into(), |g| g.path.to_string_lossy().into_owned())),
     );
 
-    // Runs of a previous Looper that ended meanwhile get their history rows completed.
-    crate::run::stop::settle_unwatched(&app, None);
+    // Runs an earlier Looper started: the live ones are adopted (watched as any run), the
+    // ended ones get their rows completed.
+    crate::run::watch::take_over(&app);
     // Hand-offs of runs started before this start are picked up too.
     for ws in std::iter::once(app.cfg().workspace.clone()).chain(app.history().recent_workspaces(8))
     {
@@ -321,7 +377,7 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     }
     crate::inbox::start(&app);
     // Announcements an earlier Looper could not deliver.
-    crate::notify::announce::start_outbox(&app);
+    crate::notify::outbox::start(&app);
     let autopoll = crate::autopoll::start(&app);
     crate::http::serve(&app, &listener, app.cfg().http);
     if let Some(handle) = autopoll {
@@ -361,7 +417,12 @@ fn start_signal_thread(app: &Arc<App>) -> Result<(), StartError> {
 /// Stops the runs this server started (and everything they started), then gives their
 /// watcher threads a moment to write trailers, and triggers in flight a moment to answer.
 fn shutdown(app: &App) {
-    let ids: HashSet<String> = app.registry().live_ids();
+    let ids: HashSet<String> = app
+        .registry()
+        .live()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
     log::info!("server.stop.start runs={}", ids.len());
     if !ids.is_empty() {
         if let Err(e) = crate::run::stop::stop_runs(
@@ -375,12 +436,12 @@ fn shutdown(app: &App) {
             log::error!("server.stop.failed error={}", Q(&e.message));
         }
     }
-    if !app.registry().wait_all_exited(TRAILER_WAIT) {
+    if !app.registry().wait_all_ended(TRAILER_WAIT) {
         log::warn!("server.stop.trailers_pending");
     }
     // Whatever escaped into the cgroups of runs that ended earlier goes too.
-    for group in app.registry().groups() {
-        app.registry().release_group(&group.path, true);
+    for group in app.registry().groups().all() {
+        app.registry().groups().release(&group.path, true);
     }
     if let Some(c) = app.cgroups() {
         c.remove();

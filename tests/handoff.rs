@@ -121,7 +121,7 @@ fn an_inbox_request_from_the_active_run_replaces_it() {
 }
 
 /// Junk in an inbox — bad JSON, wrong types, a symlink, a FIFO, an oversized file, a wrong
-/// name, a stale hand-off — is answered with its error and changes nothing; a file still
+/// name, a stale hand-off, one that names no run — is answered with its error and changes nothing; a file still
 /// being written (`*.tmp`) is left alone.
 #[test]
 fn junk_in_the_inbox_is_answered_and_changes_nothing() {
@@ -151,6 +151,9 @@ fn junk_in_the_inbox_is_answered_and_changes_nothing() {
     drop_request(&inbox, "notes.txt", &valid);
     let stale = json!({"zulip_message": "m", "from_run_id": "0ld0ld00"}).to_string();
     drop_request(&inbox, "stale.json", &stale);
+    // No run named: it would count as whatever run is live when it is read (a run being
+    // replaced could hand off as the operator's new one, and stop it).
+    drop_request(&inbox, "anonymous.json", &valid);
 
     for (name, status, words) in [
         ("fifo.json", 400, "not a regular file"),
@@ -161,6 +164,7 @@ fn junk_in_the_inbox_is_answered_and_changes_nothing() {
         ("array.json", 400, "object"),
         ("notes.txt", 400, "<name>.json"),
         ("stale.json", 409, "unknown run"),
+        ("anonymous.json", 400, "from_run_id"),
     ] {
         let answer = answer_of(&looper, &inbox, name);
         assert_eq!(answer["status"], status, "{name}: {answer}");
@@ -381,4 +385,44 @@ fn a_slowly_written_request_is_taken_when_it_lands() {
     }
     lags.sort_unstable();
     assert!(lags[2] < 125, "rename to inbox.take, ms: {lags:?}");
+}
+
+/// The operator can always stop a loop, even one whose runs hand off within their own
+/// startup check (each hand-off waits for the setup before it and had the guard promised:
+/// every operator stop was `409 busy` while the chain went on). A stop waits for the hand-off
+/// under way, goes first, and the loop ends.
+#[test]
+fn the_operator_stops_a_chain_of_quick_hand_offs() {
+    let fx = Fixture::new("handoff-chain");
+    let looper = fx.start(&[
+        (
+            "FAKE_CODEX",
+            r#"record;sleep:0.1;post:{"zulip_message":"again","codex_prompt":"p"};sleep:600"#,
+        ),
+        ("CODEX_EXEC_STARTUP_CHECK_SECONDS", "1"),
+    ]);
+    let a = looper.run(json!({"codex_prompt": "p"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    looper.wait("a chain of three runs", || {
+        (looper.records().len() >= 3).then_some(())
+    });
+    let stop = looper.run(json!({"zulip_message": "stop", "codex_prompt": ""}));
+    assert_eq!(stop.status, 200, "{}\n{}", stop.body, looper.tail());
+    // Every run of the chain ends, and none starts after the stop.
+    let pids: Vec<u64> = looper
+        .records()
+        .iter()
+        .filter_map(|r| r["pid"].as_u64())
+        .collect();
+    looper.wait("every run of the chain to end", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+    let status = looper.get("/status").body;
+    assert!(status.get("active").is_some_and(Value::is_null), "{status}");
+    assert_eq!(
+        looper.records().len(),
+        pids.len(),
+        "a run started after the stop\n{}",
+        looper.tail()
+    );
 }

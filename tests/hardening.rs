@@ -502,10 +502,16 @@ fn soak_300_runs_leaks_nothing() {
     looper.wait("no zombie children", || {
         zombies_of(pid).is_empty().then_some(())
     });
-    let rows = looper.get("/runs?limit=1000").body["runs"]
-        .as_array()
-        .unwrap()
-        .clone();
+    // Each run's end is recorded with its report, by its watcher: wait for the last one.
+    let rows = looper.wait("every row ended", || {
+        let rows = looper.get("/runs?limit=1000").body["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        rows.iter()
+            .all(|r| !r["return_code"].is_null())
+            .then_some(rows)
+    });
     let by_http = rows
         .iter()
         .filter(|r| r["trigger"] == json!("http"))
@@ -594,8 +600,8 @@ fn a_stalled_stderr_blocks_nothing() {
     }
     // The last run's exit is logged after its output, and after the first run's.
     let log = looper.log_with(&format!("codex.exec.exit request_id={last} "));
-    let flood_line = "x".repeat(99);
-    let mirrored = log.lines().filter(|l| *l == flood_line).count();
+    let flood_line = format!("| {}", "x".repeat(99));
+    let mirrored = log.lines().filter(|l| l.ends_with(&flood_line)).count();
     assert_eq!(
         mirrored,
         2 * LINES,

@@ -284,6 +284,36 @@ fn an_overlong_prompt_is_refused_before_any_effect() {
     );
 }
 
+/// A `LOOPER_PROMPT_FILE` the agent can replace (it lies in the workspace: Looper warns at
+/// start) holds nothing up when it becomes a FIFO: `/run` says why at once (`500`), and the next
+/// trigger goes through (it was read whole under the run guard: every trigger after it was
+/// `409 busy` until a restart).
+#[test]
+fn a_prompt_file_turned_fifo_holds_nothing_up() {
+    let fx = Fixture::new("prompt-fifo");
+    let prompt_file = fx.path("ws/PROMPT.md");
+    std::fs::write(&prompt_file, "work on").unwrap();
+    let looper = fx.start(&[("LOOPER_PROMPT_FILE", prompt_file.to_str().unwrap())]);
+    looper.log_with("config.prompt_file_in_workspace");
+    let first = looper.run(json!({}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    std::fs::remove_file(&prompt_file).unwrap();
+    let c = std::ffi::CString::new(prompt_file.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path inside this test's directory.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A fault of the configuration's, not the request's: 500, as for a missing file.
+    let refused = looper.run(json!({}));
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    let error = refused.body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("LOOPER_PROMPT_FILE") && error.contains("not a regular file"),
+        "{error}"
+    );
+    assert!(alive(pid_of(&first)), "the live run was stopped");
+    let next = looper.run(json!({"codex_prompt": "the operator's own"}));
+    assert_eq!(next.status, 200, "{}\n{}", next.body, looper.tail());
+}
+
 /// A prompt that starts with `-` (a TODO line) reaches codex as its prompt, after `--`;
 /// others keep the exact seed argv.
 #[test]

@@ -42,12 +42,10 @@ fn git_fixture(tag: &str) -> Option<(Fixture, PathBuf)> {
 
 /// A script at `path` that creates `marker` when it runs (as anyone, from anywhere).
 fn payload(path: &Path, marker: &Path) {
-    std::fs::write(
+    common::program(
         path,
-        format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+    );
 }
 
 /// The row of `run_id` once its summary reached Zulip (its report is in by then).
@@ -388,7 +386,8 @@ fn no_git_outlives_looper() {
 /// A log directory others may write (made first by another user under `/tmp`, mode 0777)
 /// is refused at start, naming the variable: a `loop-state.json` forged there made Looper
 /// report the loop finished and post the other user's queued message as its bot. So is one
-/// another user owns, and a state file of another user's in Looper's own directory.
+/// another user owns, one of Looper's own inside either, and a state file of another
+/// user's in Looper's own directory.
 #[test]
 fn a_state_directory_that_is_not_loopers_is_refused() {
     let fx = Fixture::new("jail-statedir");
@@ -428,6 +427,19 @@ fn a_state_directory_that_is_not_loopers_is_refused() {
         &shared,
         &["CODEX_EXEC_LOG_DIR", "written by group or others"],
     );
+    // Looper's own private directory is no safer inside one where anyone may rename it
+    // away and put theirs in its place.
+    let inside = shared.join("mine");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o700)).unwrap();
+    refused(
+        &inside,
+        &[
+            "CODEX_EXEC_LOG_DIR",
+            "lies in",
+            "written by group or others",
+        ],
+    );
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
         common::skip("playing another user's directory and file needs root");
@@ -440,6 +452,10 @@ fn a_state_directory_that_is_not_loopers_is_refused() {
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
         chown(&shared);
         refused(&shared, &["CODEX_EXEC_LOG_DIR", "belongs to user 65534"]);
+        refused(
+            &inside,
+            &["CODEX_EXEC_LOG_DIR", "lies in", "belongs to user 65534"],
+        );
         let own = fx.path("logs");
         std::fs::write(own.join("loop-state.json"), forged.to_string()).unwrap();
         chown(&own.join("loop-state.json"));
@@ -624,6 +640,46 @@ fn a_forged_printed_count_counts_nothing() {
     assert_eq!(
         row["tokens"],
         json!({"used": 4250, "source": "printed"}),
+        "{row}"
+    );
+}
+
+/// A run's row is ended together with its report: while git (blocked here on a FIFO) still
+/// counts its commits, the row stays open; once the report is in, `ended_at`, the outcome
+/// and the tokens appear at once. A client that waits for `ended_at` never reads
+/// `tokens: null` for a run that printed its count.
+#[test]
+fn a_row_ends_with_its_report() {
+    let Some((fx, ws)) = git_fixture("jail-pending") else {
+        return;
+    };
+    let fifo = Fifo::include_in(&ws);
+    let looper = fx.start(&[("FAKE_CODEX", "record;turn:done;exit:0")]);
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = run_id_of(&a);
+    looper.wait("the run's report waiting on git", || {
+        (!gits_of(looper.pid(), &ws).is_empty()).then_some(())
+    });
+    let row = looper.row(&id);
+    assert_eq!(
+        row["ended_at"],
+        json!(null),
+        "the row was ended before its report: {row}\n{}",
+        looper.tail()
+    );
+    // The include goes, then the git waiting on it reads its end.
+    let config = std::fs::read_to_string(ws.join(".git/config")).unwrap();
+    let freed = config.split("[include]").next().unwrap().to_string();
+    std::fs::write(ws.join(".git/config"), freed).unwrap();
+    drop(fifo);
+    let row = looper.wait("the run's row to end", || {
+        let row = looper.row(&id);
+        row["ended_at"].is_string().then_some(row)
+    });
+    assert_eq!(row["outcome"], json!("ok"), "{row}");
+    assert!(
+        row["tokens"]["used"].as_u64().is_some_and(|t| t > 0),
         "{row}"
     );
 }

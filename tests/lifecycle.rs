@@ -193,9 +193,14 @@ fn runs_outliving_a_killed_looper_get_their_rows_completed() {
         "{}",
         c.body
     );
-    let row = row_of(&third, &run_b);
-    assert!(row["ended_at"].is_string(), "{row}");
-    assert_eq!(row["stop_reason"], json!("replaced"), "{row}");
+    // Its end is recorded by its watcher (the run was adopted at start), with the reason:
+    // stopped, since nothing replaced it.
+    let row = third.wait("the adopted run's end", || {
+        let row = row_of(&third, &run_b);
+        row["ended_at"].is_string().then_some(row)
+    });
+    assert_eq!(row["stop_reason"], json!("stopped"), "{row}");
+    assert_eq!(row["outcome"], json!("stopped"), "{row}");
     assert_eq!(
         runs(&third)
             .iter()
@@ -203,6 +208,46 @@ fn runs_outliving_a_killed_looper_get_their_rows_completed() {
             .count(),
         0
     );
+}
+
+/// After a restart, a run the earlier Looper started is live everywhere: `/status`'s active
+/// run (said adopted), `/metrics`' `looper_run_active`. When it ends, its row has its report
+/// (tokens and last message, from its log and its session file), its true duration, and
+/// `unknown` for what no one could learn: it is no child of this Looper. (The next Looper
+/// said "active run: none" and recorded it with no tokens, lasting 0.4 s.)
+#[test]
+fn a_run_outliving_a_restart_is_live_everywhere_and_ends_with_its_report() {
+    let fx = Fixture::new("adopted");
+    let go = fx.path("go");
+    let script = format!("record;await:{};turn:all done;exit:0", go.display());
+    let mut first = fx.start_owned(&[("FAKE_CODEX", script)]);
+    let started = std::time::Instant::now();
+    let (run_a, pid_a) = start_run_then_kill_looper(&mut first);
+    let second = fx.start(&[]);
+    let status = second.get("/status").body;
+    assert_eq!(status["active"]["run_id"], run_a, "{status}");
+    assert_eq!(status["active"]["pid"], json!(pid_a), "{status}");
+    assert_eq!(status["active"]["adopted"], json!(true), "{status}");
+    let metrics = minreq::get(second.url("/metrics")).send().unwrap();
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("\nlooper_run_active 1\n"), "{metrics}");
+    std::fs::write(&go, "").unwrap();
+    let lived = started.elapsed().as_secs_f64();
+    let row = second.wait("the adopted run's end", || {
+        let row = row_of(&second, &run_a);
+        row["ended_at"].is_string().then_some(row)
+    });
+    assert_eq!(row["tokens"]["used"], json!(12345 - 2000 + 678), "{row}");
+    assert_eq!(row["tokens"]["source"], json!("session"), "{row}");
+    assert_eq!(row["last_message"], json!("all done"), "{row}");
+    assert_eq!(row["return_code"], json!(null), "{row}");
+    assert_eq!(row["outcome"], json!("unknown"), "{row}");
+    let lasted = row["duration_seconds"].as_f64().unwrap();
+    assert!(
+        lasted >= lived - 0.05,
+        "it lasted {lasted} s, at least {lived} s: {row}"
+    );
+    assert!(second.get("/status").body["active"].is_null());
 }
 
 /// History survives a restart; shutdown completes the rows of the runs it stops.

@@ -131,9 +131,9 @@ fn the_wrapper_works_from_a_run_under_a_bare_path() {
         err.contains("queued"),
         "--inbox was not taken as an option: {err}"
     );
-    // The inbox is a run's way to hand off, and the newest run here was stopped by the
-    // empty prompt above: the request is refused, as a late call from that run would be.
-    assert!(!o.status.success() && err.contains("stale"), "{err}");
+    // The inbox is a run's way to hand off, and a request there names its run: this one,
+    // from outside any run, names none and is refused.
+    assert!(!o.status.success() && err.contains("from_run_id"), "{err}");
 }
 
 /// Start-up says what the first trigger would find out: a codex binary that cannot be

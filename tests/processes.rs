@@ -93,12 +93,13 @@ fn spawns_the_exact_command_with_the_prompt_intact() {
         t.contains("first line from codex").then_some(t)
     });
     assert!(text.starts_with(&header), "{text}");
-    // Mirrored into the server log, as a line of its own.
+    // Mirrored into the server log, as a line of its own behind its run's mark.
+    let mirrored = format!("{run_id}| first line from codex");
     looper.wait("the mirrored line", || {
         looper
             .server_log()
             .lines()
-            .any(|l| l == "first line from codex")
+            .any(|l| l == mirrored)
             .then_some(())
     });
     // Logs hold whatever codex printed: readable by their owner only.

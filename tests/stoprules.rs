@@ -503,3 +503,49 @@ fn a_handoff_during_a_zulip_outage_starts_its_run_and_the_message_comes_late() {
     assert!(late.contains("while Zulip did not answer"), "{late}");
     looper.log_with("zulip.send.late");
 }
+
+/// Reading the loop's state changes nothing: with the page open (it reads `/status` every
+/// 2 s, here every 20 ms), a usage-limit pause still ends at autopoll's tick, which says so
+/// and starts a run at once, whatever the logs say. (A read ended the pause silently;
+/// autopoll never saw it end and waited for the logs to go quiet.)
+#[test]
+fn reading_the_status_ends_no_pause() {
+    let fx = Fixture::new("read-only");
+    let ws = fx.path("ws").canonicalize().unwrap();
+    let until = chrono::Local::now() + chrono::Duration::milliseconds(1500);
+    let state = json!({"holds": {ws.to_string_lossy(): {
+        "state": "paused", "reason": "usage_limit", "detail": "codex hit its usage limit",
+        "since": chrono::Local::now().to_rfc3339(), "until": until.to_rfc3339(), "run_id": null}}});
+    std::fs::write(fx.path("logs/loop-state.json"), state.to_string()).unwrap();
+    // A run log that changed just now: the quiet-logs rule would wait ten minutes.
+    std::fs::write(
+        fx.path("logs/codex-exec-20261207-000000-0a0a0a0a.log"),
+        "x\n",
+    )
+    .unwrap();
+    let looper = fx.start(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.3"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "600"),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, done) = (looper.url("/status"), stop.clone());
+    let page = std::thread::spawn(move || {
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = minreq::get(&url).send();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let rec = looper.wait("the run after the pause's end", || {
+        looper.records().into_iter().next()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    page.join().unwrap();
+    assert!(
+        rec["looper_run_id"].as_str().unwrap().starts_with("auto"),
+        "{rec}"
+    );
+    looper.log_with("loop.pause_ended");
+    looper.log_with("codex.exec.autopoll.resume reason=usage_limit_reset");
+}

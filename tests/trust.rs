@@ -295,7 +295,7 @@ fn links_in_the_workspace_redirect_nothing() {
         std::fs::read(&bashrc).unwrap(),
     );
 
-    first_run(&looper);
+    let (_, run_id) = first_run(&looper);
     let inbox = fx.path("ws/.looper/inbox");
     // Answer names that are links to a file outside.
     std::os::unix::fs::symlink(&bashrc, inbox.join("done/a.answer.json")).unwrap();
@@ -303,7 +303,7 @@ fn links_in_the_workspace_redirect_nothing() {
     drop_request(
         &inbox,
         "a.json",
-        r#"{"zulip_message":"m","codex_prompt":""}"#,
+        &json!({"zulip_message": "m", "codex_prompt": "", "from_run_id": run_id}).to_string(),
     );
     looper.wait("the answer to replace the planted link", || {
         std::fs::symlink_metadata(inbox.join("done/a.answer.json"))
@@ -647,7 +647,9 @@ fn no_other_process_reads_loopers_environment() {
     let shared = fx.path("unprivileged");
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::set_permissions(&fx.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Open to user 65534 the way /tmp is: sticky (Looper refuses a state directory under a
+    // directory anyone may rename things in).
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let as_user = |cmd: &mut std::process::Command| {
         if root {
             cmd.uid(65534).gid(65534);
@@ -715,7 +717,9 @@ fn the_token_is_not_sent_to_a_squatter() {
     let shared = fx.path("squatter");
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::set_permissions(&fx.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Open to user 65534 the way /tmp is: sticky (Looper refuses a state directory under a
+    // directory anyone may rename things in).
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     // The squatter: a plain TCP listener of user 65534 that records what it receives.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -183,22 +183,18 @@ fn a_failing_zulip_stops_nothing() {
 /// `zulip_script_path` runs the user's program with the message as its one argument.
 #[test]
 fn a_zulip_script_announces_instead() {
-    use std::os::unix::fs::PermissionsExt;
     let fx = Fixture::new("script");
     let script = fx.path("announce.sh");
     let out = fx.path("announced.txt");
-    std::fs::write(
+    common::program(
         &script,
-        format!(
+        &format!(
             "#!/bin/sh\nprintf '%s' \"$1\" > '{}'\necho sent-by-script\n",
             out.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let failing = fx.path("fail.sh");
-    std::fs::write(&failing, "#!/bin/sh\necho no route to zulip >&2\nexit 4\n").unwrap();
-    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::program(&failing, "#!/bin/sh\necho no route to zulip >&2\nexit 4\n");
     let looper = fx.start(&[("LOOPER_API_TOKEN", common::OPERATOR_TOKEN)]);
     let message = "it's a $message with `ticks`";
     let a = looper.run_as(
@@ -217,4 +213,45 @@ fn a_zulip_script_announces_instead() {
         .as_str()
         .unwrap()
         .contains("no route to zulip"));
+}
+
+/// `LOOPER_ZULIP_SCRIPT` carries every message, not only a trigger's announcement:
+/// autopoll's announcement and a run's end go through it too (they went to the built-in
+/// client, which logged "skipped: Zulip is not configured").
+#[test]
+fn the_configured_script_carries_every_message() {
+    let fx = Fixture::new("script-all");
+    let script = fx.path("say.sh");
+    let said = fx.path("said.txt");
+    common::program(
+        &script,
+        &format!(
+            "#!/bin/sh\nprintf '%s\\n--\\n' \"$1\" >> '{}'\necho ok\n",
+            said.display()
+        ),
+    );
+    let looper = fx.start(&[
+        ("LOOPER_ZULIP_SCRIPT", script.to_str().unwrap()),
+        ("LOOPER_NOTIFY_ON_EXIT", "1"),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("FAKE_CODEX", "record;exit:0"),
+    ]);
+    let text = looper.wait(
+        "autopoll's start and a run's end through the script",
+        || {
+            let text = std::fs::read_to_string(&said).ok()?;
+            (text.contains("autopoll starts a run") && text.contains("ended with rc=0"))
+                .then_some(text)
+        },
+    );
+    // The start line says where messages go; no warning that they go nowhere.
+    let log = looper.stderr();
+    assert!(log.contains(" zulip=script "), "{}", looper.tail());
+    assert!(
+        !log.contains("Zulip is not configured"),
+        "{text}\n{}",
+        looper.tail()
+    );
 }

@@ -1,8 +1,12 @@
 //! `GET /metrics`: Looper's state in Prometheus' text format, so that people who run Loopers
 //! on several machines watch them with the Prometheus they already have. Counters count
-//! since this Looper started. The renderer is pure: [`Snapshot`] in, the text out.
+//! since this Looper started. [`snapshot`] gathers the figures; the renderer is pure:
+//! [`Snapshot`] in, the text out.
 
 use std::fmt::Write;
+
+use crate::model::{HoldReason, HoldState};
+use crate::state::app::App;
 
 /// What `/metrics` shows, gathered by the caller: this room reads no state of its own.
 pub struct Snapshot {
@@ -10,8 +14,8 @@ pub struct Snapshot {
     pub started: Vec<(&'static str, u64)>,
     /// Runs ended since start, by outcome: every outcome, at 0 until it happens.
     pub ended: Vec<(&'static str, u64)>,
-    /// The active run's age and quiet time, in seconds.
-    pub active: Option<(f64, f64)>,
+    /// The active run, if there is one.
+    pub active: Option<Active>,
     pub crashes: u32,
     /// Seconds of crash-loop back-off left.
     pub backoff_seconds: f64,
@@ -20,9 +24,23 @@ pub struct Snapshot {
     /// Whether autopoll is on (`LOOPER_AUTOPOLL`).
     pub autopoll_enabled: bool,
     pub runs: RunFigures,
-    /// The loops that start nothing by themselves: workspace, `paused`/`finished`, reason,
-    /// when it ends (Unix time) if it ends by itself.
-    pub holds: Vec<(String, String, String, Option<i64>)>,
+    /// The loops that start nothing by themselves.
+    pub holds: Vec<HoldFigures>,
+}
+
+/// The active run's age and quiet time, in seconds.
+pub struct Active {
+    pub age: f64,
+    pub quiet: f64,
+}
+
+/// One held loop: its workspace, state and reason, and when it ends (Unix time) if it
+/// ends by itself.
+pub struct HoldFigures {
+    pub workspace: String,
+    pub state: HoldState,
+    pub reason: HoldReason,
+    pub until: Option<i64>,
 }
 
 /// What the runs' history rows say they did.
@@ -39,6 +57,88 @@ pub struct RunFigures {
     pub todo_open: Option<u64>,
     /// The account's rate-limit use as codex last reported it: (`primary`/`secondary`, %).
     pub rate_limits: Vec<(&'static str, f64)>,
+}
+
+/// What `/metrics` shows now, from the registry, autopoll's policy, the holds and the
+/// history. It reads only.
+pub fn snapshot(app: &App) -> Snapshot {
+    let counts = app.registry().counts();
+    let poll = app.policy().view(std::time::Instant::now());
+    let holds = app.holds().all();
+    let now = crate::model::Stamp::now();
+    Snapshot {
+        started: counts
+            .started
+            .into_iter()
+            .map(|(t, n)| (t.as_str(), n))
+            .collect(),
+        ended: counts
+            .ended
+            .into_iter()
+            .map(|(o, n)| (o.as_str(), n))
+            .collect(),
+        active: app.registry().active().map(|r| Active {
+            age: r.started.elapsed().as_secs_f64(),
+            quiet: r.quiet().as_secs_f64(),
+        }),
+        crashes: poll.crashes,
+        backoff_seconds: poll.backoff_left.map_or(0.0, |d| d.as_secs_f64()),
+        paused_until: holds
+            .iter()
+            .find(|(_, h)| h.reason == HoldReason::UsageLimit)
+            .and_then(|(_, h)| h.until)
+            .filter(|t| *t > now)
+            .map(|t| t.timestamp()),
+        autopoll_enabled: app.cfg().autopoll,
+        runs: run_figures(app),
+        holds: holds
+            .into_iter()
+            .map(|(workspace, h)| HoldFigures {
+                workspace,
+                state: h.state,
+                reason: h.reason,
+                until: h.until.map(|t| t.timestamp()),
+            })
+            .collect(),
+    }
+}
+
+/// The figures `/metrics` takes from the runs' history rows: tokens by workspace, the
+/// newest run's tokens and TODO count, the newest rate limits. Sums saturate.
+fn run_figures(app: &App) -> RunFigures {
+    let rows = app.history().newest(crate::state::history::MAX_ROWS);
+    type ByWorkspace = std::collections::BTreeMap<String, u64>;
+    let (mut tokens, mut commits) = (ByWorkspace::new(), ByWorkspace::new());
+    for r in &rows {
+        let workspace = || r.workspace.to_string_lossy().into_owned();
+        if let Some(t) = &r.report.tokens {
+            let sum = tokens.entry(workspace()).or_default();
+            *sum = sum.saturating_add(t.used);
+        }
+        if let Some(n) = r.report.git.as_ref().and_then(|g| g.commits) {
+            let sum = commits.entry(workspace()).or_default();
+            *sum = sum.saturating_add(n);
+        }
+    }
+    let ended = || rows.iter().filter(|r| r.ended());
+    let limits = ended().find_map(|r| r.report.rate_limits.clone());
+    RunFigures {
+        tokens_by_workspace: tokens.into_iter().collect(),
+        commits_by_workspace: commits.into_iter().collect(),
+        last_run_ended_at: ended().next().and_then(|r| Some(r.ended_at?.timestamp())),
+        last_run_tokens: ended()
+            .next()
+            .and_then(|r| r.report.tokens.as_ref().map(|t| t.used)),
+        todo_open: ended().find_map(|r| r.report.todo_after.map(|t| t.open)),
+        rate_limits: limits
+            .map(|l| {
+                [("primary", l.primary), ("secondary", l.secondary)]
+                    .into_iter()
+                    .filter_map(|(w, win)| Some((w, win?.used_percent)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 /// A label value in the text format: `\`, `"` and line breaks escaped.
@@ -88,7 +188,10 @@ pub fn render(snap: &Snapshot) -> String {
         "Runs ended since Looper started, by outcome.",
         &by(&snap.ended, "outcome"),
     );
-    let (age, quiet) = snap.active.unwrap_or((0.0, 0.0));
+    let (age, quiet) = snap
+        .active
+        .as_ref()
+        .map_or((0.0, 0.0), |a| (a.age, a.quiet));
     let gauge = |out: &mut String, name: &str, help: &str, value: f64| {
         family(out, name, "gauge", help, &[(String::new(), value)]);
     };
@@ -183,20 +286,18 @@ pub fn render(snap: &Snapshot) -> String {
         .iter()
         .map(|(w, p)| (format!("{{window=\"{w}\"}}"), *p))
         .collect();
-    let holds = |state: &str| -> Vec<(String, f64)> {
+    let labels = |h: &HoldFigures| {
+        format!(
+            "{{workspace=\"{}\",reason=\"{}\"}}",
+            label_value(&h.workspace),
+            h.reason.as_str()
+        )
+    };
+    let holds = |state: HoldState| -> Vec<(String, f64)> {
         snap.holds
             .iter()
-            .filter(|h| h.1 == state)
-            .map(|(w, _, reason, _)| {
-                (
-                    format!(
-                        "{{workspace=\"{}\",reason=\"{}\"}}",
-                        label_value(w),
-                        label_value(reason)
-                    ),
-                    1.0,
-                )
-            })
+            .filter(|h| h.state == state)
+            .map(|h| (labels(h), 1.0))
             .collect()
     };
     family(
@@ -204,28 +305,19 @@ pub fn render(snap: &Snapshot) -> String {
         "looper_loop_paused",
         "gauge",
         "1 for each workspace whose loop is paused (no progress, a budget, the usage limit), by reason.",
-        &holds("paused"),
+        &holds(HoldState::Paused),
     );
     family(
         &mut out,
         "looper_loop_finished",
         "gauge",
         "1 for each workspace whose loop is finished (its TODO list done, or a run said done), by reason.",
-        &holds("finished"),
+        &holds(HoldState::Finished),
     );
     let until: Vec<(String, f64)> = snap
         .holds
         .iter()
-        .filter_map(|(w, _, reason, until)| {
-            Some((
-                format!(
-                    "{{workspace=\"{}\",reason=\"{}\"}}",
-                    label_value(w),
-                    label_value(reason)
-                ),
-                (*until)? as f64,
-            ))
-        })
+        .filter_map(|h| Some((labels(h), h.until? as f64)))
         .collect();
     family(
         &mut out,

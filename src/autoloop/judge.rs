@@ -1,23 +1,28 @@
-//! The stop rules at work: after each run's end (finished, stuck, over budget), at each
-//! autopoll tick (a pause's end, a budget reached), for each hand-off (refused while the
-//! loop is held, `429` past a budget) and for an operator, whose trigger or `looper resume`
-//! ends every hold. The rules are [`crate::rules::stop`]'; the memory is [`crate::state::loopstate`].
+//! The one room where the loop's holds are decided, each from one event:
+//!
+//! - a run's end ([`run_ended`]): the crash back-off, codex's usage limit (a pause until
+//!   its reset; a run that exits 0 ends that pause), a finished TODO list, runs in a row
+//!   that changed nothing, a budget reached;
+//! - autopoll's tick ([`autopoll_gate`]): a pause whose time is over ends, a budget reached
+//!   pauses;
+//! - a hand-off ([`refuse_handoff`]): refused while the loop is held, `429` past a budget;
+//! - the operator ([`resume`]), whose trigger or `looper resume` ends every hold; a run's
+//!   own `loop_done` hand-off ([`finish_by_handoff`]).
+//!
+//! The rules themselves are pure ([`crate::rules`]); the holds are kept by
+//! [`crate::state::holds`]. Nothing here says anything on Zulip: what to say is returned.
 
 use std::path::Path;
-
-use chrono::{DateTime, Local};
+use std::time::Instant;
 
 use crate::error::ApiError;
+use crate::model::{Hold, HoldReason, HoldState, Row, Stamp};
 use crate::os::logging::Q;
-use crate::rules::stop::{self as rules, Counts, Over};
+use crate::rules::backoff::{Backoff, RunEnd, Settings};
+use crate::rules::stop::{self as rules, Over};
+use crate::rules::usage_limit::UsageLimit;
 use crate::state::app::App;
-use crate::state::history::Row;
-use crate::state::loopstate::Hold;
-
-/// When a hold ends, for people.
-pub fn when(t: DateTime<Local>) -> String {
-    t.format("%Y-%m-%d %H:%M %Z").to_string()
-}
+use crate::state::registry::Exited;
 
 fn rows_of(app: &App, workspace: &Path) -> Vec<Row> {
     let mut rows = app.history().newest(crate::state::history::MAX_ROWS);
@@ -26,7 +31,7 @@ fn rows_of(app: &App, workspace: &Path) -> Vec<Row> {
 }
 
 /// The first budget `workspace` reached at `now` that no operator waived.
-fn budget_over(app: &App, workspace: &Path, now: DateTime<Local>) -> Option<Over> {
+fn budget_over(app: &App, workspace: &Path, now: Stamp) -> Option<Over> {
     let r = &app.cfg().rules;
     if r.max_runs_per_day.is_none()
         && r.max_tokens_per_day.is_none()
@@ -34,34 +39,34 @@ fn budget_over(app: &App, workspace: &Path, now: DateTime<Local>) -> Option<Over
     {
         return None;
     }
-    let over = rules::budget_over(r, &rows_of(app, workspace), now)?;
-    (!app.loop_state().waived(workspace, over.reason, now)).then_some(over)
+    let over = rules::budget_over(r, &rows_of(app, workspace), now.local())?;
+    (!app.holds().waived(workspace, over.reason, now)).then_some(over)
 }
 
 /// Holds `workspace` for a budget; the message to say when the pause is new.
 fn pause_for(app: &App, workspace: &Path, over: &Over, run_id: Option<&str>) -> Option<String> {
+    let until = Stamp::from(over.until);
     let hold = Hold::new(
-        "paused",
+        HoldState::Paused,
         over.reason,
         over.detail.clone(),
-        Some(over.until),
+        Some(until),
         run_id,
     );
-    if !app.loop_state().hold(workspace, hold) {
+    if !app.holds().hold(workspace, hold) {
         return None;
     }
     log::warn!(
-        "loop.paused workspace={} reason={} until={} detail={}",
+        "loop.paused workspace={} reason={} until={until} detail={}",
         Q(&workspace.to_string_lossy()),
-        over.reason,
-        over.until.to_rfc3339(),
+        over.reason.as_str(),
         Q(&over.detail)
     );
     Some(format!(
         "Looper: the loop in {} is paused: {}. It goes on by itself at {}; `looper resume` or a trigger of yours goes on now.",
         workspace.display(),
         over.detail,
-        when(over.until)
+        until.minute()
     ))
 }
 
@@ -69,24 +74,25 @@ fn pause_for(app: &App, workspace: &Path, over: &Over, run_id: Option<&str>) -> 
 fn hold_for_good(
     app: &App,
     workspace: &Path,
-    state: &str,
-    reason: &str,
+    state: HoldState,
+    reason: HoldReason,
     detail: String,
     run_id: &str,
 ) -> Option<String> {
     let hold = Hold::new(state, reason, detail.clone(), None, Some(run_id));
-    if !app.loop_state().hold(workspace, hold) {
+    if !app.holds().hold(workspace, hold) {
         return None;
     }
     log::warn!(
-        "loop.{state} workspace={} reason={reason} run_id={run_id} detail={}",
+        "loop.{} workspace={} reason={} run_id={run_id} detail={}",
+        state.as_str(),
         Q(&workspace.to_string_lossy()),
+        reason.as_str(),
         Q(&detail)
     );
-    let what = if state == "finished" {
-        "is finished"
-    } else {
-        "is paused"
+    let what = match state {
+        HoldState::Finished => "is finished",
+        HoldState::Paused => "is paused",
     };
     Some(format!(
         "Looper: the loop in {} {what}: {detail}. Autopoll starts nothing more there; `looper resume` or a trigger of yours starts it again.",
@@ -94,7 +100,7 @@ fn hold_for_good(
     ))
 }
 
-/// What a run's end meant for the loop.
+/// What a run's end meant for the loop's stop rules.
 #[derive(Debug, Clone, PartialEq)]
 pub enum News {
     /// The loop goes on.
@@ -112,14 +118,121 @@ impl From<Option<String>> for News {
     }
 }
 
-/// What a run's end means for the loop, its report in `row`.
-pub fn after_run(app: &App, row: &Row) -> News {
+/// Codex's usage limit, as it paused the loop.
+#[derive(Debug, Clone)]
+pub struct UsagePause {
+    pub limit: UsageLimit,
+    /// A new pause (to be said once), not one that held already.
+    pub new: bool,
+}
+
+/// Everything a run's end decided.
+#[derive(Debug, Clone)]
+pub struct AfterRun {
+    /// The stop rules: the loop finished or paused, or goes on.
+    pub news: News,
+    /// Codex's usage limit ended the run and pauses the loop.
+    pub usage_pause: Option<UsagePause>,
+    /// A crash loop backs off.
+    pub backoff: Option<Backoff>,
+    /// The run counted as a crash (a quick non-zero exit nobody asked for).
+    pub crash: bool,
+}
+
+/// Decides what run `ended`'s end means for the loop, its row (report included) in `row`
+/// and codex's usage limit in `limit` when that is how it ended: the crash back-off, the
+/// usage-limit pause (and its end, when a run exits 0), then the stop rules.
+pub fn run_ended(app: &App, ended: &Exited, row: &Row, limit: Option<UsageLimit>) -> AfterRun {
     let ws = row.workspace.as_path();
-    let (held, _) = app.loop_state().hold_of(ws, Local::now());
-    if held
-        .as_ref()
-        .is_some_and(|h| h.reason == "loop_done" && h.run_id.as_deref() == Some(&row.run_id))
-    {
+    let settings = Settings {
+        idle_poll: app.cfg().idle_poll,
+        usage_limit_margin: app.cfg().usage_limit_margin,
+    };
+    let end = RunEnd {
+        return_code: ended.exit.return_code,
+        elapsed: ended.elapsed,
+        explained: ended.reason.is_some(),
+        usage_limit: limit.clone(),
+    };
+    let verdict = app.policy().on_end(&end, settings, Instant::now());
+    if let Some(b) = verdict.backoff {
+        log::warn!(
+            "codex.exec.autopoll.backoff crashes={} backoff_s={:.1}",
+            b.crashes,
+            b.length.as_secs_f64()
+        );
+    }
+    if let Some(crashes) = verdict.reset_after {
+        log::info!("codex.exec.autopoll.backoff_reset after_crashes={crashes}");
+    }
+    let usage_pause = match (limit, verdict.pause_until) {
+        (Some(limit), Some(until)) => Some(pause_for_usage_limit(
+            app,
+            ws,
+            &row.run_id,
+            limit,
+            until.into(),
+        )),
+        _ => None,
+    };
+    if row.return_code == Some(0) {
+        // Someone's run worked (bought credits, or the reset came early): go on.
+        if app.holds().end_for(ws, HoldReason::UsageLimit).is_some() {
+            log::info!(
+                "codex.exec.autopoll.resume reason=run_succeeded run_id={}",
+                row.run_id
+            );
+        }
+    }
+    AfterRun {
+        news: stop_rules(app, row),
+        usage_pause,
+        backoff: verdict.backoff,
+        crash: verdict.crash,
+    }
+}
+
+/// Pauses `workspace` until codex's usage limit resets (`until`, margin included).
+fn pause_for_usage_limit(
+    app: &App,
+    workspace: &Path,
+    run_id: &str,
+    limit: UsageLimit,
+    until: Stamp,
+) -> UsagePause {
+    let resets = Stamp::from(limit.resets_at);
+    let detail = format!(
+        "codex hit its usage limit (run {run_id}); it resets at {}{}",
+        resets.minute(),
+        if limit.stated {
+            ""
+        } else {
+            " (codex named no time: Looper's guess)"
+        }
+    );
+    let hold = Hold::new(
+        HoldState::Paused,
+        HoldReason::UsageLimit,
+        detail,
+        Some(until),
+        Some(run_id),
+    );
+    let new = app.holds().hold(workspace, hold);
+    log::warn!(
+        "codex.exec.usage_limit run_id={run_id} resets_at={resets} stated={} paused_until={until}",
+        limit.stated
+    );
+    UsagePause { limit, new }
+}
+
+/// The stop rules on a run's end, its report in `row`: a finished TODO list finishes the
+/// loop, runs in a row that changed nothing pause it, a budget reached pauses it.
+fn stop_rules(app: &App, row: &Row) -> News {
+    let ws = row.workspace.as_path();
+    let held = app.holds().of(ws);
+    if held.as_ref().is_some_and(|h| {
+        h.reason == HoldReason::LoopDone && h.run_id.as_deref() == Some(&row.run_id)
+    }) {
         return News::SaidAlready;
     }
     let cfg = app.cfg();
@@ -131,13 +244,21 @@ pub fn after_run(app: &App, row: &Row) -> News {
                 name.display(),
                 row.run_id
             );
-            return hold_for_good(app, ws, "finished", "todo_done", detail, &row.run_id).into();
+            let said = hold_for_good(
+                app,
+                ws,
+                HoldState::Finished,
+                HoldReason::TodoDone,
+                detail,
+                &row.run_id,
+            );
+            return said.into();
         }
     }
     let n = cfg.rules.no_progress_runs as usize;
-    if n > 0 && rules::counts(row.stop_reason.as_deref(), &row.report) == Counts::Yes {
+    if n > 0 && rules::counts_for_stuck(row.stop_reason, &row.report) {
         let streak = app
-            .loop_state()
+            .holds()
             .note_progress(ws, &row.run_id, row.report.progress);
         if row.report.progress == Some(false) && streak.len() >= n {
             let detail = format!(
@@ -145,48 +266,75 @@ pub fn after_run(app: &App, row: &Row) -> News {
                 streak.len(),
                 streak[streak.len() - n..].join(", ")
             );
-            return hold_for_good(app, ws, "paused", "no_progress", detail, &row.run_id).into();
+            let said = hold_for_good(
+                app,
+                ws,
+                HoldState::Paused,
+                HoldReason::NoProgress,
+                detail,
+                &row.run_id,
+            );
+            return said.into();
         }
     }
-    budget_over(app, ws, Local::now())
+    budget_over(app, ws, Stamp::now())
         .and_then(|over| pause_for(app, ws, &over, Some(&row.run_id)))
         .into()
 }
 
-/// What autopoll may do in `workspace` now: `Err(reason)` to skip, with the message of a
-/// budget just reached; `Ok(ended)` to go on, `ended` the pause whose time just ended.
-pub fn autopoll_gate(
-    app: &App,
-    workspace: &Path,
-) -> Result<Option<Hold>, (String, Option<String>)> {
-    let now = Local::now();
-    let (held, ended) = app.loop_state().hold_of(workspace, now);
-    if let Some(h) = &ended {
-        log::info!(
-            "loop.pause_ended workspace={} reason={}",
-            Q(&workspace.to_string_lossy()),
-            h.reason
-        );
-    }
-    if let Some(h) = held {
-        return Err((h.reason, None));
+/// Ends `workspace`'s hold when its time is over at `now` (logged): the hold that ended.
+fn end_if_over(app: &App, workspace: &Path, now: Stamp) -> Option<Hold> {
+    let ended = app.holds().end_if_over(workspace, now)?;
+    log::info!(
+        "loop.pause_ended workspace={} reason={}",
+        Q(&workspace.to_string_lossy()),
+        ended.reason.as_str()
+    );
+    Some(ended)
+}
+
+/// What autopoll may do in a workspace at its tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// Go on; `ended`: the pause whose time just ended (a run starts at once).
+    Go { ended: Option<Hold> },
+    /// The loop is held.
+    Held(HoldReason),
+    /// A budget is reached now: the loop pauses, and `said` is the message when new.
+    OverBudget {
+        reason: HoldReason,
+        said: Option<String>,
+    },
+}
+
+/// What autopoll may do in `workspace` now: a pause whose time is over ends here.
+pub fn autopoll_gate(app: &App, workspace: &Path) -> Gate {
+    let now = Stamp::now();
+    let ended = end_if_over(app, workspace, now);
+    if let Some(h) = app.holds().of(workspace) {
+        return Gate::Held(h.reason);
     }
     if let Some(over) = budget_over(app, workspace, now) {
         let said = pause_for(app, workspace, &over, None);
-        return Err((over.reason.to_string(), said));
+        return Gate::OverBudget {
+            reason: over.reason,
+            said,
+        };
     }
-    Ok(ended)
+    Gate::Go { ended }
 }
 
 /// Why a hand-off may not start a run in `workspace`: the loop is finished or paused (a
 /// budget's pause: `429`, saying when it clears), or the run would go past a budget (which
-/// pauses the loop: the message to say comes with it). Nothing was stopped either way.
+/// pauses the loop: the message to say comes with it). A pause whose time is over ends
+/// here. Nothing was stopped either way.
 pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(ApiError, Option<String>)> {
-    let now = Local::now();
-    if let (Some(h), _) = app.loop_state().hold_of(workspace, now) {
-        let status = if h.is_budget() { 429 } else { 409 };
-        let ends = match h.until() {
-            Some(u) => format!("it ends at {}, or", when(u)),
+    let now = Stamp::now();
+    end_if_over(app, workspace, now);
+    if let Some(h) = app.holds().of(workspace) {
+        let status = if h.reason.is_budget() { 429 } else { 409 };
+        let ends = match h.until {
+            Some(u) => format!("it ends at {}, or", u.minute()),
             None => "it ends".to_string(),
         };
         return Some((
@@ -194,7 +342,9 @@ pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(ApiError, Option<S
                 status,
                 format!(
                     "the loop is {} ({}: {}); a hand-off starts nothing. Nothing was stopped; {ends} with `looper resume` or a trigger of the operator",
-                    h.state, h.reason, h.detail
+                    h.state.as_str(),
+                    h.reason.as_str(),
+                    h.detail
                 ),
             ),
             None,
@@ -208,7 +358,7 @@ pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(ApiError, Option<S
             format!(
                 "over budget: {}; no run starts before {} (or `looper resume`). Nothing was stopped",
                 over.detail,
-                when(over.until)
+                Stamp::from(over.until).minute()
             ),
         ),
         said,
@@ -218,13 +368,13 @@ pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(ApiError, Option<S
 /// An operator's trigger or `looper resume` ends the holds of `workspace` (of every
 /// workspace: `None`); the holds that ended.
 pub fn resume(app: &App, workspace: Option<&Path>, by: &str) -> Vec<(String, Hold)> {
-    let ended = app.loop_state().resume(workspace);
+    let ended = app.holds().resume(workspace);
     for (ws, h) in &ended {
         log::info!(
             "loop.resumed workspace={} was={} reason={} by={by}",
             Q(ws),
-            h.state,
-            h.reason
+            h.state.as_str(),
+            h.reason.as_str()
         );
     }
     ended
@@ -233,11 +383,22 @@ pub fn resume(app: &App, workspace: Option<&Path>, by: &str) -> Vec<(String, Hol
 /// Finishes the loop of `workspace` for run `run_id`'s `loop_done` hand-off.
 pub fn finish_by_handoff(app: &App, workspace: &Path, run_id: &str) {
     let detail = format!("run {run_id} handed off with done");
-    let hold = Hold::new("finished", "loop_done", detail.clone(), None, Some(run_id));
-    app.loop_state().hold(workspace, hold);
+    let hold = Hold::new(
+        HoldState::Finished,
+        HoldReason::LoopDone,
+        detail.clone(),
+        None,
+        Some(run_id),
+    );
+    app.holds().hold(workspace, hold);
     log::warn!(
         "loop.finished workspace={} reason=loop_done run_id={run_id} detail={}",
         Q(&workspace.to_string_lossy()),
         Q(&detail)
     );
+}
+
+/// The local time of day now, for the words autopoll says about a pause's end.
+pub fn clock(at: Stamp) -> String {
+    at.local().format("%H:%M").to_string()
 }

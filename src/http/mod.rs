@@ -69,7 +69,7 @@ impl Default for Limits {
 /// What answers the requests of one server.
 pub trait Handler: Send + Sync + 'static {
     /// The answer to one request (its body, when wanted, read through `rq`).
-    fn handle(self: &Arc<Self>, rq: &mut Request) -> Outcome;
+    fn handle(self: &Arc<Self>, rq: &mut Request) -> Response;
     /// Set when the server shuts down: the accept loop and kept-alive connections end.
     fn shutdown(&self) -> &Shutdown;
 }
@@ -387,12 +387,12 @@ pub fn serve<H: Handler>(app: &Arc<H>, listener: &TcpListener, limits: Limits) {
 fn refuse(stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
     let body = ApiError::new(503, "busy: too many connections").body();
-    let answer = Outcome::json(503, body.to_string());
+    let answer = Response::json(503, body.to_string());
     let _ = (&stream).write_all(&response_bytes(&answer, true, false));
 }
 
 /// The answer to one request.
-pub struct Outcome {
+pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
@@ -400,10 +400,10 @@ pub struct Outcome {
     pub headers: Vec<(&'static str, String)>,
 }
 
-impl Outcome {
+impl Response {
     /// A JSON answer.
-    pub fn json(status: u16, body: String) -> Outcome {
-        Outcome {
+    pub fn json(status: u16, body: String) -> Response {
+        Response {
             status,
             content_type: "application/json",
             body: body.into_bytes(),
@@ -422,7 +422,7 @@ fn serve_connection<H: Handler>(app: &Arc<H>, mut conn: Conn) {
             Ok(None) => return,
             Err(e) => {
                 // A broken head: answer and close (the rest of the stream means nothing).
-                let answer = Outcome::json(e.status, e.body().to_string());
+                let answer = Response::json(e.status, e.body().to_string());
                 let _ = write_response(&mut conn.stream, &answer, true, false);
                 log::info!(
                     "http.end method=- path=- status={} error={}",
@@ -604,7 +604,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn response_bytes(answer: &Outcome, close: bool, head_only: bool) -> Vec<u8> {
+fn response_bytes(answer: &Response, close: bool, head_only: bool) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\nX-Content-Type-Options: nosniff\r\n",
         answer.status,
@@ -628,7 +628,7 @@ fn response_bytes(answer: &Outcome, close: bool, head_only: bool) -> Vec<u8> {
 /// failure: the caller just closes.
 fn write_response(
     stream: &mut TcpStream,
-    answer: &Outcome,
+    answer: &Response,
     close: bool,
     head_only: bool,
 ) -> std::io::Result<()> {

@@ -11,6 +11,8 @@
 //! - where the kernel has Landlock, run inside a domain that reads anything, writes
 //!   nothing, executes only git's own binaries (and the loader they need), connects and
 //!   binds no TCP port, and signals or reaches no abstract socket outside itself;
+//! - unable to start another process or open a socket (a seccomp filter,
+//!   [`crate::os::seccomp`]), with at most 1 GiB to allocate;
 //! - bounded: its process group is killed at its deadline and at Looper's shutdown
 //!   ([`crate::os::signals::run_bounded`]).
 //!
@@ -84,7 +86,7 @@ const HELPER_NICE: libc::c_int = 10;
 
 /// The settings that switch off whatever git's configuration could make it fetch or call:
 /// given on the command line, they win over every configuration file.
-const SETTINGS: [&str; 7] = [
+const SETTINGS: [&str; 8] = [
     "core.fsmonitor=false",
     "core.hooksPath=/dev/null",
     "diff.external=",
@@ -93,6 +95,8 @@ const SETTINGS: [&str; 7] = [
     "credential.helper=",
     "protocol.allow=never",
     "core.alternateRefsCommand=",
+    // Blobs past this are taken as binary, never loaded whole to be compared.
+    "core.bigFileThreshold=16m",
 ];
 
 /// The environment git runs with (nothing else of Looper's): no system or global
@@ -216,6 +220,7 @@ impl Git {
                 Err(e) => refuse_on_spawn(&mut cmd, e),
             }
         }
+        limit_on_spawn(&mut cmd);
         cmd
     }
 
@@ -274,6 +279,35 @@ fn confine_on_spawn(cmd: &mut Command, ruleset: RulesetCreated) {
                 }) => Ok(()),
                 Ok(_) => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
                 Err(_) => Err(std::io::Error::from_raw_os_error(libc::EPERM)),
+            }
+        });
+    }
+}
+
+/// The most memory a helper may allocate (its heap and private writable mappings): a
+/// configuration that makes git load huge blobs whole costs that helper its fields, not
+/// the machine its memory.
+const HELPER_DATA_LIMIT: libc::rlim_t = 1 << 30;
+
+/// Makes the spawned program start no process and open no socket ([`crate::os::seccomp`]),
+/// and allocate at most [`HELPER_DATA_LIMIT`].
+fn limit_on_spawn(cmd: &mut Command) {
+    let filter = crate::os::seccomp::filter();
+    // SAFETY: the closure runs in the forked child before exec; it calls setrlimit(2) with
+    // a value on its stack and enters a filter built in the parent (prctl(2) only): all
+    // async-signal-safe, no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: HELPER_DATA_LIMIT,
+                rlim_max: HELPER_DATA_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            match &filter {
+                Some(f) => f.enter(),
+                None => Ok(()),
             }
         });
     }

@@ -7,6 +7,7 @@ pub(crate) mod jail;
 pub(crate) mod logging;
 pub(crate) mod paths;
 pub(crate) mod procs;
+pub(crate) mod seccomp;
 pub(crate) mod shutdown;
 pub(crate) mod signals;
 pub(crate) mod sockets;

@@ -18,6 +18,34 @@ pub fn open_regular(path: &Path) -> Option<std::fs::File> {
     file.metadata().ok()?.is_file().then_some(file)
 }
 
+/// The text of a file the operator named, which may still be one someone else can swap (a
+/// prompt file kept in the workspace): links are followed (the operator's), but a FIFO or a
+/// device is refused without blocking, and no more than `limit` bytes are read (a longer
+/// file is an error that says its size).
+pub fn read_named_text(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("it is {} bytes, more than the {limit} read", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::new(ErrorKind::InvalidInput, "it grew while read"));
+    }
+    String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// A regular file ([`open_regular`]), at most `limit` bytes, as text.
 pub fn read_regular(path: &Path, limit: u64) -> Option<String> {
     let mut text = Vec::new();

@@ -335,6 +335,20 @@ impl Process {
         })
     }
 
+    /// A process an earlier Looper started (not our child): pinned by a pidfd, then checked
+    /// to be the process that started at `start_time` (so a later holder of the pid is never
+    /// taken for it). `None`: it is gone, or the pid is another's now.
+    pub fn adopt(pid: u32, start_time: u64) -> Option<Process> {
+        let fd = pidfd_open(pid as i32)?;
+        (read_stat(pid as i32).map(|(_, start)| start) == Some(start_time)).then(|| {
+            Process(Target {
+                pid: pid as i32,
+                start_time,
+                fd: Some(fd),
+            })
+        })
+    }
+
     /// Sends `sig`; false when the process is gone (or cannot be told apart from another).
     pub fn signal(&self, sig: i32) -> bool {
         self.0.signal(sig)

@@ -426,6 +426,13 @@ impl Dir {
 
     /// The names in this directory (not `.` and `..`).
     pub fn names(&self) -> io::Result<Vec<OsString>> {
+        Ok(self.entries()?.into_iter().map(|(n, _)| n).collect())
+    }
+
+    /// The names in this directory (not `.` and `..`), each with whether the directory
+    /// listing itself says it is a directory (no `stat` asked: a listing of thousands of
+    /// planted directories costs no more than its reading).
+    pub fn entries(&self) -> io::Result<Vec<(OsString, bool)>> {
         let dot = CString::new(".").map_err(|_| io::Error::other("NUL"))?;
         // A descriptor of our own for the stream, which closes it.
         // SAFETY: a valid descriptor and C string.
@@ -456,7 +463,9 @@ impl Dir {
             let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
             let bytes = name.to_bytes();
             if bytes != b"." && bytes != b".." {
-                names.push(OsString::from_vec(bytes.to_vec()));
+                // SAFETY: as above, the entry is valid until the next readdir64.
+                let is_dir = unsafe { (*ent).d_type } == libc::DT_DIR;
+                names.push((OsString::from_vec(bytes.to_vec()), is_dir));
             }
         }
         // SAFETY: the stream came from fdopendir and is closed once.

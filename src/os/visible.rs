@@ -16,9 +16,18 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 /// Whether `c` is a control character that a terminal could act on (tab and newline are
-/// text).
+/// text), or one that changes how the text around it is shown: the bidirectional marks,
+/// embeddings, overrides and isolates (text shown in another order than it reads), and
+/// the line and paragraph separators.
 fn is_control(c: char) -> bool {
-    (c.is_control() && c != '\t' && c != '\n') || ('\u{80}'..='\u{9f}').contains(&c)
+    (c.is_control() && c != '\t' && c != '\n')
+        || ('\u{80}'..='\u{9f}').contains(&c)
+        || matches!(
+            c,
+            '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// Appends how `c` is shown: `^X` for C0 and DEL, `\u00XX` for C1, `c` itself otherwise.
@@ -26,7 +35,7 @@ fn show(c: char, out: &mut Vec<u8>) {
     match c as u32 {
         n @ 0..=0x1f if c != '\t' && c != '\n' => out.extend_from_slice(&[b'^', n as u8 + 0x40]),
         0x7f => out.extend_from_slice(b"^?"),
-        n @ 0x80..=0x9f => out.extend_from_slice(format!("\\u{n:04x}").as_bytes()),
+        n if n >= 0x80 && is_control(c) => out.extend_from_slice(format!("\\u{n:04x}").as_bytes()),
         _ => {
             let mut buf = [0u8; 4];
             out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
@@ -160,6 +169,15 @@ mod tests {
         assert!(!shown(b"\x1b\x9b\x7f\x07")
             .bytes()
             .any(|b| b < 0x20 || b == 0x7f));
+    }
+
+    #[test]
+    fn text_that_would_be_shown_out_of_order_is_named() {
+        // A right-to-left override makes "exe.txt" of "txt.exe"; isolates and separators.
+        assert_eq!(shown("a\u{202e}b".as_bytes()), "a\\u202eb");
+        assert_eq!(shown("\u{2066}x\u{2069}".as_bytes()), "\\u2066x\\u2069");
+        assert_eq!(shown("l\u{2028}p\u{2029}".as_bytes()), "l\\u2028p\\u2029");
+        assert_eq!(strip_controls("\u{200f}ok\u{61c}"), "ok");
     }
 
     #[test]

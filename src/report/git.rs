@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use crate::os::logging::Q;
 
-use serde::{Deserialize, Serialize};
-
 /// How long one git command may take before it is killed and its field left empty.
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a short answer read (a count, a shortstat line).
@@ -29,23 +27,9 @@ const LISTING: u64 = 16 << 20;
 const OUTPUT_WAIT: Duration = Duration::from_secs(1);
 /// The most of a file read for HEAD or a loose ref; the most of `packed-refs` looked at.
 const REF_FILE: u64 = 4096;
-const PACKED_REFS: u64 = 64 << 20;
+const PACKED_REFS: u64 = 8 << 20;
 
-/// The git state around a run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Git {
-    pub head_before: Option<String>,
-    pub head_after: Option<String>,
-    /// Commits reachable from `head_after` and not from `head_before`.
-    pub commits: Option<u64>,
-    /// `git diff --shortstat` between the two heads.
-    pub files_changed: Option<u64>,
-    pub insertions: Option<u64>,
-    pub deletions: Option<u64>,
-    /// Whether the work tree differs from HEAD (staged, changed or untracked files) at the
-    /// end. A tracked file counts as changed when its `lstat` differs from the index's.
-    pub dirty: Option<bool>,
-}
+pub use crate::model::Git;
 
 /// The time a group of git questions may take together (a run's report, a hand-off's
 /// summary). Once one question outlives it, git is taken to be stuck or hostile (a FIFO in
@@ -178,20 +162,33 @@ fn read_small(path: &Path) -> Option<String> {
     crate::os::paths::read_regular(path, REF_FILE)
 }
 
-/// The object id `packed-refs` gives `name`.
+/// The object id `packed-refs` gives `name`: one bounded read, one pass over the bytes
+/// (no allocation a line), and, where git says the file is sorted, no further than where
+/// `name` would stand.
 fn packed_ref(common_dir: &Path, name: &str) -> Option<String> {
-    use std::io::{BufRead, Read};
-    let file = crate::os::paths::open_regular(&common_dir.join("packed-refs"))?;
-    let reader = std::io::BufReader::new(file.take(PACKED_REFS));
-    for line in reader.split(b'\n') {
-        let line = line.ok()?;
-        let Ok(line) = std::str::from_utf8(&line) else {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    crate::os::paths::open_regular(&common_dir.join("packed-refs"))?
+        .take(PACKED_REFS)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let wanted = name.as_bytes();
+    let mut sorted = false;
+    for line in bytes.split(|b| *b == b'\n') {
+        if let Some(header) = line.strip_prefix(b"# pack-refs with:") {
+            sorted = header.split(|b| *b == b' ').any(|w| w == b"sorted");
+            continue;
+        }
+        let Some(space) = line.iter().position(|b| *b == b' ') else {
             continue;
         };
-        if let Some((id, r)) = line.split_once(' ') {
-            if r.trim_end() == name && is_object_id(id) {
-                return Some(id.to_string());
-            }
+        let (id, refname) = (&line[..space], &line[space + 1..]);
+        if refname == wanted {
+            let id = std::str::from_utf8(id).ok()?;
+            return is_object_id(id).then(|| id.to_string());
+        }
+        if sorted && !refname.is_empty() && refname > wanted {
+            return None;
         }
     }
     None
@@ -445,6 +442,68 @@ fn parse_shortstat(line: &str) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const A: &str = "45b983be36b73c0788dc9cbcb76cbb80fc7bb057";
+    const B: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// HEAD is read from the repository's files as git keeps them: a symbolic ref to a
+    /// loose ref, to a packed one (sorted or not), a detached HEAD, a linked worktree;
+    /// whatever is not a plain small file (a link, a FIFO) or not a ref name says nothing,
+    /// at once.
+    #[test]
+    fn head_is_read_from_the_repositorys_files() {
+        let dir = std::env::temp_dir().join(format!("looper-head-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let git = dir.join("ws/.git");
+        std::fs::create_dir_all(git.join("refs/heads")).unwrap();
+        let write = |p: &str, text: &str| std::fs::write(git.join(p), text).unwrap();
+        let ws = dir.join("ws");
+        write("HEAD", "ref: refs/heads/main\n");
+        assert_eq!(head(&ws), None, "an unborn branch has no HEAD");
+        write("refs/heads/main", &format!("{A}\n"));
+        assert_eq!(head(&ws).as_deref(), Some(A));
+        std::fs::remove_file(git.join("refs/heads/main")).unwrap();
+        write(
+            "packed-refs",
+            &format!("# pack-refs with: peeled fully-peeled sorted \n{B} refs/heads/a\n{A} refs/heads/main\n^{B}\n"),
+        );
+        assert_eq!(head(&ws).as_deref(), Some(A), "packed");
+        write(
+            "packed-refs",
+            &format!("# pack-refs with: sorted\n{B} refs/heads/zz\n{A} refs/heads/main\n"),
+        );
+        assert_eq!(head(&ws), None, "sorted: not looked for past its place");
+        write("HEAD", &format!("{B}\n"));
+        assert_eq!(head(&ws).as_deref(), Some(B), "detached");
+        write("HEAD", "ref: refs/heads/../../../etc/passwd\n");
+        assert_eq!(head(&ws), None);
+        write("HEAD", "ref: refs/heads/.invalid\n");
+        assert_eq!(head(&ws), None, "a reftable repository");
+        std::fs::remove_file(git.join("HEAD")).unwrap();
+        let fifo = std::ffi::CString::new(git.join("HEAD").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path in this test's directory.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(head(&ws), None, "a FIFO blocks nothing");
+        std::fs::remove_file(git.join("HEAD")).unwrap();
+        std::os::unix::fs::symlink(git.join("packed-refs"), git.join("HEAD")).unwrap();
+        assert_eq!(head(&ws), None, "a link is not followed");
+        // A linked worktree: `.git` names its git directory, which names the common one.
+        std::fs::remove_file(git.join("HEAD")).unwrap();
+        write("HEAD", "ref: refs/heads/main\n");
+        let wt = dir.join("wt");
+        std::fs::create_dir_all(git.join("worktrees/wt")).unwrap();
+        std::fs::create_dir_all(&wt).unwrap();
+        std::fs::write(
+            wt.join(".git"),
+            format!("gitdir: {}\n", git.join("worktrees/wt").display()),
+        )
+        .unwrap();
+        write("worktrees/wt/HEAD", "ref: refs/heads/main\n");
+        write("worktrees/wt/commondir", "../..\n");
+        write("packed-refs", &format!("{A} refs/heads/main\n"));
+        assert_eq!(head(&wt).as_deref(), Some(A), "worktree");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn shortstat_reads_as_git_prints_it() {

@@ -16,8 +16,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 /// How long git may take, all questions together, for the work tree at a run's start, for
 /// everything at its end, and for a hand-off's summary (asked under the run guard).
 const START_BUDGET: Duration = Duration::from_secs(5);
@@ -32,57 +30,7 @@ pub const MESSAGE_BYTES: usize = 256 * 1024;
 /// How much of the last message a row, a Zulip line or a table shows.
 pub const MESSAGE_OPENING: usize = 300;
 
-/// Where a run's token count was read.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenSource {
-    /// Codex's session file under `$CODEX_HOME`: numbers the agent cannot write.
-    Session,
-    /// The `tokens used` count codex printed at the end of its output, taken only where
-    /// codex's own structure puts it.
-    Printed,
-}
-
-/// Tokens a run used, as codex counts them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Tokens {
-    /// What codex prints as `tokens used`: input − cached input + output, over the run.
-    pub used: u64,
-    /// Where `used` was read (absent in rows from before it was said).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<TokenSource>,
-    /// The split, where codex's session file was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cached_input: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning: Option<u64>,
-}
-
-/// One rate-limit window of the account, as codex last saw it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Window {
-    pub used_percent: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_minutes: Option<u64>,
-    /// Unix seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resets_at: Option<i64>,
-}
-
-/// The account's rate-limit use: the short window (5 hours) and the long one (a week).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RateLimits {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub primary: Option<Window>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secondary: Option<Window>,
-}
-
-pub use crate::report::git::Git;
+pub use crate::model::{Git, RateLimits, Report, Todo, TokenSource, Tokens, Window};
 
 /// A fingerprint of `text`.
 fn digest(text: &str) -> u64 {
@@ -90,40 +38,6 @@ fn digest(text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
-}
-
-/// Markdown task items: `- [ ]` open, `- [x]` done, nested ones too.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Todo {
-    pub open: u64,
-    pub done: u64,
-}
-
-/// What a run did: each part empty when it could not be read.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Report {
-    #[serde(default)]
-    pub session_id: Option<String>,
-    /// Whether it changed anything (a commit, the TODO file, the work tree), where the stuck
-    /// rule could compare.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<bool>,
-    #[serde(default)]
-    pub tokens: Option<Tokens>,
-    #[serde(default)]
-    pub rate_limits: Option<RateLimits>,
-    /// The opening of the agent's last message ([`MESSAGE_OPENING`] characters).
-    #[serde(default)]
-    pub last_message: Option<String>,
-    /// Where the whole last message is kept, beside the run log.
-    #[serde(default)]
-    pub last_message_path: Option<String>,
-    #[serde(default)]
-    pub git: Option<Git>,
-    #[serde(default)]
-    pub todo_before: Option<Todo>,
-    #[serde(default)]
-    pub todo_after: Option<Todo>,
 }
 
 /// What a run printed: the start of its output (for codex's header) and the end (for its
@@ -164,13 +78,37 @@ impl Output {
 
 /// What is read when a run starts, to compare with its end.
 #[derive(Debug, Clone, Default)]
-pub struct Start {
+pub struct StartState {
     pub head: Option<String>,
     pub todo: Option<Todo>,
     /// What the stuck rule compares: the TODO file's content and the work tree's (as git
     /// sees it), each a fingerprint; `None` when unknown.
     pub todo_digest: Option<u64>,
     pub tree: Option<u64>,
+}
+
+impl StartState {
+    /// What the run's row says at its start: HEAD and the TODO counts it started from.
+    pub fn report(&self) -> Report {
+        Report {
+            git: self.head.as_ref().map(|h| Git {
+                head_before: Some(h.clone()),
+                ..Git::default()
+            }),
+            todo_before: self.todo,
+            ..Report::default()
+        }
+    }
+
+    /// What a row recorded at its start says (HEAD and the TODO counts; the fingerprints
+    /// are not kept): for a run adopted after a restart, and a hand-off's summary.
+    pub fn from_row(report: &Report) -> StartState {
+        StartState {
+            head: report.git.as_ref().and_then(|g| g.head_before.clone()),
+            todo: report.todo_before,
+            ..StartState::default()
+        }
+    }
 }
 
 /// Where to look, as the configuration says.
@@ -190,9 +128,9 @@ impl Sources {
     /// The start of a run in `workspace`, read before it is spawned (so that a quick first
     /// commit is the run's own): the TODO file and HEAD. The work tree's fingerprint, which
     /// may take git longer, is [`Sources::tree_at_start`]'s.
-    pub fn at_start(&self, workspace: &Path) -> Start {
+    pub fn at_start(&self, workspace: &Path) -> StartState {
         let text = self.todo_text(workspace);
-        Start {
+        StartState {
             head: self
                 .git
                 .then(|| crate::report::git::head(workspace))
@@ -208,7 +146,7 @@ impl Sources {
 
     /// The work tree's fingerprint for the stuck rule, read by the run's watcher while
     /// codex starts up (the agent asks its model before it changes anything).
-    pub fn tree_at_start(&self, workspace: &Path, start: &mut Start) {
+    pub fn tree_at_start(&self, workspace: &Path, start: &mut StartState) {
         if self.git && self.fingerprints {
             let budget = crate::report::git::Budget::new(START_BUDGET);
             start.tree =
@@ -232,7 +170,7 @@ impl Sources {
     fn progress(
         &self,
         workspace: &Path,
-        start: &Start,
+        start: &StartState,
         git: Option<&Git>,
         tree: Option<&crate::report::git::Tree>,
     ) -> Option<bool> {
@@ -260,7 +198,7 @@ impl Sources {
     /// What the run did, from its output (`output`, what it printed), its session file, the
     /// workspace and `start`. Written for a run that ended, and good for one still live (a
     /// hand-off's summary of the run it replaces).
-    pub fn report(&self, workspace: &Path, output: &Output, start: &Start) -> Report {
+    pub fn report(&self, workspace: &Path, output: &Output, start: &StartState) -> Report {
         let (tokens, session, printed) = self.tokens_and_message(output);
         let budget = crate::report::git::Budget::new(END_BUDGET);
         let tree = self
@@ -308,7 +246,7 @@ impl Sources {
     /// run guard: its tokens and TODO list (files), and its commits, which cost git at most
     /// [`SUMMARY_BUDGET`] (HEAD itself is read from the repository's files). Nothing of
     /// the work tree.
-    pub fn so_far(&self, workspace: &Path, output: &Output, start: &Start) -> Report {
+    pub fn so_far(&self, workspace: &Path, output: &Output, start: &StartState) -> Report {
         let (tokens, _, _) = self.tokens_and_message(output);
         let git = self.git.then(|| {
             let after = crate::report::git::head(workspace);

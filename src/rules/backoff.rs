@@ -43,7 +43,8 @@ pub struct Policy {
 /// A run's end, as the policy sees it.
 #[derive(Debug, Clone)]
 pub struct RunEnd {
-    pub return_code: i32,
+    /// `None`: not known (a run adopted after a restart): no crash either way.
+    pub return_code: Option<i32>,
     pub elapsed: Duration,
     /// Its end has a reason other than codex failing: Looper or someone else stopped it,
     /// or codex's usage limit ended it.
@@ -52,27 +53,27 @@ pub struct RunEnd {
     pub usage_limit: Option<UsageLimit>,
 }
 
+/// A crash loop's back-off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Crashes in a row.
+    pub crashes: u32,
+    pub length: Duration,
+    /// The first back-off of this loop, to be said once.
+    pub new: bool,
+}
+
 /// What a run's end changed.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Verdict {
-    /// A crash loop backs off (crashes in a row, for how long); `announce`: the first
-    /// back-off of this loop, to be said once.
-    pub backoff: Option<(u32, Duration, bool)>,
+    /// A crash loop backs off.
+    pub backoff: Option<Backoff>,
     /// A healthy run ended a crash count of this many.
     pub reset_after: Option<u32>,
-    /// Codex's usage limit pauses autopoll until then; `true`: a new pause, to be said once
-    /// (the caller learns that from [`crate::state::loopstate`]).
-    pub pause: Option<(DateTime<Local>, bool)>,
+    /// Codex's usage limit pauses autopoll until then (its reset plus the margin).
+    pub pause_until: Option<DateTime<Local>>,
     /// The run counted as a crash (a quick non-zero exit nobody asked for).
     pub crash: bool,
-}
-
-/// Whether a tick may go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
-    /// Not now: `backoff`.
-    Skip(&'static str),
-    Go,
 }
 
 /// What `/status` and `/metrics` show of the policy.
@@ -93,10 +94,10 @@ impl Policy {
             // Not a crash: codex will not work before the reset, whatever we do.
             let margin =
                 chrono::Duration::from_std(settings.usage_limit_margin).unwrap_or_default();
-            verdict.pause = Some((limit.resets_at + margin, true));
+            verdict.pause_until = Some(limit.resets_at + margin);
         } else if quick && end.explained {
             // Stopped on purpose: says nothing about codex's health.
-        } else if quick && end.return_code != 0 {
+        } else if quick && end.return_code.is_some_and(|rc| rc != 0) {
             verdict.crash = true;
             self.crashes += 1;
             if self.crashes >= CRASH_LOOP_THRESHOLD {
@@ -104,9 +105,13 @@ impl Policy {
                 let doublings = (self.crashes - CRASH_LOOP_THRESHOLD).min(16);
                 let backoff = base.saturating_mul(1 << doublings).min(MAX_BACKOFF);
                 self.backoff_until = Some(now + backoff);
-                let announce = !self.announced;
+                let new = !self.announced;
                 self.announced = true;
-                verdict.backoff = Some((self.crashes, backoff, announce));
+                verdict.backoff = Some(Backoff {
+                    crashes: self.crashes,
+                    length: backoff,
+                    new,
+                });
             }
         } else if self.crashes > 0 || self.backoff_until.is_some() {
             verdict.reset_after = Some(self.crashes);
@@ -117,12 +122,9 @@ impl Policy {
         verdict
     }
 
-    /// Whether a tick at `now` may start a run.
-    pub fn gate(&mut self, now: Instant) -> Gate {
-        if self.backoff_until.is_some_and(|until| now < until) {
-            return Gate::Skip("backoff");
-        }
-        Gate::Go
+    /// Whether autopoll backs off from a crash loop at `now` (a tick starts nothing).
+    pub fn backing_off(&self, now: Instant) -> bool {
+        self.backoff_until.is_some_and(|until| now < until)
     }
 
     /// Notes when the next tick is due.
@@ -153,7 +155,7 @@ mod tests {
 
     fn end(return_code: i32, secs: u64) -> RunEnd {
         RunEnd {
-            return_code,
+            return_code: Some(return_code),
             elapsed: Duration::from_secs(secs),
             explained: false,
             usage_limit: None,
@@ -168,20 +170,18 @@ mod tests {
             .collect();
         assert_eq!(verdicts[0].backoff, None);
         assert_eq!(verdicts[1].backoff, None);
-        assert_eq!(
-            verdicts[2].backoff,
-            Some((3, Duration::from_secs(300), true))
-        );
-        assert_eq!(
-            verdicts[3].backoff,
-            Some((4, Duration::from_secs(600), false))
-        );
-        assert_eq!(
-            verdicts[4].backoff,
-            Some((5, Duration::from_secs(1200), false))
-        );
-        assert_eq!(p.gate(now), Gate::Skip("backoff"));
-        assert_eq!(p.gate(now + Duration::from_secs(1201)), Gate::Go);
+        let b = |crashes, secs, new| {
+            Some(Backoff {
+                crashes,
+                length: Duration::from_secs(secs),
+                new,
+            })
+        };
+        assert_eq!(verdicts[2].backoff, b(3, 300, true));
+        assert_eq!(verdicts[3].backoff, b(4, 600, false));
+        assert_eq!(verdicts[4].backoff, b(5, 1200, false));
+        assert!(p.backing_off(now));
+        assert!(!p.backing_off(now + Duration::from_secs(1201)));
     }
 
     #[test]
@@ -195,12 +195,12 @@ mod tests {
         for _ in 0..40 {
             last = p.on_end(&end(1, 0), fast, now).backoff;
         }
-        assert_eq!(last.map(|b| b.1), Some(MAX_BACKOFF));
+        assert_eq!(last.map(|b| b.length), Some(MAX_BACKOFF));
         let mut p = Policy::default();
         for _ in 0..3 {
             last = p.on_end(&end(1, 0), fast, now).backoff;
         }
-        assert_eq!(last.map(|b| b.1), Some(MIN_BACKOFF));
+        assert_eq!(last.map(|b| b.length), Some(MIN_BACKOFF));
     }
 
     #[test]
@@ -220,19 +220,23 @@ mod tests {
         assert_eq!(v.reset_after, Some(3));
         assert_eq!(p.view(now).crashes, 0);
         assert!(p.view(now).backoff_left.is_none());
-        assert_eq!(p.gate(now), Gate::Go);
+        assert!(!p.backing_off(now));
         // The next loop is announced again.
         for _ in 0..3 {
             last_announce(&mut p, now);
         }
         assert!(matches!(
             p.on_end(&end(1, 1), SETTINGS, now).backoff,
-            Some((4, _, false))
+            Some(Backoff {
+                crashes: 4,
+                new: false,
+                ..
+            })
         ));
     }
 
     fn last_announce(p: &mut Policy, now: Instant) -> Option<bool> {
-        p.on_end(&end(1, 1), SETTINGS, now).backoff.map(|b| b.2)
+        p.on_end(&end(1, 1), SETTINGS, now).backoff.map(|b| b.new)
     }
 
     #[test]
@@ -248,8 +252,8 @@ mod tests {
             ..end(1, 5)
         };
         let until = resets_at + chrono::Duration::seconds(60);
-        assert_eq!(p.on_end(&limited, SETTINGS, now).pause, Some((until, true)));
+        assert_eq!(p.on_end(&limited, SETTINGS, now).pause_until, Some(until));
         assert_eq!(p.view(now).crashes, 0, "a usage limit is no crash");
-        assert_eq!(p.gate(now), Gate::Go, "the pause is the loop state's");
+        assert!(!p.backing_off(now), "the pause is the loop state's");
     }
 }

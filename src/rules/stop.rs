@@ -1,12 +1,11 @@
 //! When the loop should stop: done (the TODO list has nothing open after a run that exited
 //! 0), stuck (runs in a row that changed nothing) and over budget (runs or tokens a day,
 //! the account's rate-limit use). Pure: the rows, the report and the time go in, a verdict
-//! comes out; [`crate::state::loopstate`] remembers it, the caller logs and announces it.
+//! comes out; [`crate::autoloop::judge`] holds the loop by it, logs and says it.
 
 use chrono::{DateTime, Local, NaiveTime, TimeZone};
 
-use crate::report::{Report, Todo};
-use crate::state::history::Row;
+use crate::model::{HoldReason, Report, Row, StopReason, Todo};
 
 /// The longest streak of runs that changed nothing that is kept, and so the most
 /// `LOOPER_NO_PROGRESS_RUNS` may ask for.
@@ -28,7 +27,7 @@ pub struct Rules {
 /// A budget that is reached: which, what it says, and when it clears.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Over {
-    pub reason: &'static str,
+    pub reason: HoldReason,
     pub detail: String,
     pub until: DateTime<Local>,
 }
@@ -56,8 +55,7 @@ pub fn next_midnight(now: DateTime<Local>) -> DateTime<Local> {
 }
 
 fn started_today(row: &Row, now: DateTime<Local>) -> bool {
-    DateTime::parse_from_rfc3339(&row.started_at)
-        .is_ok_and(|t| t.with_timezone(&Local).date_naive() == now.date_naive())
+    row.started_at.local().date_naive() == now.date_naive()
 }
 
 /// The first budget of `rules` that `rows` (one workspace's, any order) reach at `now`;
@@ -68,7 +66,7 @@ pub fn budget_over(rules: &Rules, rows: &[Row], now: DateTime<Local>) -> Option<
         let n = today.len() as u64;
         if n >= max {
             return Some(Over {
-                reason: "max_runs_per_day",
+                reason: HoldReason::MaxRunsPerDay,
                 detail: format!(
                     "{n} run{} started today, LOOPER_MAX_RUNS_PER_DAY={max}",
                     if n == 1 { "" } else { "s" }
@@ -85,7 +83,7 @@ pub fn budget_over(rules: &Rules, rows: &[Row], now: DateTime<Local>) -> Option<
             .fold(0, u64::saturating_add);
         if used >= max {
             return Some(Over {
-                reason: "max_tokens_per_day",
+                reason: HoldReason::MaxTokensPerDay,
                 detail: format!(
                     "{} tokens today reach LOOPER_MAX_TOKENS_PER_DAY={}",
                     crate::report::thousands(used),
@@ -110,7 +108,7 @@ pub fn budget_over(rules: &Rules, rows: &[Row], now: DateTime<Local>) -> Option<
             let w = w.as_ref()?;
             let until = Local.timestamp_opt(w.resets_at?, 0).single()?;
             (w.used_percent >= percent && until > now).then(|| Over {
-                reason: "rate_limit_percent",
+                reason: HoldReason::RateLimitPercent,
                 detail: format!(
                     "codex reports {:.0}% of the {name} window used, at or over LOOPER_PAUSE_AT_PERCENT={percent}",
                     w.used_percent
@@ -128,49 +126,34 @@ pub fn todo_done(return_code: Option<i32>, todo: Option<Todo>) -> bool {
     return_code == Some(0) && todo.is_some_and(|t| t.open == 0 && t.done > 0)
 }
 
-/// How a run ended, as the stuck rule sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counts {
-    /// A run that worked on the task: judged by its progress.
-    Yes,
-    /// Ended at a usage limit, stopped by a person, another trigger or a shutdown, or it
-    /// never reached the model: no count either way.
-    No,
-}
-
-/// Whether a run with this stop reason and report counts for the stuck rule.
-pub fn counts(stop_reason: Option<&str>, report: &Report) -> Counts {
-    let stopped = matches!(
-        stop_reason,
-        Some("usage_limit" | "shutdown" | "external" | "replaced")
-    );
+/// Whether a run counts for the stuck rule: it worked on the task (it reached the model)
+/// and nothing else ended it (a usage limit, a person, another trigger, a shutdown: those
+/// say nothing of its progress). A hung run counts.
+pub fn counts_for_stuck(stop_reason: Option<StopReason>, report: &Report) -> bool {
+    let stopped = stop_reason.is_some_and(StopReason::says_nothing_of_progress);
     let reached_model = report.tokens.is_some() || report.last_message.is_some();
-    if stopped || !reached_model {
-        Counts::No
-    } else {
-        Counts::Yes
-    }
+    !stopped && reached_model
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{RateLimits, Tokens, Window};
+    use crate::model::{Outcome, RateLimits, Stamp, Tokens, Trigger, Window};
 
     fn row(started: DateTime<Local>, tokens: Option<u64>) -> Row {
         Row {
             run_id: "r".into(),
             request_id: "r".into(),
-            trigger: "http".into(),
+            trigger: Trigger::Http,
             pid: 1,
             workspace: "/w".into(),
             log_path: "/l".into(),
-            started_at: started.to_rfc3339(),
-            ended_at: Some(started.to_rfc3339()),
+            started_at: Stamp::from(started),
+            ended_at: Some(Stamp::from(started)),
             return_code: Some(0),
             duration_seconds: Some(1.0),
             stop_reason: None,
-            outcome: Some("ok".into()),
+            outcome: Some(Outcome::Ok),
             report: Report {
                 tokens: tokens.map(|used| Tokens {
                     used,
@@ -203,7 +186,7 @@ mod tests {
         let over = budget_over(&rules, &rows[..2], now);
         assert_eq!(over, None);
         let over = budget_over(&rules, &rows, now).expect("over");
-        assert_eq!(over.reason, "max_runs_per_day");
+        assert_eq!(over.reason, HoldReason::MaxRunsPerDay);
         assert_eq!(over.until, at("2026-12-03 00:00"));
         // Yesterday's runs do not count: the day turned, the budget cleared.
         assert_eq!(budget_over(&rules, &rows, at("2026-12-03 00:00")), None);
@@ -222,7 +205,7 @@ mod tests {
         assert_eq!(budget_over(&rules, &rows, now), None);
         rows.push(row(at("2026-12-02 10:00"), Some(9_000)));
         let over = budget_over(&rules, &rows, now).expect("over");
-        assert_eq!(over.reason, "max_tokens_per_day");
+        assert_eq!(over.reason, HoldReason::MaxTokensPerDay);
         assert!(over.detail.contains("20,023 tokens"), "{}", over.detail);
         assert_eq!(over.until, at("2026-12-03 00:00"));
     }
@@ -249,7 +232,10 @@ mod tests {
             }),
         });
         let over = budget_over(&rules, std::slice::from_ref(&r), now).expect("over");
-        assert_eq!((over.reason, over.until), ("rate_limit_percent", reset));
+        assert_eq!(
+            (over.reason, over.until),
+            (HoldReason::RateLimitPercent, reset)
+        );
         assert!(
             over.detail.contains("85% of the 5-hour window"),
             "{}",
@@ -276,12 +262,19 @@ mod tests {
             tokens: Some(Tokens::default()),
             ..Report::default()
         };
-        assert_eq!(counts(None, &worked), Counts::Yes);
-        assert_eq!(counts(Some("handed_off"), &worked), Counts::Yes);
-        for reason in ["usage_limit", "shutdown", "external", "replaced"] {
-            assert_eq!(counts(Some(reason), &worked), Counts::No, "{reason}");
+        assert!(counts_for_stuck(None, &worked));
+        assert!(counts_for_stuck(Some(StopReason::HandedOff), &worked));
+        assert!(counts_for_stuck(Some(StopReason::Hung), &worked));
+        for reason in [
+            StopReason::UsageLimit,
+            StopReason::Shutdown,
+            StopReason::External,
+            StopReason::Replaced,
+            StopReason::Stopped,
+        ] {
+            assert!(!counts_for_stuck(Some(reason), &worked), "{reason:?}");
         }
-        assert_eq!(counts(None, &Report::default()), Counts::No);
+        assert!(!counts_for_stuck(None, &Report::default()));
     }
 
     #[test]

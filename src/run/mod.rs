@@ -9,3 +9,4 @@ pub(crate) mod request;
 pub(crate) mod spawn;
 pub(crate) mod stop;
 pub(crate) mod trust;
+pub(crate) mod watch;

@@ -91,12 +91,38 @@ pub fn logged_return_code(path: &Path) -> Option<i32> {
     trailer_code(&String::from_utf8_lossy(&buf))
 }
 
-/// Whole lines go to the server log as they come; a partial line waits for its end.
+/// Whole lines go to the server log as they come, each behind its run's mark
+/// (`<run_id>| `): the agent writes what it likes, and none of it may read as a line of
+/// Looper's own (those start with their time). A partial line waits for its end.
 struct LineCarry {
     carry: Vec<u8>,
+    /// `<run_id>| `.
+    mark: Vec<u8>,
+}
+
+/// `lines` (whole lines) with `mark` before each.
+fn marked(mark: &[u8], lines: &[u8]) -> Vec<u8> {
+    let count = lines.iter().filter(|b| **b == b'\n').count();
+    let mut out = Vec::with_capacity(lines.len() + count * mark.len());
+    for line in lines.split_inclusive(|b| *b == b'\n') {
+        out.extend_from_slice(mark);
+        out.extend_from_slice(line);
+    }
+    out
 }
 
 impl LineCarry {
+    fn new(run_id: &str) -> LineCarry {
+        LineCarry {
+            carry: Vec::new(),
+            mark: format!("{run_id}| ").into_bytes(),
+        }
+    }
+
+    fn emit(&self, sink: &crate::os::logging::Sink, lines: &[u8]) {
+        sink.mirror(&marked(&self.mark, lines));
+    }
+
     fn feed(&mut self, sink: &crate::os::logging::Sink, chunk: &[u8]) {
         match chunk.iter().rposition(|b| *b == b'\n') {
             Some(last) => {
@@ -106,12 +132,12 @@ impl LineCarry {
                     // rest goes out as it is. Each write holds whole lines only.
                     let first = whole.iter().position(|b| *b == b'\n').unwrap_or(last);
                     self.carry.extend_from_slice(&whole[..=first]);
-                    sink.mirror(&self.carry);
+                    self.emit(sink, &self.carry);
                     self.carry.clear();
                     whole = &whole[first + 1..];
                 }
                 if !whole.is_empty() {
-                    sink.mirror(whole);
+                    self.emit(sink, whole);
                 }
                 self.carry.extend_from_slice(&chunk[last + 1..]);
             }
@@ -127,7 +153,7 @@ impl LineCarry {
             return;
         }
         self.carry.push(b'\n');
-        sink.mirror(&self.carry);
+        self.emit(sink, &self.carry);
         self.carry.clear();
     }
 }
@@ -164,17 +190,49 @@ fn mirror_new(
 /// alive. With `mirror`, whole lines of what it writes into `log_path` after byte `from` go to
 /// the server log as they come. Returns the return code (`-N` for a signal) and the bytes
 /// the run wrote.
-pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i32, u64) {
+pub fn watch(
+    child: &mut Child,
+    run_id: &str,
+    log_path: &Path,
+    from: u64,
+    mirror: bool,
+) -> (i32, u64) {
     use std::os::unix::process::ExitStatusExt;
+    let exit = crate::os::signals::Waiter::new(child.id() as i32);
+    mirror_until_exit(&exit, run_id, log_path, from, mirror);
+    let return_code = match child.wait() {
+        Ok(status) => status
+            .code()
+            .unwrap_or_else(|| -status.signal().unwrap_or(0)),
+        Err(_) => -1,
+    };
+    let size = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(from);
+    (return_code, size.saturating_sub(from))
+}
+
+/// Mirrors a run's log from byte `from` into the server log (with `mirror`) until the
+/// process `exit` waits for is gone; for a process that is not Looper's child (a run
+/// adopted after a restart) as for one that is.
+pub fn mirror_until_exit(
+    exit: &crate::os::signals::Waiter,
+    run_id: &str,
+    log_path: &Path,
+    from: u64,
+    mirror: bool,
+) {
     let sink = if mirror {
         crate::os::logging::sink()
     } else {
         None
     };
     let reader = sink.and_then(|s| File::open(log_path).ok().map(|f| (s, f)));
-    if let Some((sink, mut file)) = reader {
-        let exit = crate::os::signals::Waiter::new(child.id() as i32);
-        let mut lines = LineCarry { carry: Vec::new() };
+    let Some((sink, mut file)) = reader else {
+        // Nothing to mirror: only the exit is waited for.
+        while !exit.wait(QUIET_WAIT) {}
+        return;
+    };
+    {
+        let mut lines = LineCarry::new(run_id);
         let mut buf = vec![0u8; MIRROR_CHUNK];
         let mut offset = from;
         // The kernel says when the log grows: a quiet run costs no wake-ups. What the run
@@ -212,14 +270,6 @@ pub fn watch(child: &mut Child, log_path: &Path, from: u64, mirror: bool) -> (i3
         }
         lines.finish(sink);
     }
-    let return_code = match child.wait() {
-        Ok(status) => status
-            .code()
-            .unwrap_or_else(|| -status.signal().unwrap_or(0)),
-        Err(_) => -1,
-    };
-    let size = std::fs::metadata(log_path).map(|m| m.len()).unwrap_or(from);
-    (return_code, size.saturating_sub(from))
 }
 
 /// The last `lines` lines of a file from byte `from` on (reading at most its last 64 KiB),
@@ -249,7 +299,7 @@ pub fn prune_logs(
     log_dir: &Path,
     keep: usize,
     live: &std::collections::HashSet<PathBuf>,
-    history: &[crate::state::history::Row],
+    history: &[crate::model::Row],
 ) {
     let rank: std::collections::HashMap<&Path, usize> = history
         .iter()

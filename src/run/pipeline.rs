@@ -9,15 +9,15 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::notify::announce::announce;
+use crate::model::StopReason;
+use crate::model::Trigger;
 use crate::os::logging::Q;
 use crate::run::codex;
-use crate::run::request::{parse_request, RunRequest, Trigger};
-use crate::run::spawn::{launch, Spawned, Start};
+use crate::run::request::{parse_request, RunRequest};
+use crate::run::spawn::{launch, Launch, Spawned};
 use crate::run::stop::stop_runs;
 use crate::run::trust::Caller;
 use crate::state::app::App;
-use crate::state::registry::StopReason;
 
 /// The prompt used when neither the request, `LOOPER_PROMPT_FILE` nor
 /// `LOOPER_DEFAULT_PROMPT` gives one: the repeat-the-same-prompt pattern around `TODO.md`.
@@ -29,7 +29,17 @@ Keep TODO.md the single source of truth for the next run.";
 /// `LOOPER_DEFAULT_PROMPT`, else [`BUILTIN_PROMPT`].
 pub fn default_prompt(app: &App) -> Result<String, ApiError> {
     if let Some(path) = &app.cfg().prompt_file {
-        return match std::fs::read_to_string(path) {
+        // Read under the run guard, and maybe from the workspace: bounded, never blocking.
+        let limit = codex::MAX_PROMPT_BYTES as u64;
+        let too_long = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > limit);
+        if too_long {
+            let size = std::fs::metadata(path).map_or(0, |m| m.len());
+            return Err(ApiError::bad_request(format!(
+                "LOOPER_PROMPT_FILE {} is {size} bytes; codex exec takes at most {limit} (Linux passes no single argument of 128 KiB or more)",
+                path.display()
+            )));
+        }
+        return match crate::os::paths::read_named_text(path, limit) {
             Ok(text) if !text.trim().is_empty() => Ok(text),
             Ok(_) => Err(ApiError::new(
                 500,
@@ -80,7 +90,7 @@ pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
         // after its exit); one that was stopped (replaced, by a person, at shutdown) is not.
         None => app.history().newest(1).first().is_none_or(|newest| {
             newest.run_id != from_run_id
-                || !matches!(newest.stop_reason.as_deref(), None | Some("usage_limit"))
+                || !matches!(newest.stop_reason, None | Some(StopReason::UsageLimit))
         }),
     };
     stale.then(|| ApiError::new(409, format!("stale: run {from_run_id} is no longer active")))
@@ -205,21 +215,20 @@ pub fn submit(
         Caller::Run {
             run_id: Some(id), ..
         } => Some(id.clone()),
-        // An inbox file names its run, or is its workspace's: the live run there, else the
-        // newest one (whether that one may still hand off is the stale check's).
-        Caller::Run { workspace, .. } => req.from_run_id.clone().or_else(|| {
-            let run = app.registry().live_in(workspace);
-            run.or_else(|| app.history().newest_in(workspace).map(|r| r.run_id))
-        }),
+        // An inbox file names the run that wrote it: who reads it when is no evidence (a
+        // run being replaced could leave one to be read after the next run started).
+        Caller::Run { .. } => match &req.from_run_id {
+            Some(id) => Some(id.clone()),
+            None => {
+                return Err(ApiError::new(
+                    400,
+                    "an inbox request names the run that sends it: from_run_id (`looper trigger` sends $LOOPER_RUN_ID). Nothing was changed",
+                ))
+            }
+        },
         _ => None,
     }
     .or_else(|| req.from_run_id.clone());
-    if matches!(caller, Caller::Run { .. }) && req.handed_off_by.is_none() {
-        return Err(ApiError::new(
-            409,
-            "no run of this workspace may hand off: Looper started none here. Nothing was stopped",
-        ));
-    }
     // The run that sends it, by its own word or by where it comes from.
     let sender = req
         .from_run_id
@@ -231,9 +240,16 @@ pub fn submit(
     if let Some(e) = stale() {
         return Err(e);
     }
-    let guard = match sender.as_deref() {
-        Some(from) => app.registry().handoff_guard(from, app.shutdown()),
-        None => app.registry().try_guard(),
+    let guard = match (sender.as_deref(), caller) {
+        (Some(from), _) => app
+            .registry()
+            .guard()
+            .take_for_handoff(from, app.shutdown()),
+        // The operator goes before a chain of hand-offs (it can always stop the loop).
+        (None, Caller::Operator | Caller::Local) => {
+            app.registry().guard().take_for_operator(app.shutdown())
+        }
+        (None, Caller::Run { .. }) => app.registry().guard().try_take(),
     };
     let Some(_guard) = guard else {
         return Err(ApiError::new(409, "busy: another run is in progress"));
@@ -250,7 +266,7 @@ pub fn submit(
     if handoff {
         if let Some((e, said)) = crate::autoloop::judge::refuse_handoff(app, &workspace) {
             if let Some(message) = said {
-                crate::notify::announce::say(app, &message, request_id);
+                crate::notify::say(app, &message, request_id);
             }
             log::warn!(
                 "run.refused request_id={request_id} caller={} status={} error={}",
@@ -277,21 +293,7 @@ pub fn submit(
 /// answer names the directory, and the directory itself, not a link to it (the run, its
 /// answer, its history and the loop's holds name the same place).
 fn target_workspace(app: &App, req: &RunRequest) -> PathBuf {
-    workspace_named(app, req.workspace.as_deref())
-}
-
-/// The workspace a request names (relative to Looper's directory, `~` expanded), as the
-/// loop's state knows it; `None`: the configured one.
-pub fn workspace_named(app: &App, workspace: Option<&str>) -> PathBuf {
-    let named = match workspace {
-        Some(w) => crate::os::paths::normalize(
-            &app.cfg()
-                .cwd
-                .join(crate::os::paths::expand_home(w, app.cfg().home.as_deref())),
-        ),
-        None => app.cfg().workspace.clone(),
-    };
-    named.canonicalize().unwrap_or(named)
+    app.workspace_named(req.workspace.as_deref())
 }
 
 /// A hand-off with `loop_done`: the live run that sends it says the task is done. The loop
@@ -377,7 +379,7 @@ pub fn execute_replacing(
     log::info!("run.step request_id={request_id} action=announce");
     let zulip_output = if trigger == Trigger::Autopoll {
         // Autopoll says why it starts a run; a Zulip failure does not hold the run back.
-        crate::notify::announce::say(app, &req.zulip_message, request_id)
+        crate::notify::say(app, &req.zulip_message, request_id)
     } else {
         // A live run's hand-off goes on when Zulip fails: its message waits in the outbox.
         let live_handoff = req
@@ -392,6 +394,11 @@ pub fn execute_replacing(
     if let Some(run_id) = &req.handed_off_by {
         app.registry().mark_handed_off(run_id);
     }
+    // With an empty prompt nothing replaces what is stopped: it is stopped.
+    let stop_reason = match (stop_reason, plan.prompt.is_empty()) {
+        (StopReason::Replaced, true) => StopReason::Stopped,
+        (reason, _) => reason,
+    };
     let stopped = stop_runs(
         app,
         plan.binary.as_ref().map(|b| b.0.as_path()),
@@ -410,7 +417,7 @@ pub fn execute_replacing(
         let Some((binary, source)) = plan.binary.clone() else {
             return Err(ApiError::new(500, "no codex binary was resolved"));
         };
-        let start = Start {
+        let start = Launch {
             binary,
             source,
             prompt: plan.prompt.clone(),
@@ -473,6 +480,59 @@ fn answer(
         "codex_send_result": result,
         "ignored_fields": req.ignored_fields,
     })
+}
+
+/// A trigger's announcement, said the configured way (or by the request's own
+/// `zulip_script_path`, the operator's): a hand-off's carries the summary of the run that
+/// asked for it under its text. Its failure is a `502` (nothing was stopped), except for a
+/// live run's hand-off (`queue`), whose message waits for Zulip.
+fn announce(
+    app: &Arc<App>,
+    req: &RunRequest,
+    request_id: &str,
+    queue: bool,
+) -> Result<String, ApiError> {
+    let text = match handoff_summary(app, req) {
+        Some(summary) => format!("{}\n{summary}", req.zulip_message),
+        None => req.zulip_message.clone(),
+    };
+    let script = req.zulip_script_path.as_deref();
+    crate::notify::announce(app, &text, script, request_id, queue).map_err(|e| {
+        ApiError::new(
+            502,
+            format!("Zulip announcement failed, nothing was stopped: {e}"),
+        )
+    })
+}
+
+/// The summary of the live run that hands off (`req.handed_off_by`), as it stands: the
+/// line under the caller's text. `None` with `LOOPER_RUN_REPORTS=0`.
+fn handoff_summary(app: &App, req: &RunRequest) -> Option<String> {
+    if !app.cfg().run_reports {
+        return None;
+    }
+    let run_id = req.handed_off_by.as_deref()?;
+    let live = app
+        .registry()
+        .live()
+        .into_iter()
+        .find(|r| r.run_id == run_id)?;
+    // What it started from, as its row says.
+    let start = app
+        .history()
+        .get(run_id)
+        .map(|r| crate::report::StartState::from_row(&r.report))
+        .unwrap_or_default();
+    let output = crate::report::Output::read(&live.log_path, 0);
+    let now = app
+        .cfg()
+        .report_sources
+        .so_far(&live.workspace, &output, &start);
+    let seconds = live.started.elapsed().as_secs_f64();
+    Some(format!(
+        "↳ {}",
+        crate::report::summary(run_id, "handed_off", seconds, &now)
+    ))
 }
 
 /// After SIGTERM no step with an effect begins.

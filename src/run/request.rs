@@ -176,28 +176,6 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
     })
 }
 
-/// Who asked for a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Http,
-    /// A request file dropped into a run's inbox (the hand-off that needs no network).
-    Inbox,
-    Autopoll,
-}
-
-impl Trigger {
-    /// Every trigger, in the order `/metrics` lists them.
-    pub const ALL: [Trigger; 3] = [Trigger::Http, Trigger::Inbox, Trigger::Autopoll];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Http => "http",
-            Trigger::Inbox => "inbox",
-            Trigger::Autopoll => "autopoll",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

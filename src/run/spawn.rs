@@ -1,26 +1,24 @@
 //! Starting a run: its log with the header, the child (its own session, its own cgroup
-//! where there is one, the run's environment), its registration, its watcher thread (the
-//! output mirror, the trailer, the end recorded and told to autopoll's policy), and the
-//! startup check.
+//! where there is one, the run's environment), its registration with what it starts from,
+//! its watcher ([`crate::run::watch`], the owner of its end), and the startup check.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
+use crate::model::{Stamp, Trigger};
 use crate::os::logging::Q;
 use crate::os::procs;
-use crate::rules::backoff::{RunEnd, Settings, Verdict};
-use crate::rules::usage_limit::UsageLimit;
 use crate::run::codex;
 use crate::run::output;
-use crate::run::request::Trigger;
+use crate::run::watch::{Watched, Watcher};
 use crate::state::app::App;
-use crate::state::registry::{Ended, Group, LiveRun};
+use crate::state::registry::groups::Group;
+use crate::state::registry::LiveRun;
 
 /// Variables of Looper's that never reach a run: the Zulip credentials.
 const SECRET_VARS: [&str; 3] = ["ZULIP_BOT_API_KEY", "ZULIP_BOT_EMAIL", "ZULIP_SITE"];
@@ -29,7 +27,7 @@ const SECRET_VARS: [&str; 3] = ["ZULIP_BOT_API_KEY", "ZULIP_BOT_EMAIL", "ZULIP_S
 const EARLY_EXIT_TAIL_LINES: usize = 12;
 
 /// A run to start, as the pipeline planned it.
-pub struct Start {
+pub struct Launch {
     pub binary: PathBuf,
     pub source: codex::Source,
     pub prompt: String,
@@ -51,7 +49,7 @@ pub struct Spawned {
 /// run guard.
 pub fn launch(
     app: &Arc<App>,
-    start: &Start,
+    start: &Launch,
     request_id: &str,
     trigger: Trigger,
 ) -> Result<Spawned, ApiError> {
@@ -93,7 +91,7 @@ pub fn launch(
         if app.history().get(request_id).is_none() {
             let _ = std::fs::remove_file(&log_path);
             // Nor a token: no process holds it, and the id is not one being set up.
-            app.registry().forget_token(request_id);
+            app.registry().tokens().forget(request_id);
         }
     })?;
     if app.cfg().log_retention > 0 {
@@ -136,7 +134,7 @@ fn new_log(app: &App, log_path: &Path, header: &str) -> Result<File, ApiError> {
 /// quoting the log's last lines. The run's exit code when it ended meanwhile.
 fn startup_check(app: &App, run: &Run) -> Result<Option<i32>, ApiError> {
     let check = run.start.startup_check;
-    app.registry().setting_up(run.run_id, check);
+    app.registry().guard().setting_up(run.run_id, check);
     log::debug!(
         "run.step request_id={} action=startup_check seconds={:.3}",
         run.run_id,
@@ -146,9 +144,9 @@ fn startup_check(app: &App, run: &Run) -> Result<Option<i32>, ApiError> {
     let Some(exit) = exit else {
         return Ok(None);
     };
-    if exit.return_code == 0 {
-        return Ok(Some(0));
-    }
+    let Some(code) = exit.return_code.filter(|c| *c != 0) else {
+        return Ok(exit.return_code);
+    };
     let tail: Vec<String> = output::tail(run.log_path, run.output_start, EARLY_EXIT_TAIL_LINES + 2)
         .lines()
         .filter(|l| !l.starts_with("# codex_exec_return_code="))
@@ -158,8 +156,7 @@ fn startup_check(app: &App, run: &Run) -> Result<Option<i32>, ApiError> {
     Err(ApiError::new(
         500,
         format!(
-            "codex exec exited early (rc={}, log_path={}, tail={})",
-            exit.return_code,
+            "codex exec exited early (rc={code}, log_path={}, tail={})",
             run.log_path.display(),
             tail.trim()
         ),
@@ -168,7 +165,7 @@ fn startup_check(app: &App, run: &Run) -> Result<Option<i32>, ApiError> {
 
 /// Everything one spawn needs.
 struct Run<'a> {
-    start: &'a Start,
+    start: &'a Launch,
     args: &'a [std::ffi::OsString],
     /// The run's id (its request's id).
     run_id: &'a str,
@@ -179,9 +176,15 @@ struct Run<'a> {
 }
 
 /// The command for a run: codex's arguments, the workspace, its output into its log, and
-/// the run's environment (its id, Looper's address, its own token, its inbox; none of
-/// Looper's secrets).
-fn command(app: &App, run: &Run, file: &File) -> std::io::Result<Command> {
+/// the run's environment (its id, Looper's address, its own `token`, its inbox; none of
+/// Looper's secrets). Builds only: it changes nothing.
+fn command(
+    app: &App,
+    run: &Run,
+    file: &File,
+    token: &str,
+    inbox: Option<&Path>,
+) -> std::io::Result<Command> {
     let mut cmd = Command::new(&run.start.binary);
     cmd.args(run.args)
         .current_dir(&run.start.workspace)
@@ -196,37 +199,42 @@ fn command(app: &App, run: &Run, file: &File) -> std::io::Result<Command> {
     // The run gets a token of its own instead of the operator's: good for its hand-off only,
     // and under both names, so that a wrapper that sends $LOOPER_API_TOKEN (the original's
     // does) keeps working from inside a run.
-    let token = app
-        .registry()
-        .new_run_token(run.run_id, &run.start.workspace);
-    cmd.env("LOOPER_RUN_TOKEN", &token)
-        .env("LOOPER_API_TOKEN", &token);
-    // From its first instruction on, a hand-off from it waits for its setup, not "busy".
-    app.registry()
-        .setting_up(run.run_id, run.start.startup_check);
+    cmd.env("LOOPER_RUN_TOKEN", token)
+        .env("LOOPER_API_TOKEN", token);
     if let Some(exe) = app.self_exe() {
         cmd.env("LOOPER_BIN", exe);
     }
+    match inbox {
+        Some(path) => cmd.env("LOOPER_INBOX", path),
+        None => cmd.env_remove("LOOPER_INBOX"),
+    };
+    Ok(cmd)
+}
+
+/// The run's inbox, made ready and watched from now on; `None` (said in the log) when the
+/// workspace's `.looper` cannot be Looper's.
+fn inbox_for(app: &App, run: &Run) -> Option<std::path::PathBuf> {
     match crate::inbox::prepare(&run.start.workspace) {
         Ok(inbox) => {
-            cmd.env("LOOPER_INBOX", &inbox.path);
+            let path = inbox.path.clone();
             app.watch_inbox(inbox);
+            Some(path)
         }
         Err(e) => {
-            cmd.env_remove("LOOPER_INBOX");
             log::warn!(
                 "inbox.unavailable request_id={} workspace={} error={} hint=\"the run can hand off over HTTP only\"",
                 run.run_id,
                 Q(&run.start.workspace.to_string_lossy()),
                 Q(&e.to_string())
             );
+            None
         }
     }
-    Ok(cmd)
 }
 
 /// Spawns the child in its own session (and cgroup, where Looper can make one), writing its
-/// combined output into its log itself, registers it, and hands it to its watcher.
+/// combined output into its log itself, registers it with what it starts from, and hands it
+/// to its watcher.
 fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
     let fail = |what: &str, e: std::io::Error| {
         ApiError::new(
@@ -237,7 +245,17 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
             ),
         )
     };
-    let mut cmd = command(app, run, file).map_err(|e| fail("log file", e))?;
+    // Its token first: from its first instruction on, a hand-off from it is known, and
+    // waits for its setup instead of being refused as busy.
+    let token = app
+        .registry()
+        .new_run_token(run.run_id, &run.start.workspace);
+    app.registry()
+        .guard()
+        .setting_up(run.run_id, run.start.startup_check);
+    let inbox = inbox_for(app, run);
+    let mut cmd =
+        command(app, run, file, &token, inbox.as_deref()).map_err(|e| fail("log file", e))?;
     // Its own cgroup where Looper can make one: whatever it starts stays inside.
     let group = app.cgroups().and_then(|c| {
         c.create(run.run_id)
@@ -263,7 +281,7 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
     let group_path = group.map(|g| g.path.clone());
     if let Some(path) = &group_path {
         match &spawned {
-            Ok(_) => app.registry().add_group(Group {
+            Ok(_) => app.registry().groups().add(Group {
                 run_id: run.run_id.to_string(),
                 workspace: run.start.workspace.clone(),
                 path: path.clone(),
@@ -284,12 +302,14 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
         start_time: procs::start_time(pid as i32),
         workspace: run.start.workspace.clone(),
         log_path: run.log_path.to_path_buf(),
-        started_at: chrono::Local::now().to_rfc3339(),
+        started_at: Stamp::now(),
         started: Instant::now(),
-        prompt: run.start.prompt.clone(),
+        prompt: Some(run.start.prompt.clone()),
+        adopted: false,
     };
     let binary_name = run.start.binary.file_name().and_then(|n| n.to_str());
-    app.registry().register(live.clone(), binary_name);
+    app.registry()
+        .register(live.clone(), binary_name, start.report());
     log::info!(
         "codex.exec.spawn request_id={} run_id={} pid={pid} log_path={}",
         run.run_id,
@@ -298,28 +318,13 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
     );
     let watcher = Watcher {
         app: Arc::clone(app),
-        run_id: run.run_id.to_string(),
-        log_path: run.log_path.to_path_buf(),
+        run: live.clone(),
         output_start: run.output_start,
         group_path,
-        workspace: run.start.workspace.clone(),
         start,
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("watch-{}", run.run_id))
-        .spawn(move || watcher.watch(child, log));
-    match thread {
-        Ok(handle) => app.registry().attach_watcher(run.run_id, handle),
-        Err(e) => {
-            // No thread to watch it: stop and reap it ourselves rather than leave an orphan
-            // or a zombie. Its log keeps what it wrote, with a trailer. (The closure, and
-            // the child in it, went down with the failed spawn: the pid is still unreaped.)
-            crate::os::signals::kill_and_reap_child(pid);
-            let _ = crate::os::logging::open_append(run.log_path)
-                .and_then(|mut f| f.write_all(output::trailer(-libc::SIGKILL).as_bytes()));
-            app.registry().finish(run.run_id, -libc::SIGKILL, false);
-            return Err(fail("watcher thread", e));
-        }
+    if let Err(e) = watcher.start(Watched::Child { child, log }) {
+        return Err(fail("watcher thread", e));
     }
     // A shutdown that looked at the live runs before this one was registered would leave
     // it running: stop it here.
@@ -328,181 +333,4 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
         return Err(ApiError::shutting_down());
     }
     Ok(live)
-}
-
-/// What a run's watcher thread needs.
-struct Watcher {
-    app: Arc<App>,
-    run_id: String,
-    log_path: PathBuf,
-    output_start: u64,
-    group_path: Option<PathBuf>,
-    workspace: PathBuf,
-    /// What was read before it was spawned.
-    start: crate::report::Start,
-}
-
-impl Watcher {
-    /// Mirrors the run's output until it exits, reaps it, writes the trailer, and records
-    /// its end: the registry, autopoll's policy, the announcements.
-    fn watch(self, mut child: Child, mut log: File) {
-        let app = &self.app;
-        let (pid, rid) = (child.id(), &self.run_id);
-        let mut start = self.start.clone();
-        // The work tree's fingerprint asks git, which may be slow (a big repository) or made
-        // to hang by the agent: read beside the watch, so that the run's exit is noticed at
-        // once whatever git does.
-        let tree = self.read_start_tree();
-        log::info!(
-            "run.start_state run_id={rid} head={} todo={}",
-            start.head.as_deref().unwrap_or("-"),
-            start
-                .todo
-                .map(|t| format!("{}/{}", t.open, t.open + t.done))
-                .unwrap_or_else(|| "-".into())
-        );
-        app.registry().note_start(rid, start.clone());
-        let mirror = app.cfg().mirror_output;
-        let (return_code, bytes) =
-            output::watch(&mut child, &self.log_path, self.output_start, mirror);
-        if let Err(e) = log.write_all(output::trailer(return_code).as_bytes()) {
-            log::error!(
-                "codex.exec.output.write_failed request_id={rid} error={}",
-                Q(&e.to_string())
-            );
-        }
-        drop(log);
-        log::info!(
-            "codex.exec.exit request_id={rid} run_id={rid} pid={pid} return_code={return_code} bytes={bytes}"
-        );
-        // An empty cgroup goes; one that something escaped into waits for the next stop.
-        if let Some(path) = &self.group_path {
-            if !app.registry().release_group(path, false) {
-                log::info!("cgroup.lingering run_id={rid} hint=\"a process the run left is stopped with the next stop\"");
-            }
-        }
-        start.tree = tree.and_then(|t| t.join().ok()).flatten();
-        let limit = (return_code != 0)
-            .then(|| {
-                let tail = output::tail(&self.log_path, self.output_start, 40);
-                crate::rules::usage_limit::detect(&tail, chrono::Local::now())
-            })
-            .flatten();
-        if let Some((mut ended, verdict)) = record_end(app, rid, return_code, limit.clone()) {
-            // The end is recorded first (a hand-off waits for it); what the run did, which
-            // asks git and reads files, completes the row after.
-            ended.row.report = self.report(&start);
-            app.history().record(ended.row.clone());
-            let news = crate::autoloop::judge::after_run(app, &ended.row);
-            crate::notify::announce::after_end(
-                app,
-                &ended,
-                &verdict,
-                news,
-                limit.as_ref(),
-                &self.log_path,
-                self.output_start,
-            );
-        }
-    }
-}
-
-impl Watcher {
-    /// Starts reading the work tree's fingerprint at the run's start, for the stuck rule
-    /// (bounded by its git budget); `None` when it is not wanted or no thread could start.
-    fn read_start_tree(&self) -> Option<JoinHandle<Option<u64>>> {
-        let sources = &self.app.cfg().report_sources;
-        if !(sources.git && sources.fingerprints) {
-            return None;
-        }
-        let (sources, workspace) = (sources.clone(), self.workspace.clone());
-        std::thread::Builder::new()
-            .name(format!("start-{}", self.run_id))
-            .spawn(move || {
-                let mut start = crate::report::Start::default();
-                sources.tree_at_start(&workspace, &mut start);
-                start.tree
-            })
-            .ok()
-    }
-
-    /// What the run did, its last message kept beside its log.
-    fn report(&self, start: &crate::report::Start) -> crate::report::Report {
-        let output = crate::report::Output::read(&self.log_path, self.output_start);
-        let mut report = self
-            .app
-            .cfg()
-            .report_sources
-            .report(&self.workspace, &output, start);
-        crate::report::keep_last_message(&mut report, &self.log_path);
-        report
-    }
-}
-
-/// Records run `run_id`'s end in the registry, then tells autopoll's policy, logging what it
-/// decided. `None` when the run was not live (ended already).
-pub fn record_end(
-    app: &App,
-    run_id: &str,
-    return_code: i32,
-    limit: Option<UsageLimit>,
-) -> Option<(Ended, Verdict)> {
-    let ended = app
-        .registry()
-        .finish(run_id, return_code, limit.is_some())?;
-    let settings = Settings {
-        idle_poll: app.cfg().idle_poll,
-        usage_limit_margin: app.cfg().usage_limit_margin,
-    };
-    let end = RunEnd {
-        return_code,
-        elapsed: ended.elapsed,
-        explained: ended.reason.is_some(),
-        usage_limit: limit.clone(),
-    };
-    let mut verdict = app.policy().on_end(&end, settings, Instant::now());
-    let ws = ended.row.workspace.clone();
-    if let (Some(limit), Some((until, new))) = (&limit, verdict.pause.as_mut()) {
-        let detail = format!(
-            "codex hit its usage limit (run {run_id}); it resets at {}{}",
-            crate::autoloop::judge::when(limit.resets_at),
-            if limit.stated {
-                ""
-            } else {
-                " (codex named no time: Looper's guess)"
-            }
-        );
-        let hold = crate::state::loopstate::Hold::new(
-            "paused",
-            "usage_limit",
-            detail,
-            Some(*until),
-            Some(run_id),
-        );
-        *new = app.loop_state().hold(&ws, hold);
-        log::warn!(
-            "codex.exec.usage_limit run_id={run_id} resets_at={} stated={} paused_until={}",
-            limit.resets_at.to_rfc3339(),
-            limit.stated,
-            until.to_rfc3339()
-        );
-    }
-    if let Some((crashes, backoff, _)) = verdict.backoff {
-        log::warn!(
-            "codex.exec.autopoll.backoff crashes={crashes} backoff_s={:.1}",
-            backoff.as_secs_f64()
-        );
-    }
-    if let Some(crashes) = verdict.reset_after {
-        log::info!("codex.exec.autopoll.backoff_reset after_crashes={crashes}");
-    }
-    if return_code == 0 {
-        // Someone's run worked (bought credits, or the reset came early): go on.
-        let (held, _) = app.loop_state().hold_of(&ws, chrono::Local::now());
-        if held.is_some_and(|h| h.reason == "usage_limit") {
-            app.loop_state().resume(Some(&ws));
-            log::info!("codex.exec.autopoll.resume reason=run_succeeded run_id={run_id}");
-        }
-    }
-    Some((ended, verdict))
 }

@@ -1,7 +1,6 @@
 //! Stopping runs: finding every process a stop takes (the runs in scope, however they left
 //! their session: by `LOOPER_RUN_ID`, by descent from a run of ours, by cgroup), ending them
-//! (SIGTERM, a second look for what they started meanwhile, SIGKILL after the grace), and
-//! completing the history rows of runs no Looper watched end.
+//! (SIGTERM, a second look for what they started meanwhile, SIGKILL after the grace).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -9,13 +8,12 @@ use std::time::Instant;
 
 use crate::config::StopScope;
 use crate::error::ApiError;
+use crate::model::StopReason;
 use crate::os::logging::Q;
 use crate::os::procs::{self, ProcInfo};
 use crate::os::signals;
-use crate::run::output;
 use crate::state::app::App;
-use crate::state::history::Row;
-use crate::state::registry::{Group, StopReason};
+use crate::state::registry::groups::Group;
 
 /// What one stop takes, decided once at its start: the names that count as codex, the
 /// scope, and with `LOOPER_STOP_SCOPE=workspace` the runs of that workspace (the history's
@@ -83,7 +81,7 @@ impl<'a> Reach<'a> {
 
     /// The cgroups this stop ends.
     fn groups(&self) -> Vec<Group> {
-        let mut groups = self.app.registry().groups();
+        let mut groups = self.app.registry().groups().all();
         groups.retain(|g| self.in_scope(&g.workspace));
         groups
     }
@@ -187,9 +185,7 @@ pub fn stop_runs(
     // the same run id or descends from a target, and is stopped too.
     let deadline = Instant::now() + app.cfg().stop_grace;
     let mut stop = signals::Stop::default();
-    let mut stopped_ids: HashSet<String> = HashSet::new();
     loop {
-        stopped_ids.extend(targets.iter().filter_map(|p| p.run_id.clone()));
         stop.terminate(&targets);
         let left = deadline.saturating_duration_since(Instant::now());
         let all_gone = stop.wait(left.min(signals::RESCAN_EVERY));
@@ -210,7 +206,7 @@ pub fn stop_runs(
     let report = stop.finish();
     // Last, each cgroup of these runs is ended whole and removed.
     for group in reach.groups() {
-        if !app.registry().release_group(&group.path, true) {
+        if !app.registry().groups().release(&group.path, true) {
             log::warn!(
                 "cgroup.kill_failed run_id={} path={}",
                 group.run_id,
@@ -223,66 +219,7 @@ pub fn stop_runs(
         Q(&join(&report.killed)),
         Q(&join(&report.remaining))
     );
-    // Runs a previous Looper started have no watcher here to record their end.
-    settle_unwatched(app, Some((&stopped_ids, reason)));
     Ok(report)
-}
-
-/// Completes the history rows of runs that ended while no Looper watched them: started by
-/// a previous Looper (killed, or crashed) and gone now, or never recorded as ended. A row
-/// is left open while a process still carries its run id. The return code comes from the
-/// log's trailer when it has one, else stays `null`; `ended_at` is the log's last change.
-/// The runs in `stopped` were just stopped by us, for its reason. Costs nothing (no `/proc`
-/// scan) when every open row is a live run of ours.
-pub fn settle_unwatched(app: &App, stopped: Option<(&HashSet<String>, StopReason)>) {
-    let open = app.history().unended();
-    let ours = app.registry().live_ids();
-    let candidates: Vec<_> = open
-        .into_iter()
-        .filter(|r| !ours.contains(&r.run_id))
-        .collect();
-    if candidates.is_empty() {
-        return;
-    }
-    // Unreadable /proc: nothing can be told about them now; look again later.
-    let Ok(table) = procs::scan(procs::current_uid()) else {
-        return;
-    };
-    let alive: HashSet<String> = table.into_iter().filter_map(|p| p.run_id).collect();
-    for row in candidates {
-        if alive.contains(&row.run_id) {
-            continue;
-        }
-        let return_code = output::logged_return_code(&row.log_path);
-        let ended = std::fs::metadata(&row.log_path)
-            .and_then(|m| m.modified())
-            .map(chrono::DateTime::<chrono::Local>::from)
-            .unwrap_or_else(|_| chrono::Local::now());
-        let duration_seconds = chrono::DateTime::parse_from_rfc3339(&row.started_at)
-            .ok()
-            .map(|started| {
-                let ms = (ended.fixed_offset() - started).num_milliseconds().max(0);
-                ms as f64 / 1000.0
-            });
-        let stop_reason = stopped
-            .filter(|(ids, _)| ids.contains(&row.run_id))
-            .map(|(_, reason)| reason.as_str().to_string())
-            .or(row.stop_reason.clone());
-        let (run_id, pid) = (row.run_id.clone(), row.pid);
-        let settled = Row {
-            ended_at: Some(ended.to_rfc3339()),
-            return_code,
-            duration_seconds,
-            stop_reason,
-            ..row
-        };
-        if app.history().record_end_once(settled) {
-            log::info!(
-                "codex.exec.exit_unwatched run_id={run_id} pid={pid} return_code={}",
-                return_code.map_or("unknown".to_string(), |c| c.to_string())
-            );
-        }
-    }
 }
 
 fn join(pids: &[i32]) -> String {

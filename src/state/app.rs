@@ -13,7 +13,9 @@ use crate::os::cgroup::Cgroups;
 use crate::os::shutdown::Shutdown;
 use crate::rules::backoff::Policy;
 use crate::state::history::History;
-use crate::state::loopstate::LoopState;
+use crate::state::holds::Holds;
+use crate::state::loopfile::LoopFile;
+use crate::state::outbox::{Delivery, Outbox};
 use crate::state::registry::Registry;
 
 /// Workspaces whose inboxes are watched at once.
@@ -27,8 +29,10 @@ pub struct App {
     shutdown: Shutdown,
     registry: Registry,
     policy: Mutex<Policy>,
-    /// Pauses, finishes and queued announcements, kept across restarts.
-    loop_state: LoopState,
+    /// Holds and queued announcements, kept across restarts (`loop-state.json`).
+    loop_file: LoopFile,
+    /// Who delivers the queued announcements now.
+    delivery: Delivery,
     /// `/run` requests being read or served on worker threads.
     inflight: AtomicUsize,
     /// `PATH` at start, for finding binaries.
@@ -72,7 +76,8 @@ impl App {
             shutdown: Shutdown::default(),
             registry: Registry::new(History::open(&cfg.log_dir), seed()),
             policy: Mutex::new(Policy::default()),
-            loop_state: LoopState::open(&cfg.log_dir),
+            loop_file: LoopFile::open(&cfg.log_dir),
+            delivery: Delivery::default(),
             inflight: AtomicUsize::new(0),
             cfg,
             path_var,
@@ -105,9 +110,17 @@ impl App {
         self.registry.history()
     }
 
-    /// What the loop remembers across restarts (see [`crate::state::loopstate`]).
-    pub fn loop_state(&self) -> &LoopState {
-        &self.loop_state
+    /// Each workspace's hold (see [`crate::state::holds`]).
+    pub fn holds(&self) -> Holds<'_> {
+        Holds(&self.loop_file)
+    }
+
+    /// The announcements Zulip did not take yet (see [`crate::state::outbox`]).
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox {
+            file: &self.loop_file,
+            delivery: &self.delivery,
+        }
     }
 
     /// Autopoll's policy, to ask or to tell (see [`crate::rules::backoff`]).
@@ -137,6 +150,21 @@ impl App {
     /// The directory of Looper's own executable: local codex checkouts are looked for there.
     pub fn own_dir(&self) -> Option<&Path> {
         self.self_exe.as_deref().and_then(|e| e.parent())
+    }
+
+    /// The workspace a request names (relative to Looper's directory, `~` expanded), as the
+    /// loop's state knows it: canonical, `..` folded away; `None`: the configured one.
+    pub fn workspace_named(&self, workspace: Option<&str>) -> PathBuf {
+        let named = match workspace {
+            Some(w) => crate::os::paths::normalize(
+                &self
+                    .cfg
+                    .cwd
+                    .join(crate::os::paths::expand_home(w, self.cfg.home.as_deref())),
+            ),
+            None => self.cfg.workspace.clone(),
+        };
+        named.canonicalize().unwrap_or(named)
     }
 
     /// How runs are stopped here: `cgroup` (each run in a cgroup of its own, ended whole)

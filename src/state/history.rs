@@ -9,8 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
+use crate::model::Row;
 use crate::os::logging::Q;
 
 /// The history's file, in the log directory.
@@ -18,40 +17,6 @@ pub const FILE_NAME: &str = "runs.jsonl";
 
 /// The most rows `/runs` can return, and how many we keep in memory.
 pub const MAX_ROWS: usize = 1000;
-
-/// One run, as `/runs` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Row {
-    pub run_id: String,
-    pub request_id: String,
-    /// `http` or `autopoll`.
-    pub trigger: String,
-    pub pid: u32,
-    #[serde(serialize_with = "lossy_path")]
-    pub workspace: PathBuf,
-    #[serde(serialize_with = "lossy_path")]
-    pub log_path: PathBuf,
-    pub started_at: String,
-    pub ended_at: Option<String>,
-    /// `null` while running.
-    pub return_code: Option<i32>,
-    pub duration_seconds: Option<f64>,
-    /// Why Looper stopped it, when it did on its own (`hung`, `shutdown`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_reason: Option<String>,
-    /// How it ended, as `/metrics` counts it (`ok`, `failed`, `handed_off`, `replaced`, …);
-    /// `null` while it runs.
-    #[serde(default)]
-    pub outcome: Option<String>,
-    /// What it did (tokens, last message, git, TODO), once it ended; empty parts unknown.
-    #[serde(default, flatten)]
-    pub report: crate::report::Report,
-}
-
-/// A path as JSON text, whatever bytes it holds (JSON strings are UTF-8; a path need not be).
-pub fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&path.to_string_lossy())
-}
 
 /// The history file and its newest rows.
 pub struct History {
@@ -156,15 +121,6 @@ impl History {
         })
     }
 
-    /// The rows of runs that have not ended, as far as this history knows.
-    pub fn unended(&self) -> Vec<Row> {
-        let rows = self.rows();
-        rows.iter()
-            .filter(|r| r.ended_at.is_none())
-            .cloned()
-            .collect()
-    }
-
     /// Records `row` when `wanted` says so, given the rows in memory; whether it did. The
     /// file is written outside the rows' lock: `/runs` never waits for the disk.
     fn record_if(&self, row: Row, wanted: impl FnOnce(&VecDeque<Row>, &Row) -> bool) -> bool {
@@ -227,15 +183,6 @@ impl History {
         rows.iter().rev().find(|r| r.return_code.is_some()).cloned()
     }
 
-    /// The newest row of a run in `workspace` (canonical).
-    pub fn newest_in(&self, workspace: &Path) -> Option<Row> {
-        let rows = self.rows();
-        rows.iter()
-            .rev()
-            .find(|r| r.workspace == workspace)
-            .cloned()
-    }
-
     /// The workspaces of the newest runs, newest first, each once, at most `limit`.
     pub fn recent_workspaces(&self, limit: usize) -> Vec<std::path::PathBuf> {
         let rows = self.rows();
@@ -266,12 +213,12 @@ mod tests {
         Row {
             run_id: id.into(),
             request_id: id.into(),
-            trigger: "http".into(),
+            trigger: crate::model::Trigger::Http,
             pid: 1,
             workspace: "/w".into(),
             log_path: "/l".into(),
-            started_at: "t".into(),
-            ended_at: rc.map(|_| "t2".into()),
+            started_at: crate::model::Stamp::parse("2026-12-07T10:00:00+00:00").unwrap(),
+            ended_at: rc.and_then(|_| crate::model::Stamp::parse("2026-12-07T10:00:01+00:00")),
             return_code: rc,
             duration_seconds: rc.map(|_| 1.5),
             stop_reason: None,

@@ -4,5 +4,7 @@
 
 pub(crate) mod app;
 pub(crate) mod history;
-pub(crate) mod loopstate;
+pub(crate) mod holds;
+pub(crate) mod loopfile;
+pub(crate) mod outbox;
 pub(crate) mod registry;

@@ -5,6 +5,8 @@
 //! The API key lives only in [`Credentials`], whose `Debug` hides it, and is only ever put
 //! into the `Authorization` header.
 
+pub(crate) mod text;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,10 @@ use crate::os::logging::Q;
 pub const ZULIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `Retry-After` we are willing to honour before the one retry of a 429.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// The warning when no credentials are found (no news when a script of the operator's
+/// says everything instead).
+pub const NOT_CONFIGURED: &str = "Zulip is not configured (no ZULIP_SITE/ZULIP_BOT_EMAIL/ZULIP_BOT_API_KEY and no zuliprc): announcements are skipped";
+
 /// How long a `zulip_script_path` program may run before it is killed.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long its output may still take to arrive once it has exited.
@@ -300,10 +306,7 @@ impl Zulip {
                 }
             }
         } else {
-            warnings.push(
-                "Zulip is not configured (no ZULIP_SITE/ZULIP_BOT_EMAIL/ZULIP_BOT_API_KEY and no zuliprc): announcements are skipped"
-                    .to_string(),
-            );
+            warnings.push(NOT_CONFIGURED.to_string());
         }
         let timeout_secs = match get(env, "LOOPER_ZULIP_TIMEOUT_SECONDS") {
             None => ZULIP_TIMEOUT.as_secs(),

@@ -138,6 +138,13 @@ pub fn looper_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_looper")))
 }
 
+/// Writes `text` (a script, starting with its `#!` line) to `path`, executable by anyone.
+pub fn program(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write a program");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 /// A copy of the `looper` binary that any user can run (in the fixture's own directory,
 /// opened to everyone): a test that starts Looper as another user must not depend on the
 /// checkout's directories being open to them (a clone under root's 0700 home is not).
@@ -553,6 +560,16 @@ impl Looper {
                     .extend_from_slice(&buf[..n]);
             }
         });
+    }
+
+    /// Run `run_id`'s row in `/runs` (the test fails when there is none).
+    pub fn row(&self, run_id: &str) -> Value {
+        let a = self.get("/runs");
+        a.body["runs"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["run_id"] == run_id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {run_id}: {}\n{}", a.body, self.tail()))
     }
 
     pub fn get(&self, path: &str) -> Answer {

@@ -1,0 +1,164 @@
+//! The requests with an effect: `POST /run` (read on its connection's thread, then the
+//! pipeline, at most [`MAX_INFLIGHT`] at once) and `POST /resume`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::caller::{caller_of, require_json};
+use crate::error::ApiError;
+use crate::http::Request;
+use crate::model::Trigger;
+use crate::os::logging::Q;
+use crate::run::pipeline;
+use crate::run::trust::Caller;
+use crate::state::app::App;
+
+/// `/run` requests being read or served at once; more get a 503.
+const MAX_INFLIGHT: usize = 64;
+
+/// A place among the `/run`s in flight, given back on drop (panics included).
+struct Inflight<'a>(&'a AtomicUsize);
+
+impl<'a> Inflight<'a> {
+    fn take(count: &'a AtomicUsize) -> Option<Inflight<'a>> {
+        let taken = count.fetch_add(1, Ordering::AcqRel) < MAX_INFLIGHT;
+        let slot = Inflight(count);
+        taken.then_some(slot)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `POST /run`: the body, then the pipeline. A panic anywhere in it is a JSON `500` (the
+/// panic itself is a `thread.panicked` line in the log); the guards it held are released.
+pub(super) fn serve_run(
+    app: &Arc<App>,
+    rq: &mut Request,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    let Some(_slot) = Inflight::take(app.inflight()) else {
+        return Err(ApiError::new(503, "busy: too many requests in flight"));
+    };
+    let caller = caller_of(app, rq)?;
+    require_json(&rq.head)?;
+    let body = rq.body()?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pipeline::submit(app, &body, request_id, Trigger::Http, &caller)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ApiError::new(
+            500,
+            "internal error while serving this request (thread.panicked in the server log)",
+        ))
+    });
+    if let Err(e) = &outcome {
+        log::warn!(
+            "run.fail request_id={request_id} status={} error={}",
+            e.status,
+            Q(&e.message)
+        );
+    }
+    outcome
+}
+
+/// `POST /resume` (`looper resume`): the operator ends the loop's holds, of the workspace
+/// the body names (`{"workspace": …}`) or of every workspace (`{}`). A run may not: a
+/// hand-off is good for asking for the next run only.
+pub(super) fn serve_resume(
+    app: &Arc<App>,
+    rq: &mut Request,
+    request_id: &str,
+) -> Result<Value, ApiError> {
+    if let Caller::Run { run_id, .. } = caller_of(app, rq)? {
+        return Err(ApiError::new(
+            403,
+            format!(
+                "run {} may not resume the loop: only the operator may (looper resume, a trigger of theirs). Nothing was changed",
+                run_id.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    require_json(&rq.head)?;
+    let body = rq.body()?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not JSON: {e}; nothing was changed"))
+    })?;
+    let Some(fields) = value.as_object() else {
+        return Err(ApiError::bad_request(
+            "the body is a JSON object: {} or {\"workspace\": \"<dir>\"}; nothing was changed",
+        ));
+    };
+    if let Some(other) = fields.keys().find(|k| *k != "workspace") {
+        return Err(ApiError::bad_request(format!(
+            "{other} is not a /resume field (only workspace); nothing was changed"
+        )));
+    }
+    let workspace = match fields.get("workspace") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(w)) if !w.trim().is_empty() => Some(app.workspace_named(Some(w))),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "workspace is a directory's path (a non-empty string); nothing was changed",
+            ))
+        }
+    };
+    let ended =
+        crate::autoloop::judge::resume(app, workspace.as_deref(), &format!("resume:{request_id}"));
+    let resumed: Vec<Value> = ended
+        .iter()
+        .map(|(ws, h)| {
+            json!({
+                "workspace": ws,
+                "state": h.state,
+                "reason": h.reason,
+                "detail": h.detail,
+            })
+        })
+        .collect();
+    if !ended.is_empty() {
+        let names: Vec<String> = ended
+            .iter()
+            .map(|(ws, h)| format!("{ws} ({} {})", h.state.as_str(), h.reason.as_str()))
+            .collect();
+        crate::notify::say(
+            app,
+            &format!(
+                "Looper: the operator resumed the loop in {}; autopoll goes on there.",
+                names.join(", ")
+            ),
+            "resume",
+        );
+    }
+    Ok(json!({
+        "ok": true,
+        "request_id": request_id,
+        "workspace": workspace.map(|w| w.to_string_lossy().into_owned()),
+        "resumed": resumed,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inflight_slot_is_given_back_on_every_path() {
+        let count = AtomicUsize::new(0);
+        let held: Vec<_> = (0..MAX_INFLIGHT)
+            .map(|_| Inflight::take(&count).unwrap())
+            .collect();
+        assert!(Inflight::take(&count).is_none(), "past the limit");
+        drop(held);
+        let _ = std::panic::catch_unwind(|| {
+            let _slot = Inflight::take(&count).unwrap();
+            panic!("a worker panics");
+        });
+        assert_eq!(count.load(Ordering::Acquire), 0);
+    }
+}

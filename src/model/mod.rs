@@ -1,0 +1,17 @@
+//! The vocabulary every room speaks, and nothing else: how a run was triggered, why it was
+//! stopped and how it ended ([`Trigger`], [`StopReason`], [`Outcome`]), what holds a loop
+//! ([`Hold`]), a run's history [`Row`] and its [`Report`], and the [`Stamp`] of a time. Plain
+//! data with its JSON form; every room below and above reads these types, none of their
+//! strings.
+
+mod hold;
+mod report;
+mod row;
+mod time;
+mod words;
+
+pub use hold::{Hold, HoldReason, HoldState};
+pub use report::{Git, RateLimits, Report, Todo, TokenSource, Tokens, Window};
+pub use row::Row;
+pub use time::Stamp;
+pub use words::{Outcome, StopReason, Trigger};
