@@ -34,6 +34,9 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
 
 use crate::autoloop::workspace;
 
+/// The most autopoll waits after Looper starts before its first tick.
+const FIRST_TICK: Duration = Duration::from_secs(3);
+
 /// Whether any codex exec run (ours or not) is alive; `None` when `/proc` cannot tell.
 fn any_live_run(app: &App, workspace: &Path) -> Option<bool> {
     if app.registry().busy() {
@@ -165,7 +168,7 @@ fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
         ),
         Err(e) => log::warn!(
             "codex.exec.autopoll.fail request_id={request_id} status={} error={}",
-            e.status,
+            e.status(),
             Q(&e.message)
         ),
     }
@@ -247,7 +250,10 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                 }
             }
             let mut first = true;
-            let mut next_tick = Instant::now() + cfg.idle_poll;
+            // The first tick comes soon (a restarted Looper resumes its loop), not a whole
+            // interval after the start; the moment lets an operator who did not mean it stop
+            // Looper first.
+            let mut next_tick = Instant::now() + cfg.idle_poll.min(FIRST_TICK);
             loop {
                 if autopoll {
                     app.policy().next_tick_at(next_tick);

@@ -13,7 +13,7 @@ use log::LevelFilter;
 pub use crate::os::paths::{expand_home, normalize};
 use crate::zulip::Zulip;
 
-use crate::run::request::MAX_SECONDS;
+use crate::model::MAX_SECONDS;
 
 /// Every variable the parser knows, for `--help` and for the README check.
 pub const KNOWN_VARS: &[&str] = &[

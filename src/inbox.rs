@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::os::logging::Q;
 use crate::os::shutdown::Shutdown;
 use crate::os::sys::{Bell, Dir, Inotify, Kind};
@@ -44,7 +44,7 @@ const DONE_KEPT: usize = 100;
 /// The suffix of an answer file in `done/`.
 pub const ANSWER_SUFFIX: &str = ".answer.json";
 /// The most a request file may hold (as a `/run` body).
-const MAX_REQUEST: u64 = crate::run::request::MAX_BODY as u64;
+const MAX_REQUEST: u64 = crate::model::MAX_BODY as u64;
 
 /// The inbox of runs in `workspace`.
 pub fn dir_for(workspace: &Path) -> PathBuf {
@@ -192,7 +192,7 @@ pub trait Desk: Send + Sync + 'static {
         workspace: &Path,
         body: &[u8],
         request_id: &str,
-    ) -> Result<Value, ApiError>;
+    ) -> Result<Value, Refusal>;
 }
 
 /// Starts the inbox thread. It ends at shutdown.
@@ -270,10 +270,10 @@ fn take<D: Desk>(app: &Arc<D>, inbox: &Inbox, name: &OsStr) {
         Err(e) => {
             log::warn!(
                 "run.fail request_id={request_id} status={} error={}",
-                e.status,
+                e.status(),
                 Q(&e.message)
             );
-            (e.status, e.body())
+            (e.status(), e.body())
         }
     };
     let answer = json!({"status": status, "body": body, "request_id": request_id});
@@ -290,8 +290,8 @@ fn take<D: Desk>(app: &Arc<D>, inbox: &Inbox, name: &OsStr) {
 /// The body of a request file, read only when it is named `*.json` and is a regular file of
 /// ours with no other hard link (one linked to a file elsewhere is not the agent's to hand
 /// over), at most 1 MiB, and still that file once opened.
-fn read_request(dir: &Dir, name: &OsStr, shown: &str) -> Result<Vec<u8>, ApiError> {
-    let refuse = |why: &str| ApiError::bad_request(format!("inbox file {shown:?} refused: {why}"));
+fn read_request(dir: &Dir, name: &OsStr, shown: &str) -> Result<Vec<u8>, Refusal> {
+    let refuse = |why: &str| Refusal::bad_request(format!("inbox file {shown:?} refused: {why}"));
     let meta = dir.stat(name).map_err(|e| refuse(&e.to_string()))?;
     match meta.kind {
         Kind::Link => return Err(refuse("it is a symbolic link")),
@@ -307,7 +307,7 @@ fn read_request(dir: &Dir, name: &OsStr, shown: &str) -> Result<Vec<u8>, ApiErro
     if !name.as_bytes().ends_with(b".json") {
         return Err(refuse("requests are named <name>.json"));
     }
-    let too_large = || ApiError::new(413, "body is larger than 1 MiB");
+    let too_large = || Refusal::new(Why::TooLarge, "body is larger than 1 MiB");
     if meta.size > MAX_REQUEST {
         return Err(too_large());
     }

@@ -137,6 +137,24 @@ fn row_of(looper: &common::Looper, run_id: &Value) -> Value {
         .unwrap_or_else(|| panic!("no row for {run_id}"))
 }
 
+/// A restarted Looper resumes its loop soon: the first tick comes a few seconds after the
+/// start, not a whole `LOOPER_IDLE_POLL_SECONDS` (five minutes by default) later.
+#[test]
+fn a_restarted_looper_resumes_its_loop_soon() {
+    let fx = Fixture::new("autopoll-soon");
+    let looper = fx.start(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "3600"),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]);
+    let rec = looper.wait("the first tick's run", || {
+        looper.records().into_iter().next()
+    });
+    let rows = runs(&looper);
+    assert_eq!(rows[0]["trigger"], json!("autopoll"), "{rows:?}");
+    assert!(alive(rec["pid"].as_u64().unwrap()));
+}
+
 /// Starts a run, then kills Looper with SIGKILL; the run's id and pid (it lives on until the
 /// handle, which cleans up after the test, is dropped).
 fn start_run_then_kill_looper(looper: &mut common::Looper) -> (Value, u64) {

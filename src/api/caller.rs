@@ -2,7 +2,7 @@
 //! (the operator's, a run's), the run a loopback connection's client belongs to, the `Host`
 //! and cross-site checks, and `Content-Type: application/json` for effects.
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::http::Head;
 use crate::http::Request;
 use crate::run::trust::{Caller, Peer};
@@ -36,9 +36,9 @@ pub(super) fn run_token_of(app: &App, head: &Head) -> Option<(String, std::path:
         .find_map(|t| app.registry().tokens().run_of(t))
 }
 
-pub(super) fn unauthorized() -> ApiError {
-    ApiError::new(
-        401,
+pub(super) fn unauthorized() -> Refusal {
+    Refusal::new(
+        Why::NoToken,
         "unauthorized: send the token as `Authorization: Bearer <token>` or `X-Looper-Token: <token>`",
     )
 }
@@ -48,14 +48,14 @@ pub(super) fn unauthorized() -> ApiError {
 /// the operator's from disk); one whose client has already closed its end is refused (a
 /// run's process could send and leave before it is seen); then the operator's token; then a
 /// run's own token; then, with no token configured, a local caller.
-pub(super) fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
+pub(super) fn caller_of(app: &App, rq: &Request) -> Result<Caller, Refusal> {
     let as_run = |run_id: String, workspace: Option<std::path::PathBuf>| {
         let workspace = workspace
             .or_else(|| app.registry().workspace_of(&run_id))
             .and_then(|w| w.canonicalize().ok())
             .ok_or_else(|| {
-                ApiError::new(
-                    403,
+                Refusal::new(
+                    Why::NotAllowed,
                     format!("this request comes from run {run_id}, whose workspace Looper does not know: nothing was changed"),
                 )
             })?;
@@ -68,7 +68,7 @@ pub(super) fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
         match crate::run::trust::run_of_connection(app, peer, local) {
             Peer::Run(run_id) => return as_run(run_id, None),
             Peer::Gone => {
-                return Err(ApiError::bad_request(
+                return Err(Refusal::bad_request(
                     "the client closed its end of the connection before Looper could tell who sent the request: keep it open until the answer. Nothing was changed",
                 ))
             }
@@ -89,14 +89,14 @@ pub(super) fn caller_of(app: &App, rq: &Request) -> Result<Caller, ApiError> {
 
 /// What a browser may not make Looper do: answer a page that rebinds its own name to this
 /// address (every path), or take an effect or hand data to another site.
-pub(super) fn browser_check(app: &App, head: &Head) -> Result<(), ApiError> {
+pub(super) fn browser_check(app: &App, head: &Head) -> Result<(), Refusal> {
     if head.header("host").nth(1).is_some() {
-        return Err(ApiError::bad_request("a request carries one Host header"));
+        return Err(Refusal::bad_request("a request carries one Host header"));
     }
     if let Some(host) = head.header("host").next() {
         if !app.cfg().host_allowed(host) {
-            return Err(ApiError::new(
-                403,
+            return Err(Refusal::new(
+                Why::NotAllowed,
                 format!(
                     "Host {host:?} is not this server's name: use 127.0.0.1 or localhost, or add the name to LOOPER_ALLOWED_HOSTS"
                 ),
@@ -125,16 +125,16 @@ pub(super) fn browser_check(app: &App, head: &Head) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn cross_site() -> ApiError {
-    ApiError::new(
-        403,
+fn cross_site() -> Refusal {
+    Refusal::new(
+        Why::NotAllowed,
         "cross-site request refused: Looper answers its own page and clients such as curl, not other web sites",
     )
 }
 
 /// `POST /run` takes JSON only: a browser sends `text/plain` and forms to any site without
 /// asking, JSON only after asking (CORS), which Looper never grants.
-pub(super) fn require_json(head: &Head) -> Result<(), ApiError> {
+pub(super) fn require_json(head: &Head) -> Result<(), Refusal> {
     let media = head.header("content-type").next().map(|v| {
         v.split(';')
             .next()
@@ -145,8 +145,8 @@ pub(super) fn require_json(head: &Head) -> Result<(), ApiError> {
     if media.as_deref() == Some("application/json") {
         return Ok(());
     }
-    Err(ApiError::new(
-        415,
+    Err(Refusal::new(
+        Why::NotJson,
         format!(
             "send the body as Content-Type: application/json (got {}); nothing was changed",
             media

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::caller::{caller_of, require_json};
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::http::Request;
 use crate::model::Trigger;
 use crate::os::logging::Q;
@@ -41,9 +41,12 @@ pub(super) fn serve_run(
     app: &Arc<App>,
     rq: &mut Request,
     request_id: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refusal> {
     let Some(_slot) = Inflight::take(app.inflight()) else {
-        return Err(ApiError::new(503, "busy: too many requests in flight"));
+        return Err(Refusal::new(
+            Why::Unavailable,
+            "busy: too many requests in flight",
+        ));
     };
     let caller = caller_of(app, rq)?;
     require_json(&rq.head)?;
@@ -52,15 +55,15 @@ pub(super) fn serve_run(
         pipeline::submit(app, &body, request_id, Trigger::Http, &caller)
     }))
     .unwrap_or_else(|_| {
-        Err(ApiError::new(
-            500,
+        Err(Refusal::new(
+            Why::Broken,
             "internal error while serving this request (thread.panicked in the server log)",
         ))
     });
     if let Err(e) = &outcome {
         log::warn!(
             "run.fail request_id={request_id} status={} error={}",
-            e.status,
+            e.status(),
             Q(&e.message)
         );
     }
@@ -74,10 +77,10 @@ pub(super) fn serve_resume(
     app: &Arc<App>,
     rq: &mut Request,
     request_id: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refusal> {
     if let Caller::Run { run_id, .. } = caller_of(app, rq)? {
-        return Err(ApiError::new(
-            403,
+        return Err(Refusal::new(
+            Why::NotAllowed,
             format!(
                 "run {} may not resume the loop: only the operator may (looper resume, a trigger of theirs). Nothing was changed",
                 run_id.as_deref().unwrap_or("?")
@@ -87,15 +90,15 @@ pub(super) fn serve_resume(
     require_json(&rq.head)?;
     let body = rq.body()?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("the body is not JSON: {e}; nothing was changed"))
+        Refusal::bad_request(format!("the body is not JSON: {e}; nothing was changed"))
     })?;
     let Some(fields) = value.as_object() else {
-        return Err(ApiError::bad_request(
+        return Err(Refusal::bad_request(
             "the body is a JSON object: {} or {\"workspace\": \"<dir>\"}; nothing was changed",
         ));
     };
     if let Some(other) = fields.keys().find(|k| *k != "workspace") {
-        return Err(ApiError::bad_request(format!(
+        return Err(Refusal::bad_request(format!(
             "{other} is not a /resume field (only workspace); nothing was changed"
         )));
     }
@@ -103,7 +106,7 @@ pub(super) fn serve_resume(
         None | Some(Value::Null) => None,
         Some(Value::String(w)) if !w.trim().is_empty() => Some(app.workspace_named(Some(w))),
         Some(_) => {
-            return Err(ApiError::bad_request(
+            return Err(Refusal::bad_request(
                 "workspace is a directory's path (a non-empty string); nothing was changed",
             ))
         }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::http::{Request, Response};
 use crate::os::logging::Q;
 use crate::state::app::App;
@@ -37,10 +37,10 @@ fn handle(app: &Arc<App>, rq: &mut Request) -> Response {
             "http.refused method={} path={} status={} error={}",
             Q(method),
             Q(path),
-            e.status,
+            e.status(),
             Q(&e.message)
         );
-        return Response::json(e.status, e.body().to_string());
+        return Response::json(e.status(), e.body().to_string());
     }
     if path == "/health" && matches!(method, "GET" | "HEAD") {
         // Health probes are frequent: only at DEBUG, and no id or lock.
@@ -61,7 +61,7 @@ fn handle(app: &Arc<App>, rq: &mut Request) -> Response {
         Q(path)
     );
     let outcome = route(app, rq, &request_id)
-        .unwrap_or_else(|e| Response::json(e.status, e.body().to_string()));
+        .unwrap_or_else(|e| Response::json(e.status(), e.body().to_string()));
     log::log!(
         level,
         "http.end request_id={request_id} method={} path={} status={} duration_ms={:.3}",
@@ -77,7 +77,7 @@ fn ok_json(value: Value) -> Response {
     Response::json(200, value.to_string())
 }
 
-fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Response, ApiError> {
+fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Response, Refusal> {
     let (method, path) = (rq.head.method.as_str(), rq.head.path.as_str());
     if path == "/" {
         return match method {
@@ -92,15 +92,18 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Response,
                     ("X-Frame-Options", "DENY".into()),
                 ],
             }),
-            m => Err(ApiError::new(
-                405,
+            m => Err(Refusal::new(
+                Why::WrongMethod,
                 format!("method {m} is not allowed on /"),
             )),
         };
     }
     let run_file = run_file_of(path);
     if !KNOWN.contains(&path) && run_file.is_none() {
-        return Err(ApiError::new(404, format!("no such endpoint: {path}")));
+        return Err(Refusal::new(
+            Why::NotFound,
+            format!("no such endpoint: {path}"),
+        ));
     }
     if (path, method) == ("/run", "POST") {
         return effects::serve_run(app, rq, request_id).map(ok_json);
@@ -110,8 +113,8 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Response,
     }
     if path != "/health" && !operator(app, &rq.head) {
         if run_token_of(app, &rq.head).is_some() {
-            return Err(ApiError::new(
-                403,
+            return Err(Refusal::new(
+                Why::NotAllowed,
                 "a run's token is good for its hand-off (POST /run) only",
             ));
         }
@@ -129,13 +132,13 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Response,
         (_, "GET") => match run_file {
             Some((id, RunFile::Log)) => files::run_log(app, id, &rq.head),
             Some((id, RunFile::LastMessage)) => files::run_last_message(app, id),
-            None => Err(ApiError::new(
-                405,
+            None => Err(Refusal::new(
+                Why::WrongMethod,
                 format!("method GET is not allowed on {path}"),
             )),
         },
-        (p, m) => Err(ApiError::new(
-            405,
+        (p, m) => Err(Refusal::new(
+            Why::WrongMethod,
             format!("method {m} is not allowed on {p}"),
         )),
     }

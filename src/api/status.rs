@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::Refusal;
 use crate::http::Head;
 use crate::model::{Hold, HoldState, Stamp};
 use crate::state::app::App;
@@ -119,14 +119,14 @@ pub(super) fn status(app: &App) -> Value {
 }
 
 /// `GET /runs?limit=N`: the newest runs first.
-pub(super) fn runs(app: &App, head: &Head) -> Result<Value, ApiError> {
+pub(super) fn runs(app: &App, head: &Head) -> Result<Value, Refusal> {
     let limit = match head.query("limit") {
         None => 50,
         Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=crate::state::history::MAX_ROWS).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit must be a whole number from 1 to 1000"))?,
+            .ok_or_else(|| Refusal::bad_request("limit must be a whole number from 1 to 1000"))?,
     };
     Ok(json!({"ok": true, "runs": app.history().newest(limit)}))
 }

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::model::{Hold, HoldReason, HoldState, Row, Stamp};
 use crate::os::logging::Q;
 use crate::rules::backoff::{Backoff, RunEnd, Settings};
@@ -328,18 +328,22 @@ pub fn autopoll_gate(app: &App, workspace: &Path) -> Gate {
 /// budget's pause: `429`, saying when it clears), or the run would go past a budget (which
 /// pauses the loop: the message to say comes with it). A pause whose time is over ends
 /// here. Nothing was stopped either way.
-pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(ApiError, Option<String>)> {
+pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(Refusal, Option<String>)> {
     let now = Stamp::now();
     end_if_over(app, workspace, now);
     if let Some(h) = app.holds().of(workspace) {
-        let status = if h.reason.is_budget() { 429 } else { 409 };
+        let why = if h.reason.is_budget() {
+            Why::OverBudget
+        } else {
+            Why::Held
+        };
         let ends = match h.until {
             Some(u) => format!("it ends at {}, or", u.minute()),
             None => "it ends".to_string(),
         };
         return Some((
-            ApiError::new(
-                status,
+            Refusal::new(
+                why,
                 format!(
                     "the loop is {} ({}: {}); a hand-off starts nothing. Nothing was stopped; {ends} with `looper resume` or a trigger of the operator",
                     h.state.as_str(),
@@ -353,8 +357,8 @@ pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(ApiError, Option<S
     let over = budget_over(app, workspace, now)?;
     let said = pause_for(app, workspace, &over, None);
     Some((
-        ApiError::new(
-            429,
+        Refusal::new(
+            Why::OverBudget,
             format!(
                 "over budget: {}; no run starts before {} (or `looper resume`). Nothing was stopped",
                 over.detail,

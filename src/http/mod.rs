@@ -23,6 +23,12 @@
 //!   blocks only its own thread, until the write timeout closes it;
 //! - a thread that cannot be spawned is a logged refusal (the connection is closed).
 
+mod head;
+mod status;
+
+pub use head::{parse_head, Head};
+use status::reason;
+
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,15 +36,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
+use crate::model::MAX_BODY;
 use crate::os::logging::Q;
 use crate::os::shutdown::Shutdown;
-use crate::run::request::MAX_BODY;
 
 /// Largest request head: request line and headers.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// Headers a request may carry.
-const MAX_HEADERS: usize = 64;
 /// How long a client may take: set from the configuration (`LOOPER_HTTP_*_SECONDS`, for
 /// tests that would otherwise sit these out), with the defaults below.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,127 +94,6 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 const LINGER_MAX_BODY: u64 = 16 * 1024 * 1024;
 /// What each read asks for at most.
 const READ_CHUNK: usize = 8 * 1024;
-
-/// A parsed request head: what Looper needs of it, owned.
-#[derive(Debug, Clone, Default)]
-pub struct Head {
-    pub method: String,
-    /// The request target as sent (path and query).
-    pub target: String,
-    /// The target without its query.
-    pub path: String,
-    /// Header names (lower case) and values of the headers Looper reads.
-    pub headers: Vec<(String, String)>,
-    /// The declared body length; `None` when absent.
-    pub content_length: Option<u64>,
-    pub chunked: bool,
-    expect_continue: bool,
-    /// The client wants the connection closed after this request.
-    close: bool,
-}
-
-impl Head {
-    /// The values of header `name` (lower case).
-    pub fn header<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether the request declares a body.
-    pub fn has_body(&self) -> bool {
-        self.chunked || self.content_length.is_some_and(|n| n > 0)
-    }
-
-    /// The value of query parameter `key`.
-    pub fn query(&self, key: &str) -> Option<&str> {
-        let (_, query) = self.target.split_once('?')?;
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-    }
-}
-
-/// Headers kept from a request (the rest are read past).
-const KEPT_HEADERS: [&str; 6] = [
-    "authorization",
-    "x-looper-token",
-    "host",
-    "origin",
-    "sec-fetch-site",
-    "content-type",
-];
-
-/// Parses a request head at the start of `buf`: `Ok(None)` while it is incomplete.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ApiError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(ApiError::new(431, "too many request headers"))
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "malformed HTTP request: {e}"
-            )))
-        }
-    };
-    let target = req.path.unwrap_or("/").to_string();
-    let mut head = Head {
-        method: req.method.unwrap_or("").to_string(),
-        path: target.split('?').next().unwrap_or("").to_string(),
-        target,
-        // HTTP/1.0 closes unless asked to keep the connection.
-        close: req.version == Some(0),
-        ..Head::default()
-    };
-    for h in req.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        let value = String::from_utf8_lossy(h.value).trim().to_string();
-        match name.as_str() {
-            "content-length" => {
-                let n = parse_length(&value)?;
-                if head.content_length.is_some_and(|m| m != n) {
-                    return Err(ApiError::bad_request("conflicting Content-Length headers"));
-                }
-                head.content_length = Some(n);
-            }
-            "transfer-encoding" => head.chunked = true,
-            "expect" => head.expect_continue = value.eq_ignore_ascii_case("100-continue"),
-            "connection" => {
-                for token in value.split(',').map(str::trim) {
-                    if token.eq_ignore_ascii_case("close") {
-                        head.close = true;
-                    } else if token.eq_ignore_ascii_case("keep-alive") {
-                        head.close = false;
-                    }
-                }
-            }
-            n if KEPT_HEADERS.contains(&n) => head.headers.push((name, value)),
-            _ => {}
-        }
-    }
-    if head.chunked && head.content_length.is_some() {
-        return Err(ApiError::bad_request(
-            "a request may not carry both Content-Length and Transfer-Encoding",
-        ));
-    }
-    Ok(Some((head, len)))
-}
-
-/// A `Content-Length` value: digits only. A number too large for any body Looper takes
-/// counts as `u64::MAX` (refused as too large, never allocated).
-fn parse_length(value: &str) -> Result<u64, ApiError> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(format!(
-            "Content-Length must be a number, got {value:?}"
-        )));
-    }
-    Ok(value.parse::<u64>().unwrap_or(u64::MAX))
-}
 
 /// The connections being served, so that the accept loop can make room.
 #[derive(Default)]
@@ -386,7 +269,7 @@ pub fn serve<H: Handler>(app: &Arc<H>, listener: &TcpListener, limits: Limits) {
 /// Answers `503` to a connection there is no room for, without reading or waiting.
 fn refuse(stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
-    let body = ApiError::new(503, "busy: too many connections").body();
+    let body = Refusal::new(Why::Unavailable, "busy: too many connections").body();
     let answer = Response::json(503, body.to_string());
     let _ = (&stream).write_all(&response_bytes(&answer, true, false));
 }
@@ -422,11 +305,11 @@ fn serve_connection<H: Handler>(app: &Arc<H>, mut conn: Conn) {
             Ok(None) => return,
             Err(e) => {
                 // A broken head: answer and close (the rest of the stream means nothing).
-                let answer = Response::json(e.status, e.body().to_string());
+                let answer = Response::json(e.status(), e.body().to_string());
                 let _ = write_response(&mut conn.stream, &answer, true, false);
                 log::info!(
                     "http.end method=- path=- status={} error={}",
-                    e.status,
+                    e.status(),
                     Q(&e.message)
                 );
                 return;
@@ -469,43 +352,43 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     /// Reads the whole body (at most [`MAX_BODY`], within [`Limits::body_deadline`]).
-    pub fn body(&mut self) -> Result<Vec<u8>, ApiError> {
+    pub fn body(&mut self) -> Result<Vec<u8>, Refusal> {
         if self.head.chunked {
-            return Err(ApiError::new(
-                411,
+            return Err(Refusal::new(
+                Why::NoLength,
                 "send the body with a Content-Length (chunked bodies are not accepted)",
             ));
         }
         let len = self.head.content_length.unwrap_or(0);
         if len > MAX_BODY as u64 {
-            return Err(ApiError::new(413, "body is larger than 1 MiB"));
+            return Err(Refusal::new(Why::TooLarge, "body is larger than 1 MiB"));
         }
         let len = len as usize;
         if self.head.expect_continue && self.conn.buf.len() < len {
             self.conn
                 .stream
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+                .map_err(|e| Refusal::bad_request(format!("could not read the body: {e}")))?;
         }
         let mut body = Vec::with_capacity(len);
         let from_buf = len.min(self.conn.buf.len());
         body.extend(self.conn.buf.drain(..from_buf));
         let limits = self.conn.limits;
         let deadline = Instant::now() + limits.body_deadline;
-        let timed_out = || ApiError::new(408, "timed out reading the request body");
+        let timed_out = || Refusal::new(Why::TooSlow, "timed out reading the request body");
         let mut chunk = [0u8; READ_CHUNK];
         while body.len() < len {
             let want = (len - body.len()).min(READ_CHUNK);
             match read_some(&mut self.conn.stream, &mut chunk[..want], deadline, limits) {
                 Ok(0) => {
-                    return Err(ApiError::bad_request(
+                    return Err(Refusal::bad_request(
                         "the body ended before its Content-Length",
                     ))
                 }
                 Ok(n) => body.extend_from_slice(&chunk[..n]),
                 Err(e) if is_timeout(&e) => return Err(timed_out()),
                 Err(e) => {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(Refusal::bad_request(format!(
                         "could not read the body: {e}"
                     )))
                 }
@@ -557,7 +440,7 @@ fn read_some(
 
 /// Reads the next request head. `Ok(None)`: the client closed, or sent nothing while the
 /// connection waited for its next request.
-fn read_head(conn: &mut Conn) -> Result<Option<Head>, ApiError> {
+fn read_head(conn: &mut Conn) -> Result<Option<Head>, Refusal> {
     let deadline = Instant::now() + conn.limits.head_deadline;
     let mut chunk = [0u8; READ_CHUNK];
     loop {
@@ -568,7 +451,10 @@ fn read_head(conn: &mut Conn) -> Result<Option<Head>, ApiError> {
             }
         }
         if conn.buf.len() >= MAX_HEAD {
-            return Err(ApiError::new(431, "request head is larger than 16 KiB"));
+            return Err(Refusal::new(
+                Why::HeadTooLarge,
+                "request head is larger than 16 KiB",
+            ));
         }
         let want = (MAX_HEAD - conn.buf.len()).min(READ_CHUNK);
         match read_some(&mut conn.stream, &mut chunk[..want], deadline, conn.limits) {
@@ -576,31 +462,13 @@ fn read_head(conn: &mut Conn) -> Result<Option<Head>, ApiError> {
             Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
             Err(_) if conn.buf.is_empty() => return Ok(None),
             Err(e) if is_timeout(&e) => {
-                return Err(ApiError::new(408, "timed out reading the request head"))
+                return Err(Refusal::new(
+                    Why::TooSlow,
+                    "timed out reading the request head",
+                ))
             }
             Err(_) => return Ok(None),
         }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "",
     }
 }
 
@@ -694,7 +562,7 @@ mod tests {
         assert!(conns.admit(-1).is_none());
     }
 
-    fn head(raw: &str) -> Result<Option<(Head, usize)>, ApiError> {
+    fn head(raw: &str) -> Result<Option<(Head, usize)>, Refusal> {
         parse_head(raw.as_bytes())
     }
 
@@ -734,10 +602,10 @@ mod tests {
             ),
             ("GET\x00 / HTTP/1.1\r\n\r\n", 400),
         ] {
-            assert_eq!(head(raw).unwrap_err().status, status, "{raw:?}");
+            assert_eq!(head(raw).unwrap_err().status(), status, "{raw:?}");
         }
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(head(&raw).unwrap_err().status, 431);
+        assert_eq!(head(&raw).unwrap_err().status(), 431);
     }
 }

@@ -131,7 +131,7 @@ impl Helpers {
             let dirs = path_var?.split(':').filter(|d| d.starts_with('/'));
             dirs.map(|d| Path::new(d).join(name))
                 .filter(|p| !workspaces.iter().any(|w| inside(p, w)))
-                .find(|p| crate::run::codex::is_executable_file(p))
+                .find(|p| crate::os::paths::is_executable_file(p))
                 .and_then(|p| p.canonicalize().ok())
         };
         let node = find("node");

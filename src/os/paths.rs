@@ -3,7 +3,7 @@
 //! file): opened so that nothing follows, blocks or grows without bound.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Opens `path` for reading without following a link at its end, without blocking (a
@@ -44,6 +44,13 @@ pub fn read_named_text(path: &Path, limit: u64) -> std::io::Result<String> {
         return Err(Error::new(ErrorKind::InvalidInput, "it grew while read"));
     }
     String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Whether `p` is a file that someone may execute.
+pub fn is_executable_file(p: &Path) -> bool {
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// A regular file ([`open_regular`]), at most `limit` bytes, as text.

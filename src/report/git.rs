@@ -62,7 +62,7 @@ impl Budget {
 /// commands that read no work-tree content.
 fn run(workspace: &Path, args: &[&str], cap: u64, budget: &Budget) -> Option<Vec<u8>> {
     // Outside a work tree every question fails: none is asked (a process saved per question).
-    if !crate::run::codex::inside_git_work_tree(workspace) {
+    if !inside_git_work_tree(workspace) {
         return None;
     }
     let limit = budget.left()?;
@@ -160,6 +160,36 @@ fn git_dirs(workspace: &Path) -> Option<(PathBuf, PathBuf)> {
 /// A small regular file as text (at most [`REF_FILE`] bytes).
 fn read_small(path: &Path) -> Option<String> {
     crate::os::paths::read_regular(path, REF_FILE)
+}
+
+/// Whether `dir` lies inside a git work tree, as codex demands of its workspace: some
+/// directory from `dir` up holds a `.git` directory (with a `HEAD`) or a `.git` file
+/// pointing elsewhere (`gitdir: ...`, worktrees and submodules). Read from the file system
+/// alone: no `git` process.
+pub fn inside_git_work_tree(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    dir.ancestors().any(|d| {
+        let dot_git = d.join(".git");
+        match std::fs::metadata(&dot_git) {
+            Ok(m) if m.is_dir() => dot_git.join("HEAD").is_file(),
+            // Its first bytes only, never blocking: the agent may leave a huge file or
+            // swap in a FIFO.
+            Ok(m) if m.is_file() => {
+                use std::io::Read;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut start = Vec::new();
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(&dot_git)
+                    .and_then(|f| f.take(7).read_to_end(&mut start))
+                    .is_ok_and(|_| start == b"gitdir:")
+            }
+            _ => false,
+        }
+    })
 }
 
 /// The object id `packed-refs` gives `name`: one bounded read, one pass over the bytes
@@ -502,6 +532,49 @@ mod tests {
         write("worktrees/wt/commondir", "../..\n");
         write("packed-refs", &format!("{A} refs/heads/main\n"));
         assert_eq!(head(&wt).as_deref(), Some(A), "worktree");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `packed-refs` is looked at up to its cap: a ref beyond it is not found (the agent's
+    /// 64 MiB of refs cost seconds a read, under the run guard), one before it is.
+    #[test]
+    fn packed_refs_are_read_up_to_their_cap() {
+        let dir = std::env::temp_dir().join(format!("looper-packed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let filler = format!("{B} refs/tags/filler\n");
+        let mut text = format!("{A} refs/heads/early\n");
+        text.push_str(&filler.repeat(PACKED_REFS as usize / filler.len() + 1));
+        text.push_str(&format!("{A} refs/heads/late\n"));
+        std::fs::write(dir.join("packed-refs"), text).unwrap();
+        assert_eq!(packed_ref(&dir, "refs/heads/early").as_deref(), Some(A));
+        assert_eq!(packed_ref(&dir, "refs/heads/late"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn git_work_trees_are_found_from_any_depth() {
+        let dir = std::env::temp_dir().join(format!("looper-git-{}", std::process::id()));
+        let deep = dir.join("repo/src/deep");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert!(!inside_git_work_tree(&deep), "no .git yet");
+        std::fs::create_dir_all(dir.join("repo/.git")).unwrap();
+        assert!(
+            !inside_git_work_tree(&deep),
+            "a .git without HEAD is no repository"
+        );
+        std::fs::write(dir.join("repo/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        assert!(inside_git_work_tree(&deep));
+        assert!(inside_git_work_tree(&dir.join("repo")));
+        assert!(!inside_git_work_tree(&dir));
+        std::fs::create_dir_all(dir.join("wt")).unwrap();
+        std::fs::write(
+            dir.join("wt/.git"),
+            "gitdir: /elsewhere/.git/worktrees/wt\n",
+        )
+        .unwrap();
+        assert!(inside_git_work_tree(&dir.join("wt")));
+        assert!(!inside_git_work_tree(&dir.join("missing")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

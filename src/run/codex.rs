@@ -1,7 +1,6 @@
 //! The `codex` binary and the exact command line Looper runs it with.
 
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Checkouts of codex next to Looper's own executable that win over `PATH` (the original
@@ -32,12 +31,6 @@ impl Source {
     }
 }
 
-pub fn is_executable_file(p: &Path) -> bool {
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 /// Whether `p` lies inside `dir` (both taken as they really are, links resolved).
 fn inside(p: &Path, dir: &Path) -> bool {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
@@ -55,14 +48,14 @@ pub fn find_program(
 ) -> Option<PathBuf> {
     if name.contains('/') {
         let p = cwd.join(name);
-        return is_executable_file(&p).then_some(p);
+        return crate::os::paths::is_executable_file(&p).then_some(p);
     }
     path_var?
         .split(':')
         .filter(|d| d.starts_with('/'))
         .map(|d| Path::new(d).join(name))
         .filter(|p| untrusted.is_none_or(|w| !inside(p, w)))
-        .find(|p| is_executable_file(p))
+        .find(|p| crate::os::paths::is_executable_file(p))
 }
 
 /// Request field, then `CODEX_EXEC_BINARY`, then local checkouts beside Looper's own
@@ -92,7 +85,7 @@ pub fn resolve(
             .iter()
             .map(|c| dir.join(c))
             .filter(|p| !inside(p, workspace))
-            .find(|p| is_executable_file(p))
+            .find(|p| crate::os::paths::is_executable_file(p))
     });
     if let Some(p) = local {
         return Ok((p, Source::Local));
@@ -151,65 +144,10 @@ pub fn command_line(binary: &Path, args: &[OsString]) -> String {
         .join(" ")
 }
 
-/// Whether `dir` lies inside a git work tree, as codex demands of its workspace: some
-/// directory from `dir` up holds a `.git` directory (with a `HEAD`) or a `.git` file
-/// pointing elsewhere (`gitdir: ...`, worktrees and submodules). Read from the file system
-/// alone: no `git` process.
-pub fn inside_git_work_tree(dir: &Path) -> bool {
-    let Ok(dir) = dir.canonicalize() else {
-        return false;
-    };
-    dir.ancestors().any(|d| {
-        let dot_git = d.join(".git");
-        match std::fs::metadata(&dot_git) {
-            Ok(m) if m.is_dir() => dot_git.join("HEAD").is_file(),
-            // Its first bytes only, never blocking: the agent may leave a huge file or
-            // swap in a FIFO.
-            Ok(m) if m.is_file() => {
-                use std::io::Read;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut start = Vec::new();
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                    .open(&dot_git)
-                    .and_then(|f| f.take(7).read_to_end(&mut start))
-                    .is_ok_and(|_| start == b"gitdir:")
-            }
-            _ => false,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn git_work_trees_are_found_from_any_depth() {
-        let dir = std::env::temp_dir().join(format!("looper-git-{}", std::process::id()));
-        let deep = dir.join("repo/src/deep");
-        std::fs::create_dir_all(&deep).unwrap();
-        assert!(!inside_git_work_tree(&deep), "no .git yet");
-        std::fs::create_dir_all(dir.join("repo/.git")).unwrap();
-        assert!(
-            !inside_git_work_tree(&deep),
-            "a .git without HEAD is no repository"
-        );
-        std::fs::write(dir.join("repo/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
-        assert!(inside_git_work_tree(&deep));
-        assert!(inside_git_work_tree(&dir.join("repo")));
-        assert!(!inside_git_work_tree(&dir));
-        std::fs::create_dir_all(dir.join("wt")).unwrap();
-        std::fs::write(
-            dir.join("wt/.git"),
-            "gitdir: /elsewhere/.git/worktrees/wt\n",
-        )
-        .unwrap();
-        assert!(inside_git_work_tree(&dir.join("wt")));
-        assert!(!inside_git_work_tree(&dir.join("missing")));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn quoting_round_trips_awkward_prompts() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::model::StopReason;
 use crate::model::Trigger;
 use crate::os::logging::Q;
@@ -27,26 +27,26 @@ Keep TODO.md the single source of truth for the next run.";
 
 /// The prompt for a run that named none: `LOOPER_PROMPT_FILE` (read now), else
 /// `LOOPER_DEFAULT_PROMPT`, else [`BUILTIN_PROMPT`].
-pub fn default_prompt(app: &App) -> Result<String, ApiError> {
+pub fn default_prompt(app: &App) -> Result<String, Refusal> {
     if let Some(path) = &app.cfg().prompt_file {
         // Read under the run guard, and maybe from the workspace: bounded, never blocking.
         let limit = codex::MAX_PROMPT_BYTES as u64;
         let too_long = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > limit);
         if too_long {
             let size = std::fs::metadata(path).map_or(0, |m| m.len());
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::bad_request(format!(
                 "LOOPER_PROMPT_FILE {} is {size} bytes; codex exec takes at most {limit} (Linux passes no single argument of 128 KiB or more)",
                 path.display()
             )));
         }
         return match crate::os::paths::read_named_text(path, limit) {
             Ok(text) if !text.trim().is_empty() => Ok(text),
-            Ok(_) => Err(ApiError::new(
-                500,
+            Ok(_) => Err(Refusal::new(
+                Why::Broken,
                 format!("LOOPER_PROMPT_FILE {} is empty", path.display()),
             )),
-            Err(e) => Err(ApiError::new(
-                500,
+            Err(e) => Err(Refusal::new(
+                Why::Broken,
                 format!("cannot read LOOPER_PROMPT_FILE {}: {e}", path.display()),
             )),
         };
@@ -62,7 +62,7 @@ pub fn default_prompt(app: &App) -> Result<String, ApiError> {
 /// every run, across restarts), or an old run calling late — another run is active, or,
 /// with none active, a newer run than it started since. The newest run, live or just ended,
 /// goes through.
-pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
+pub fn stale_reason(app: &App, from_run_id: &str) -> Option<Refusal> {
     if app.registry().being_set_up(from_run_id) {
         // Its hand-off waits for its setup under the run guard, then is looked at again.
         return None;
@@ -70,8 +70,8 @@ pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
     if let Some(reason) = app.registry().stopping(from_run_id) {
         // The operator (or another trigger) stops it: whatever it says as it dies (a TERM
         // trap's hand-off) starts nothing.
-        return Some(ApiError::new(
-            409,
+        return Some(Refusal::new(
+            Why::Stale,
             format!(
                 "stale: run {from_run_id} is being stopped ({}); it can no longer hand off. Nothing was stopped",
                 reason.as_str()
@@ -79,8 +79,8 @@ pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
         ));
     }
     if !app.registry().gave_out(from_run_id) {
-        return Some(ApiError::new(
-            409,
+        return Some(Refusal::new(
+            Why::UnknownRun,
             format!("unknown run: Looper never started a run {from_run_id}; a hand-off names the run that sends it. Nothing was stopped"),
         ));
     }
@@ -93,7 +93,12 @@ pub fn stale_reason(app: &App, from_run_id: &str) -> Option<ApiError> {
                 || !matches!(newest.stop_reason, None | Some(StopReason::UsageLimit))
         }),
     };
-    stale.then(|| ApiError::new(409, format!("stale: run {from_run_id} is no longer active")))
+    stale.then(|| {
+        Refusal::new(
+            Why::Stale,
+            format!("stale: run {from_run_id} is no longer active"),
+        )
+    })
 }
 
 /// Everything decided before the first effect.
@@ -104,22 +109,23 @@ struct Plan {
     binary: Option<(PathBuf, codex::Source)>,
 }
 
-fn check_workspace(plan: &Plan) -> Result<(), ApiError> {
+fn check_workspace(plan: &Plan) -> Result<(), Refusal> {
     if plan.workspace.is_dir() {
         return Ok(());
     }
-    let status = if plan.workspace_from_request {
-        400
+    // The request's mistake, or the configuration's.
+    let why = if plan.workspace_from_request {
+        Why::Invalid
     } else {
-        500
+        Why::Broken
     };
-    Err(ApiError::new(
-        status,
+    Err(Refusal::new(
+        why,
         format!("workspace is not a directory: {}", plan.workspace.display()),
     ))
 }
 
-fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
+fn plan(app: &App, req: &RunRequest) -> Result<Plan, Refusal> {
     let prompt = match &req.prompt {
         Some(p) => p.clone(),
         None => default_prompt(app)?,
@@ -129,7 +135,7 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
             (None, Some(file)) => format!("LOOPER_PROMPT_FILE {}", file.display()),
             _ => "the prompt".to_string(),
         };
-        return Err(ApiError::bad_request(format!(
+        return Err(Refusal::bad_request(format!(
             "{source} is {} bytes; codex exec takes at most {} (Linux passes no single argument of 128 KiB or more)",
             prompt.len(),
             codex::MAX_PROMPT_BYTES
@@ -145,8 +151,8 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
     if !plan.prompt.is_empty() {
         check_workspace(&plan)?;
         check_own_files_outside(app, &plan.workspace)?;
-        if app.cfg().require_git && !codex::inside_git_work_tree(&plan.workspace) {
-            return Err(ApiError::bad_request(format!(
+        if app.cfg().require_git && !crate::report::git::inside_git_work_tree(&plan.workspace) {
+            return Err(Refusal::bad_request(format!(
                 "workspace is not inside a git work tree: {} (codex refuses to run outside git; run `git init` there, or set LOOPER_REQUIRE_GIT=0)",
                 plan.workspace.display()
             )));
@@ -160,10 +166,10 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
             &plan.workspace,
         )
         .map_err(|name| match &req.codex_exec_binary {
-            Some(_) => ApiError::bad_request(format!(
+            Some(_) => Refusal::bad_request(format!(
                 "codex_exec_binary not found: {name} (give a path to an executable, or a name on the server's PATH)"
             )),
-            None => ApiError::new(500, format!("required tool is missing from PATH: {name}")),
+            None => Refusal::new(Why::Broken, format!("required tool is missing from PATH: {name}")),
         })?;
         plan.binary = Some(found);
     }
@@ -172,11 +178,11 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, ApiError> {
 
 /// Looper's own files (run logs, the history, the server log) never lie inside a workspace
 /// it runs: the agent writes anything there, links included, and would rewrite them.
-fn check_own_files_outside(app: &App, workspace: &Path) -> Result<(), ApiError> {
+fn check_own_files_outside(app: &App, workspace: &Path) -> Result<(), Refusal> {
     for (setting, dir) in app.cfg().own_dirs() {
         let dir = dir.canonicalize().unwrap_or(dir);
         if dir.starts_with(workspace) {
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::bad_request(format!(
                 "workspace {} holds Looper's own files ({setting} is {}): the agent could rewrite them. Move {setting} out of the workspace",
                 workspace.display(),
                 dir.display()
@@ -196,7 +202,7 @@ pub fn submit(
     request_id: &str,
     trigger: Trigger,
     caller: &Caller,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refusal> {
     let mut req = parse_request(body)?;
     crate::run::trust::admit(caller, &mut req, |id| {
         app.registry()
@@ -207,7 +213,7 @@ pub fn submit(
         log::warn!(
             "run.refused request_id={request_id} caller={} status={} error={}",
             Q(&caller.describe()),
-            e.status,
+            e.status(),
             Q(&e.message)
         )
     })?;
@@ -220,8 +226,8 @@ pub fn submit(
         Caller::Run { .. } => match &req.from_run_id {
             Some(id) => Some(id.clone()),
             None => {
-                return Err(ApiError::new(
-                    400,
+                return Err(Refusal::new(
+                    Why::Invalid,
                     "an inbox request names the run that sends it: from_run_id (`looper trigger` sends $LOOPER_RUN_ID). Nothing was changed",
                 ))
             }
@@ -252,7 +258,7 @@ pub fn submit(
         (None, Caller::Run { .. }) => app.registry().guard().try_take(),
     };
     let Some(_guard) = guard else {
-        return Err(ApiError::new(409, "busy: another run is in progress"));
+        return Err(Refusal::new(Why::Busy, "busy: another run is in progress"));
     };
     // Looked at again under the guard: a run may have been replaced meanwhile.
     if let Some(e) = stale() {
@@ -271,7 +277,7 @@ pub fn submit(
             log::warn!(
                 "run.refused request_id={request_id} caller={} status={} error={}",
                 Q(&caller.describe()),
-                e.status,
+                e.status(),
                 Q(&e.message)
             );
             return Err(e);
@@ -305,12 +311,12 @@ fn finish_loop(
     request_id: &str,
     workspace: &Path,
     handoff: bool,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refusal> {
     // The stale check passed: the run is the live one, or the newest, ended on its own
     // (its inbox file may be read after its exit).
     let Some(run_id) = req.handed_off_by.as_deref().filter(|_| handoff) else {
-        return Err(ApiError::new(
-            409,
+        return Err(Refusal::new(
+            Why::NotAHandOff,
             "loop_done comes only with the hand-off of the run that finished the task (send it from the run, or with its from_run_id); nothing was changed",
         ));
     };
@@ -345,7 +351,7 @@ pub fn execute(
     req: &RunRequest,
     request_id: &str,
     trigger: Trigger,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refusal> {
     execute_replacing(app, req, request_id, trigger, StopReason::Replaced)
 }
 
@@ -356,7 +362,7 @@ pub fn execute_replacing(
     request_id: &str,
     trigger: Trigger,
     stop_reason: StopReason,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refusal> {
     log::info!(
         "run.start request_id={request_id} trigger={} prompt={} workspace={}",
         trigger.as_str(),
@@ -415,7 +421,7 @@ pub fn execute_replacing(
         // The workspace may have gone while we announced and stopped.
         check_workspace(&plan)?;
         let Some((binary, source)) = plan.binary.clone() else {
-            return Err(ApiError::new(500, "no codex binary was resolved"));
+            return Err(Refusal::new(Why::Broken, "no codex binary was resolved"));
         };
         let start = Launch {
             binary,
@@ -491,15 +497,15 @@ fn announce(
     req: &RunRequest,
     request_id: &str,
     queue: bool,
-) -> Result<String, ApiError> {
+) -> Result<String, Refusal> {
     let text = match handoff_summary(app, req) {
         Some(summary) => format!("{}\n{summary}", req.zulip_message),
         None => req.zulip_message.clone(),
     };
     let script = req.zulip_script_path.as_deref();
     crate::notify::announce(app, &text, script, request_id, queue).map_err(|e| {
-        ApiError::new(
-            502,
+        Refusal::new(
+            Why::ZulipFailed,
             format!("Zulip announcement failed, nothing was stopped: {e}"),
         )
     })
@@ -536,9 +542,9 @@ fn handoff_summary(app: &App, req: &RunRequest) -> Option<String> {
 }
 
 /// After SIGTERM no step with an effect begins.
-fn refuse_after_shutdown(app: &App) -> Result<(), ApiError> {
+fn refuse_after_shutdown(app: &App) -> Result<(), Refusal> {
     if app.shutdown().is_set() {
-        return Err(ApiError::shutting_down());
+        return Err(Refusal::shutting_down());
     }
     Ok(())
 }
@@ -567,7 +573,7 @@ impl crate::inbox::Desk for App {
         workspace: &Path,
         body: &[u8],
         request_id: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, Refusal> {
         let caller = Caller::Run {
             run_id: None,
             workspace: workspace.to_path_buf(),

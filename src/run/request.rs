@@ -5,13 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
-
-/// Longest delay or interval accepted anywhere (one day): in a request, and in the
-/// configuration.
-pub const MAX_SECONDS: f64 = 86_400.0;
-/// Largest request body, over HTTP or in an inbox file.
-pub const MAX_BODY: usize = 1024 * 1024;
+use crate::error::Refusal;
+use crate::model::MAX_SECONDS;
 
 /// A validated `/run` request.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -65,38 +60,38 @@ const LEGACY_DELAYS: [&str; 4] = [
     "prompt_send_delay_seconds",
 ];
 
-fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Refusal> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             if s.contains('\0') {
-                return Err(ApiError::bad_request(format!(
+                return Err(Refusal::bad_request(format!(
                     "{key} must not contain NUL bytes"
                 )));
             }
             Ok(Some(s.clone()))
         }
-        Some(_) => Err(ApiError::bad_request(format!("{key} must be a string"))),
+        Some(_) => Err(Refusal::bad_request(format!("{key} must be a string"))),
     }
 }
 
-fn seconds_field(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
+fn seconds_field(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, Refusal> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(Some(v)),
-            _ => Err(ApiError::bad_request(format!(
+            _ => Err(Refusal::bad_request(format!(
                 "{key} must be a number of seconds from 0 to 86400"
             ))),
         },
-        Some(_) => Err(ApiError::bad_request(format!(
+        Some(_) => Err(Refusal::bad_request(format!(
             "{key} must be a number of seconds from 0 to 86400"
         ))),
     }
 }
 
 /// The error for a body that is not UTF-8, naming the field when the rest is JSON.
-fn not_utf8(body: &[u8]) -> ApiError {
+fn not_utf8(body: &[u8]) -> Refusal {
     let lossy = String::from_utf8_lossy(body);
     let field = serde_json::from_str::<Value>(&lossy).ok().and_then(|v| {
         v.as_object()?
@@ -105,25 +100,25 @@ fn not_utf8(body: &[u8]) -> ApiError {
             .map(|(k, _)| k.clone())
     });
     match field {
-        Some(k) => ApiError::bad_request(format!("{k} must be valid UTF-8")),
-        None => ApiError::bad_request("body is not valid UTF-8 JSON"),
+        Some(k) => Refusal::bad_request(format!("{k} must be valid UTF-8")),
+        None => Refusal::bad_request("body is not valid UTF-8 JSON"),
     }
 }
 
 /// Parses and validates a `/run` body. Unknown fields are listed in `ignored_fields`, not
 /// refused; which known fields a caller may send is [`crate::run::trust::admit`]'s call.
-pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
+pub fn parse_request(body: &[u8]) -> Result<RunRequest, Refusal> {
     if std::str::from_utf8(body).is_err() {
         return Err(not_utf8(body));
     }
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+        .map_err(|e| Refusal::bad_request(format!("body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::bad_request("body must be a JSON object"));
+        return Err(Refusal::bad_request("body must be a JSON object"));
     };
     let zulip_message = string_field(&obj, "zulip_message")?.unwrap_or_default();
     if zulip_message.trim().is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(Refusal::bad_request(
             "zulip_message is required and must not be empty",
         ));
     }
@@ -140,7 +135,7 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
         Some(d) => Some(d),
         None => {
             if legacy_sum.is_some_and(|s| s > MAX_SECONDS) {
-                return Err(ApiError::bad_request(
+                return Err(Refusal::bad_request(
                     "the legacy delay fields add up to more than 86400 seconds",
                 ));
             }
@@ -161,7 +156,7 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
         loop_done: match obj.get("loop_done") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(ApiError::bad_request("loop_done must be true or false")),
+            Some(_) => return Err(Refusal::bad_request("loop_done must be true or false")),
         },
         handed_off_by: None,
         ignored_fields: obj
@@ -179,9 +174,10 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Why;
     use serde_json::json;
 
-    fn parse(s: &str) -> Result<RunRequest, ApiError> {
+    fn parse(s: &str) -> Result<RunRequest, Refusal> {
         parse_request(s.as_bytes())
     }
 
@@ -253,13 +249,13 @@ mod tests {
             (r#"{"zulip_message":"m""#, "JSON"),
         ] {
             let err = parse(body).unwrap_err();
-            assert_eq!(err.status, 400, "{body}");
+            assert_eq!(err.why, Why::Invalid, "{body}");
             assert!(err.message.contains(field), "{body}: {}", err.message);
         }
         let err = parse_request(b"{\"zulip_message\":\"\xff\"}").unwrap_err();
         assert_eq!(err.message, "zulip_message must be valid UTF-8");
         let err = parse_request(b"\xff\xfe").unwrap_err();
-        assert_eq!(err.status, 400);
+        assert_eq!(err.why, Why::Invalid);
     }
 
     /// Random JSON objects over the known fields, with values of every type: the validator
@@ -365,7 +361,7 @@ mod tests {
                 }
                 Err(e) => {
                     assert!(!expect_ok, "refused {body}: {}", e.message);
-                    assert_eq!(e.status, 400, "{body}");
+                    assert_eq!(e.why, Why::Invalid, "{body}");
                     refused += 1;
                 }
             }

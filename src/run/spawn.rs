@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::model::{Stamp, Trigger};
 use crate::os::logging::Q;
 use crate::os::procs;
@@ -52,14 +52,14 @@ pub fn launch(
     start: &Launch,
     request_id: &str,
     trigger: Trigger,
-) -> Result<Spawned, ApiError> {
+) -> Result<Spawned, Refusal> {
     if !start.delay.is_zero() {
         log::info!(
             "run.step request_id={request_id} action=delay seconds={:.3}",
             start.delay.as_secs_f64()
         );
         if app.shutdown().wait(start.delay) {
-            return Err(ApiError::shutting_down());
+            return Err(Refusal::shutting_down());
         }
     }
     let args = codex::exec_args(&start.workspace, &start.prompt);
@@ -115,7 +115,7 @@ pub fn launch(
 
 /// Creates the run's log (never over an existing file or through a link) with its header.
 /// The log directory may have been removed while Looper ran: it is made again.
-fn new_log(app: &App, log_path: &Path, header: &str) -> Result<File, ApiError> {
+fn new_log(app: &App, log_path: &Path, header: &str) -> Result<File, Refusal> {
     std::fs::create_dir_all(&app.cfg().log_dir)
         .and_then(|_| crate::os::logging::create_new_log(log_path))
         .and_then(|mut f| {
@@ -123,8 +123,8 @@ fn new_log(app: &App, log_path: &Path, header: &str) -> Result<File, ApiError> {
             Ok(f)
         })
         .map_err(|e| {
-            ApiError::new(
-                500,
+            Refusal::new(
+                Why::Broken,
                 format!("cannot write the run log {}: {e}", log_path.display()),
             )
         })
@@ -132,7 +132,7 @@ fn new_log(app: &App, log_path: &Path, header: &str) -> Result<File, ApiError> {
 
 /// Waits the startup check out (or until the run exits); an early non-zero exit is a `500`
 /// quoting the log's last lines. The run's exit code when it ended meanwhile.
-fn startup_check(app: &App, run: &Run) -> Result<Option<i32>, ApiError> {
+fn startup_check(app: &App, run: &Run) -> Result<Option<i32>, Refusal> {
     let check = run.start.startup_check;
     app.registry().guard().setting_up(run.run_id, check);
     log::debug!(
@@ -153,8 +153,8 @@ fn startup_check(app: &App, run: &Run) -> Result<Option<i32>, ApiError> {
         .map(str::to_string)
         .collect();
     let tail = tail[tail.len().saturating_sub(EARLY_EXIT_TAIL_LINES)..].join("\n");
-    Err(ApiError::new(
-        500,
+    Err(Refusal::new(
+        Why::Broken,
         format!(
             "codex exec exited early (rc={code}, log_path={}, tail={})",
             run.log_path.display(),
@@ -235,10 +235,10 @@ fn inbox_for(app: &App, run: &Run) -> Option<std::path::PathBuf> {
 /// Spawns the child in its own session (and cgroup, where Looper can make one), writing its
 /// combined output into its log itself, registers it with what it starts from, and hands it
 /// to its watcher.
-fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
+fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, Refusal> {
     let fail = |what: &str, e: std::io::Error| {
-        ApiError::new(
-            500,
+        Refusal::new(
+            Why::Broken,
             format!(
                 "could not start {}: {what}: {e}",
                 run.start.binary.display()
@@ -271,7 +271,7 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
     crate::os::signals::detach_on_spawn(&mut cmd, group.as_ref().map(|g| g.procs_fd()));
     let log = file.try_clone().map_err(|e| fail("log file", e))?;
     if app.shutdown().is_set() {
-        return Err(ApiError::shutting_down());
+        return Err(Refusal::shutting_down());
     }
     // Read before the run can change it: a quick first commit is the run's own.
     let start = app.cfg().report_sources.at_start(&run.start.workspace);
@@ -330,7 +330,7 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, ApiError> {
     // it running: stop it here.
     if app.shutdown().is_set() {
         app.registry().signal(run.run_id, libc::SIGTERM);
-        return Err(ApiError::shutting_down());
+        return Err(Refusal::shutting_down());
     }
     Ok(live)
 }

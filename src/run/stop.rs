@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::StopScope;
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::model::StopReason;
 use crate::os::logging::Q;
 use crate::os::procs::{self, ProcInfo};
@@ -138,15 +138,15 @@ pub fn find_runs(
     binary: Option<&Path>,
     only_run_ids: Option<&HashSet<String>>,
     workspace: &Path,
-) -> Result<Vec<ProcInfo>, ApiError> {
+) -> Result<Vec<ProcInfo>, Refusal> {
     let table = scan_or_refuse(procs::scan(procs::current_uid()))?;
     Ok(Reach::new(app, binary, only_run_ids, workspace).select(&table))
 }
 
-fn scan_or_refuse(scanned: std::io::Result<Vec<ProcInfo>>) -> Result<Vec<ProcInfo>, ApiError> {
+fn scan_or_refuse(scanned: std::io::Result<Vec<ProcInfo>>) -> Result<Vec<ProcInfo>, Refusal> {
     scanned.map_err(|e| {
-        ApiError::new(
-            500,
+        Refusal::new(
+            Why::Broken,
             format!(
                 "cannot read /proc to find live codex runs ({e}); nothing was stopped or started"
             ),
@@ -164,7 +164,7 @@ pub fn stop_runs(
     workspace: &Path,
     request_id: &str,
     reason: StopReason,
-) -> Result<signals::StopReport, ApiError> {
+) -> Result<signals::StopReport, Refusal> {
     let reach = Reach::new(app, binary, only_run_ids, workspace);
     let mut table = scan_or_refuse(procs::scan(procs::current_uid()))?;
     let mut targets = reach.select(&table);

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::error::ApiError;
+use crate::error::{Refusal, Why};
 use crate::os::procs;
 use crate::os::sockets;
 use crate::run::request::RunRequest;
@@ -66,7 +66,7 @@ const HANDOFF_FIELDS: [&str; 6] = [
 const PROGRAM_FIELDS: [&str; 2] = ["codex_exec_binary", "zulip_script_path"];
 
 /// What a program-choosing field needs, said to a caller that may not send it.
-fn program_refusal(field: &str, caller: &Caller) -> ApiError {
+fn program_refusal(field: &str, caller: &Caller) -> Refusal {
     let config = match field {
         "codex_exec_binary" => "CODEX_EXEC_BINARY",
         _ => "LOOPER_ZULIP_SCRIPT",
@@ -79,7 +79,7 @@ fn program_refusal(field: &str, caller: &Caller) -> ApiError {
             "{field} chooses a program to run: a run may only hand off (zulip_message, codex_prompt, from_run_id, its own workspace). Nothing was changed"
         ),
     };
-    ApiError::new(403, why)
+    Refusal::new(Why::NotAllowed, why)
 }
 
 /// Checks `req` against what `caller` may ask for, before anything has an effect, and for a
@@ -89,7 +89,7 @@ pub fn admit(
     caller: &Caller,
     req: &mut RunRequest,
     known_workspace: impl Fn(&str) -> Option<PathBuf>,
-) -> Result<(), ApiError> {
+) -> Result<(), Refusal> {
     let Caller::Run { run_id, workspace } = caller else {
         let chooses = [&req.codex_exec_binary, &req.zulip_script_path];
         if *caller == Caller::Local {
@@ -108,8 +108,8 @@ pub fn admit(
         if PROGRAM_FIELDS.contains(field) {
             return Err(program_refusal(field, caller));
         }
-        return Err(ApiError::new(
-            403,
+        return Err(Refusal::new(
+            Why::NotAllowed,
             format!(
                 "{field} is not part of a hand-off: a run may send only {}. Nothing was changed",
                 HANDOFF_FIELDS.join(", ")
@@ -121,8 +121,8 @@ pub fn admit(
             .canonicalize()
             .is_ok_and(|real| real == *workspace);
         if !same {
-            return Err(ApiError::new(
-                403,
+            return Err(Refusal::new(
+                Why::NotAllowed,
                 format!(
                     "a run hands off only to its own workspace ({}); {asked} is another directory, or a link to one. Nothing was changed",
                     workspace.display()
@@ -133,15 +133,15 @@ pub fn admit(
     req.workspace = Some(workspace.to_string_lossy().into_owned());
     match (run_id, &req.from_run_id) {
         (Some(me), Some(named)) if named != me => {
-            return Err(ApiError::new(
-                403,
+            return Err(Refusal::new(
+                Why::NotAllowed,
                 format!("from_run_id {named} is another run than the one asking ({me}). Nothing was changed"),
             ))
         }
         (Some(me), None) => req.from_run_id = Some(me.clone()),
         (None, Some(named)) if known_workspace(named).is_some_and(|w| w != *workspace) => {
-            return Err(ApiError::new(
-                403,
+            return Err(Refusal::new(
+                Why::NotAllowed,
                 format!("from_run_id {named} is a run of another workspace. Nothing was changed"),
             ));
         }
@@ -224,11 +224,11 @@ mod tests {
             let mut r = request(body);
             assert!(admit(&Caller::Operator, &mut r, |_| None).is_ok());
             let e = admit(&Caller::Local, &mut request(body), |_| None).unwrap_err();
-            assert_eq!(e.status, 403, "{body}");
+            assert_eq!(e.why, Why::NotAllowed, "{body}");
             assert!(e.message.contains("LOOPER_API_TOKEN"), "{}", e.message);
             let e =
                 admit(&run_caller(Path::new("/tmp")), &mut request(body), |_| None).unwrap_err();
-            assert_eq!(e.status, 403, "{body}");
+            assert_eq!(e.why, Why::NotAllowed, "{body}");
         }
         let mut r = request(
             r#"{"zulip_message":"m","workspace":"/anywhere","codex_exec_delay_seconds":3}"#,
@@ -266,7 +266,7 @@ mod tests {
                 asked.display()
             ));
             let e = admit(&caller, &mut r, |_| None).unwrap_err();
-            assert_eq!(e.status, 403, "{}", asked.display());
+            assert_eq!(e.why, Why::NotAllowed, "{}", asked.display());
         }
         for field in [
             r#""codex_exec_delay_seconds":1"#,
@@ -275,10 +275,13 @@ mod tests {
         ] {
             let mut r = request(&format!(r#"{{"zulip_message":"m",{field}}}"#));
             let e = admit(&caller, &mut r, |_| None).unwrap_err();
-            assert_eq!(e.status, 403, "{field}");
+            assert_eq!(e.why, Why::NotAllowed, "{field}");
         }
         let mut r = request(r#"{"zulip_message":"m","from_run_id":"r2"}"#);
-        assert_eq!(admit(&caller, &mut r, |_| None).unwrap_err().status, 403);
+        assert_eq!(
+            admit(&caller, &mut r, |_| None).unwrap_err().why,
+            Why::NotAllowed
+        );
         // An inbox request names no run of its own; one naming another workspace's is a lie.
         let inbox = Caller::Run {
             run_id: None,
@@ -286,7 +289,7 @@ mod tests {
         };
         let mut r = request(r#"{"zulip_message":"m","from_run_id":"r9"}"#);
         let e = admit(&inbox, &mut r, |_| Some(other.clone())).unwrap_err();
-        assert_eq!(e.status, 403);
+        assert_eq!(e.why, Why::NotAllowed);
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
