@@ -35,7 +35,7 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
 use crate::autoloop::workspace;
 
 /// The most autopoll waits after Looper starts before its first tick.
-const FIRST_TICK: Duration = Duration::from_secs(3);
+const FIRST_TICK: Duration = Duration::from_secs(1);
 
 /// Whether any codex exec run (ours or not) is alive; `None` when `/proc` cannot tell.
 fn any_live_run(app: &App, workspace: &Path) -> Option<bool> {
@@ -212,7 +212,7 @@ fn check_hung(app: &Arc<App>) {
         ),
         ..RunRequest::default()
     };
-    start_run(app, req, "hung", StopReason::Hung);
+    start_run(app, req, StopReason::Hung.as_str(), StopReason::Hung);
 }
 
 /// How often hung runs are looked for: a quarter of the limit, within bounds.
@@ -251,8 +251,7 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
             }
             let mut first = true;
             // The first tick comes soon (a restarted Looper resumes its loop), not a whole
-            // interval after the start; the moment lets an operator who did not mean it stop
-            // Looper first.
+            // interval after the start.
             let mut next_tick = Instant::now() + cfg.idle_poll.min(FIRST_TICK);
             loop {
                 if autopoll {

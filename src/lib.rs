@@ -3,72 +3,77 @@
 //! logging its output. An optional autopoll restarts work when everything has gone quiet.
 //!
 //! # Layout
-//! Rooms depend one way: each uses only rooms listed below it (no import circles), and
-//! each owns its state behind methods.
+//! Folders depend one way: each uses only those listed below it (no circle, no arrow back
+//! up), and each owns its state behind methods. From the top:
 //!
-//! The doors:
-//! - [`cli`]: the command line, parsed by lexopt into a typed command, then run; `main`
-//!   only calls [`cli::main`].
-//! - [`server`]: start-up (configuration, directories, the log, the socket, the signal
-//!   thread) and shutdown.
-//! - [`api`]: what each request gets: routing, the token, `/status`, `/runs`, `/metrics`,
-//!   the page (`assets/index.html`, built in), a run's log, `/run`.
-//! - [`autopoll`]: the thread that starts a run when everything has gone quiet.
+//! The doors, where work comes in:
+//! - [`cli`]: the command line (lexopt into a typed command); `main` only calls
+//!   [`cli::main`]. [`server`]: start-up (configuration, directories, the log, the socket,
+//!   the signal thread, the runs a previous Looper left) and shutdown.
+//! - [`api`]: what each HTTP request gets: who asks, `/status`, `/runs`, a run's files,
+//!   `/metrics`, the page (`assets/index.html`, built in), `/run` and `/resume`.
+//! - [`autopoll`]: the thread that starts a run when everything has gone quiet, and
+//!   replaces a hung one.
 //!
-//! The loop:
-//! - [`pipeline`]: `/run`, the inbox and autopoll's one way to a run: admit → the run
-//!   guard → plan → announce → stop → spawn → startup check.
-//! - [`spawn`]: a run's log, its child, its registration and its watcher thread, which
-//!   records the run's end.
-//! - [`stop`]: finding every process a stop takes and ending them.
-//! - [`announce`]: what Looper says on Zulip, before a trigger and after a run's end.
-//! - [`trust`]: the three rings: who asks (operator, run, anyone) and what each may ask.
-//! - [`app`]: what one server's threads share, each part behind a method.
-//! - [`registry`]: the one owner of Looper's runs (a `RunHandle` each), the run guard,
-//!   the recent exits and the counters that `/status` and `/metrics` read.
-//! - [`config`]: every environment variable, parsed from a map (reads no file).
-//! - [`judge`]: the stop rules applied to one workspace (a finished loop, a pause) over
-//!   [`rules`] (pure), kept by [`loopstate`] (`loop-state.json`).
+//! A run's way, from a request to its end:
+//! - [`run`]: the request read ([`run::request`]) and admitted ([`run::trust`]: who asks,
+//!   what each may ask), the pipeline that `/run`, the inbox and autopoll share
+//!   ([`run::pipeline`]: the run guard, plan, announce, stop, spawn, startup check), the
+//!   stop ([`run::stop`]), the child and its log ([`run::spawn`], [`run::output`]), and
+//!   **where a run ends**: [`run::watch`], the one owner of its end (exit, report, row,
+//!   the loop's verdict, what is said).
+//! - [`notify`]: every message on Zulip, the way the operator configured, through one
+//!   function; the outbox of hand-off messages Zulip did not take; what follows a run.
+//! - [`autoloop`]: the stop rules applied to one workspace from one event (a run's end, a
+//!   tick, a hand-off, a resume): holds begin and end only here.
 //!
-//! The parts:
-//! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse` for any [`http::Handler`]:
-//!   the accept loop, a thread per connection, every limit on what a client sends.
-//! - [`inbox`]: the hand-off that needs no network (`<workspace>/.looper/inbox`), taken by
-//!   one thread for a [`inbox::Desk`].
-//! - [`zulip`]: credentials, recipients, sending. [`output`]: run logs and the mirror of
-//!   their output. [`cgroup`]: a cgroup per run where one can be made.
-//! - [`policy`]: autopoll's rules (crash back-off, usage-limit pause), pure.
-//! - [`report`]: what a run did (tokens, last message, TODO counts) from its output, its
-//!   session file and the workspace; [`git`]: HEAD, commits and the work tree, asked so
-//!   that the workspace's own git configuration runs nothing as Looper.
-//! - [`request`]: a `/run` body read and validated. [`history`]: `runs.jsonl`.
-//! - [`signals`]: signals that reach the right process (pidfds), one stop in progress, how a
-//!   child starts; [`procs`]: `/proc` scanning, matching, process trees; [`sockets`]: who
-//!   is at the other end of a loopback connection. [`tokens`]: secrets compared and made.
-//! - [`sys`]: safe wrappers around raw calls (sockets, inotify, eventfd, poll); it and
-//!   [`signals`] (and [`procs`]'s getuid) hold the crate's `unsafe`, each block with its
-//!   `// SAFETY:`.
-//! - [`logging`], [`error`], [`shutdown`], [`paths`], [`limits`] (codex's usage-limit
-//!   error), [`codex`] (the binary and its command line), [`metrics`] (the text format,
-//!   rendered from a snapshot).
+//! What the server keeps:
+//! - [`state`]: the registry (live runs, the run guard, ids and tokens, process groups),
+//!   the history (`runs.jsonl`), the holds and the outbox (`loop-state.json`), and [`App`],
+//!   the one context every thread shares. [`config`]: every environment variable, parsed
+//!   from a map (reads no file).
+//!
+//! The parts, which know no run's story:
+//! - [`rules`]: the loop's rules, pure (stop rules, crash back-off, codex's usage-limit
+//!   text). [`report`]: what a run did, read from codex's output and session file, git
+//!   (asked so that the workspace's configuration runs nothing) and the TODO file.
+//! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse` for any [`http::Handler`],
+//!   every limit where the bytes arrive, and the one place a refusal becomes a status.
+//!   [`inbox`]: the hand-off that needs no network, for a [`inbox::Desk`]. [`zulip`]: the
+//!   client, its credentials, the operator's script, text made safe to post.
+//! - [`os`]: raw calls behind safe functions (the crate's `unsafe`, each with its
+//!   `// SAFETY:`), processes and signals, sockets, cgroups, the helpers' jail (Landlock,
+//!   seccomp), files others may have planted, the server log, text for terminals.
+//! - [`model`]: the vocabulary (trigger, stop reason, outcome, hold, row, report, time),
+//!   and [`error`]: why a request was refused.
+//!
+//! [`App`]: state::app::App
+
+pub mod cli;
+pub(crate) mod server;
 
 pub(crate) mod api;
-pub(crate) mod autoloop;
 pub(crate) mod autopoll;
-pub mod cli;
-pub(crate) mod config;
-pub(crate) mod error;
-pub(crate) mod http;
-pub(crate) mod inbox;
-pub(crate) mod model;
+
+pub(crate) mod run;
+
 pub(crate) mod notify;
-pub(crate) mod os;
+
+pub(crate) mod autoloop;
+
+pub(crate) mod config;
+pub(crate) mod state;
+
 pub(crate) mod report;
 pub(crate) mod rules;
-pub(crate) mod run;
-pub(crate) mod server;
-pub(crate) mod state;
+
+pub(crate) mod http;
+pub(crate) mod inbox;
 pub(crate) mod zulip;
+
+pub(crate) mod error;
+pub(crate) mod model;
+pub(crate) mod os;
 
 /// What the tests outside the crate read: the variables Looper knows, how codex prints a
 /// usage limit's reset time, and Zulip's Basic authentication.

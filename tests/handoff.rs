@@ -288,7 +288,7 @@ fn a_handoff_during_the_startup_check_waits_for_it() {
     let looper = std::sync::Arc::new(fx.start(&[]));
     let l1 = looper.clone();
     let first = std::thread::spawn(move || {
-        l1.run(json!({"codex_prompt": "first", "codex_exec_startup_check_seconds": 3}))
+        l1.run(json!({"codex_prompt": "first", "codex_exec_startup_check_seconds": 2}))
     });
     // The run exists (it wrote its record) while its /run is still in the startup check.
     let rec = looper.wait("the first run's record", || {
@@ -399,7 +399,7 @@ fn the_operator_stops_a_chain_of_quick_hand_offs() {
             "FAKE_CODEX",
             r#"record;sleep:0.1;post:{"zulip_message":"again","codex_prompt":"p"};sleep:600"#,
         ),
-        ("CODEX_EXEC_STARTUP_CHECK_SECONDS", "1"),
+        ("CODEX_EXEC_STARTUP_CHECK_SECONDS", "0.5"),
     ]);
     let a = looper.run(json!({"codex_prompt": "p"}));
     assert_eq!(a.status, 200, "{}", a.body);

@@ -217,9 +217,9 @@ fn zulip_faults_are_502s_that_stop_nothing() {
         (500, vec![], "<html>oops</html>", "HTTP 500"),
         (200, vec![], "not json", "HTTP 200"),
     ];
-    // Twice rate-limited; absurd, negative and unreadable waits are clamped or ignored,
-    // never a panic.
-    let waits = ["0", "1e20", "-3", "Wed, 21 Oct 2015 07:28:00 GMT"];
+    // Twice rate-limited; an absurd wait is clamped, never a panic (the unit test
+    // `retry_after_is_read_defensively` reads every other form).
+    let waits = ["0", "1e20"];
     let cases: Vec<Case> = cases
         .into_iter()
         .chain(waits.iter().map(|w| {
@@ -247,10 +247,10 @@ fn zulip_faults_are_502s_that_stop_nothing() {
     assert_eq!(a.status, 502, "{}", a.body);
     assert!(alive(pid));
     assert_eq!(looper.records().len(), 1);
-    // The eight 502s' ends are logged after anything the announcements could have logged.
-    let stderr = looper.wait("the ends of the eight 502s on stderr", || {
+    // The six 502s' ends are logged after anything the announcements could have logged.
+    let stderr = looper.wait("the ends of the six 502s on stderr", || {
         let text = looper.stderr();
-        (text.matches(" path=/run status=502 ").count() >= 8).then_some(text)
+        (text.matches(" path=/run status=502 ").count() >= 6).then_some(text)
     });
     assert!(!stderr.contains(FakeZulip::KEY));
     drop(z);
@@ -443,11 +443,11 @@ fn zombies_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// 300 back-to-back runs, with autopoll ticking and `/health` hammered meanwhile, leave the
+/// 200 back-to-back runs, with autopoll ticking and `/health` hammered meanwhile, leave the
 /// server with the descriptors and threads it had, no zombies, and a complete history.
 #[test]
-fn soak_300_runs_leaks_nothing() {
-    const RUNS: usize = 300;
+fn soak_200_runs_leaks_nothing() {
+    const RUNS: usize = 200;
     let fx = Fixture::new("soak");
     let looper = fx.start(&[
         ("FAKE_CODEX", "print:soak;sleep:600"),

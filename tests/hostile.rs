@@ -345,9 +345,12 @@ fn a_trigger_in_flight_at_shutdown_stops_nothing_more() {
         .env("FAKE_CODEX", "sleep:600")
         .spawn()
         .expect("start a foreign run");
-    let mut looper =
-        fx.start_owned(&zulip.env_with(&[("FAKE_CODEX", "record;ignore-term;sleep:600")]));
-    // Looper's own run makes the shutdown last the stop grace (3 s).
+    let mut looper = fx.start_owned(&zulip.env_with(&[
+        ("FAKE_CODEX", "record;ignore-term;sleep:600"),
+        ("LOOPER_STOP_GRACE_SECONDS", "2"),
+    ]));
+    // Looper's own run makes the shutdown last the stop grace (2 s), longer than the
+    // announcement under way.
     let own = looper.run(json!({"codex_prompt": "stubborn", "workspace": fx.path("ws")}));
     assert_eq!(own.status, 200, "{}", own.body);
     // The foreign run was stopped by that first trigger: start another.
@@ -357,8 +360,8 @@ fn a_trigger_in_flight_at_shutdown_stops_nothing_more() {
         .env("FAKE_CODEX", "sleep:600")
         .spawn()
         .expect("start a foreign run");
-    // The next announcement takes 1 s.
-    zulip.push(0, &[("X-Delay-Ms", "1000")], "");
+    // The next announcement takes half a second.
+    zulip.push(0, &[("X-Delay-Ms", "500")], "");
     let port = looper.port;
     let trigger = std::thread::spawn(move || {
         minreq::post(format!("http://127.0.0.1:{port}/run"))

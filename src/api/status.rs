@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::error::Refusal;
 use crate::http::Head;
-use crate::model::{Hold, HoldState, Stamp};
+use crate::model::{Hold, HoldState, LoopState, Stamp};
 use crate::state::app::App;
 
 /// The loop of the workspace autopoll serves, for `/status` and the page: `running`,
@@ -17,11 +17,7 @@ fn loop_status(app: &App, holds: &[(String, Hold)]) -> Value {
         .iter()
         .find(|(w, _)| Some(w) == key.as_ref())
         .map(|(_, h)| h);
-    let state = match hold {
-        Some(h) => h.state.as_str(),
-        None if app.registry().active().is_some() => "running",
-        None => "idle",
-    };
+    let state = LoopState::of(hold.map(|h| h.state), app.registry().active().is_some());
     json!({
         "workspace": key,
         "state": state,

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use crate::model::StopReason;
+
 use super::args::Logs;
 use super::client::{base_url, call, fetch_log};
 use super::Fail;
@@ -85,10 +87,12 @@ fn next_run(
             .unwrap_or_default();
         // Newest first: the row just before `run_id`'s is the one started after it.
         let at = rows.iter().position(|r| r["run_id"] == run_id);
-        let stop = at.and_then(|i| rows[i]["stop_reason"].as_str());
+        let stop = at.and_then(|i| {
+            serde_json::from_value::<StopReason>(rows[i]["stop_reason"].clone()).ok()
+        });
         let replaced = match stop {
-            Some("handed_off") => Some("handed off to"),
-            Some("replaced") => Some("was replaced by"),
+            Some(StopReason::HandedOff) => Some("handed off to"),
+            Some(StopReason::Replaced) => Some("was replaced by"),
             _ => None,
         };
         if let Some(next) = at.filter(|i| *i > 0).map(|i| rows[i - 1]) {

@@ -6,6 +6,8 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
+use crate::model::LoopState;
+
 use super::args::{Runs, Status};
 use super::client::{base_url, call};
 use super::Fail;
@@ -58,7 +60,8 @@ fn instant(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
 /// When autopoll's next tick may start a run: a tick during a back-off or a pause does
 /// nothing, so the end of the hold is named instead; a tick in the past is under way ("now").
 fn next_tick(p: &Value, state: &Value) -> String {
-    if state["state"] == "finished" {
+    let loop_state = serde_json::from_value::<LoopState>(state["state"].clone()).ok();
+    if loop_state == Some(LoopState::Finished) {
         return "none: the loop is finished".to_string();
     }
     let tick = instant(&p["next_tick_at"]);

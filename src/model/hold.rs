@@ -24,6 +24,29 @@ impl HoldState {
     }
 }
 
+/// Where a workspace's loop stands (`/status`'s `loop.state`): held, or not (a run lives,
+/// or none does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopState {
+    Running,
+    Idle,
+    Paused,
+    Finished,
+}
+
+impl LoopState {
+    /// The state of a loop held by `hold`, else running or idle by whether a run lives.
+    pub fn of(hold: Option<HoldState>, run_live: bool) -> LoopState {
+        match hold {
+            Some(HoldState::Finished) => LoopState::Finished,
+            Some(HoldState::Paused) => LoopState::Paused,
+            None if run_live => LoopState::Running,
+            None => LoopState::Idle,
+        }
+    }
+}
+
 /// Why a loop is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,7 +10,7 @@ mod row;
 mod time;
 mod words;
 
-pub use hold::{Hold, HoldReason, HoldState};
+pub use hold::{Hold, HoldReason, HoldState, LoopState};
 pub use report::{Git, RateLimits, Report, Todo, TokenSource, Tokens, Window};
 pub use row::Row;
 pub use time::Stamp;

@@ -222,12 +222,17 @@ impl Sink {
     /// out what it holds. What a stuck outlet (a stalled stderr) still holds is lost, and
     /// the other says so, with another [`FLUSH_WAIT`] to write that.
     fn flush(&self) {
+        self.flush_within(FLUSH_WAIT);
+    }
+
+    /// [`Sink::flush`], waiting `wait` (twice at most).
+    fn flush_within(&self, wait: Duration) {
         let busy = |q: &[Queue; 2], skip: &[usize]| {
             (0..q.len()).any(|i| q[i].bytes > 0 && !skip.contains(&i))
         };
         let mut queues = self
             .written
-            .wait_timeout_while(self.lock(), FLUSH_WAIT, |q| busy(q, &[]))
+            .wait_timeout_while(self.lock(), wait, |q| busy(q, &[]))
             .unwrap_or_else(PoisonError::into_inner)
             .0;
         let stuck: Vec<usize> = (0..queues.len()).filter(|i| queues[*i].bytes > 0).collect();
@@ -237,7 +242,7 @@ impl Sink {
         }
         let _ = self
             .written
-            .wait_timeout_while(queues, FLUSH_WAIT, |q| busy(q, &stuck));
+            .wait_timeout_while(queues, wait, |q| busy(q, &stuck));
     }
 }
 
@@ -683,7 +688,8 @@ mod tests {
         for i in 0..10 {
             sink.write(format!("event {i}\n").as_bytes());
         }
-        sink.flush();
+        // The stalled stderr is given up on after the wait.
+        sink.flush_within(Duration::from_millis(300));
         let in_file = text(&file);
         assert!(in_file.starts_with("event 0\n") && in_file.contains("event 9\n"));
         // Those queued (behind the one being written, if the writer took it yet): lost.

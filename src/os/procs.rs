@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Programs that run a script named in argv[1] (a `node` shim runs `codex.js`).
+/// Programs that run a script named in `argv[1]` (a `node` shim runs `codex.js`).
 const INTERPRETERS: &[&str] = &[
     "node", "nodejs", "bun", "deno", "sh", "bash", "dash", "python", "python3",
 ];

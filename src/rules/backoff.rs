@@ -1,5 +1,5 @@
 //! Autopoll's policy: what a run's end means for the next start (a crash loop backs off,
-//! codex's usage limit pauses — kept by [`crate::state::loopstate`] with the other pauses —, a
+//! codex's usage limit pauses — kept by [`crate::state::holds`] with the other pauses —, a
 //! healthy run resets the back-off) and whether a tick may start a run. Pure: the state, the event and the time go in, a verdict comes out; the caller
 //! logs, announces and starts. Nothing here reads a clock or a file.
 

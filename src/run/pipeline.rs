@@ -9,8 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::error::{Refusal, Why};
-use crate::model::StopReason;
-use crate::model::Trigger;
+use crate::model::{LoopState, Outcome, StopReason, Trigger};
 use crate::os::logging::Q;
 use crate::run::codex;
 use crate::run::request::{parse_request, RunRequest};
@@ -333,7 +332,7 @@ fn finish_loop(
         "ok": true,
         "request_id": request_id,
         "loop_done": true,
-        "loop_state": "finished",
+        "loop_state": LoopState::Finished,
         "run_id": Value::Null,
         "zulip_output": zulip_output,
         "killed_codex_exec_pids": [],
@@ -537,7 +536,7 @@ fn handoff_summary(app: &App, req: &RunRequest) -> Option<String> {
     let seconds = live.started.elapsed().as_secs_f64();
     Some(format!(
         "↳ {}",
-        crate::report::summary(run_id, "handed_off", seconds, &now)
+        crate::report::summary(run_id, Outcome::HandedOff.as_str(), seconds, &now)
     ))
 }
 

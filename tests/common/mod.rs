@@ -285,7 +285,7 @@ impl Fixture {
             ("CODEX_EXEC_LOG_DIR", d("logs")),
             ("CODEX_EXEC_DELAY_SECONDS", "0".into()),
             ("CODEX_EXEC_STARTUP_CHECK_SECONDS", "0.2".into()),
-            ("LOOPER_STOP_GRACE_SECONDS", "3".into()),
+            ("LOOPER_STOP_GRACE_SECONDS", "1".into()),
             ("FAKE_CODEX_RECORD_DIR", d("rec")),
         ]
         .into_iter()
