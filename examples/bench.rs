@@ -314,15 +314,29 @@ fn wakeup_rate(pid: u32, secs: u64) -> f64 {
     (wakeups(pid) - before) as f64 / secs as f64
 }
 
-/// Starts a run of the fake codex that sleeps, printing nothing.
-fn quiet_run(port: u16) {
+/// Starts a run of the fake codex that sleeps, printing nothing: its run id.
+fn quiet_run(port: u16) -> String {
     let r = http(
         port,
         "POST",
         "/run",
         r#"{"zulip_message":"q","codex_prompt":"q"}"#,
     );
-    assert!(matches!(r, Some((200, _))), "run: {r:?}");
+    match r {
+        Some((200, body)) => run_id_in(&body),
+        _ => panic!("run: {r:?}"),
+    }
+}
+
+/// The `run_id` in an answer's JSON text.
+fn run_id_in(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let v = v.get("body").unwrap_or(&v);
+            v["run_id"].as_str().map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no run_id in {body}"))
 }
 
 /// Wake-ups per second: idle, then with one quiet run live (its output mirrored).
@@ -330,7 +344,7 @@ fn idle_wakeups(b: &Bins, dir: &Path, secs: u64) -> (f64, f64) {
     let (s, _) = start_looper(b, dir, &[("FAKE_CODEX", "sleep:600".into())]);
     let pid = s.child.id();
     let idle = wakeup_rate(pid, secs);
-    quiet_run(s.port);
+    let _ = quiet_run(s.port);
     let quiet = wakeup_rate(pid, secs);
     let _ = std::fs::remove_dir_all(dir.join("logs"));
     (idle, quiet)
@@ -343,7 +357,8 @@ fn idle_wakeups(b: &Bins, dir: &Path, secs: u64) -> (f64, f64) {
 /// it (as a shell's `printf > x.tmp; mv x.tmp x.json` under load would).
 fn inbox_handoffs(b: &Bins, dir: &Path, rounds: usize, slow: bool) -> Vec<f64> {
     let (s, _) = start_looper(b, dir, &[("FAKE_CODEX", "sleep:600".into())]);
-    quiet_run(s.port);
+    // Each request names the run that sends it: the live one.
+    let mut from = quiet_run(s.port);
     let inbox = dir.join("ws/.looper/inbox");
     let history = dir.join("logs/runs.jsonl");
     let inbox_rows = || {
@@ -360,8 +375,10 @@ fn inbox_handoffs(b: &Bins, dir: &Path, rounds: usize, slow: bool) -> Vec<f64> {
         if slow {
             std::thread::sleep(Duration::from_millis(20));
         }
-        file.write_all(br#"{"zulip_message":"hand-off"}"#)
-            .expect("request");
+        file.write_all(
+            format!(r#"{{"zulip_message":"hand-off","from_run_id":"{from}"}}"#).as_bytes(),
+        )
+        .expect("request");
         drop(file);
         let t0 = Instant::now();
         std::fs::rename(&tmp, inbox.join(format!("h{i}.json"))).expect("rename");
@@ -376,6 +393,7 @@ fn inbox_handoffs(b: &Bins, dir: &Path, rounds: usize, slow: bool) -> Vec<f64> {
             assert!(t0.elapsed() < Duration::from_secs(10), "no answer");
             std::thread::sleep(Duration::from_millis(1));
         }
+        from = run_id_in(&std::fs::read_to_string(&answer).expect("answer"));
     }
     drop(s);
     let _ = std::fs::remove_dir_all(dir.join("logs"));

@@ -66,9 +66,18 @@ pub fn stale_reason(app: &App, from_run_id: &str) -> Option<Refusal> {
         // Its hand-off waits for its setup under the run guard, then is looked at again.
         return None;
     }
-    if let Some(reason) = app.registry().stopping(from_run_id) {
+    let no_longer_active = || {
+        Refusal::new(
+            Why::Stale,
+            format!("stale: run {from_run_id} is no longer active"),
+        )
+    };
+    if let Some((reason, exited)) = app.registry().stopping(from_run_id) {
         // The operator (or another trigger) stops it: whatever it says as it dies (a TERM
-        // trap's hand-off) starts nothing.
+        // trap's hand-off) starts nothing; nor once it is gone, before its row is ended.
+        if exited {
+            return Some(no_longer_active());
+        }
         return Some(Refusal::new(
             Why::Stale,
             format!(
@@ -92,12 +101,7 @@ pub fn stale_reason(app: &App, from_run_id: &str) -> Option<Refusal> {
                 || !matches!(newest.stop_reason, None | Some(StopReason::UsageLimit))
         }),
     };
-    stale.then(|| {
-        Refusal::new(
-            Why::Stale,
-            format!("stale: run {from_run_id} is no longer active"),
-        )
-    })
+    stale.then(no_longer_active)
 }
 
 /// Everything decided before the first effect.

@@ -25,6 +25,9 @@ use crate::state::registry::{Exited, LiveRun};
 
 /// The most a run's last line quoted after its end holds (characters).
 const LAST_LINE_CHARS: usize = 300;
+/// How long what asks git for a run's report waits for a run's setup under way (a startup
+/// check lasts a second by default).
+const YIELD_TO_SETUP: Duration = Duration::from_secs(2);
 
 /// What is watched: Looper's own child (reaped here, its exit code known, the trailer
 /// written into its log), or a run adopted from an earlier Looper.
@@ -143,6 +146,9 @@ impl Watcher {
             return;
         };
         start.tree = tree.and_then(|t| t.join().ok()).flatten();
+        // The report asks git: not while a run is being set up (it is often the run that
+        // replaced this one).
+        app.registry().guard().wait_free(YIELD_TO_SETUP);
         let report = report(app, &self.run, self.output_start, &start);
         let row = exited.row(report);
         finish(app, &exited, row, limit, self.output_start);
@@ -156,9 +162,13 @@ impl Watcher {
             return None;
         }
         let (sources, workspace) = (sources.clone(), self.run.workspace.clone());
+        let app = Arc::clone(&self.app);
         std::thread::Builder::new()
             .name(format!("start-{}", self.run.run_id))
             .spawn(move || {
+                // After the run's own setup (its startup check): codex takes seconds to
+                // reach its model before it changes anything.
+                app.registry().guard().wait_free(YIELD_TO_SETUP);
                 let mut start = StartState::default();
                 sources.tree_at_start(&workspace, &mut start);
                 start.tree

@@ -178,6 +178,20 @@ impl Guard {
         self.state().held
     }
 
+    /// Waits, at most `max`, while someone sets up a run: what can wait (the git of a run's
+    /// report, the fingerprint of its start) leaves the machine to the spawn under way.
+    pub fn wait_free(&self, max: Duration) {
+        let deadline = Instant::now() + max;
+        let mut g = self.state();
+        while g.held {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            g = self.wait_released(g, deadline - now);
+        }
+    }
+
     /// Hand-offs waiting for the setup now (for tests).
     #[cfg(test)]
     fn waiting(&self) -> usize {

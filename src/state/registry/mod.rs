@@ -342,9 +342,12 @@ impl Registry {
         }
     }
 
-    /// Why run `run_id` is being stopped by Looper, if it is.
-    pub fn stopping(&self, run_id: &str) -> Option<StopReason> {
-        self.runs().handle(run_id).and_then(|h| h.stop_reason)
+    /// Why run `run_id` is being stopped by Looper, if it is, and whether it has exited
+    /// already (its row is not ended yet: its report is being read).
+    pub fn stopping(&self, run_id: &str) -> Option<(StopReason, bool)> {
+        self.runs()
+            .handle(run_id)
+            .and_then(|h| Some((h.stop_reason?, h.exited.is_some())))
     }
 
     /// Marks live run `run_id` as ending by its own hand-off, before the stop that ends it.
