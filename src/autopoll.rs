@@ -34,6 +34,10 @@ pub fn newest_log_age(dir: &Path) -> Option<Duration> {
 
 use crate::autoloop::workspace;
 
+/// How often what a failed write left unsaved is written again.
+const SAVE_RETRY: Duration = Duration::from_secs(5);
+/// The longest the thread sleeps (a failed write may have happened meanwhile).
+const KEEPER_WAKE: Duration = Duration::from_secs(60);
 /// The most autopoll waits after Looper starts before its first tick.
 const FIRST_TICK: Duration = Duration::from_secs(1);
 
@@ -220,16 +224,15 @@ fn hung_check_interval(limit: Duration) -> Duration {
     (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
 }
 
-/// Starts the thread when autopoll or hung-run detection is on. It waits on the shutdown
-/// signal between ticks, so that a shutdown ends it at once.
+/// Starts the thread: autopoll's ticks and the hung-run checks when they are on, and
+/// always the keeper's duty, writing again what a failed write (a full disk) left unsaved
+/// (every [`SAVE_RETRY`] while anything is, at least every [`KEEPER_WAKE`]). It waits on
+/// the shutdown signal between wake-ups, so that a shutdown ends it at once.
 pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
     let autopoll = app.cfg().autopoll;
     let hung = !app.cfg().hung_run.is_zero();
     if !autopoll {
         log::info!("codex.exec.autopoll.disabled");
-    }
-    if !autopoll && !hung {
-        return None;
     }
     let app = Arc::clone(app);
     let spawned = std::thread::Builder::new()
@@ -259,15 +262,21 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                 }
                 let now = Instant::now();
                 let mut wake = if autopoll {
-                    next_tick
+                    next_tick.min(now + KEEPER_WAKE)
                 } else {
-                    now + Duration::from_secs(3600)
+                    now + KEEPER_WAKE
                 };
                 if hung {
                     wake = wake.min(now + hung_check_interval(cfg.hung_run));
                 }
+                if !app.unsaved().is_empty() {
+                    wake = wake.min(now + SAVE_RETRY);
+                }
                 if app.shutdown().wait(wake.saturating_duration_since(now)) {
                     break;
+                }
+                if !app.unsaved().is_empty() {
+                    app.save_unsaved();
                 }
                 if hung {
                     check_hung(&app);

@@ -40,6 +40,8 @@ pub enum Why {
     HeadTooLarge,
     /// Looper's side failed: its configuration, a tool, the system.
     Broken,
+    /// What the request needs written could not be (a full disk): nothing was done.
+    CannotSave,
     /// Zulip did not take the announcement (nothing was stopped).
     ZulipFailed,
     /// Too many at once, or Looper is shutting down.

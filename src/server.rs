@@ -240,7 +240,28 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
             None
         }
     };
-    let app = Arc::new(App::new(cfg, url, env.get("PATH").cloned(), cgroups));
+    let (app, corrupt) = App::new(cfg, url, env.get("PATH").cloned(), cgroups)
+        .map_err(|e| StartError::Config(ConfigError(format!("CODEX_EXEC_LOG_DIR: {e}"))))?;
+    let app = Arc::new(app);
+    // A state file that was no state of Looper's is kept aside, and every loop waits for
+    // the operator: an empty state would restart finished loops and reset budgets.
+    for (aside, why) in &corrupt {
+        let name = aside
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = name.split(".corrupt-").next().unwrap_or_default();
+        app.holds().hold_all(crate::model::Hold::new(
+            crate::model::HoldState::Paused,
+            crate::model::HoldReason::StateLost,
+            format!(
+                "{name} could not be read at start ({why}) and was kept as {}: pauses, finishes, budgets or queued messages may be lost. Autopoll starts nothing and hand-offs are refused until the operator resumes (looper resume)",
+                aside.display()
+            ),
+            None,
+            None,
+        ));
+    }
     app.set_listener(&listener);
     // git (and node) found once, outside every workspace known now, and git's jail probed.
     let workspaces: Vec<std::path::PathBuf> = std::iter::once(app.cfg().workspace.clone())
@@ -456,6 +477,13 @@ fn shutdown(app: &App) {
     }
     // No helper outlives Looper: a git still blocked (a FIFO in its configuration) goes.
     crate::os::signals::end_helpers();
+    // What a failed write left unsaved gets its last chance.
+    if !app.save_unsaved() {
+        log::error!(
+            "server.stop.unsaved files={} hint=\"the disk is full or read-only: what the log says was lost\"",
+            Q(&app.unsaved().join(","))
+        );
+    }
     log::info!("server.stop.done");
 }
 

@@ -111,8 +111,11 @@ pub(super) fn serve_resume(
             ))
         }
     };
-    let ended =
-        crate::autoloop::judge::resume(app, workspace.as_deref(), &format!("resume:{request_id}"));
+    let ended = crate::autoloop::judge::resume_or_refuse(
+        app,
+        workspace.as_deref(),
+        &format!("resume:{request_id}"),
+    )?;
     let resumed: Vec<Value> = ended
         .iter()
         .map(|(ws, h)| {

@@ -81,6 +81,7 @@ pub(super) fn status(app: &App) -> Value {
     let state = loop_status(app, &holds);
     let in_time = |d: std::time::Duration| Stamp::after(d);
     let paused = state["state"] == HoldState::Paused.as_str();
+    let unsaved = app.unsaved();
     json!({
         "ok": true,
         "run_in_progress": app.registry().guard().held(),
@@ -110,6 +111,10 @@ pub(super) fn status(app: &App) -> Value {
         "stop_method": app.stop_method(),
         "helper_jail": crate::os::jail::helpers().map_or("none", |h| h.method.as_str()),
         "helper_seccomp": crate::os::seccomp::available(),
+        // State a failed write (a full disk) left in memory only, written again each
+        // few seconds.
+        "state_saved": unsaved.is_empty(),
+        "unsaved": unsaved,
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

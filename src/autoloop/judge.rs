@@ -373,7 +373,35 @@ pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(Refusal, Option<St
 /// workspace: `None`); the holds that ended.
 pub fn resume(app: &App, workspace: Option<&Path>, by: &str) -> Vec<(String, Hold)> {
     let ended = app.holds().resume(workspace);
-    for (ws, h) in &ended {
+    log_resumed(&ended, by);
+    ended
+}
+
+/// [`resume`] for `POST /resume`: the loop's state is saved before the answer, or nothing
+/// is resumed (`Err`: a refusal saying why).
+pub fn resume_or_refuse(
+    app: &App,
+    workspace: Option<&Path>,
+    by: &str,
+) -> Result<Vec<(String, Hold)>, Refusal> {
+    let ended = app
+        .holds()
+        .resume_or_refuse(workspace)
+        .map_err(|e| cannot_save(&e))?;
+    log_resumed(&ended, by);
+    Ok(ended)
+}
+
+/// The refusal of a change to the loop's state that could not be written.
+fn cannot_save(e: &str) -> Refusal {
+    Refusal::new(
+        Why::CannotSave,
+        format!("cannot save the loop's state ({e}); nothing was changed"),
+    )
+}
+
+fn log_resumed(ended: &[(String, Hold)], by: &str) {
+    for (ws, h) in ended {
         log::info!(
             "loop.resumed workspace={} was={} reason={} by={by}",
             Q(ws),
@@ -381,11 +409,11 @@ pub fn resume(app: &App, workspace: Option<&Path>, by: &str) -> Vec<(String, Hol
             h.reason.as_str()
         );
     }
-    ended
 }
 
-/// Finishes the loop of `workspace` for run `run_id`'s `loop_done` hand-off.
-pub fn finish_by_handoff(app: &App, workspace: &Path, run_id: &str) {
+/// Finishes the loop of `workspace` for run `run_id`'s `loop_done` hand-off: saved before
+/// the answer, or not at all (`Err`).
+pub fn finish_by_handoff(app: &App, workspace: &Path, run_id: &str) -> Result<(), Refusal> {
     let detail = format!("run {run_id} handed off with done");
     let hold = Hold::new(
         HoldState::Finished,
@@ -394,12 +422,15 @@ pub fn finish_by_handoff(app: &App, workspace: &Path, run_id: &str) {
         None,
         Some(run_id),
     );
-    app.holds().hold(workspace, hold);
+    app.holds()
+        .hold_or_refuse(workspace, hold)
+        .map_err(|e| cannot_save(&e))?;
     log::warn!(
         "loop.finished workspace={} reason=loop_done run_id={run_id} detail={}",
         Q(&workspace.to_string_lossy()),
         Q(&detail)
     );
+    Ok(())
 }
 
 /// The local time of day now, for the words autopoll says about a pause's end.

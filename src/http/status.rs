@@ -22,6 +22,7 @@ impl Why {
             Why::HeadTooLarge => 431,
             Why::Broken => 500,
             Why::ZulipFailed => 502,
+            Why::CannotSave => 507,
             Why::Unavailable => 503,
         }
     }
@@ -53,6 +54,7 @@ pub(super) fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        507 => "Insufficient Storage",
         _ => "",
     }
 }

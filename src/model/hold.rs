@@ -63,6 +63,9 @@ pub enum HoldReason {
     RateLimitPercent,
     /// Codex's usage limit, until its reset.
     UsageLimit,
+    /// A state file was no state of Looper's (set aside): what held the loops may be lost,
+    /// so every loop waits for the operator.
+    StateLost,
 }
 
 impl HoldReason {
@@ -75,6 +78,7 @@ impl HoldReason {
             HoldReason::MaxTokensPerDay => "max_tokens_per_day",
             HoldReason::RateLimitPercent => "rate_limit_percent",
             HoldReason::UsageLimit => "usage_limit",
+            HoldReason::StateLost => "state_lost",
         }
     }
 

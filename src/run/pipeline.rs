@@ -330,8 +330,9 @@ fn finish_loop(
         req.zulip_message,
         workspace.display()
     );
+    // Saved before it is said: a finish that could not be written is no finish.
+    crate::autoloop::judge::finish_by_handoff(app, workspace, run_id)?;
     let zulip_output = announce(app, &announced, request_id, true)?;
-    crate::autoloop::judge::finish_by_handoff(app, workspace, run_id);
     Ok(json!({
         "ok": true,
         "request_id": request_id,

@@ -64,19 +64,28 @@ fn seed() -> u64 {
 }
 
 impl App {
-    /// `cgroups`: where runs get cgroups of their own, when Looper can make them.
+    /// `cgroups`: where runs get cgroups of their own, when Looper can make them. `Err`: a
+    /// state file that cannot be read (Looper must not start). With the app, the state files
+    /// that were no state of Looper's, set aside (where, and why).
     pub fn new(
         cfg: Config,
         url: String,
         path_var: Option<String>,
         cgroups: Option<Cgroups>,
-    ) -> App {
-        App {
+    ) -> Result<(App, Vec<(PathBuf, String)>), String> {
+        let history = History::open(&cfg.log_dir)?;
+        let loop_file = LoopFile::open(&cfg.log_dir)?;
+        let corrupt = history
+            .corrupt
+            .into_iter()
+            .chain(loop_file.corrupt)
+            .collect();
+        let app = App {
             url,
             shutdown: Shutdown::default(),
-            registry: Registry::new(History::open(&cfg.log_dir), seed()),
+            registry: Registry::new(history.history, seed()),
             policy: Mutex::new(Policy::default()),
-            loop_file: LoopFile::open(&cfg.log_dir),
+            loop_file: loop_file.file,
             delivery: Delivery::default(),
             inflight: AtomicUsize::new(0),
             cfg,
@@ -86,7 +95,28 @@ impl App {
             doorbell: Doorbell::new(),
             cgroups,
             self_exe: std::env::current_exe().ok(),
+        };
+        Ok((app, corrupt))
+    }
+
+    /// Writes what a failed write left unsaved (the history's rows, the loop's state);
+    /// whether everything is saved now.
+    pub fn save_unsaved(&self) -> bool {
+        let history = self.history().retry();
+        let loop_state = self.loop_file.retry();
+        history && loop_state
+    }
+
+    /// The state files whose latest state is not on disk yet (a write failed).
+    pub fn unsaved(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.history().saved() {
+            out.push(crate::state::history::FILE_NAME);
         }
+        if !self.loop_file.saved() {
+            out.push(crate::state::loopfile::FILE_NAME);
+        }
+        out
     }
 
     pub fn cfg(&self) -> &Config {

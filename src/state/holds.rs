@@ -6,15 +6,29 @@
 use std::path::Path;
 
 use crate::model::{Hold, HoldReason, HoldState, Stamp};
-use crate::state::loopfile::{key, LoopFile};
+use crate::state::loopfile::{key, LoopFile, Saved};
+
+/// The key of a hold on every workspace.
+pub const ALL: &str = "*";
 
 /// The holds, over the loop's file.
 pub struct Holds<'a>(pub(crate) &'a LoopFile);
 
 impl Holds<'_> {
-    /// The hold on `workspace`, as it is (its time may be over: its end is the judge's).
+    /// The hold on `workspace`, as it is (its time may be over: its end is the judge's);
+    /// the hold on every workspace ([`ALL`]) when it has none of its own.
     pub fn of(&self, workspace: &Path) -> Option<Hold> {
-        self.0.read(|s| s.holds.get(&key(workspace)).cloned())
+        self.0.read(|s| {
+            s.holds
+                .get(&key(workspace))
+                .or_else(|| s.holds.get(ALL))
+                .cloned()
+        })
+    }
+
+    /// Holds every workspace's loop until an operator resumes one (a lost state).
+    pub fn hold_all(&self, hold: Hold) {
+        self.0.change(|s| s.holds.insert(ALL.to_string(), hold));
     }
 
     /// Every hold, by workspace.
@@ -41,22 +55,7 @@ impl Holds<'_> {
     /// Holds `workspace`; `false` when the same reason held it already (not to be said
     /// again: its end is updated). A finish is never replaced by a pause.
     pub fn hold(&self, workspace: &Path, hold: Hold) -> bool {
-        self.0.change(|s| {
-            let k = key(workspace);
-            match s.holds.get_mut(&k) {
-                Some(h) if h.reason == hold.reason => {
-                    h.until = hold.until;
-                    false
-                }
-                Some(h) if h.state == HoldState::Finished && hold.state != HoldState::Finished => {
-                    false
-                }
-                _ => {
-                    s.holds.insert(k, hold);
-                    true
-                }
-            }
-        })
+        self.0.change(|s| hold_in(s, workspace, hold))
     }
 
     /// Ends `workspace`'s hold if it is for `reason`; the hold that ended.
@@ -74,30 +73,21 @@ impl Holds<'_> {
     /// budget's pause is waived until it would have cleared, and the count of runs without
     /// progress starts again. The holds that ended.
     pub fn resume(&self, workspace: Option<&Path>) -> Vec<(String, Hold)> {
-        self.0.change(|s| {
-            let keys: Vec<String> = match workspace {
-                Some(w) => vec![key(w)],
-                None => s.holds.keys().cloned().collect(),
-            };
-            let mut ended = Vec::new();
-            for k in keys {
-                if let Some(h) = s.holds.remove(&k) {
-                    // Resumed from being stuck: the runs get their chance again. (Other
-                    // holds say nothing of the runs' progress: the count stays.)
-                    if h.reason == HoldReason::NoProgress {
-                        s.no_progress.remove(&k);
-                    }
-                    if let (true, Some(until)) = (h.reason.is_budget(), h.until) {
-                        s.waived
-                            .entry(k.clone())
-                            .or_default()
-                            .insert(h.reason, until);
-                    }
-                    ended.push((k, h));
-                }
-            }
-            ended
-        })
+        self.0.change(|s| resume_in(s, workspace))
+    }
+
+    /// [`Holds::resume`], as an operator's request: saved before it is answered, or not
+    /// made (`Err`: why the state could not be written).
+    pub fn resume_or_refuse(
+        &self,
+        workspace: Option<&Path>,
+    ) -> Result<Vec<(String, Hold)>, String> {
+        self.0.change_or_refuse(|s| resume_in(s, workspace))
+    }
+
+    /// Holds `workspace` (as [`Holds::hold`]), saved before it is answered, or not at all.
+    pub fn hold_or_refuse(&self, workspace: &Path, hold: Hold) -> Result<bool, String> {
+        self.0.change_or_refuse(|s| hold_in(s, workspace, hold))
     }
 
     /// Whether an operator waived budget `reason` of `workspace` until after `now`.
@@ -142,6 +132,49 @@ impl Holds<'_> {
     }
 }
 
+/// Ends the holds of `workspace` (every one: `None`) in `s`; see [`Holds::resume`].
+fn resume_in(s: &mut Saved, workspace: Option<&Path>) -> Vec<(String, Hold)> {
+    // The hold on every workspace ends with the operator's first word.
+    let keys: Vec<String> = match workspace {
+        Some(w) => vec![key(w), ALL.to_string()],
+        None => s.holds.keys().cloned().collect(),
+    };
+    let mut ended = Vec::new();
+    for k in keys {
+        if let Some(h) = s.holds.remove(&k) {
+            // Resumed from being stuck: the runs get their chance again. (Other
+            // holds say nothing of the runs' progress: the count stays.)
+            if h.reason == HoldReason::NoProgress {
+                s.no_progress.remove(&k);
+            }
+            if let (true, Some(until)) = (h.reason.is_budget(), h.until) {
+                s.waived
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(h.reason, until);
+            }
+            ended.push((k, h));
+        }
+    }
+    ended
+}
+
+/// Holds `workspace` in `s`; see [`Holds::hold`].
+fn hold_in(s: &mut Saved, workspace: &Path, hold: Hold) -> bool {
+    let k = key(workspace);
+    match s.holds.get_mut(&k) {
+        Some(h) if h.reason == hold.reason => {
+            h.until = hold.until;
+            false
+        }
+        Some(h) if h.state == HoldState::Finished && hold.state != HoldState::Finished => false,
+        _ => {
+            s.holds.insert(k, hold);
+            true
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,12 +200,12 @@ mod tests {
         let d = dir("holds");
         let ws = Path::new("/w");
         let now = Stamp::now();
-        let file = LoopFile::open(&d);
+        let file = LoopFile::open(&d).unwrap().file;
         let holds = Holds(&file);
         let until = later(now, 3600);
         assert!(holds.hold(ws, paused(HoldReason::MaxRunsPerDay, Some(until))));
         assert!(!holds.hold(ws, paused(HoldReason::MaxRunsPerDay, Some(until))));
-        let again = LoopFile::open(&d);
+        let again = LoopFile::open(&d).unwrap().file;
         let holds = Holds(&again);
         assert_eq!(
             holds.of(ws).map(|h| h.reason),
@@ -197,12 +230,12 @@ mod tests {
         assert!(holds.end_if_over(ws, later(now, 400 * 86400)).is_none());
         assert_eq!(holds.of(ws).map(|h| h.state), Some(HoldState::Finished));
         assert_eq!(holds.resume(Some(ws)).len(), 1);
-        assert!(Holds(&LoopFile::open(&d)).of(ws).is_none());
+        assert!(Holds(&LoopFile::open(&d).unwrap().file).of(ws).is_none());
     }
 
     #[test]
     fn a_resumed_budget_is_waived_until_it_clears() {
-        let file = LoopFile::open(&dir("waive"));
+        let file = LoopFile::open(&dir("waive")).unwrap().file;
         let holds = Holds(&file);
         let ws = Path::new("/w");
         let now = Stamp::now();
@@ -216,7 +249,7 @@ mod tests {
 
     #[test]
     fn runs_without_progress_are_counted_until_one_makes_some() {
-        let file = LoopFile::open(&dir("progress"));
+        let file = LoopFile::open(&dir("progress")).unwrap().file;
         let holds = Holds(&file);
         let ws = Path::new("/w");
         assert_eq!(holds.note_progress(ws, "a", Some(false)), ["a"]);

@@ -115,7 +115,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("looper-outbox-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        let (file, delivery) = (LoopFile::open(&d), Delivery::default());
+        let (file, delivery) = (LoopFile::open(&d).unwrap().file, Delivery::default());
         let outbox = Outbox {
             file: &file,
             delivery: &delivery,
@@ -127,7 +127,7 @@ mod tests {
                 request_id: String::new(),
             });
         }
-        let again = LoopFile::open(&d);
+        let again = LoopFile::open(&d).unwrap().file;
         let outbox = Outbox {
             file: &again,
             delivery: &delivery,
