@@ -1,0 +1,291 @@
+//! Nothing lost: a full disk, a crash at any moment, a corrupt file. The disk-full cases put
+//! Looper's log directory on a small tmpfs of their own (mounting one needs root; they say
+//! so and skip elsewhere, and fail in CI, which runs as root).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{alive, have_git, run_id_of, Fixture, Looper};
+use serde_json::{json, Value};
+
+/// A tmpfs of a few hundred KiB mounted over a test's directory, unmounted when dropped.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts it at `dir` (made first), mode 0700 as Looper wants its state directory;
+    /// `None` (said) where this test may not mount.
+    fn mount(dir: &Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let (src, target, fstype) = (c("tmpfs"), c(dir.to_str().unwrap()), c("tmpfs"));
+        let opts = c(&format!("size={bytes},mode=0700"));
+        // SAFETY: mount(2) with valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            common::skip(&format!(
+                "mounting a small tmpfs needs root: {}",
+                std::io::Error::last_os_error()
+            ));
+            return None;
+        }
+        Some(SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.dir.join(".filler")
+    }
+
+    /// Fills the disk to its last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.filler())
+            .unwrap();
+        let block = vec![0u8; 4096];
+        while f.write(&block).is_ok_and(|n| n > 0) {}
+        while f.write(&[0u8]).is_ok_and(|n| n > 0) {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.dir.to_str().unwrap()).unwrap();
+        // SAFETY: umount2(2) on the mount this test made, with a valid C string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn git_fixture(tag: &str, todo: &str) -> Option<Fixture> {
+    if !have_git() {
+        common::skip("git is not installed here");
+        return None;
+    }
+    let fx = Fixture::new(tag);
+    common::git_workspace_with_todo(&fx.path("ws"), todo);
+    Some(fx)
+}
+
+fn runs(looper: &Looper) -> Vec<Value> {
+    looper.get("/runs").body["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A run finishes the loop (its last TODO item ticked) while the disk is full: the loop's
+/// state and the run's row cannot be written. Once there is room again they are, at the
+/// latest at shutdown, and the next Looper keeps the loop finished (autopoll starts
+/// nothing) and the row whole. Before, the failed write was never tried again: the next
+/// Looper restarted the finished loop, and the history's torn line swallowed the next row.
+#[test]
+fn a_full_disk_loses_no_finish_and_no_row() {
+    let Some(fx) = git_fixture("full-finish", "# Plan\n- [x] one\n- [ ] two\n") else {
+        return;
+    };
+    let Some(disk) = SmallDisk::mount(&fx.path("logs"), 512 * 1024) else {
+        return;
+    };
+    let go = fx.path("go");
+    let script = format!(
+        "record;await:{};tick:TODO.md;commit:tick two;turn:All done.;exit:0",
+        go.display()
+    );
+    let env = [
+        ("LOOPER_TODO_FILE", "TODO.md"),
+        ("FAKE_CODEX", script.as_str()),
+    ];
+    let mut first = fx.start(&env);
+    let a = first.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = run_id_of(&a);
+    disk.fill();
+    std::fs::write(&go, "").unwrap();
+    // (The row's end may still fit in the history file's last page: tmpfs gives whole
+    // pages.)
+    first.stderr_with("loop_state.write_failed");
+    let status = first.get("/status").body;
+    assert_eq!(status["state_saved"], json!(false), "{status}");
+    disk.free();
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(), Some(0), "{}", first.stderr());
+    assert!(
+        !first.stderr().contains("server.stop.unsaved"),
+        "{}",
+        first.stderr()
+    );
+
+    let second = fx.start(&[
+        ("LOOPER_TODO_FILE", "TODO.md"),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", script.as_str()),
+    ]);
+    second.wait("three ticks held by the finish", || {
+        (second.stderr().matches("autopoll.skip reason=todo_done").count() >= 3).then_some(())
+    });
+    assert_eq!(second.records().len(), 1, "autopoll restarted a finished loop");
+    let rows = runs(&second);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["run_id"], json!(id));
+    assert_eq!(rows[0]["outcome"], json!("ok"), "{}", rows[0]);
+    assert!(
+        !second.stderr().contains("history.skipped_lines"),
+        "{}",
+        second.tail()
+    );
+}
+
+/// A `loop_done` hand-off on a full disk is refused (507) before anything is said, and
+/// goes through once there is room: a finish that could not be saved is no finish.
+#[test]
+fn a_finish_that_cannot_be_saved_is_refused() {
+    let fx = Fixture::new("full-done");
+    let Some(disk) = SmallDisk::mount(&fx.path("logs"), 512 * 1024) else {
+        return;
+    };
+    let z = common::FakeZulip::start();
+    let looper = fx.start_owned(&z.env());
+    let a = looper.run(json!({"codex_prompt": "work"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let said = z.messages().len();
+    disk.fill();
+    let done = json!({"zulip_message": "done", "from_run_id": run_id_of(&a), "loop_done": true});
+    let refused = looper.run(done.clone());
+    assert_eq!(refused.status, 507, "{}", refused.body);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot save") && e.contains("nothing was changed")),
+        "{}",
+        refused.body
+    );
+    assert_eq!(z.messages().len(), said, "announced anyway");
+    assert!(alive(common::pid_of(&a)));
+    disk.free();
+    let finished = looper.run(done);
+    assert_eq!(finished.status, 200, "{}", finished.body);
+    assert_eq!(finished.body["loop_state"], json!("finished"));
+}
+
+/// A `loop-state.json` that is no state of Looper's (here cut short) is kept aside, said,
+/// and every loop waits for the operator: autopoll starts nothing until `POST /resume`.
+/// Before, Looper started from an empty state and restarted the finished loop.
+#[test]
+fn a_corrupt_loop_state_is_kept_and_the_loop_waits() {
+    let fx = Fixture::new("corrupt-state");
+    std::fs::create_dir_all(fx.path("logs")).unwrap();
+    let finished = r#"{"holds": {"/somewhere": {"state": "finished", "reason": "loop_done", "detail": "d", "since": "2026-12-01T00:00:00+00:00", "until": null, "run_id": null}}, "outb"#;
+    std::fs::write(fx.path("logs/loop-state.json"), finished).unwrap();
+    let looper = fx.start(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+    ]);
+    looper.log_with("loop_state.corrupt");
+    looper.wait("three ticks held", || {
+        (looper.server_log().matches("autopoll.skip reason=state_lost").count() >= 3)
+            .then_some(())
+    });
+    assert!(looper.records().is_empty(), "a run started");
+    let kept: Vec<String> = std::fs::read_dir(fx.path("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("loop-state.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        std::fs::read_to_string(fx.path("logs").join(&kept[0])).unwrap(),
+        finished
+    );
+    let status = looper.get("/status").body;
+    let hold = &status["holds"][0];
+    assert_eq!(hold["reason"], json!("state_lost"), "{status}");
+    let r = minreq::post(looper.url("/resume"))
+        .with_header("Content-Type", "application/json")
+        .with_body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status_code, 200, "{}", r.as_str().unwrap_or_default());
+    looper.wait("the run after the resume", || looper.records().into_iter().next());
+}
+
+/// A history that cannot be read (here mode 000, Looper running as another user, whom
+/// the mode binds) stops the start, naming it: an empty history would forget every run id
+/// and reset the day's budgets. Before, Looper started with an empty history, silently.
+#[test]
+fn an_unreadable_history_stops_the_start() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        common::skip("playing a user whom a file's mode binds needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let fx = Fixture::new("history-000");
+    let binary = common::binary_for_anyone(&fx);
+    let logs = fx.path("theirs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let history = logs.join("runs.jsonl");
+    std::fs::write(&history, "{}\n").unwrap();
+    for (path, mode) in [(&logs, 0o700), (&history, 0o000)] {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: chown(2) on a path of this test's own, with a valid C string.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let said_to = fx.path("stderr.txt");
+    let mut child = std::process::Command::new(&binary)
+        .env_clear()
+        .env("LOOPER_PORT", "0")
+        .env("LOOPER_AUTO_START_WHEN_IDLE", "0")
+        .env("HOME", &logs)
+        .env("CODEX_EXEC_LOG_DIR", &logs)
+        .current_dir(&logs)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&said_to).unwrap())
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    let status = common::wait_for("Looper to refuse to start", || {
+        child.try_wait().unwrap().or_else(|| {
+            if common::read(&said_to).contains(" server.start ") {
+                // Our child: ended before the test fails.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("Looper started:\n{}", common::read(&said_to));
+            }
+            None
+        })
+    });
+    let said = common::read(&said_to);
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("runs.jsonl") && said.contains("cannot be read"),
+        "{said}"
+    );
+}
