@@ -45,7 +45,9 @@
 //! - `turn-file:<path>`: `turn:` with the file's text as the message;
 //! - `commit:<message>`: `git add -A` and `git commit` in the working directory (with
 //!   `$FAKE_CODEX_GIT`, default `git`);
-//! - `tick:<file>`: mark the first open `- [ ]` item of that file done.
+//! - `tick:<file>`: mark the first open `- [ ]` item of that file done;
+//! - `row-check`: write `$FAKE_CODEX_RECORD_DIR/row-<pid>.txt`: `yes` when
+//!   `$CODEX_EXEC_LOG_DIR/runs.jsonl` holds a row of `$LOOPER_RUN_ID` as the run starts.
 //!
 //! Without `FAKE_CODEX` it does `record;print:fake codex working;sleep:600`.
 
@@ -114,6 +116,18 @@ fn main() {
         match cmd {
             "record" => record(&args, &helpers),
             "print" => println!("{arg}"),
+            "row-check" => {
+                let id = std::env::var("LOOPER_RUN_ID").unwrap_or_default();
+                let logs = std::env::var("CODEX_EXEC_LOG_DIR").unwrap_or_default();
+                let history =
+                    std::fs::read_to_string(format!("{logs}/runs.jsonl")).unwrap_or_default();
+                let found = history.contains(&format!("\"run_id\":\"{id}\""));
+                if let Ok(dir) = std::env::var("FAKE_CODEX_RECORD_DIR") {
+                    let answer = if found { "yes" } else { "no" };
+                    let path = format!("{dir}/row-{}.txt", std::process::id());
+                    std::fs::write(path, answer).expect("row-check");
+                }
+            }
             "print-file" => println!("{}", std::fs::read_to_string(arg).expect("print-file")),
             "stderr" => eprintln!("{arg}"),
             "exit-if-prompt" => {

@@ -4,9 +4,12 @@
 //! file `<name>.json` dropped there (written as `*.tmp`, then renamed) holds a `/run` body.
 //! One thread looks into the inboxes Looper knows whenever the kernel says a name landed in
 //! one ([`Doorbell`]: inotify; every [`POLL`] where it has none), takes each complete file
-//! into `done/`, hands it to [`Desk::hand_off`] (the same pipeline as `POST /run`, as a
-//! request *of a run* of that workspace: the hand-off only, see [`crate::run::trust`]), and
-//! writes `done/<name>.answer.json` with the status and body an HTTP caller would have got.
+//! into `taken/` (as `<request id>@<name>`), hands it to [`Desk::hand_off`] (the same
+//! pipeline as `POST /run`, as a request *of a run* of that workspace: the hand-off only,
+//! see [`crate::run::trust`]), writes `done/<name>.answer.json` with the status and body an
+//! HTTP caller would have got, and moves the request into `done/`. A request a crash left in
+//! `taken/` is carried out again under its request id the next time the inbox is looked into
+//! (the stale check makes that safe), or answered with the run it had started.
 //!
 //! Everything in a workspace is written by the agent, so nothing here follows a name it may
 //! have placed: `.looper`, the inbox and `done/` are opened once as directories without
@@ -68,6 +71,10 @@ pub struct Inbox {
     /// `<workspace>/.looper/inbox`, for runs' `LOOPER_INBOX`.
     pub path: PathBuf,
     dir: Dir,
+    /// Requests being carried out, named `<request id>@<name>`: what a crash leaves here
+    /// is carried out again (or answered from the run it started) when the inbox is next
+    /// looked into.
+    taken: Option<Dir>,
     done: Dir,
 }
 
@@ -91,9 +98,14 @@ fn open(workspace: &Path, create: bool) -> io::Result<Inbox> {
     let looper = ws.subdir(".looper", mode, uid)?;
     let dir = looper.subdir("inbox", mode, uid)?;
     let done = dir.subdir("done", mode, uid)?;
+    let taken = match dir.subdir("taken", mode, uid) {
+        Ok(d) => Some(d),
+        Err(e) if !create && e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
     if create {
         // A directory made earlier (or by hand) with wider permissions is narrowed.
-        for d in [&looper, &dir, &done] {
+        for d in [&looper, &dir, &done].into_iter().chain(taken.as_ref()) {
             d.chmod(0o700)?;
         }
         match looper.create_new(OsStr::new(".gitignore"), 0o644) {
@@ -106,6 +118,7 @@ fn open(workspace: &Path, create: bool) -> io::Result<Inbox> {
         path: dir_for(&workspace),
         workspace,
         dir,
+        taken,
         done,
     })
 }
@@ -186,6 +199,9 @@ pub trait Desk: Send + Sync + 'static {
     fn shutdown(&self) -> &Shutdown;
     /// A fresh request id.
     fn new_id(&self) -> String;
+
+    /// What became of request `request_id` if it got as far as its run: the run's row.
+    fn run_of(&self, request_id: &str) -> Option<Value>;
     /// Serves `body` as a hand-off from a run of `workspace`: the answer's body, or why not.
     fn hand_off(
         self: &Arc<Self>,
@@ -222,8 +238,19 @@ fn is_request_name(name: &str) -> bool {
     !name.starts_with('.') && !name.ends_with(".tmp")
 }
 
-/// Takes every complete request in `inbox`, oldest name first.
+/// Takes every complete request in `inbox`, oldest name first, after those a crash left
+/// half done.
 fn take_all<D: Desk>(app: &Arc<D>, inbox: &Inbox) {
+    if let Some(taken) = &inbox.taken {
+        let mut left: Vec<OsString> = taken.names().unwrap_or_default();
+        left.sort();
+        for name in left {
+            if app.shutdown().is_set() {
+                return;
+            }
+            resume_taken(app, inbox, taken, &name);
+        }
+    }
     let Ok(entries) = inbox.dir.entries() else {
         return;
     };
@@ -243,11 +270,18 @@ fn take_all<D: Desk>(app: &Arc<D>, inbox: &Inbox) {
     }
 }
 
-/// Reads one request, moves it into `done/`, answers it there, and keeps `done/` bounded.
+/// Reads one request, moves it into `taken/` under its request id (into `done/` where the
+/// inbox has no `taken/`), carries it out, answers it in `done/`, moves it there, and keeps
+/// `done/` bounded.
 fn take<D: Desk>(app: &Arc<D>, inbox: &Inbox, name: &OsStr) {
     let shown = name.to_string_lossy().into_owned();
     let body = read_request(&inbox.dir, name, &shown);
-    if let Err(e) = inbox.dir.rename(name, &inbox.done, name) {
+    let request_id = app.new_id();
+    let (held, held_name) = match &inbox.taken {
+        Some(taken) => (taken, OsString::from(format!("{request_id}@{shown}"))),
+        None => (&inbox.done, name.to_os_string()),
+    };
+    if let Err(e) = inbox.dir.rename(name, held, &held_name) {
         // Never taken twice: what cannot be moved is removed (it stays the agent's file).
         log::warn!(
             "inbox.take_failed dir={} file={} error={}",
@@ -258,13 +292,66 @@ fn take<D: Desk>(app: &Arc<D>, inbox: &Inbox, name: &OsStr) {
         let _ = inbox.dir.unlink(name);
         return;
     }
-    let request_id = app.new_id();
     log::info!(
         "inbox.take request_id={request_id} dir={} file={}",
         Q(&inbox.path.to_string_lossy()),
         Q(&shown)
     );
     let outcome = body.and_then(|body| app.hand_off(&inbox.workspace, &body, &request_id));
+    answer(inbox, &shown, &request_id, outcome);
+    if inbox.taken.is_some() {
+        finish_taken(inbox, held, &held_name, &shown);
+    } else {
+        prune_done(&inbox.done);
+    }
+}
+
+/// Carries out again a request a crash left in `taken/` (`<request id>@<name>`), under its
+/// own request id: the stale check makes that safe, and one whose run was started already
+/// is answered with that run instead.
+fn resume_taken<D: Desk>(app: &Arc<D>, inbox: &Inbox, taken: &Dir, held_name: &OsStr) {
+    let held = held_name.to_string_lossy().into_owned();
+    let Some((request_id, shown)) = held.split_once('@') else {
+        let _ = taken.unlink(held_name);
+        return;
+    };
+    log::warn!(
+        "inbox.resume request_id={request_id} dir={} file={} hint=\"taken before Looper stopped; carried out now\"",
+        Q(&inbox.path.to_string_lossy()),
+        Q(shown)
+    );
+    let outcome = match app.run_of(request_id) {
+        Some(row) => Ok(json!({
+            "ok": true,
+            "request_id": request_id,
+            "run_id": row["run_id"],
+            "recovered": true,
+            "note": "Looper stopped before it answered; the run it started is this one",
+            "run": row,
+        })),
+        None => read_request(taken, held_name, shown)
+            .and_then(|body| app.hand_off(&inbox.workspace, &body, request_id)),
+    };
+    answer(inbox, shown, request_id, outcome);
+    finish_taken(inbox, taken, held_name, shown);
+}
+
+/// Moves an answered request from `taken/` into `done/` under its own name.
+fn finish_taken(inbox: &Inbox, taken: &Dir, held_name: &OsStr, shown: &str) {
+    if let Err(e) = taken.rename(held_name, &inbox.done, OsStr::new(shown)) {
+        log::warn!(
+            "inbox.finish_failed dir={} file={} error={}",
+            Q(&inbox.path.to_string_lossy()),
+            Q(shown),
+            Q(&e.to_string())
+        );
+        let _ = taken.unlink(held_name);
+    }
+    prune_done(&inbox.done);
+}
+
+/// Writes the answer to request `shown` in `done/`.
+fn answer(inbox: &Inbox, shown: &str, request_id: &str, outcome: Result<Value, Refusal>) {
     let (status, body) = match outcome {
         Ok(body) => (200, body),
         Err(e) => {
@@ -277,14 +364,13 @@ fn take<D: Desk>(app: &Arc<D>, inbox: &Inbox, name: &OsStr) {
         }
     };
     let answer = json!({"status": status, "body": body, "request_id": request_id});
-    if let Err(e) = write_answer(&inbox.done, &answer_name(&shown), &request_id, &answer) {
+    if let Err(e) = write_answer(&inbox.done, &answer_name(shown), request_id, &answer) {
         log::error!(
             "inbox.answer_failed request_id={request_id} error={}",
             Q(&e.to_string())
         );
     }
     log::info!("inbox.answer request_id={request_id} status={status}");
-    prune_done(&inbox.done);
 }
 
 /// The body of a request file, read only when it is named `*.json` and is a regular file of
@@ -408,7 +494,12 @@ mod tests {
         fs::set_permissions(ws.join(".looper/inbox"), fs::Permissions::from_mode(0o755)).unwrap();
         let inbox = prepare(&ws).unwrap();
         assert_eq!(inbox.path, ws.join(".looper/inbox"));
-        for d in [".looper", ".looper/inbox", ".looper/inbox/done"] {
+        for d in [
+            ".looper",
+            ".looper/inbox",
+            ".looper/inbox/done",
+            ".looper/inbox/taken",
+        ] {
             let mode = fs::metadata(ws.join(d)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{d}");
         }

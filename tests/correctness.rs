@@ -126,7 +126,8 @@ fn paths_that_are_not_utf8_are_shown_lossily() {
     assert_eq!(runs["runs"][0]["workspace"], json!(shown));
     let history = common::read(fx.path("logs/runs.jsonl"));
     assert!(!history.lines().any(|l| l.trim().is_empty()), "{history:?}");
-    assert_eq!(history.lines().count(), 1, "{history}");
+    // Recorded before its spawn, then again with its pid.
+    assert_eq!(history.lines().count(), 2, "{history}");
 }
 
 /// A hung-run replacement that cannot start (the workspace is gone) leaves no "hung" mark:

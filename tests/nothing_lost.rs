@@ -142,9 +142,18 @@ fn a_full_disk_loses_no_finish_and_no_row() {
         ("FAKE_CODEX", script.as_str()),
     ]);
     second.wait("three ticks held by the finish", || {
-        (second.stderr().matches("autopoll.skip reason=todo_done").count() >= 3).then_some(())
+        (second
+            .stderr()
+            .matches("autopoll.skip reason=todo_done")
+            .count()
+            >= 3)
+            .then_some(())
     });
-    assert_eq!(second.records().len(), 1, "autopoll restarted a finished loop");
+    assert_eq!(
+        second.records().len(),
+        1,
+        "autopoll restarted a finished loop"
+    );
     let rows = runs(&second);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["run_id"], json!(id));
@@ -205,7 +214,11 @@ fn a_corrupt_loop_state_is_kept_and_the_loop_waits() {
     ]);
     looper.log_with("loop_state.corrupt");
     looper.wait("three ticks held", || {
-        (looper.server_log().matches("autopoll.skip reason=state_lost").count() >= 3)
+        (looper
+            .server_log()
+            .matches("autopoll.skip reason=state_lost")
+            .count()
+            >= 3)
             .then_some(())
     });
     assert!(looper.records().is_empty(), "a run started");
@@ -229,7 +242,9 @@ fn a_corrupt_loop_state_is_kept_and_the_loop_waits() {
         .send()
         .unwrap();
     assert_eq!(r.status_code, 200, "{}", r.as_str().unwrap_or_default());
-    looper.wait("the run after the resume", || looper.records().into_iter().next());
+    looper.wait("the run after the resume", || {
+        looper.records().into_iter().next()
+    });
 }
 
 /// A history that cannot be read (here mode 000, Looper running as another user, whom
@@ -288,4 +303,68 @@ fn an_unreadable_history_stops_the_start() {
         said.contains("runs.jsonl") && said.contains("cannot be read"),
         "{said}"
     );
+}
+
+/// An inbox request that Looper had taken when it was killed (`kill -9` while it announced
+/// the hand-off) is carried out by the next Looper and answered: the run that sent it is
+/// stopped, the next one starts. Before, the request sat in `done/` unanswered for good,
+/// and the loop stopped.
+#[test]
+fn an_inbox_request_taken_at_a_crash_is_carried_out_after_it() {
+    let fx = Fixture::new("inbox-crash");
+    let z = common::FakeZulip::start();
+    let env = z.env_with(&[("FAKE_CODEX", "record;sleep:600")]);
+    let mut first = fx.start_owned(&env);
+    let a = first.run(json!({"codex_prompt": "one"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let pid_a = common::pid_of(&a);
+    // The hand-off's announcement hangs: Looper is killed in the middle of it.
+    z.push(0, &[("X-Delay-Ms", "1500")], "");
+    let inbox = fx.path("ws/.looper/inbox");
+    let body = json!({"zulip_message": "next", "codex_prompt": "two",
+                      "from_run_id": run_id_of(&a)});
+    common::drop_request(&inbox, "next.json", &body.to_string());
+    first.log_with("inbox.take");
+    first.wait("the hand-off's announcement under way", || {
+        (first.server_log().matches("action=announce").count() >= 2).then_some(())
+    });
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    assert!(alive(pid_a), "the run outlives its Looper");
+
+    let second = fx.start_owned(&env);
+    let answer = common::answer_of(&second, &inbox, "next.json");
+    assert_eq!(answer["status"], json!(200), "{answer}\n{}", second.tail());
+    second.wait("the run that sent it to end", || {
+        (!alive(pid_a)).then_some(())
+    });
+    let started: Vec<Value> = second
+        .records()
+        .into_iter()
+        .filter(|r| r["argv"].as_array().and_then(|a| a.last()) == Some(&json!("two")))
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(alive(started[0]["pid"].as_u64().unwrap()));
+    assert!(std::fs::read_dir(inbox.join("taken"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+/// A run's row is in the history before its process runs: a Looper killed right after the
+/// spawn leaves no run without a row (whose own hand-off would be `409 unknown run`). The
+/// next Looper finds such a run by its `LOOPER_RUN_ID` and watches it.
+#[test]
+fn a_run_has_its_row_before_it_runs() {
+    let fx = Fixture::new("row-first");
+    let looper = fx.start(&[("FAKE_CODEX", "row-check;record;sleep:600")]);
+    for i in 0..5 {
+        let a = looper.run(json!({"codex_prompt": format!("run {i}")}));
+        assert_eq!(a.status, 200, "{}", a.body);
+        let pid = common::pid_of(&a);
+        let seen = looper.wait("the run's look at the history", || {
+            std::fs::read_to_string(fx.path(&format!("rec/row-{pid}.txt"))).ok()
+        });
+        assert_eq!(seen, "yes", "run {i} ran before its row was written");
+    }
 }

@@ -572,6 +572,12 @@ impl crate::inbox::Desk for App {
         self.registry().new_id()
     }
 
+    fn run_of(&self, request_id: &str) -> Option<Value> {
+        self.history()
+            .get(request_id)
+            .and_then(|row| serde_json::to_value(row).ok())
+    }
+
     fn hand_off(
         self: &Arc<Self>,
         workspace: &Path,

@@ -275,6 +275,22 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, Refusal> {
     }
     // Read before the run can change it: a quick first commit is the run's own.
     let start = app.cfg().report_sources.at_start(&run.start.workspace);
+    let mut live = LiveRun {
+        run_id: run.run_id.to_string(),
+        request_id: run.run_id.to_string(),
+        trigger: run.trigger,
+        pid: 0,
+        start_time: None,
+        workspace: run.start.workspace.clone(),
+        log_path: run.log_path.to_path_buf(),
+        started_at: Stamp::now(),
+        started: Instant::now(),
+        prompt: Some(run.start.prompt.clone()),
+        adopted: false,
+    };
+    // Its row first: a run never lives on without one (a Looper killed right after the
+    // spawn leaves a row whose process the next one finds by its LOOPER_RUN_ID).
+    app.registry().record_before_spawn(&live, start.report());
     // Forked outside any lock; registered right after.
     let spawned = cmd.spawn();
     drop(cmd);
@@ -291,22 +307,14 @@ fn spawn(app: &Arc<App>, run: &Run, file: &File) -> Result<LiveRun, Refusal> {
             }
         }
     }
-    let child = spawned.map_err(|e| fail("spawn", e))?;
+    let child = spawned.map_err(|e| {
+        app.history().discard(run.run_id);
+        fail("spawn", e)
+    })?;
     let pid = child.id();
-    let live = LiveRun {
-        run_id: run.run_id.to_string(),
-        request_id: run.run_id.to_string(),
-        trigger: run.trigger,
-        pid,
-        // Our unreaped child: the pid cannot be anyone else's yet.
-        start_time: procs::start_time(pid as i32),
-        workspace: run.start.workspace.clone(),
-        log_path: run.log_path.to_path_buf(),
-        started_at: Stamp::now(),
-        started: Instant::now(),
-        prompt: Some(run.start.prompt.clone()),
-        adopted: false,
-    };
+    live.pid = pid;
+    // Our unreaped child: the pid cannot be anyone else's yet.
+    live.start_time = procs::start_time(pid as i32);
     let binary_name = run.start.binary.file_name().and_then(|n| n.to_str());
     app.registry()
         .register(live.clone(), binary_name, start.report());

@@ -245,12 +245,31 @@ pub fn take_over(app: &Arc<App>) {
         log::warn!("run.take_over_failed reason=proc_unreadable hint=\"open history rows stay open until /proc can be read\"");
         return;
     };
-    for row in open.into_iter().rev() {
-        let process = table
-            .iter()
-            .find(|p| p.pid as u32 == row.pid && p.run_id.as_deref() == Some(&row.run_id));
+    for mut row in open.into_iter().rev() {
+        let process = if row.pid == 0 {
+            // Recorded before its spawn, and the Looper died before it knew the pid: the
+            // run's first process carries its id, and its parent does not.
+            let ours = |pid: i32| {
+                table
+                    .iter()
+                    .any(|p| p.pid == pid && p.run_id.as_deref() == Some(&row.run_id))
+            };
+            table
+                .iter()
+                .find(|p| p.run_id.as_deref() == Some(&row.run_id) && !ours(p.ppid))
+        } else {
+            table
+                .iter()
+                .find(|p| p.pid as u32 == row.pid && p.run_id.as_deref() == Some(&row.run_id))
+        };
         match process {
-            Some(p) => adopt(app, &row, p.start_time),
+            Some(p) => {
+                if row.pid == 0 {
+                    row.pid = p.pid as u32;
+                    app.history().record(row.clone());
+                }
+                adopt(app, &row, p.start_time)
+            }
             None => settle(app, row),
         }
     }

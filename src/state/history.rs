@@ -57,6 +57,13 @@ pub struct Opened {
     pub corrupt: Option<(PathBuf, String)>,
 }
 
+/// The line that takes back a row recorded before its run's spawn, which failed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Discarded {
+    run_id: String,
+    discarded: bool,
+}
+
 /// The newest rows of a history being read, a line at a time.
 #[derive(Default)]
 struct Reading {
@@ -75,7 +82,17 @@ impl Reading {
             return;
         }
         let Ok(row) = serde_json::from_str::<Row>(line) else {
-            self.bad += 1;
+            match serde_json::from_str::<Discarded>(line) {
+                Ok(d) if d.discarded => {
+                    // A run recorded before its spawn, which failed: no run at all.
+                    self.good += 1;
+                    self.ids.insert(d.run_id.clone());
+                    if self.by_id.remove(&d.run_id).is_some() {
+                        self.order.retain(|id| *id != d.run_id);
+                    }
+                }
+                _ => self.bad += 1,
+            }
             return;
         };
         self.good += 1;
@@ -358,6 +375,27 @@ impl History {
         pending.push(row);
         self.write_pending(&mut pending);
         true
+    }
+
+    /// Takes back the row of `run_id`, recorded before a spawn that failed: no run at all
+    /// (its id stays known, never handed out again).
+    pub fn discard(&self, run_id: &str) {
+        let mut pending = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.rows().retain(|r| r.run_id != run_id);
+        pending.retain(|p| p.run_id != run_id);
+        let line = serde_json::to_string(&Discarded {
+            run_id: run_id.to_string(),
+            discarded: true,
+        })
+        .map(|l| l + "\n")
+        .unwrap_or_default();
+        if let Err(e) = append_whole(&self.path, line.as_bytes()) {
+            log::error!(
+                "history.write_failed path={} error={} hint=\"a run that never started keeps its row\"",
+                Q(&self.path.to_string_lossy()),
+                Q(&e.to_string())
+            );
+        }
     }
 
     /// Writes the rows a failed write left behind, if any; whether none is left.

@@ -282,6 +282,12 @@ impl Registry {
     /// Takes a freshly spawned run in: live from now on, counted, and in the history with
     /// what it started from (`start`). `binary`: the basename it was started as, recognised
     /// by later stops.
+    /// Records run `run` before its spawn (its pid not known yet, 0): a run that outlives
+    /// a Looper killed right after the spawn has its row, and its hand-off is no stranger's.
+    pub fn record_before_spawn(&self, run: &LiveRun, start: Report) {
+        self.history.record(run.row(start));
+    }
+
     pub fn register(&self, run: LiveRun, binary: Option<&str>, start: Report) {
         let row = run.row(start);
         {
