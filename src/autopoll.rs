@@ -170,11 +170,25 @@ fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
             "codex.exec.autopoll.started request_id={request_id} pid={}",
             v["codex_exec_result"]["pid"]
         ),
-        Err(e) => log::warn!(
-            "codex.exec.autopoll.fail request_id={request_id} status={} error={}",
-            e.status(),
-            Q(&e.message)
-        ),
+        Err(e) => {
+            log::warn!(
+                "codex.exec.autopoll.fail request_id={request_id} status={} error={}",
+                e.status(),
+                Q(&e.message)
+            );
+            // A start that failed before any run (a full disk, a codex that cannot be
+            // started) counts as a crash: a failing start is not retried at every tick. (A
+            // run that started and died at once is counted by its end.)
+            let no_run = app.history().get(&request_id).is_none();
+            if no_run
+                && matches!(
+                    e.why,
+                    crate::error::Why::Broken | crate::error::Why::CannotSave
+                )
+            {
+                crate::autoloop::judge::start_failed(app);
+            }
+        }
     }
 }
 

@@ -345,10 +345,15 @@ fn an_inbox_request_taken_at_a_crash_is_carried_out_after_it() {
         .collect();
     assert_eq!(started.len(), 1, "{started:?}");
     assert!(alive(started[0]["pid"].as_u64().unwrap()));
-    assert!(std::fs::read_dir(inbox.join("taken"))
-        .unwrap()
-        .next()
-        .is_none());
+    // Answered, then moved from taken/ into done/.
+    second.wait("the request to leave taken/", || {
+        std::fs::read_dir(inbox.join("taken"))
+            .unwrap()
+            .next()
+            .is_none()
+            .then_some(())
+    });
+    assert!(inbox.join("done/next.json").exists());
 }
 
 /// A run's row is in the history before its process runs: a Looper killed right after the
@@ -367,4 +372,105 @@ fn a_run_has_its_row_before_it_runs() {
         });
         assert_eq!(seen, "yes", "run {i} ran before its row was written");
     }
+}
+
+/// A hand-off from a run that has already ended (its inbox file read after its exit)
+/// survives a Zulip outage as a live run's does: the next run starts and the message comes
+/// late. Before, only a live run's hand-off was queued: this one got `502` and the loop
+/// stopped.
+#[test]
+fn a_handoff_from_an_ended_run_survives_a_zulip_outage() {
+    let fx = Fixture::new("outage-ended");
+    let z = common::FakeZulip::start();
+    let looper =
+        fx.start_owned(&z.env_with(&[("FAKE_CODEX", "record;exit-if-prompt:first:0;sleep:600")]));
+    let a = looper.run(json!({"codex_prompt": "first", "codex_exec_startup_check_seconds": 0}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = run_id_of(&a);
+    looper.ended_row(&id);
+    for _ in 0..2 {
+        z.push(
+            503,
+            &[],
+            r#"{"result":"error","msg":"down for maintenance"}"#,
+        );
+    }
+    let inbox = fx.path("ws/.looper/inbox");
+    let body = json!({"zulip_message": "on to the next", "codex_prompt": "second",
+                      "from_run_id": id});
+    common::drop_request(&inbox, "next.json", &body.to_string());
+    let answer = common::answer_of(&looper, &inbox, "next.json");
+    assert_eq!(answer["status"], json!(200), "{answer}");
+    assert!(
+        answer["body"]["codex_exec_started"] == json!(true),
+        "{answer}"
+    );
+    looper.wait("the late announcement", || {
+        z.contents()
+            .into_iter()
+            .find(|m| m.contains("on to the next") && m.contains("(late: queued at "))
+    });
+}
+
+/// On a full disk a trigger is refused (507) before it has any effect: nothing announced,
+/// the live run untouched, no empty log left. Autopoll's starts fail the same way and
+/// count as crashes: it backs off, and says nothing on Zulip. Before, `/run` announced and
+/// stopped the live run, then answered 500 and left a 0-byte log; autopoll posted "starts
+/// a run" at every tick.
+#[test]
+fn a_full_disk_refuses_a_run_before_any_effect() {
+    let fx = Fixture::new("full-run");
+    let Some(disk) = SmallDisk::mount(&fx.path("logs"), 512 * 1024) else {
+        return;
+    };
+    let z = common::FakeZulip::start();
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+    ]));
+    // Autopoll's first tick starts the live run.
+    let live = looper.wait("the first run", || looper.records().into_iter().next());
+    looper.log_with("codex.exec.autopoll.started");
+    let pid = live["pid"].as_u64().unwrap();
+    let logs = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(fx.path("logs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("codex-exec-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let logs_before = logs();
+    let said = z.messages().len();
+    disk.fill();
+    let refused = looper.run(json!({"codex_prompt": "next"}));
+    assert_eq!(refused.status, 507, "{}", refused.body);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nothing was announced or stopped")),
+        "{}",
+        refused.body
+    );
+    assert!(alive(pid), "the live run was stopped");
+    assert_eq!(z.messages().len(), said, "announced anyway");
+    assert_eq!(logs(), logs_before, "a run log was left behind");
+    // With nothing running, autopoll's starts fail and back off, silently.
+    assert_eq!(looper.run(json!({"codex_prompt": ""})).status, 200);
+    looper.wait("autopoll to back off", || {
+        looper
+            .stderr()
+            .contains("codex.exec.autopoll.backoff crashes=3")
+            .then_some(())
+    });
+    let posts = z
+        .contents()
+        .into_iter()
+        .filter(|m| m.contains("autopoll starts a run"))
+        .count();
+    assert_eq!(posts, 1, "only the first run's start was said");
+    disk.free();
 }

@@ -139,6 +139,23 @@ pub struct AfterRun {
     pub crash: bool,
 }
 
+/// An autopoll start that failed before any run: counted as a crash, backing off as a
+/// crash loop does.
+pub fn start_failed(app: &App) {
+    let settings = Settings {
+        idle_poll: app.cfg().idle_poll,
+        usage_limit_margin: app.cfg().usage_limit_margin,
+    };
+    let verdict = app.policy().start_failed(settings, Instant::now());
+    if let Some(b) = verdict.backoff {
+        log::warn!(
+            "codex.exec.autopoll.backoff crashes={} backoff_s={:.1} reason=start_failed",
+            b.crashes,
+            b.length.as_secs_f64()
+        );
+    }
+}
+
 /// Decides what run `ended`'s end means for the loop, its row (report included) in `row`
 /// and codex's usage limit in `limit` when that is how it ended: the crash back-off, the
 /// usage-limit pause (and its end, when a run exits 0), then the stop rules.

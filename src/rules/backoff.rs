@@ -98,26 +98,40 @@ impl Policy {
         } else if quick && end.explained {
             // Stopped on purpose: says nothing about codex's health.
         } else if quick && end.return_code.is_some_and(|rc| rc != 0) {
-            verdict.crash = true;
-            self.crashes += 1;
-            if self.crashes >= CRASH_LOOP_THRESHOLD {
-                let base = settings.idle_poll.max(MIN_BACKOFF);
-                let doublings = (self.crashes - CRASH_LOOP_THRESHOLD).min(16);
-                let backoff = base.saturating_mul(1 << doublings).min(MAX_BACKOFF);
-                self.backoff_until = Some(now + backoff);
-                let new = !self.announced;
-                self.announced = true;
-                verdict.backoff = Some(Backoff {
-                    crashes: self.crashes,
-                    length: backoff,
-                    new,
-                });
-            }
+            return self.crashed(settings, now);
         } else if self.crashes > 0 || self.backoff_until.is_some() {
             verdict.reset_after = Some(self.crashes);
             self.crashes = 0;
             self.backoff_until = None;
             self.announced = false;
+        }
+        verdict
+    }
+
+    /// The verdict on a start of autopoll's that failed before any run (the run log could
+    /// not be made: a full disk): a crash, as a run that dies at once would be.
+    pub fn start_failed(&mut self, settings: Settings, now: Instant) -> Verdict {
+        self.crashed(settings, now)
+    }
+
+    fn crashed(&mut self, settings: Settings, now: Instant) -> Verdict {
+        let mut verdict = Verdict {
+            crash: true,
+            ..Verdict::default()
+        };
+        self.crashes += 1;
+        if self.crashes >= CRASH_LOOP_THRESHOLD {
+            let base = settings.idle_poll.max(MIN_BACKOFF);
+            let doublings = (self.crashes - CRASH_LOOP_THRESHOLD).min(16);
+            let backoff = base.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+            self.backoff_until = Some(now + backoff);
+            let new = !self.announced;
+            self.announced = true;
+            verdict.backoff = Some(Backoff {
+                crashes: self.crashes,
+                length: backoff,
+                new,
+            });
         }
         verdict
     }

@@ -33,6 +33,38 @@ pub fn log_file_name(now: chrono::DateTime<chrono::Local>, request_id: &str) -> 
     )
 }
 
+/// Removes the run logs a Looper killed between making a run's log and recording its row
+/// left behind: a log whose run id the history never held, holding no more than its
+/// header. (It would look like a run to people, and like activity to autopoll.)
+pub fn sweep_orphan_logs(log_dir: &Path, known: impl Fn(&str) -> bool) {
+    let Ok(dir) = std::fs::read_dir(log_dir) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(id) = name
+            .to_str()
+            .filter(|_| is_run_log(&name))
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.rsplit('-').next())
+        else {
+            continue;
+        };
+        if known(id) {
+            continue;
+        }
+        let path = e.path();
+        let only_header = crate::os::paths::read_regular(&path, 64 * 1024)
+            .is_some_and(|text| text.lines().all(|l| l.is_empty() || l.starts_with("# ")));
+        if only_header && std::fs::remove_file(&path).is_ok() {
+            log::info!(
+                "codex.exec.log.orphan_removed path={} hint=\"a run log made just before Looper stopped, for a run that never started\"",
+                Q(&path.to_string_lossy())
+            );
+        }
+    }
+}
+
 /// The start time in a run log's name (`YYYYMMDD-HHMMSS`), which sorts as it reads.
 pub fn log_name_stamp(name: &std::ffi::OsStr) -> Option<String> {
     let name = name.to_str()?;

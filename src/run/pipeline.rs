@@ -13,7 +13,7 @@ use crate::model::{LoopState, Outcome, StopReason, Trigger};
 use crate::os::logging::Q;
 use crate::run::codex;
 use crate::run::request::{parse_request, RunRequest};
-use crate::run::spawn::{launch, Launch, Spawned};
+use crate::run::spawn::{launch as launch_run, Launch, RunLog, Spawned};
 use crate::run::stop::stop_runs;
 use crate::run::trust::Caller;
 use crate::state::app::App;
@@ -385,18 +385,35 @@ pub fn execute_replacing(
         );
     }
 
+    // Everything the run needs written is made first: a full disk refuses it here, before
+    // anything is announced or stopped.
+    let launch = (!plan.prompt.is_empty())
+        .then(|| {
+            let Some((binary, source)) = plan.binary.clone() else {
+                return Err(Refusal::new(Why::Broken, "no codex binary was resolved"));
+            };
+            let start = Launch {
+                binary,
+                source,
+                prompt: plan.prompt.clone(),
+                workspace: plan.workspace.clone(),
+                delay: req.delay.unwrap_or(app.cfg().exec_delay),
+                startup_check: req.startup_check.unwrap_or(app.cfg().startup_check),
+            };
+            let log = RunLog::create(app, &start, request_id)?;
+            Ok((start, log))
+        })
+        .transpose()?;
+
     refuse_after_shutdown(app)?;
     log::info!("run.step request_id={request_id} action=announce");
     let zulip_output = if trigger == Trigger::Autopoll {
         // Autopoll says why it starts a run; a Zulip failure does not hold the run back.
         crate::notify::say(app, &req.zulip_message, request_id)
     } else {
-        // A live run's hand-off goes on when Zulip fails: its message waits in the outbox.
-        let live_handoff = req
-            .handed_off_by
-            .as_deref()
-            .is_some_and(|id| app.registry().active().is_some_and(|a| a.run_id == id));
-        announce(app, req, request_id, live_handoff)?
+        // A run's hand-off goes on when Zulip fails (whether its run still lives or has
+        // ended: it passed the stale check): its message waits in the outbox.
+        announce(app, req, request_id, req.handed_off_by.is_some())?
     };
 
     refuse_after_shutdown(app)?;
@@ -418,24 +435,16 @@ pub fn execute_replacing(
         stop_reason,
     )?;
 
-    let spawned = if plan.prompt.is_empty() {
-        log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
-        None
-    } else {
-        // The workspace may have gone while we announced and stopped.
-        check_workspace(&plan)?;
-        let Some((binary, source)) = plan.binary.clone() else {
-            return Err(Refusal::new(Why::Broken, "no codex binary was resolved"));
-        };
-        let start = Launch {
-            binary,
-            source,
-            prompt: plan.prompt.clone(),
-            workspace: plan.workspace.clone(),
-            delay: req.delay.unwrap_or(app.cfg().exec_delay),
-            startup_check: req.startup_check.unwrap_or(app.cfg().startup_check),
-        };
-        Some(launch(app, &start, request_id, trigger)?)
+    let spawned = match launch {
+        None => {
+            log::info!("run.step request_id={request_id} action=skip_launch reason=empty_prompt");
+            None
+        }
+        Some((start, log)) => {
+            // The workspace may have gone while we announced and stopped.
+            check_workspace(&plan)?;
+            Some(launch_run(app, &start, request_id, trigger, log)?)
+        }
     };
     Ok(answer(
         req,

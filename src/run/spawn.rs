@@ -45,13 +45,58 @@ pub struct Spawned {
     pub startup_return_code: Option<i32>,
 }
 
-/// The delay, the log, the spawn and the startup check of one run; the caller holds the
-/// run guard.
+/// A run's log with its header, made before anything is announced or stopped: a full
+/// disk refuses the run before it has any effect. Removed again unless its run started.
+pub struct RunLog {
+    path: PathBuf,
+    file: File,
+    header_len: u64,
+    command: String,
+    args: Vec<std::ffi::OsString>,
+    /// Its run started (or may have): the log stays.
+    kept: bool,
+}
+
+impl RunLog {
+    /// Makes run `request_id`'s log for `start`.
+    pub fn create(app: &App, start: &Launch, request_id: &str) -> Result<RunLog, Refusal> {
+        let args = codex::exec_args(&start.workspace, &start.prompt);
+        let command = codex::command_line(&start.binary, &args);
+        let path = app
+            .cfg()
+            .log_dir
+            .join(output::log_file_name(chrono::Local::now(), request_id));
+        let header = output::header(request_id, &start.workspace, &command);
+        let file = new_log(app, &path, &header)?;
+        Ok(RunLog {
+            path,
+            file,
+            header_len: header.len() as u64,
+            command,
+            args,
+            kept: false,
+        })
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        // When nothing ran, no log is left behind to look like a run (or like activity to
+        // autopoll).
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The delay, the spawn and the startup check of one run, into `log` (made before the
+/// announcement); the caller holds the run guard.
 pub fn launch(
     app: &Arc<App>,
     start: &Launch,
     request_id: &str,
     trigger: Trigger,
+    mut log: RunLog,
 ) -> Result<Spawned, Refusal> {
     if !start.delay.is_zero() {
         log::info!(
@@ -62,35 +107,28 @@ pub fn launch(
             return Err(Refusal::shutting_down());
         }
     }
-    let args = codex::exec_args(&start.workspace, &start.prompt);
-    let command = codex::command_line(&start.binary, &args);
-    let log_path = app
-        .cfg()
-        .log_dir
-        .join(output::log_file_name(chrono::Local::now(), request_id));
-    let header = output::header(request_id, &start.workspace, &command);
-    let file = new_log(app, &log_path, &header)?;
+    let (log_path, command) = (log.path.clone(), log.command.clone());
     log::info!(
         "run.step request_id={request_id} action=spawn binary={} source={}",
         Q(&start.binary.to_string_lossy()),
         start.source.as_str()
     );
+    let args = std::mem::take(&mut log.args);
     let run = Run {
         start,
         args: &args,
         run_id: request_id,
         trigger,
         log_path: &log_path,
-        output_start: header.len() as u64,
+        output_start: log.header_len,
     };
-    let spawned = spawn(app, &run, &file);
-    drop(file);
+    let spawned = spawn(app, &run, &log.file);
+    // A run that did start keeps its log beside its history row.
+    log.kept = app.history().get(request_id).is_some();
+    drop(log);
     let live = spawned.inspect_err(|_| {
-        // When nothing ran, no log is left behind to look like a run (or like activity to
-        // autopoll); a run that did start keeps its log beside its history row.
         if app.history().get(request_id).is_none() {
-            let _ = std::fs::remove_file(&log_path);
-            // Nor a token: no process holds it, and the id is not one being set up.
+            // No token either: no process holds it, and the id is not one being set up.
             app.registry().tokens().forget(request_id);
         }
     })?;
@@ -118,14 +156,23 @@ pub fn launch(
 fn new_log(app: &App, log_path: &Path, header: &str) -> Result<File, Refusal> {
     std::fs::create_dir_all(&app.cfg().log_dir)
         .and_then(|_| crate::os::logging::create_new_log(log_path))
-        .and_then(|mut f| {
-            f.write_all(header.as_bytes())?;
-            Ok(f)
+        .and_then(|mut f| match f.write_all(header.as_bytes()) {
+            Ok(()) => Ok(f),
+            Err(e) => {
+                // Made, but no room for its header: gone again.
+                let _ = std::fs::remove_file(log_path);
+                Err(e)
+            }
         })
         .map_err(|e| {
+            // A full disk is no fault of Looper's: nothing was done, try again with room.
+            let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
             Refusal::new(
-                Why::Broken,
-                format!("cannot write the run log {}: {e}", log_path.display()),
+                if full { Why::CannotSave } else { Why::Broken },
+                format!(
+                    "cannot write the run log {}: {e}; nothing was announced or stopped",
+                    log_path.display()
+                ),
             )
         })
 }

@@ -232,6 +232,7 @@ fn finish(
 /// return code from its log's trailer where it has one (else `unknown`), the end time from
 /// the log's last change, its report from its log and session file.
 pub fn take_over(app: &Arc<App>) {
+    crate::run::output::sweep_orphan_logs(&app.cfg().log_dir, |id| app.history().knows_id(id));
     let open: Vec<Row> = app
         .history()
         .newest(crate::state::history::MAX_ROWS)
