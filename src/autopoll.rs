@@ -5,11 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::autoloop::judge::Gate;
 use crate::model::StopReason;
 use crate::model::Trigger;
+use crate::os::freshness::Freshness;
 use crate::os::logging::Q;
 use crate::run::pipeline;
 use crate::run::request::RunRequest;
@@ -17,19 +18,17 @@ use crate::run::stop;
 use crate::state::app::App;
 use crate::state::registry::LiveRun;
 
-/// The newest `codex-exec-*.log` in `dir` and how long ago it changed.
-pub fn newest_log_age(dir: &Path) -> Option<Duration> {
+/// The newest `codex-exec-*.log` in `dir` and how long ago it changed, on the monotonic
+/// clock (see [`crate::os::freshness`]): a jump of the wall clock neither wakes autopoll
+/// nor holds it back.
+pub fn newest_log_age(dir: &Path, freshness: &Freshness) -> Option<Duration> {
     let newest = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .filter(|e| crate::run::output::is_run_log(&e.file_name()))
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max()?;
-    Some(
-        SystemTime::now()
-            .duration_since(newest)
-            .unwrap_or(Duration::ZERO),
-    )
+    freshness.quiet(&newest.1, None)
 }
 
 use crate::autoloop::workspace;
@@ -101,7 +100,7 @@ fn tick(app: &Arc<App>, first: bool) {
             return;
         }
     }
-    let age = newest_log_age(&app.cfg().log_dir);
+    let age = newest_log_age(&app.cfg().log_dir, app.registry().freshness());
     if !first && resumed.is_none() {
         if let Some(age) = age {
             if age < app.cfg().idle_stale {
@@ -196,7 +195,7 @@ fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
 /// `LOOPER_HUNG_RUN_SECONDS` (counting from its start when it never wrote).
 fn hung_run(app: &App) -> Option<(LiveRun, Duration)> {
     let live = app.registry().active()?;
-    let silent = live.quiet();
+    let silent = app.registry().quiet(&live);
     (silent >= app.cfg().hung_run).then_some((live, silent))
 }
 

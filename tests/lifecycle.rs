@@ -168,8 +168,8 @@ fn start_run_then_kill_looper(looper: &mut common::Looper) -> (Value, u64) {
 }
 
 /// When Looper itself dies (SIGKILL), its runs go on. The next Looper leaves their rows
-/// open while they live, completes them when they end unwatched (return code unknown), and
-/// records why when it stops one itself.
+/// open while they live, completes them when they end unwatched (return code and outcome
+/// `unknown`: before, both were `null`), and records why when it stops one itself.
 #[test]
 fn runs_outliving_a_killed_looper_get_their_rows_completed() {
     let fx = Fixture::new("unwatched");
@@ -190,6 +190,8 @@ fn runs_outliving_a_killed_looper_get_their_rows_completed() {
         json!(null),
         "nobody saw its exit: {row}"
     );
+    // Every ended row has an outcome: here that its end could not be learnt.
+    assert_eq!(row["outcome"], json!("unknown"), "{row}");
     assert!(row.get("stop_reason").is_none(), "{row}");
     second.log_with(&format!(
         "codex.exec.exit_unwatched run_id={}",

@@ -474,3 +474,83 @@ fn a_full_disk_refuses_a_run_before_any_effect() {
     assert_eq!(posts, 1, "only the first run's start was said");
     disk.free();
 }
+
+/// A crash loop's back-off outlives a restart: the next Looper goes on backing off (its
+/// crash count and the back-off's end in `/status`) instead of starting the failing codex
+/// again at its first tick.
+#[test]
+fn a_crash_loops_back_off_outlives_a_restart() {
+    let fx = Fixture::new("backoff-restart");
+    let env = [
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_LOG_LEVEL", "DEBUG"),
+        ("FAKE_CODEX", "record;print:cannot authenticate;exit:1"),
+    ];
+    let mut first = fx.start(&env);
+    first.wait("the back-off", || {
+        let s = first.get("/status").body;
+        s["autopoll"]["backoff_until"].is_string().then_some(s)
+    });
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(), Some(0));
+    let starts = first.records().len();
+
+    let second = fx.start(&env);
+    let status = second.get("/status").body;
+    assert!(
+        status["autopoll"]["consecutive_crashes"].as_u64() >= Some(3),
+        "{status}"
+    );
+    assert!(status["autopoll"]["backoff_until"].is_string(), "{status}");
+    second.wait("five ticks held back", || {
+        (second.server_log().matches("reason=backoff").count() >= 5).then_some(())
+    });
+    assert_eq!(
+        second.records().len(),
+        starts,
+        "the failing codex was started again"
+    );
+}
+
+/// A day's budget pause that ends (here one set by a Looper in a time zone whose day ended
+/// before this one's does) lets the loop go on: the runs of the day that paused it count
+/// no more, whatever day this Looper's zone makes of them. Before, they were counted again:
+/// the pause ended and began again at once, with a second message.
+#[test]
+fn a_days_pause_ends_for_good_in_any_time_zone() {
+    let fx = Fixture::new("tz-pause");
+    let ws = fx.path("ws").canonicalize().unwrap();
+    let now = chrono::Local::now();
+    let row = json!({"run_id": "0ld0ld01", "request_id": "0ld0ld01", "trigger": "http",
+        "pid": 1, "workspace": ws, "log_path": fx.path("logs/old.log"),
+        "started_at": (now - chrono::Duration::seconds(60)).to_rfc3339(),
+        "ended_at": (now - chrono::Duration::seconds(50)).to_rfc3339(),
+        "return_code": 0, "duration_seconds": 10.0, "outcome": "ok"});
+    std::fs::write(fx.path("logs/runs.jsonl"), format!("{row}\n")).unwrap();
+    let until = now + chrono::Duration::milliseconds(1500);
+    let state = json!({"holds": {ws.to_string_lossy(): {
+        "state": "paused", "reason": "max_runs_per_day",
+        "detail": "1 run started today, LOOPER_MAX_RUNS_PER_DAY=1",
+        "since": (now - chrono::Duration::seconds(50)).to_rfc3339(),
+        "until": until.to_rfc3339(), "run_id": null}}});
+    std::fs::write(fx.path("logs/loop-state.json"), state.to_string()).unwrap();
+    let z = common::FakeZulip::start();
+    let looper = fx.start_owned(&z.env_with(&[
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0"),
+        ("LOOPER_MAX_RUNS_PER_DAY", "1"),
+        ("FAKE_CODEX", "record;sleep:600"),
+    ]));
+    looper.wait("the run after the pause", || {
+        looper.records().into_iter().next()
+    });
+    let paused: Vec<String> = z
+        .contents()
+        .into_iter()
+        .filter(|m| m.contains("is paused"))
+        .collect();
+    assert!(paused.is_empty(), "paused again: {paused:?}");
+}

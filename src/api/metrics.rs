@@ -79,7 +79,7 @@ pub fn snapshot(app: &App) -> Snapshot {
             .collect(),
         active: app.registry().active().map(|r| Active {
             age: r.started.elapsed().as_secs_f64(),
-            quiet: r.quiet().as_secs_f64(),
+            quiet: app.registry().quiet(&r).as_secs_f64(),
         }),
         crashes: poll.crashes,
         backoff_seconds: poll.backoff_left.map_or(0.0, |d| d.as_secs_f64()),

@@ -39,7 +39,8 @@ fn budget_over(app: &App, workspace: &Path, now: Stamp) -> Option<Over> {
     {
         return None;
     }
-    let over = rules::budget_over(r, &rows_of(app, workspace), now.local())?;
+    let from = app.holds().counted_from(workspace).map(Stamp::local);
+    let over = rules::budget_over(r, &rows_of(app, workspace), now.local(), from)?;
     (!app.holds().waived(workspace, over.reason, now)).then_some(over)
 }
 
@@ -147,6 +148,7 @@ pub fn start_failed(app: &App) {
         usage_limit_margin: app.cfg().usage_limit_margin,
     };
     let verdict = app.policy().start_failed(settings, Instant::now());
+    app.remember_backoff();
     if let Some(b) = verdict.backoff {
         log::warn!(
             "codex.exec.autopoll.backoff crashes={} backoff_s={:.1} reason=start_failed",
@@ -172,6 +174,9 @@ pub fn run_ended(app: &App, ended: &Exited, row: &Row, limit: Option<UsageLimit>
         usage_limit: limit.clone(),
     };
     let verdict = app.policy().on_end(&end, settings, Instant::now());
+    if verdict.crash || verdict.reset_after.is_some() {
+        app.remember_backoff();
+    }
     if let Some(b) = verdict.backoff {
         log::warn!(
             "codex.exec.autopoll.backoff crashes={} backoff_s={:.1}",

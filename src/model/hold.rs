@@ -82,6 +82,14 @@ impl HoldReason {
         }
     }
 
+    /// A budget counted by the local day (its pause ends at midnight).
+    pub fn is_daily(self) -> bool {
+        matches!(
+            self,
+            HoldReason::MaxRunsPerDay | HoldReason::MaxTokensPerDay
+        )
+    }
+
     /// A budget's pause: a hand-off is told `429` (come back later), the others `409`.
     pub fn is_budget(self) -> bool {
         matches!(

@@ -3,6 +3,7 @@
 //! have planted, the server log, and text shown to a terminal. Nothing here knows a run.
 
 pub(crate) mod cgroup;
+pub(crate) mod freshness;
 pub(crate) mod jail;
 pub(crate) mod logging;
 pub(crate) mod paths;

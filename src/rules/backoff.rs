@@ -146,6 +146,26 @@ impl Policy {
         self.next_tick = Some(when);
     }
 
+    /// What outlives a restart: the crashes in a row and how long the back-off still
+    /// lasts at `now` (none when there is nothing to remember).
+    pub fn remembered(&self, now: Instant) -> Option<(u32, Duration)> {
+        let left = self
+            .backoff_until
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+        (self.crashes > 0).then_some((self.crashes, left))
+    }
+
+    /// The policy a restarted Looper goes on with: `crashes` in a row, backing off for
+    /// `left` more (at most [`MAX_BACKOFF`]), the back-off said already.
+    pub fn restored(crashes: u32, left: Duration, now: Instant) -> Policy {
+        Policy {
+            crashes,
+            backoff_until: (!left.is_zero()).then(|| now + left.min(MAX_BACKOFF)),
+            announced: crashes >= CRASH_LOOP_THRESHOLD,
+            next_tick: None,
+        }
+    }
+
     pub fn view(&self, now: Instant) -> View {
         View {
             crashes: self.crashes,

@@ -58,10 +58,20 @@ fn started_today(row: &Row, now: DateTime<Local>) -> bool {
     row.started_at.local().date_naive() == now.date_naive()
 }
 
-/// The first budget of `rules` that `rows` (one workspace's, any order) reach at `now`;
-/// `ended_only` leaves out the run still live (a hand-off counts the run it would start).
-pub fn budget_over(rules: &Rules, rows: &[Row], now: DateTime<Local>) -> Option<Over> {
-    let today: Vec<&Row> = rows.iter().filter(|r| started_today(r, now)).collect();
+/// The first budget of `rules` that `rows` (one workspace's, any order) reach at `now`.
+/// Runs started before `counted_from` (the end of the last daily pause) count toward no
+/// daily budget: that day is over, in whatever time zone it was counted.
+pub fn budget_over(
+    rules: &Rules,
+    rows: &[Row],
+    now: DateTime<Local>,
+    counted_from: Option<DateTime<Local>>,
+) -> Option<Over> {
+    let today: Vec<&Row> = rows
+        .iter()
+        .filter(|r| started_today(r, now))
+        .filter(|r| counted_from.is_none_or(|from| r.started_at.local() >= from))
+        .collect();
     if let Some(max) = rules.max_runs_per_day {
         let n = today.len() as u64;
         if n >= max {
@@ -183,13 +193,23 @@ mod tests {
         let rows: Vec<Row> = (0..3)
             .map(|h| row(at(&format!("2026-12-02 1{h}:00")), None))
             .collect();
-        let over = budget_over(&rules, &rows[..2], now);
+        let over = budget_over(&rules, &rows[..2], now, None);
         assert_eq!(over, None);
-        let over = budget_over(&rules, &rows, now).expect("over");
+        let over = budget_over(&rules, &rows, now, None).expect("over");
         assert_eq!(over.reason, HoldReason::MaxRunsPerDay);
         assert_eq!(over.until, at("2026-12-03 00:00"));
         // Yesterday's runs do not count: the day turned, the budget cleared.
-        assert_eq!(budget_over(&rules, &rows, at("2026-12-03 00:00")), None);
+        assert_eq!(
+            budget_over(&rules, &rows, at("2026-12-03 00:00"), None),
+            None
+        );
+        // Nor do runs before the end of the last pause, whatever day a time zone makes of
+        // them (a restart in a zone where that day is not over yet).
+        let later = at("2026-12-02 15:30");
+        assert_eq!(
+            budget_over(&rules, &rows, later, Some(at("2026-12-02 15:10"))),
+            None
+        );
     }
 
     #[test]
@@ -202,9 +222,9 @@ mod tests {
         let mut rows = vec![row(at("2026-12-02 08:00"), Some(11_023))];
         rows.push(row(at("2026-12-01 08:00"), Some(50_000)));
         rows.push(row(at("2026-12-02 09:00"), None));
-        assert_eq!(budget_over(&rules, &rows, now), None);
+        assert_eq!(budget_over(&rules, &rows, now, None), None);
         rows.push(row(at("2026-12-02 10:00"), Some(9_000)));
-        let over = budget_over(&rules, &rows, now).expect("over");
+        let over = budget_over(&rules, &rows, now, None).expect("over");
         assert_eq!(over.reason, HoldReason::MaxTokensPerDay);
         assert!(over.detail.contains("20,023 tokens"), "{}", over.detail);
         assert_eq!(over.until, at("2026-12-03 00:00"));
@@ -231,7 +251,7 @@ mod tests {
                 resets_at: Some(reset.timestamp() + 86_400),
             }),
         });
-        let over = budget_over(&rules, std::slice::from_ref(&r), now).expect("over");
+        let over = budget_over(&rules, std::slice::from_ref(&r), now, None).expect("over");
         assert_eq!(
             (over.reason, over.until),
             (HoldReason::RateLimitPercent, reset)
@@ -242,7 +262,7 @@ mod tests {
             over.detail
         );
         // Past the reset the figures are old: no pause.
-        assert_eq!(budget_over(&rules, &[r], reset), None);
+        assert_eq!(budget_over(&rules, &[r], reset, None), None);
     }
 
     #[test]

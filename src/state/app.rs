@@ -6,15 +6,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::inbox::{Doorbell, Inbox};
+use crate::model::Stamp;
 use crate::os::cgroup::Cgroups;
 use crate::os::shutdown::Shutdown;
 use crate::rules::backoff::Policy;
 use crate::state::history::History;
 use crate::state::holds::Holds;
-use crate::state::loopfile::LoopFile;
+use crate::state::loopfile::{LoopFile, SavedBackoff};
 use crate::state::outbox::{Delivery, Outbox};
 use crate::state::registry::Registry;
 
@@ -80,11 +82,19 @@ impl App {
             .into_iter()
             .chain(loop_file.corrupt)
             .collect();
+        // A crash loop's back-off goes on across a restart.
+        let policy = loop_file
+            .file
+            .read(|s| s.backoff.clone())
+            .map_or_else(Policy::default, |b| {
+                let left = b.until.map_or(0.0, |u| u.seconds_since(Stamp::now()));
+                Policy::restored(b.crashes, Duration::from_secs_f64(left), Instant::now())
+            });
         let app = App {
             url,
             shutdown: Shutdown::default(),
             registry: Registry::new(history.history, seed()),
-            policy: Mutex::new(Policy::default()),
+            policy: Mutex::new(policy),
             loop_file: loop_file.file,
             delivery: Delivery::default(),
             inflight: AtomicUsize::new(0),
@@ -151,6 +161,17 @@ impl App {
             file: &self.loop_file,
             delivery: &self.delivery,
         }
+    }
+
+    /// Keeps autopoll's crash count and back-off in the loop's file (after a change of
+    /// the policy), so that a restart goes on with them.
+    pub fn remember_backoff(&self) {
+        let remembered = self.policy().remembered(Instant::now());
+        let saved = remembered.map(|(crashes, left)| SavedBackoff {
+            crashes,
+            until: (!left.is_zero()).then(|| Stamp::after(left)),
+        });
+        self.loop_file.change(|s| s.backoff = saved);
     }
 
     /// Autopoll's policy, to ask or to tell (see [`crate::rules::backoff`]).

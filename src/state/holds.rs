@@ -45,11 +45,25 @@ impl Holds<'_> {
     pub fn end_if_over(&self, workspace: &Path, now: Stamp) -> Option<Hold> {
         self.0.change(|s| {
             let k = key(workspace);
-            match s.holds.get(&k) {
+            let ended = match s.holds.get(&k) {
                 Some(h) if h.over(now) => s.holds.remove(&k),
                 _ => None,
+            }?;
+            if let (true, Some(until)) = (ended.reason.is_daily(), ended.until) {
+                s.day_ended
+                    .entry(k)
+                    .or_default()
+                    .insert(ended.reason, until);
             }
+            Some(ended)
         })
+    }
+
+    /// From when runs count toward `workspace`'s daily budgets: the end of their last
+    /// pause (the day that paused them is over, in whatever zone it was counted).
+    pub fn counted_from(&self, workspace: &Path) -> Option<Stamp> {
+        self.0
+            .read(|s| s.day_ended.get(&key(workspace))?.values().max().copied())
     }
 
     /// Holds `workspace`; `false` when the same reason held it already (not to be said
@@ -164,7 +178,11 @@ fn hold_in(s: &mut Saved, workspace: &Path, hold: Hold) -> bool {
     let k = key(workspace);
     match s.holds.get_mut(&k) {
         Some(h) if h.reason == hold.reason => {
-            h.until = hold.until;
+            // A day's pause keeps the end it was given (a restart in another time zone
+            // would move it); another (codex's usage limit) takes the newer end.
+            if !h.reason.is_daily() {
+                h.until = hold.until;
+            }
             false
         }
         Some(h) if h.state == HoldState::Finished && hold.state != HoldState::Finished => false,

@@ -45,6 +45,20 @@ pub struct Saved {
     pub no_progress: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub outbox: Vec<Queued>,
+    /// `workspace` → daily budget → when its last pause ended: the runs that paused it
+    /// count no more (a restart in another time zone must not count that day again).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub day_ended: BTreeMap<String, BTreeMap<HoldReason, Stamp>>,
+    /// Autopoll's crash back-off, so that a restart does not forget a crash loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<SavedBackoff>,
+}
+
+/// A crash loop as the file keeps it: the crashes in a row and when the back-off ends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SavedBackoff {
+    pub crashes: u32,
+    pub until: Option<Stamp>,
 }
 
 /// The state and how far it was changed.

@@ -17,7 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -73,19 +73,6 @@ impl LiveRun {
             outcome: None,
             report: start,
         }
-    }
-
-    /// How long its log has not grown: since the log last changed, never more than the
-    /// run's age (a log older than the run is the header Looper wrote just before the
-    /// spawn), and the run's age when the log cannot be read. The one answer `/status`,
-    /// `/metrics` and the hung-run check share.
-    pub fn quiet(&self) -> Duration {
-        let age = self.started.elapsed();
-        std::fs::metadata(&self.log_path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .map_or(age, |d| d.min(age))
     }
 }
 
@@ -182,6 +169,8 @@ pub struct Registry {
     tokens: tokens::Tokens,
     groups: groups::Groups,
     ids: tokens::Ids,
+    /// When run logs last changed, on the monotonic clock.
+    freshness: crate::os::freshness::Freshness,
 }
 
 impl Registry {
@@ -202,7 +191,23 @@ impl Registry {
             tokens: tokens::Tokens::default(),
             groups: groups::Groups::default(),
             ids: tokens::Ids::new(seed),
+            freshness: crate::os::freshness::Freshness::default(),
         }
+    }
+
+    /// How long `run`'s log has been silent, counting from the run's start when it never
+    /// wrote, on the monotonic clock (see [`crate::os::freshness`]). The one answer
+    /// `/status`, `/metrics` and the hung-run check share.
+    pub fn quiet(&self, run: &LiveRun) -> Duration {
+        let age = run.started.elapsed();
+        self.freshness
+            .quiet(&run.log_path, Some(age))
+            .unwrap_or(age)
+    }
+
+    /// When files last changed, on the monotonic clock (autopoll's quiet-logs rule).
+    pub fn freshness(&self) -> &crate::os::freshness::Freshness {
+        &self.freshness
     }
 
     pub fn history(&self) -> &History {
