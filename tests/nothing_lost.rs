@@ -554,3 +554,41 @@ fn a_days_pause_ends_for_good_in_any_time_zone() {
         .collect();
     assert!(paused.is_empty(), "paused again: {paused:?}");
 }
+
+/// The server log on a full disk loses lines, never half a line, and says what it lost
+/// once it can write again (`log.dropped sink=file`). Before, a short write left a torn
+/// line that the next one was glued to, and nothing said that lines were missing.
+#[test]
+fn the_server_log_says_what_a_full_disk_lost() {
+    let fx = Fixture::new("full-log");
+    let Some(disk) = SmallDisk::mount(&fx.path("logs"), 256 * 1024) else {
+        return;
+    };
+    let looper = fx.start(&[]);
+    let refused = || {
+        let r = looper.run(json!({"codex_prompt": 5}));
+        assert_eq!(r.status, 400, "{}", r.body);
+    };
+    refused();
+    disk.fill();
+    for _ in 0..20 {
+        refused();
+    }
+    disk.free();
+    // Lines go through again: the first says what was lost.
+    looper.wait("the loss said in the file", || {
+        refused();
+        let text = std::fs::read_to_string(fx.path("logs/looper-server.log")).unwrap();
+        text.contains(" WARNING log.dropped sink=file lines=")
+            .then_some(text)
+    });
+    let text = std::fs::read_to_string(fx.path("logs/looper-server.log")).unwrap();
+    // Every line starts with its time, once: a torn line glued to the next has two.
+    for line in text.lines() {
+        let day = line.get(..11).unwrap_or_default();
+        assert!(
+            day.starts_with("20") && day.ends_with('T') && line.matches(day).count() == 1,
+            "a torn or glued line: {line:?}"
+        );
+    }
+}

@@ -275,6 +275,9 @@ struct LogFile {
     size: u64,
     /// Rotate before the file would grow past this (`0`: never).
     max_bytes: u64,
+    /// Lines and bytes a failed write (a full disk) lost since the last that went
+    /// through: said in the file once it takes lines again.
+    lost: (u64, u64),
 }
 
 impl LogFile {
@@ -310,11 +313,37 @@ impl LogFile {
         }
     }
 
+    /// Appends `bytes` whole or not at all (a failed write is cut off again, so that no
+    /// torn line is glued to the next); what was lost is said before the next lines.
     fn append(&mut self, bytes: &[u8]) {
-        if let Some(f) = self.file.as_mut() {
-            if f.write_all(bytes).is_ok() {
-                self.size += bytes.len() as u64;
+        let Some(f) = self.file.as_mut() else {
+            return;
+        };
+        let whole = |f: &mut File, bytes: &[u8], size: &mut u64| match f.write_all(bytes) {
+            Ok(()) => {
+                *size += bytes.len() as u64;
+                true
             }
+            Err(_) => {
+                let _ = f.set_len(*size);
+                false
+            }
+        };
+        if self.lost.0 > 0 {
+            let note = line(
+                Level::Warn,
+                format_args!(
+                    "log.dropped sink=file lines={} bytes={} reason=write_failed",
+                    self.lost.0, self.lost.1
+                ),
+            );
+            if whole(f, note.as_bytes(), &mut self.size) {
+                self.lost = (0, 0);
+            }
+        }
+        if self.lost.0 > 0 || !whole(f, bytes, &mut self.size) {
+            let lines = bytes.iter().filter(|b| **b == b'\n').count().max(1) as u64;
+            self.lost = (self.lost.0 + lines, self.lost.1 + bytes.len() as u64);
         }
     }
 
@@ -451,6 +480,7 @@ pub fn init(path: &Path, level: LevelFilter, max_bytes: u64) -> io::Result<()> {
         path: path.to_path_buf(),
         size,
         max_bytes,
+        lost: (0, 0),
     };
     let sink = SINK.get_or_init(|| Sink::new(level));
     // The terminal (or journal) sees the agent's output shown, never obeyed; the file keeps
@@ -537,6 +567,7 @@ mod tests {
             path: path.clone(),
             size: 0,
             max_bytes: 100,
+            lost: (0, 0),
         };
         for i in 0..40 {
             // Batches of several lines, as the mirror writes them.
