@@ -46,6 +46,8 @@
 //! - `commit:<message>`: `git add -A` and `git commit` in the working directory (with
 //!   `$FAKE_CODEX_GIT`, default `git`);
 //! - `tick:<file>`: mark the first open `- [ ]` item of that file done;
+//! - `handoff:<message>`: drop a hand-off with `<message> from <run id>` (and
+//!   `from_run_id`) into `$LOOPER_INBOX`, as the agent's last step through the inbox does;
 //! - `row-check`: write `$FAKE_CODEX_RECORD_DIR/row-<pid>.txt`: `yes` when
 //!   `$CODEX_EXEC_LOG_DIR/runs.jsonl` holds a row of `$LOOPER_RUN_ID` as the run starts.
 //!
@@ -196,6 +198,18 @@ fn main() {
                     .stdin(Stdio::null())
                     .process_group(0);
                 helpers.push(c.spawn().expect("spawn output holder").id());
+            }
+            "handoff" => {
+                let inbox = std::env::var("LOOPER_INBOX").expect("LOOPER_INBOX");
+                let run_id = std::env::var("LOOPER_RUN_ID").unwrap_or_default();
+                let body = serde_json::json!({
+                    "zulip_message": format!("{arg} from {run_id}"),
+                    "from_run_id": run_id,
+                });
+                let name = format!("handoff-{run_id}");
+                let tmp = format!("{inbox}/{name}.json.tmp");
+                std::fs::write(&tmp, body.to_string()).expect("write the hand-off");
+                std::fs::rename(&tmp, format!("{inbox}/{name}.json")).expect("hand off");
             }
             "term-handoff" => {
                 let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -38,6 +38,16 @@ pub fn landlock_abi() -> Option<i32> {
     (v > 0).then_some(v as i32)
 }
 
+/// Gives the memory the heap holds free back to the system (glibc keeps what a burst
+/// freed: a long-lived Looper grew by about 1 KB a run). A no-op elsewhere.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim(3) only releases free heap memory; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Makes this process undumpable: no other process of the same user (only one with
 /// `CAP_SYS_PTRACE`) may read its memory or `/proc/<pid>/environ`, which hold the token and
 /// the Zulip key. Programs Looper starts are dumpable again (exec resets the flag).

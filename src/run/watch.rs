@@ -152,6 +152,8 @@ impl Watcher {
         let report = report(app, &self.run, self.output_start, &start);
         let row = exited.row(report);
         finish(app, &exited, row, limit, self.output_start);
+        // A run's report and messages came and went: what the heap freed goes back.
+        crate::os::sys::trim_heap();
     }
 
     /// Starts reading the work tree's fingerprint at the run's start, for the stuck rule

@@ -76,6 +76,8 @@ impl App {
         cgroups: Option<Cgroups>,
     ) -> Result<(App, Vec<(PathBuf, String)>), String> {
         let history = History::open(&cfg.log_dir)?;
+        // Reading a long history freed more than it keeps: give it back to the system.
+        crate::os::sys::trim_heap();
         let loop_file = LoopFile::open(&cfg.log_dir)?;
         let corrupt = history
             .corrupt
