@@ -3,6 +3,7 @@
 //! watcher that owns its end.
 
 pub(crate) mod codex;
+pub(crate) mod desk;
 pub(crate) mod output;
 pub(crate) mod pipeline;
 pub(crate) mod request;
