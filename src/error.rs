@@ -37,6 +37,8 @@ pub enum Why {
     Held,
     /// A budget of the loop's is spent.
     OverBudget,
+    /// The operator paused the loop: come back after `looper resume`.
+    Paused,
     HeadTooLarge,
     /// Looper's side failed: its configuration, a tool, the system.
     Broken,

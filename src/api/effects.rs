@@ -70,6 +70,97 @@ pub(super) fn serve_run(
     outcome
 }
 
+/// Refuses a run what only the operator may do (`what`: resume, pause).
+fn operator_only(app: &Arc<App>, rq: &Request, what: &str) -> Result<(), Refusal> {
+    if let Caller::Run { run_id, .. } = caller_of(app, rq)? {
+        return Err(Refusal::new(
+            Why::NotAllowed,
+            format!(
+                "run {} may not {what} the loop: only the operator may (looper {what}, a trigger of theirs). Nothing was changed",
+                run_id.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The fields of a JSON object body with only `allowed` fields (of `path`).
+fn object_body(
+    rq: &mut Request,
+    allowed: &[&str],
+    path: &str,
+) -> Result<serde_json::Map<String, Value>, Refusal> {
+    require_json(&rq.head)?;
+    let body = rq.body()?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        Refusal::bad_request(format!("the body is not JSON: {e}; nothing was changed"))
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(Refusal::bad_request(
+            "the body is a JSON object ({} or {\"workspace\": \"<dir>\"}); nothing was changed",
+        ));
+    };
+    if let Some(other) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Refusal::bad_request(format!(
+            "{other} is not a {path} field (only {}); nothing was changed",
+            allowed.join(", ")
+        )));
+    }
+    Ok(fields)
+}
+
+/// The `workspace` field of a body, as the directory it names.
+fn workspace_field(
+    app: &App,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<std::path::PathBuf>, Refusal> {
+    match fields.get("workspace") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(w)) if !w.trim().is_empty() => Ok(Some(app.workspace_named(Some(w)))),
+        Some(_) => Err(Refusal::bad_request(
+            "workspace is a directory's path (a non-empty string); nothing was changed",
+        )),
+    }
+}
+
+/// `POST /pause` (`looper pause`): the operator holds the loop of the workspace the body
+/// names (else autopoll's): paused until `looper resume`, or with `"finish": true`
+/// finished. It stops nothing. A run may not.
+pub(super) fn serve_pause(
+    app: &Arc<App>,
+    rq: &mut Request,
+    request_id: &str,
+) -> Result<Value, Refusal> {
+    operator_only(app, rq, "pause")?;
+    let fields = object_body(rq, &["workspace", "finish"], "/pause")?;
+    let finish = match fields.get("finish") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(Refusal::bad_request(
+                "finish is true or false; nothing was changed",
+            ))
+        }
+    };
+    let workspace = workspace_field(app, &fields)?
+        .or_else(|| crate::autoloop::workspace(app))
+        .unwrap_or_else(|| app.cfg().workspace.clone());
+    let (hold, said) = crate::autoloop::judge::hold_by_operator(
+        app,
+        &workspace,
+        finish,
+        &format!("pause:{request_id}"),
+    )?;
+    crate::notify::say(app, &said, request_id);
+    Ok(json!({
+        "ok": true,
+        "request_id": request_id,
+        "workspace": workspace.to_string_lossy(),
+        "loop_state": hold.state,
+        "hold": hold,
+    }))
+}
+
 /// `POST /resume` (`looper resume`): the operator ends the loop's holds, of the workspace
 /// the body names (`{"workspace": …}`) or of every workspace (`{}`). A run may not: a
 /// hand-off is good for asking for the next run only.
@@ -78,39 +169,9 @@ pub(super) fn serve_resume(
     rq: &mut Request,
     request_id: &str,
 ) -> Result<Value, Refusal> {
-    if let Caller::Run { run_id, .. } = caller_of(app, rq)? {
-        return Err(Refusal::new(
-            Why::NotAllowed,
-            format!(
-                "run {} may not resume the loop: only the operator may (looper resume, a trigger of theirs). Nothing was changed",
-                run_id.as_deref().unwrap_or("?")
-            ),
-        ));
-    }
-    require_json(&rq.head)?;
-    let body = rq.body()?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        Refusal::bad_request(format!("the body is not JSON: {e}; nothing was changed"))
-    })?;
-    let Some(fields) = value.as_object() else {
-        return Err(Refusal::bad_request(
-            "the body is a JSON object: {} or {\"workspace\": \"<dir>\"}; nothing was changed",
-        ));
-    };
-    if let Some(other) = fields.keys().find(|k| *k != "workspace") {
-        return Err(Refusal::bad_request(format!(
-            "{other} is not a /resume field (only workspace); nothing was changed"
-        )));
-    }
-    let workspace = match fields.get("workspace") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(w)) if !w.trim().is_empty() => Some(app.workspace_named(Some(w))),
-        Some(_) => {
-            return Err(Refusal::bad_request(
-                "workspace is a directory's path (a non-empty string); nothing was changed",
-            ))
-        }
-    };
+    operator_only(app, rq, "resume")?;
+    let fields = object_body(rq, &["workspace"], "/resume")?;
+    let workspace = workspace_field(app, &fields)?;
     let ended = crate::autoloop::judge::resume_or_refuse(
         app,
         workspace.as_deref(),

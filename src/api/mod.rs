@@ -23,7 +23,9 @@ use caller::{browser_check, operator, run_token_of, unauthorized};
 use files::{run_file_of, RunFile};
 
 /// The paths Looper serves; all but `/health` need the token when one is set.
-const KNOWN: [&str; 6] = ["/health", "/run", "/status", "/runs", "/metrics", "/resume"];
+const KNOWN: [&str; 7] = [
+    "/health", "/run", "/status", "/runs", "/metrics", "/resume", "/pause",
+];
 
 /// The page (`GET /`): one self-contained file, no data of its own (it asks the API).
 const PAGE: &str = include_str!("../../assets/index.html");
@@ -110,6 +112,9 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Response,
     }
     if (path, method) == ("/resume", "POST") {
         return effects::serve_resume(app, rq, request_id).map(ok_json);
+    }
+    if (path, method) == ("/pause", "POST") {
+        return effects::serve_pause(app, rq, request_id).map(ok_json);
     }
     if path != "/health" && !operator(app, &rq.head) {
         if run_token_of(app, &rq.head).is_some() {

@@ -356,6 +356,8 @@ pub fn refuse_handoff(app: &App, workspace: &Path) -> Option<(Refusal, Option<St
     if let Some(h) = app.holds().of(workspace) {
         let why = if h.reason.is_budget() {
             Why::OverBudget
+        } else if h.reason.asks_to_wait(h.state) {
+            Why::Paused
         } else {
             Why::Held
         };
@@ -431,6 +433,43 @@ fn log_resumed(ended: &[(String, Hold)], by: &str) {
             h.reason.as_str()
         );
     }
+}
+
+/// The operator holds the loop of `workspace`: paused (until `looper resume`) or, with
+/// `finish`, finished. It stops nothing. Saved before the answer, or not at all (`Err`).
+/// The hold, and the message to say.
+pub fn hold_by_operator(
+    app: &App,
+    workspace: &Path,
+    finish: bool,
+    by: &str,
+) -> Result<(Hold, String), Refusal> {
+    let (state, detail) = if finish {
+        (HoldState::Finished, "finished by the operator")
+    } else {
+        (HoldState::Paused, "paused by the operator")
+    };
+    let hold = Hold::new(state, HoldReason::Operator, detail.to_string(), None, None);
+    app.holds()
+        .hold_or_refuse(workspace, hold.clone())
+        .map_err(|e| cannot_save(&e))?;
+    log::warn!(
+        "loop.{} workspace={} reason=operator by={by}",
+        if finish { "finished" } else { "paused" },
+        Q(&workspace.to_string_lossy())
+    );
+    let said = if finish {
+        format!(
+            "Looper: the operator finished the loop in {}. Autopoll starts nothing more there and a run's hand-off is refused; runs go on. `looper resume` or a trigger of theirs starts it again.",
+            workspace.display()
+        )
+    } else {
+        format!(
+            "Looper: the operator paused the loop in {}. Autopoll starts nothing and a run's hand-off is answered 429 (the run goes on) until `looper resume` or a trigger of theirs.",
+            workspace.display()
+        )
+    };
+    Ok((hold, said))
 }
 
 /// Finishes the loop of `workspace` for run `run_id`'s `loop_done` hand-off: saved before

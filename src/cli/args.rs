@@ -22,6 +22,7 @@ pub enum Command {
     Runs(Runs),
     Logs(Logs),
     Resume(Resume),
+    Pause(Pause),
     ZulipCheck,
     /// `zulip send <message>`.
     ZulipSend(String),
@@ -54,6 +55,14 @@ pub struct Trigger {
 #[derive(Debug, Default, PartialEq)]
 pub struct Resume {
     pub workspace: Option<PathBuf>,
+    pub url: Option<String>,
+}
+
+/// `looper pause`: hold a loop (paused, or finished) until `looper resume`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Pause {
+    pub workspace: Option<PathBuf>,
+    pub finish: bool,
     pub url: Option<String>,
 }
 
@@ -119,6 +128,7 @@ pub fn parse(args: &[String]) -> Result<Command, Fail> {
         ("runs", _) if wants_help => Ok(Command::Help(Topic::Runs)),
         ("logs", _) if wants_help => Ok(Command::Help(Topic::Logs)),
         ("resume", _) if wants_help => Ok(Command::Help(Topic::Resume)),
+        ("pause", _) if wants_help => Ok(Command::Help(Topic::Pause)),
         // A bare `looper zulip` shows what it can do.
         ("zulip", _) if wants_help || rest.is_empty() => Ok(Command::Help(Topic::Zulip)),
         ("trigger", _) => trigger(rest).map(Command::Trigger),
@@ -126,6 +136,7 @@ pub fn parse(args: &[String]) -> Result<Command, Fail> {
         ("runs", _) => runs(rest).map(Command::Runs),
         ("logs", _) => logs(rest).map(Command::Logs),
         ("resume", _) => resume(rest).map(Command::Resume),
+        ("pause", _) => pause(rest).map(Command::Pause),
         ("zulip", ["check"]) => Ok(Command::ZulipCheck),
         ("zulip", ["send", message]) if message.trim().is_empty() => {
             Err(Fail::usage(Topic::Looper, "zulip send needs a message"))
@@ -221,6 +232,21 @@ fn resume(words: &[&str]) -> Result<Resume, Fail> {
     }
     r.workspace = workspace.map(PathBuf::from);
     Ok(r)
+}
+
+fn pause(words: &[&str]) -> Result<Pause, Fail> {
+    let mut opts = Options::new(Topic::Pause, words);
+    let (mut p, mut workspace) = (Pause::default(), None);
+    while let Some(arg) = opts.next()? {
+        match arg {
+            Long("workspace") => opts.once(&mut workspace)?,
+            Long("finish") => p.finish = opts.switch()?,
+            Long("url") => opts.once(&mut p.url)?,
+            _ => return Err(opts.unknown()),
+        }
+    }
+    p.workspace = workspace.map(PathBuf::from);
+    Ok(p)
 }
 
 fn status(words: &[&str]) -> Result<Status, Fail> {

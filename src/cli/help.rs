@@ -1,7 +1,7 @@
 //! The help texts: `looper --help`, each command's `--help`, and the usage line that ends a
 //! usage error.
 
-const USAGE: &str = "usage: looper [serve | trigger | status | runs | logs | resume | zulip check | zulip send] [--help] [--version]";
+const USAGE: &str = "usage: looper [serve | trigger | status | runs | logs | pause | resume | zulip check | zulip send] [--help] [--version]";
 
 const HELP: &str = "\
 looper - announce on Zulip, stop every live `codex exec` run, start one fresh run
@@ -12,6 +12,7 @@ usage:
   looper status [--json]         what runs now, what ended last, what autopoll does
   looper runs [--limit N]        recent runs as a table
   looper logs [RUN_ID] [-f]      a run's log (the active run's, else the newest), -f follows it
+  looper pause [--workspace W]   hold the loop until `looper resume` (POST /pause); --finish
   looper resume [--workspace W]  end the loop's pauses and finish (POST /resume)
   looper zulip check             where Zulip credentials come from, and the target
   looper zulip send <message>    post a message with the configured credentials
@@ -62,6 +63,28 @@ examples:
   looper trigger --message-file msg.txt --prompt-file prompt.md --workspace ~/src/app
   looper trigger --message 'next step' --from-run \"$LOOPER_RUN_ID\"
   looper trigger --done --message 'all items ticked'";
+
+const PAUSE_HELP: &str = "\
+looper pause - hold a loop: autopoll starts nothing, a run's hand-off is answered 429
+
+usage: looper pause [--workspace DIR] [--finish] [--url URL]
+
+options:
+  --workspace DIR   the loop of this workspace (default: the one autopoll works in)
+  --finish          finish the loop instead (as a run's `looper trigger --done` does)
+  --url URL         the server (default: $LOOPER_URL, else http://127.0.0.1:$LOOPER_PORT)
+  --help
+
+It stops nothing: the live run goes on (stop it with `looper trigger --message M --prompt
+''`). A paused loop shows in `looper status`, the page and /metrics, and waits until
+`looper resume` or a trigger of yours. The operator's token comes from $LOOPER_API_TOKEN; a
+run may not pause. Exit code 0 when the server answered ok, 1 otherwise, 2 for a usage
+error.
+
+examples:
+  looper pause
+  looper trigger --message 'stopping for today' --prompt '' && looper pause
+  looper pause --finish --workspace ~/src/app";
 
 const RESUME_HELP: &str = "\
 looper resume - end the loop's pauses: finished, stuck, over budget, codex's usage limit
@@ -145,6 +168,7 @@ pub enum Topic {
     Runs,
     Logs,
     Resume,
+    Pause,
     Zulip,
 }
 
@@ -158,6 +182,7 @@ pub fn text(topic: Topic) -> String {
         Topic::Runs => RUNS_HELP.to_string(),
         Topic::Logs => LOGS_HELP.to_string(),
         Topic::Resume => RESUME_HELP.to_string(),
+        Topic::Pause => PAUSE_HELP.to_string(),
         Topic::Zulip => ZULIP_HELP.to_string(),
     }
 }
@@ -171,6 +196,7 @@ pub fn usage_line(topic: Topic) -> &'static str {
         Topic::Runs => RUNS_HELP,
         Topic::Logs => LOGS_HELP,
         Topic::Resume => RESUME_HELP,
+        Topic::Pause => PAUSE_HELP,
         Topic::Looper | Topic::Serve | Topic::Zulip => return USAGE,
     };
     help.lines()

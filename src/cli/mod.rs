@@ -125,6 +125,7 @@ fn run_command(
         Command::Runs(r) => show::runs(&r, env, out),
         Command::Logs(l) => logs::logs(&l, env, out),
         Command::Resume(r) => trigger::resume(&r, env, out),
+        Command::Pause(p) => trigger::pause(&p, env, out),
         Command::ZulipCheck => zulip_check(env, out),
         Command::ZulipSend(message) => zulip_send(&message, env, out),
     }

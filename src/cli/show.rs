@@ -64,6 +64,14 @@ fn next_tick(p: &Value, state: &Value) -> String {
     if loop_state == Some(LoopState::Finished) {
         return "none: the loop is finished".to_string();
     }
+    // Held until the operator says (stuck, paused by them, a lost state): no tick starts
+    // anything.
+    if loop_state == Some(LoopState::Paused) && state["until"].is_null() {
+        return format!(
+            "none: the loop is paused ({}) until `looper resume`",
+            text(&state["reason"])
+        );
+    }
     let tick = instant(&p["next_tick_at"]);
     let hold = [
         ("the back-off", &p["backoff_until"]),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::args::{Resume, Trigger};
+use super::args::{Pause, Resume, Trigger};
 use super::client::{base_url, call, reachable};
 use super::help::Topic;
 use super::logs::{follow, FOLLOW_POLL};
@@ -149,6 +149,33 @@ pub fn resume(r: &Resume, env: &HashMap<String, String>, out: &mut dyn Write) ->
             h["reason"].as_str().unwrap_or("?")
         );
     }
+    Ok(0)
+}
+
+/// `looper pause`: `POST /pause`; prints the JSON answer, says the loop's state on stderr.
+pub fn pause(p: &Pause, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32, Fail> {
+    let mut body = json!({});
+    if let Some(ws) = &p.workspace {
+        body["workspace"] = json!(absolute(ws));
+    }
+    if p.finish {
+        body["finish"] = json!(true);
+    }
+    let base = base_url(p.url.as_deref(), env);
+    let (status, answer) = call("POST", &base, "/pause", Some(&body), env)?;
+    let _ = writeln!(out, "{answer}");
+    if answer["ok"] != json!(true) {
+        note!(
+            "looper: HTTP {status}: {}",
+            answer["error"].as_str().unwrap_or("the server said no")
+        );
+        return Ok(1);
+    }
+    note!(
+        "looper: the loop in {} is {}: autopoll starts nothing there until `looper resume`",
+        answer["workspace"].as_str().unwrap_or("?"),
+        answer["loop_state"].as_str().unwrap_or("?")
+    );
     Ok(0)
 }
 

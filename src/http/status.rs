@@ -18,7 +18,7 @@ impl Why {
             Why::NoLength => 411,
             Why::TooLarge => 413,
             Why::NotJson => 415,
-            Why::OverBudget => 429,
+            Why::OverBudget | Why::Paused => 429,
             Why::HeadTooLarge => 431,
             Why::Broken => 500,
             Why::ZulipFailed => 502,

@@ -66,6 +66,9 @@ pub enum HoldReason {
     /// A state file was no state of Looper's (set aside): what held the loops may be lost,
     /// so every loop waits for the operator.
     StateLost,
+    /// The operator paused the loop (`looper pause`) or finished it (`--finish`, or a
+    /// `--done` of theirs).
+    Operator,
 }
 
 impl HoldReason {
@@ -79,6 +82,7 @@ impl HoldReason {
             HoldReason::RateLimitPercent => "rate_limit_percent",
             HoldReason::UsageLimit => "usage_limit",
             HoldReason::StateLost => "state_lost",
+            HoldReason::Operator => "operator",
         }
     }
 
@@ -88,6 +92,12 @@ impl HoldReason {
             self,
             HoldReason::MaxRunsPerDay | HoldReason::MaxTokensPerDay
         )
+    }
+
+    /// A hold that a hand-off is told to wait out (`429`): a budget's pause, or the
+    /// operator's; the others are `409`.
+    pub fn asks_to_wait(self, state: HoldState) -> bool {
+        self.is_budget() || (self == HoldReason::Operator && state == HoldState::Paused)
     }
 
     /// A budget's pause: a hand-off is told `429` (come back later), the others `409`.

@@ -285,8 +285,9 @@ pub fn submit(
             );
             return Err(e);
         }
-    } else {
-        // The operator's own trigger: the loop goes on, whatever held it.
+    } else if req.prompt.as_deref() != Some("") {
+        // The operator's own trigger that starts a run: the loop goes on, whatever held it.
+        // (One that only stops runs holds what held: "stop and pause" stays paused.)
         crate::autoloop::judge::resume(app, Some(&workspace), &caller.describe());
     }
     let value = execute(app, &req, request_id, trigger)?;
@@ -315,23 +316,31 @@ fn finish_loop(
     workspace: &Path,
     handoff: bool,
 ) -> Result<Value, Refusal> {
-    // The stale check passed: the run is the live one, or the newest, ended on its own
-    // (its inbox file may be read after its exit).
-    let Some(run_id) = req.handed_off_by.as_deref().filter(|_| handoff) else {
-        return Err(Refusal::new(
-            Why::NotAHandOff,
-            "loop_done comes only with the hand-off of the run that finished the task (send it from the run, or with its from_run_id); nothing was changed",
-        ));
-    };
     refuse_after_shutdown(app)?;
-    let mut announced = req.clone();
-    announced.zulip_message = format!(
-        "{}\nLooper: the loop in {} is finished: run {run_id} handed off with done. Autopoll starts nothing more there; `looper resume` or a trigger of yours starts it again.",
-        req.zulip_message,
-        workspace.display()
-    );
     // Saved before it is said: a finish that could not be written is no finish.
-    crate::autoloop::judge::finish_by_handoff(app, workspace, run_id)?;
+    let line = match req.handed_off_by.as_deref().filter(|_| handoff) {
+        // The stale check passed: the run is the live one, or the newest, ended on its own
+        // (its inbox file may be read after its exit).
+        Some(run_id) => {
+            crate::autoloop::judge::finish_by_handoff(app, workspace, run_id)?;
+            format!(
+                "Looper: the loop in {} is finished: run {run_id} handed off with done. Autopoll starts nothing more there; `looper resume` or a trigger of yours starts it again.",
+                workspace.display()
+            )
+        }
+        // The operator's own `--done`: they finish the loop (a run's hand-off names its run).
+        None if !handoff => {
+            crate::autoloop::judge::hold_by_operator(app, workspace, true, request_id)?.1
+        }
+        None => {
+            return Err(Refusal::new(
+                Why::NotAHandOff,
+                "loop_done comes only with the hand-off of the run that finished the task (send it from the run, or with its from_run_id); nothing was changed",
+            ))
+        }
+    };
+    let mut announced = req.clone();
+    announced.zulip_message = format!("{}\n{line}", req.zulip_message);
     let zulip_output = announce(app, &announced, request_id, true)?;
     Ok(json!({
         "ok": true,
