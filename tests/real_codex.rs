@@ -349,10 +349,15 @@ fn a_handoff_inside_the_startup_check_proceeds() {
     let first = std::thread::spawn(move || {
         l1.run(json!({"codex_prompt": prompt, "codex_exec_startup_check_seconds": 6}))
     });
-    // The agent's request reaches the inbox while the first /run still waits out its check.
+    // The agent's request is taken from the inbox (into taken/, until it is answered) while
+    // the first /run still waits out its check.
     let done = w.ws().join(".looper/inbox/done");
-    looper.wait("the hand-off in the inbox", || {
-        std::fs::read_dir(&done).ok()?.next().map(|_| ())
+    let taken = w.ws().join(".looper/inbox/taken");
+    looper.wait("the hand-off taken from the inbox", || {
+        [&taken, &done]
+            .iter()
+            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
+            .then_some(())
     });
     assert!(
         !first.is_finished(),
