@@ -48,6 +48,9 @@
 //! - `tick:<file>`: mark the first open `- [ ]` item of that file done;
 //! - `handoff:<message>`: drop a hand-off with `<message> from <run id>` (and
 //!   `from_run_id`) into `$LOOPER_INBOX`, as the agent's last step through the inbox does;
+//! - `handoff-or-done:<file>`: as the demo's agent does: a hand-off (through the inbox,
+//!   as `handoff:`) while `<file>` still has an open `- [ ]` item, else the loop's finish
+//!   (`loop_done`), then exit 0;
 //! - `row-check`: write `$FAKE_CODEX_RECORD_DIR/row-<pid>.txt`: `yes` when
 //!   `$CODEX_EXEC_LOG_DIR/runs.jsonl` holds a row of `$LOOPER_RUN_ID` as the run starts.
 //!
@@ -199,17 +202,37 @@ fn main() {
                     .process_group(0);
                 helpers.push(c.spawn().expect("spawn output holder").id());
             }
-            "handoff" => {
+            "handoff" | "handoff-or-done" => {
                 let inbox = std::env::var("LOOPER_INBOX").expect("LOOPER_INBOX");
                 let run_id = std::env::var("LOOPER_RUN_ID").unwrap_or_default();
-                let body = serde_json::json!({
-                    "zulip_message": format!("{arg} from {run_id}"),
-                    "from_run_id": run_id,
-                });
+                let done = cmd == "handoff-or-done"
+                    && !std::fs::read_to_string(arg)
+                        .unwrap_or_default()
+                        .lines()
+                        .any(|l| l.trim_start().starts_with("- [ ]"));
+                let body = match (cmd, done) {
+                    ("handoff", _) => serde_json::json!({
+                        "zulip_message": format!("{arg} from {run_id}"),
+                        "from_run_id": run_id,
+                    }),
+                    (_, false) => serde_json::json!({
+                        "zulip_message": format!("{arg}: on to the next item"),
+                        "from_run_id": run_id,
+                    }),
+                    (_, true) => serde_json::json!({
+                        "zulip_message": format!("{arg}: every item is done"),
+                        "from_run_id": run_id,
+                        "loop_done": true,
+                    }),
+                };
                 let name = format!("handoff-{run_id}");
                 let tmp = format!("{inbox}/{name}.json.tmp");
                 std::fs::write(&tmp, body.to_string()).expect("write the hand-off");
                 std::fs::rename(&tmp, format!("{inbox}/{name}.json")).expect("hand off");
+                if done {
+                    // Nothing replaces it: its turn is over.
+                    std::process::exit(0);
+                }
             }
             "term-handoff" => {
                 let term = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

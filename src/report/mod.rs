@@ -126,8 +126,9 @@ pub struct Sources {
 
 impl Sources {
     /// The start of a run in `workspace`, read before it is spawned (so that a quick first
-    /// commit is the run's own): the TODO file and HEAD. The work tree's fingerprint, which
-    /// may take git longer, is [`Sources::tree_at_start`]'s.
+    /// commit is the run's own): the TODO file and HEAD, from files. The work tree's
+    /// fingerprint, which may take git longer, is [`Sources::tree_at_start`]'s. Read at a
+    /// run's exit, the same is how it left them.
     pub fn at_start(&self, workspace: &Path) -> StartState {
         let text = self.todo_text(workspace);
         StartState {
@@ -171,6 +172,7 @@ impl Sources {
         &self,
         workspace: &Path,
         start: &StartState,
+        end: &StartState,
         git: Option<&Git>,
         tree: Option<&crate::report::git::Tree>,
     ) -> Option<bool> {
@@ -181,10 +183,7 @@ impl Sources {
             g.commits.is_some_and(|n| n > 0)
                 || (g.head_before.is_some() && g.head_before != g.head_after)
         });
-        let todo = start
-            .todo_digest
-            .zip(self.todo_text(workspace).as_deref().map(digest))
-            .map(|(a, b)| a != b);
+        let todo = start.todo_digest.zip(end.todo_digest).map(|(a, b)| a != b);
         let tree = start
             .tree
             .zip(tree.map(|t| t.digest(workspace)))
@@ -196,19 +195,31 @@ impl Sources {
     }
 
     /// What the run did, from its output (`output`, what it printed), its session file, the
-    /// workspace and `start`. Written for a run that ended, and good for one still live (a
-    /// hand-off's summary of the run it replaces).
-    pub fn report(&self, workspace: &Path, output: &Output, start: &StartState) -> Report {
+    /// workspace, `start`, and `end`: HEAD and the TODO list as the run left them, read at
+    /// its exit (the next run may be at work by the time git is asked the rest); read now
+    /// when `None`.
+    pub fn report(
+        &self,
+        workspace: &Path,
+        output: &Output,
+        start: &StartState,
+        end: Option<StartState>,
+    ) -> Report {
+        let end = end.unwrap_or_else(|| self.at_start(workspace));
         let (tokens, session, printed) = self.tokens_and_message(output);
         let budget = crate::report::git::Budget::new(END_BUDGET);
         let tree = self
             .git
             .then(|| crate::report::git::Tree::read(workspace, &budget))
-            .flatten();
+            .flatten()
+            .map(|mut t| {
+                t.head = end.head.clone();
+                t
+            });
         let git = self.git.then(|| {
             crate::report::git::state(workspace, start.head.clone(), tree.as_ref(), &budget)
         });
-        let progress = self.progress(workspace, start, git.as_ref(), tree.as_ref());
+        let progress = self.progress(workspace, start, &end, git.as_ref(), tree.as_ref());
         Report {
             session_id: printed.session_id,
             tokens,
@@ -217,7 +228,7 @@ impl Sources {
             last_message_path: None,
             git,
             todo_before: start.todo,
-            todo_after: self.todo(workspace),
+            todo_after: end.todo,
             progress,
         }
     }

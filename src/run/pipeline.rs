@@ -557,9 +557,15 @@ fn handoff_summary(app: &App, req: &RunRequest) -> Option<String> {
         .report_sources
         .so_far(&live.workspace, &output, &start);
     let seconds = live.started.elapsed().as_secs_f64();
+    // A run that finishes the loop is not handed off: nothing replaces it.
+    let how = if req.loop_done {
+        "finished the loop"
+    } else {
+        Outcome::HandedOff.as_str()
+    };
     Some(format!(
         "↳ {}",
-        crate::report::summary(run_id, Outcome::HandedOff.as_str(), seconds, &now)
+        crate::report::summary(run_id, how, seconds, &now)
     ))
 }
 

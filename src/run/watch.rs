@@ -141,6 +141,9 @@ impl Watcher {
                 log::info!("cgroup.lingering run_id={rid} hint=\"a process the run left is stopped with the next stop\"");
             }
         }
+        // HEAD and the TODO list as the run left them (files: read at once, before the
+        // next run can change them).
+        let end = app.cfg().report_sources.at_start(&self.run.workspace);
         let limit = usage_limit(&self.run, self.output_start, return_code);
         let Some(exited) = app.registry().exited(rid, return_code, limit.is_some()) else {
             return;
@@ -149,7 +152,7 @@ impl Watcher {
         // The report asks git: not while a run is being set up (it is often the run that
         // replaced this one).
         app.registry().guard().wait_free(YIELD_TO_SETUP);
-        let report = report(app, &self.run, self.output_start, &start);
+        let report = report(app, &self.run, self.output_start, &start, end);
         let row = exited.row(report);
         finish(app, &exited, row, limit, self.output_start);
         // A run's report and messages came and went: what the heap freed goes back.
@@ -192,13 +195,20 @@ fn usage_limit(
     crate::rules::usage_limit::detect(&tail, chrono::Local::now())
 }
 
-/// What the run did, its last message kept beside its log.
-fn report(app: &App, run: &LiveRun, output_start: u64, start: &StartState) -> crate::model::Report {
+/// What the run did (`end`: as it left HEAD and the TODO list), its last message kept
+/// beside its log.
+fn report(
+    app: &App,
+    run: &LiveRun,
+    output_start: u64,
+    start: &StartState,
+    end: StartState,
+) -> crate::model::Report {
     let output = crate::report::Output::read(&run.log_path, output_start);
     let mut report = app
         .cfg()
         .report_sources
-        .report(&run.workspace, &output, start);
+        .report(&run.workspace, &output, start, Some(end));
     crate::report::keep_last_message(&mut report, &run.log_path);
     report
 }
@@ -335,7 +345,7 @@ fn settle(app: &Arc<App>, row: Row) {
     let mut report = app
         .cfg()
         .report_sources
-        .report(&row.workspace, &output, &start);
+        .report(&row.workspace, &output, &start, None);
     crate::report::keep_last_message(&mut report, &row.log_path);
     let (run_id, pid) = (row.run_id.clone(), row.pid);
     let settled = Row {

@@ -185,7 +185,9 @@ fn hold_in(s: &mut Saved, workspace: &Path, hold: Hold) -> bool {
             }
             false
         }
-        Some(h) if h.state == HoldState::Finished && hold.state != HoldState::Finished => false,
+        // A finished loop stays finished as it was (a run's `--done` and its exit with an
+        // empty list finish it once, said once); no pause replaces a finish.
+        Some(h) if h.state == HoldState::Finished => false,
         _ => {
             s.holds.insert(k, hold);
             true
