@@ -329,12 +329,10 @@ fn the_wrapper_script_is_a_drop_in() {
     assert!(common::alive(next));
 }
 
-/// Every environment variable the README names is one the parser knows, and back.
-#[test]
-fn readme_and_parser_know_the_same_variables() {
-    let readme = common::read(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+/// The environment variables a text names.
+fn variables_in(text: &str) -> std::collections::BTreeSet<String> {
     let mut named = std::collections::BTreeSet::new();
-    for word in readme.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         let var = ["LOOPER_", "CODEX_EXEC_", "CODEX_HOME", "ZULIP_", "ZULIPRC_"]
             .iter()
             .any(|p| word.starts_with(p));
@@ -347,21 +345,100 @@ fn readme_and_parser_know_the_same_variables() {
             named.insert(word.to_string());
         }
     }
-    let known: std::collections::BTreeSet<String> = looper::KNOWN_VARS
-        .iter()
-        .chain(looper::CLIENT_VARS)
-        .map(|s| s.to_string())
-        .collect();
+    named
+}
+
+/// Every environment variable the README and `docs/` name is one the parser knows, and
+/// every one the parser knows is in `docs/configuration.md`.
+#[test]
+fn the_docs_and_the_parser_know_the_same_variables() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut all = common::read(root.join("README.md"));
+    for doc in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
+        if doc.path().extension().is_some_and(|e| e == "md") {
+            all.push_str(&common::read(doc.path()));
+        }
+    }
+    let named = variables_in(&all);
+    let in_table = variables_in(&common::read(root.join("docs/configuration.md")));
+    let set = |vars: &[&str]| -> std::collections::BTreeSet<String> {
+        vars.iter().map(|s| s.to_string()).collect()
+    };
+    let (server, client) = (set(looper::KNOWN_VARS), set(looper::CLIENT_VARS));
+    let known: std::collections::BTreeSet<String> = server.union(&client).cloned().collect();
     let unknown: Vec<&String> = named.difference(&known).collect();
-    let undocumented: Vec<&String> = known.difference(&named).collect();
+    // The server's variables are in the table; the ones a run or a client reads may be
+    // explained where they are used.
+    let mut undocumented: Vec<&String> = server.difference(&in_table).collect();
+    undocumented.extend(client.difference(&named));
     assert!(
         unknown.is_empty(),
-        "README names variables the parser does not know: {unknown:?}"
+        "the docs name variables the parser does not know: {unknown:?}"
     );
     assert!(
         undocumented.is_empty(),
-        "variables missing from the README: {undocumented:?}"
+        "variables missing from docs/configuration.md: {undocumented:?}"
     );
+}
+
+/// Every link in the README and `docs/` to a file of the repository or a heading leads
+/// somewhere: the file exists, and the heading is in it.
+#[test]
+fn every_link_in_the_docs_leads_somewhere() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![root.join("README.md"), root.join("SECURITY.md")];
+    for doc in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
+        if doc.path().extension().is_some_and(|e| e == "md") {
+            docs.push(doc.path());
+        }
+    }
+    let anchors = |text: &str| -> Vec<String> {
+        let mut in_code = false;
+        text.lines()
+            .filter(|l| {
+                if l.starts_with("```") {
+                    in_code = !in_code;
+                }
+                !in_code && l.starts_with('#')
+            })
+            .map(|l| {
+                l.trim_start_matches('#')
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                    .collect::<String>()
+                    .replace(' ', "-")
+            })
+            .collect()
+    };
+    let mut broken = Vec::new();
+    for doc in &docs {
+        let text = common::read(doc);
+        for link in text.split("](").skip(1) {
+            let Some(target) = link.split(')').next() else {
+                continue;
+            };
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let path = if file.is_empty() {
+                doc.clone()
+            } else {
+                doc.parent().unwrap().join(file)
+            };
+            if !path.exists() {
+                broken.push(format!("{}: {target} (no such file)", doc.display()));
+            } else if !anchor.is_empty()
+                && path.extension().is_some_and(|e| e == "md")
+                && !anchors(&common::read(&path)).iter().any(|a| a == anchor)
+            {
+                broken.push(format!("{}: {target} (no such heading)", doc.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
 /// `looper logs` with nothing running shows the newest run's log; `-f` on a run that gets

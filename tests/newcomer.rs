@@ -183,7 +183,7 @@ fn an_address_in_use_says_what_to_do() {
     );
 }
 
-/// The README's check of the systemd unit works where there is no login session (no
+/// The docs' check of the systemd unit works where there is no login session (no
 /// `XDG_RUNTIME_DIR`: ssh, sudo, CI), once looper is installed where the unit looks.
 #[test]
 fn the_readmes_unit_check_works_without_a_session() {
@@ -193,11 +193,11 @@ fn the_readmes_unit_check_works_without_a_session() {
     };
     assert!(found.status.success());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let line = readme
+    let docs = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    let line = docs
         .split('`')
         .find(|part| part.contains("systemd-analyze") && part.contains("verify"))
-        .expect("the README gives a systemd-analyze command")
+        .expect("docs/api.md gives a systemd-analyze command")
         .to_string();
     let fx = Fixture::new("unit-check");
     let home = fx.path("home");
