@@ -418,6 +418,12 @@ fn the_page_draws_the_burndown_and_a_runs_whole_last_message() {
     assert!(first_row.contains("11,023"), "{first_row}");
     assert!(first_row.contains("Ticked one more item."), "{first_row}");
     assert!(!first_row.contains("THE END"), "{first_row}");
+    // The README's picture of the page, from its top: made here, so that it shows the page
+    // as it is.
+    s.script("window.scrollTo(0, 0); return true;");
+    let shot = s.screenshot("looper-page-readme.png");
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/looper-page.png");
+    std::fs::copy(&shot, docs).expect("the README's picture");
     // A run's detail: its last message whole.
     assert!(!s.displayed("#run-detail"));
     s.click("#runs-table tbody tr");
@@ -433,10 +439,7 @@ fn the_page_draws_the_burndown_and_a_runs_whole_last_message() {
     ] {
         assert!(detail.contains(shown), "{shown:?} in {detail}");
     }
-    let shot = s.screenshot("looper-page-progress.png");
-    // The README's picture of the page: made here, so that it shows the page as it is.
-    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/looper-page.png");
-    std::fs::copy(&shot, docs).expect("the README's picture");
+    s.screenshot("looper-page-progress.png");
 }
 
 /// A paused loop shows on the page with its reason and its end, and the page's Resume
