@@ -307,10 +307,15 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
                 crate::run::codex::LOCAL_CANDIDATES.join(", ")
             ),
         };
+        let hint = match &app.cfg().codex_exec_binary {
+            Some(_) => "fix CODEX_EXEC_BINARY (a path to an executable, or a name on PATH), or unset it to use codex from PATH",
+            None => "install codex, put it on PATH (under systemd: a PATH line in the unit's env file), or set CODEX_EXEC_BINARY",
+        };
         log::warn!(
-            "config.codex_missing name={} tried={} hint=\"install codex, put it on PATH (under systemd: a PATH line in the unit's env file), or set CODEX_EXEC_BINARY\"",
+            "config.codex_missing name={} tried={} hint={}",
             Q(&name),
-            Q(&tried)
+            Q(&tried),
+            Q(hint)
         );
     }
     if let Some(file) = &app.cfg().prompt_file {

@@ -152,10 +152,49 @@ fn trigger_follow_tails_the_run() {
         out.contains("step one\nstep two\n\n# codex_exec_return_code=0\n"),
         "{out}"
     );
-    // Stdout is the log alone; the JSON answer went to stderr.
+    // Stdout is the log alone; stderr says in short lines what happened, not the JSON
+    // answer with its prompt.
     assert!(!out.contains("\"ok\":"), "{out}");
-    assert!(stderr(&o).contains("\"ok\":true"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("run exited with return code 0"));
+    let err = stderr(&o);
+    assert!(!err.contains("\"ok\":") && !err.contains('{'), "{err}");
+    assert!(err.contains("no run was live; nothing stopped"), "{err}");
+    assert!(err.contains("run exited with return code 0"), "{err}");
+}
+
+/// `logs -f` of a run that Looper stops as it shuts down shows the run's end (the return
+/// code's line, read from the log file once Looper no longer answers), and ends by saying
+/// so, with the run's failure as its exit code.
+#[test]
+fn logs_follow_sees_the_end_when_looper_stops() {
+    let fx = Fixture::new("cli-logs-shutdown");
+    let mut looper = fx.start(&[("FAKE_CODEX", "print:output of a run;sleep:600")]);
+    let a = looper.run(json!({"codex_prompt": "long"}));
+    let a_id = run_id_of(&a);
+    let (out, err) = (fx.path("follow.out"), fx.path("follow.err"));
+    let mut follower = Command::new(common::looper_binary())
+        .args(["logs", "-f"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &fx.dir)
+        .env("LOOPER_URL", url(&looper))
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    looper.wait("the follower to print the run's output", || {
+        common::read(&out).contains("output of a run").then_some(())
+    });
+    looper.signal(libc::SIGTERM);
+    assert_eq!(looper.wait_exit(), Some(0), "{}", looper.tail());
+    let status = follower.wait().unwrap();
+    let (text, said) = (common::read(&out), common::read(&err));
+    assert!(
+        text.contains("# codex_exec_return_code=-15"),
+        "{text}\n{said}\nthe log: {}",
+        common::read(a.body["codex_exec_result"]["log_path"].as_str().unwrap())
+    );
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("run {a_id} ended")), "{said}");
 }
 
 /// `status` reads well and `--json` is the raw answer; `runs` is a table.

@@ -137,8 +137,8 @@ fn the_wrapper_works_from_a_run_under_a_bare_path() {
 }
 
 /// Start-up says what the first trigger would find out: a codex binary that cannot be
-/// found (naming what was tried), an unreadable `LOOPER_PROMPT_FILE`; and typo'd variables
-/// are named even when the start then fails.
+/// found (naming what was tried, and the setting to fix), an unreadable
+/// `LOOPER_PROMPT_FILE`; and typo'd variables are named even when the start then fails.
 #[test]
 fn start_up_checks_what_it_can() {
     let fx = Fixture::new("startup-checks");
@@ -156,6 +156,17 @@ fn start_up_checks_what_it_can() {
     assert!(
         log.contains("config.prompt_file_unreadable path=/nonexistent/prompt.md"),
         "{log}"
+    );
+    // The hint and the run's refusal name the setting that leads nowhere, not PATH.
+    assert!(log.contains("hint=\"fix CODEX_EXEC_BINARY"), "{log}");
+    let a = looper.run(json!({"codex_prompt": "x"}));
+    assert_eq!(a.status, 500, "{}", a.body);
+    let error = a.body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("required tool is missing")
+            && error.contains("CODEX_EXEC_BINARY=/nonexistent/codex")
+            && !error.contains("PATH:"),
+        "{error}"
     );
     drop(looper);
     let (mut child, stderr_path) = fx.spawn(&[("LOOPER_PROT", "3457"), ("LOOPER_PORT", "http")]);
@@ -250,4 +261,34 @@ fn the_stop_scope_in_force_is_said() {
         let said = format!("a trigger stops: {words} (LOOPER_STOP_SCOPE={scope})");
         assert!(common::stdout(&o).contains(&said), "{}", common::stdout(&o));
     }
+}
+
+/// A relative `workspace` in a body is refused, naming what to send, and changes nothing: it
+/// would be taken against Looper's working directory, not the caller's. `~/…` is the home's.
+#[test]
+fn a_relative_workspace_is_refused() {
+    let fx = Fixture::new("relative-ws");
+    std::fs::create_dir_all(fx.path("home-ws")).unwrap();
+    common::make_git_repo(&fx.path("home-ws"));
+    let looper = fx.start_in(&fx.path(""), &[]);
+    for body in [
+        json!({"zulip_message": "go", "codex_prompt": "x", "workspace": "ws"}),
+        json!({"zulip_message": "go", "codex_prompt": "x", "workspace": "./ws"}),
+    ] {
+        let a = looper.run(body);
+        assert_eq!(a.status, 400, "{}", a.body);
+        let error = a.body["error"].as_str().unwrap_or_default();
+        assert!(error.contains("absolute path"), "{error}");
+    }
+    let a = looper.post("/pause", r#"{"workspace": "ws"}"#);
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(looper.records().is_empty(), "a run started");
+    let status = looper.get("/status").body;
+    assert_eq!(status["holds"], json!([]), "{status}");
+    // `~/…` is the server's home (the fixture's HOME is its directory).
+    let a =
+        looper.run(json!({"zulip_message": "go", "codex_prompt": "x", "workspace": "~/home-ws"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let ws = a.body["workspace"].as_str().unwrap_or_default().to_string();
+    assert!(ws.ends_with("/home-ws"), "{}", a.body);
 }

@@ -255,3 +255,36 @@ fn the_configured_script_carries_every_message() {
         looper.tail()
     );
 }
+
+/// A site given without its scheme is spoken to with https; when that meets a plain-http
+/// server (which answers the TLS greeting with an HTTP error, as web servers do), the answer
+/// asks whether it is plain http, not only in the TLS library's words; nothing was stopped
+/// or started.
+#[test]
+fn a_site_without_its_scheme_asks_whether_it_is_plain_http() {
+    use std::io::{Read, Write};
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bare = format!("127.0.0.1:{}", plain.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for mut stream in plain.incoming().flatten() {
+            let mut greeting = [0u8; 512];
+            let _ = stream.read(&mut greeting);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let fx = Fixture::new("zulip-noscheme");
+    let looper = fx.start(&[
+        ("ZULIP_SITE", &bare),
+        ("ZULIP_BOT_EMAIL", FakeZulip::EMAIL),
+        ("ZULIP_BOT_API_KEY", FakeZulip::KEY),
+    ]);
+    let a = looper.run(json!({"zulip_message": "hi", "codex_prompt": "x"}));
+    assert_eq!(a.status, 502, "{}", a.body);
+    let error = a.body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("https://{bare}")) && error.contains("is it plain http?"),
+        "{error}\n{}",
+        looper.tail()
+    );
+    assert!(looper.records().is_empty(), "a run started");
+}

@@ -116,7 +116,10 @@ fn workspace_field(
 ) -> Result<Option<std::path::PathBuf>, Refusal> {
     match fields.get("workspace") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(w)) if !w.trim().is_empty() => Ok(Some(app.workspace_named(Some(w)))),
+        Some(Value::String(w)) if !w.trim().is_empty() => {
+            let w = crate::run::request::absolute_workspace(w.clone())?;
+            Ok(Some(app.workspace_named(Some(&w))))
+        }
         Some(_) => Err(Refusal::bad_request(
             "workspace is a directory's path (a non-empty string); nothing was changed",
         )),

@@ -142,6 +142,17 @@ usage: looper runs [--limit N] [--json] [--url URL]
   --limit N   how many (default 20, at most 1000)
   --json      print the raw /runs answer
 
+columns: RC is the return code (`running` while it runs, `?` when it could not be
+learnt, -N after signal N); TOKENS what the model reported; COMMITS made during the run.
+NOTE says why a run ended other than by itself (empty: it exited on its own, RC says how):
+  handed_off   it asked for the next run, which replaced it (a success)
+  replaced     a run someone else asked for replaced it
+  stopped      the operator stopped it and started nothing (empty prompt, Stop)
+  hung         its log stopped growing for LOOPER_HUNG_RUN_SECONDS
+  shutdown     Looper shut down and stopped it
+  external     someone else ended it (SIGTERM, SIGINT or SIGHUP Looper did not send)
+  usage_limit  it ended on codex's usage limit
+
 examples:
   looper runs
   looper runs --limit 5";
@@ -218,4 +229,40 @@ fn serve_help() -> String {
         "\nexamples:\n  looper\n  LOOPER_WORKSPACE=~/src/app LOOPER_PORT=3457 looper serve",
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::StopReason;
+
+    /// `looper runs --help` explains every word its NOTE column can show.
+    #[test]
+    fn the_runs_help_explains_every_note() {
+        let every = [
+            StopReason::HandedOff,
+            StopReason::Replaced,
+            StopReason::Stopped,
+            StopReason::Hung,
+            StopReason::Shutdown,
+            StopReason::External,
+            StopReason::UsageLimit,
+        ];
+        // A new reason fails to compile here until it is listed above (and explained).
+        for reason in every {
+            match reason {
+                StopReason::HandedOff
+                | StopReason::Replaced
+                | StopReason::Stopped
+                | StopReason::Hung
+                | StopReason::Shutdown
+                | StopReason::External
+                | StopReason::UsageLimit => {}
+            }
+            let line = format!("\n  {} ", reason.as_str());
+            assert!(
+                super::RUNS_HELP.contains(&line),
+                "{line:?} is not explained"
+            );
+        }
+    }
 }

@@ -28,8 +28,22 @@ pub fn logs(l: &Logs, env: &HashMap<String, String>, out: &mut dyn Write) -> Res
         return Ok(0);
     }
     loop {
-        let rc = follow(&base, env, &run_id, None, None, out)?;
-        let next = next_run(&base, env, &run_id, l.follow_loop)?;
+        // The run's pid and log file: when Looper goes away meanwhile (stopped, restarted),
+        // the run's end and its last lines (the return code's among them) come from these.
+        let row = find_row(&base, env, &run_id)?;
+        let pid = row.as_ref().and_then(|r| r["pid"].as_u64());
+        let local = row
+            .as_ref()
+            .and_then(|r| r["log_path"].as_str().map(str::to_string));
+        let rc = follow(&base, env, &run_id, pid, local.as_deref(), out)?;
+        let next = match next_run(&base, env, &run_id, l.follow_loop) {
+            Ok(next) => next,
+            Err(Fail::Error(e)) => {
+                note!("looper: run {run_id} ended; no next run to follow: {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         match (&next, l.follow_loop) {
             (Some((id, how)), true) => {
                 note!("looper: run {run_id} {how}; following run {id}");
@@ -116,6 +130,17 @@ fn next_run(
     }
 }
 
+/// Run `run_id`'s row among the newest in the server's history (`None`: fallen out of them).
+fn find_row(
+    base: &str,
+    env: &HashMap<String, String>,
+    run_id: &str,
+) -> Result<Option<serde_json::Value>, Fail> {
+    let (_, mut runs) = call("GET", base, "/runs?limit=100", None, env)?;
+    let rows = runs["runs"].as_array_mut().map(std::mem::take);
+    Ok(rows.and_then(|rows| rows.into_iter().find(|r| r["run_id"] == run_id)))
+}
+
 /// Whether run `run_id` has ended, as the server's history says: `Some(return code)` once
 /// it has (`Some(None)`: ended, code unknown), `None` while it runs. `Err` when the server
 /// cannot be asked.
@@ -124,11 +149,7 @@ fn run_end(
     env: &HashMap<String, String>,
     run_id: &str,
 ) -> Result<Option<Option<i32>>, Fail> {
-    let (_, runs) = call("GET", base, "/runs?limit=100", None, env)?;
-    let row = runs["runs"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["run_id"] == run_id));
-    Ok(match row {
+    Ok(match find_row(base, env, run_id)? {
         Some(r) if r["ended_at"].is_null() => None,
         Some(r) => Some(r["return_code"].as_i64().map(|c| c as i32)),
         // Fallen out of the newest rows: long over.

@@ -19,8 +19,8 @@ use super::Fail;
 /// `LOOPER_INBOX_WAIT_SECONDS` says otherwise.
 const INBOX_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
-/// Asks for a fresh run, prints the JSON answer (on stderr with `--follow`, whose stdout is
-/// the run's log), and says on stderr what came of it.
+/// Asks for a fresh run, prints the JSON answer (with `--follow`, whose stdout is the run's
+/// log, a line of it on stderr), and says on stderr what came of it.
 pub fn trigger(
     t: &Trigger,
     env: &HashMap<String, String>,
@@ -31,9 +31,16 @@ pub fn trigger(
     let Some((status, answer)) = send(t, &base, &body, env)? else {
         return Ok(0);
     };
-    // Followed, stdout is the run's log alone: the answer goes to stderr.
+    // Followed, stdout is the run's log alone, and stderr says in a line what was stopped
+    // (the lines below say the rest); `looper runs` and `/runs` keep the whole answer.
     if t.follow {
-        note!("{answer}");
+        if let Some(pids) = answer["killed_codex_exec_pids"].as_array() {
+            let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            match pids.len() {
+                0 => note!("looper: no run was live; nothing stopped"),
+                n => note!("looper: stopped {n} live run(s): pid {}", pids.join(", ")),
+            }
+        }
     } else {
         let _ = writeln!(out, "{answer}");
     }

@@ -172,11 +172,22 @@ fn plan(app: &App, req: &RunRequest) -> Result<Plan, Refusal> {
             Some(_) => Refusal::bad_request(format!(
                 "codex_exec_binary not found: {name} (give a path to an executable, or a name on the server's PATH)"
             )),
-            None => Refusal::new(Why::Broken, format!("required tool is missing from PATH: {name}")),
+            None => Refusal::new(Why::Broken, missing_codex(app.cfg().codex_exec_binary.as_deref(), &name)),
         })?;
         plan.binary = Some(found);
     }
     Ok(plan)
+}
+
+/// What a missing codex is called: "missing from PATH" (the original's words) only when PATH
+/// was where it was looked for; a `CODEX_EXEC_BINARY` that leads nowhere is named as such.
+pub fn missing_codex(configured: Option<&str>, name: &str) -> String {
+    match configured {
+        Some(setting) => format!(
+            "required tool is missing: CODEX_EXEC_BINARY={setting} is not an executable (fix CODEX_EXEC_BINARY, or unset it to use codex from PATH)"
+        ),
+        None => format!("required tool is missing from PATH: {name}"),
+    }
 }
 
 /// Looper's own files (run logs, the history, the server log) never lie inside a workspace

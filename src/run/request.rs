@@ -107,6 +107,17 @@ fn not_utf8(body: &[u8]) -> Refusal {
 
 /// Parses and validates a `/run` body. Unknown fields are listed in `ignored_fields`, not
 /// refused; which known fields a caller may send is [`crate::run::trust::admit`]'s call.
+/// A `workspace` from a body is absolute (or `~/…`): a relative one would be taken against
+/// Looper's working directory, which is not the caller's, and a run would start elsewhere.
+pub fn absolute_workspace(w: String) -> Result<String, Refusal> {
+    if w.starts_with('/') || w == "~" || w.starts_with("~/") {
+        return Ok(w);
+    }
+    Err(Refusal::bad_request(format!(
+        "workspace must be an absolute path (or start with ~/), not {w:?}: Looper cannot know the directory it was meant from; nothing was changed"
+    )))
+}
+
 pub fn parse_request(body: &[u8]) -> Result<RunRequest, Refusal> {
     if std::str::from_utf8(body).is_err() {
         return Err(not_utf8(body));
@@ -146,7 +157,10 @@ pub fn parse_request(body: &[u8]) -> Result<RunRequest, Refusal> {
     Ok(RunRequest {
         zulip_message,
         prompt,
-        workspace: non_empty(string_field(&obj, "workspace")?),
+        workspace: match non_empty(string_field(&obj, "workspace")?) {
+            Some(w) => Some(absolute_workspace(w)?),
+            None => None,
+        },
         codex_exec_binary: non_empty(string_field(&obj, "codex_exec_binary")?),
         delay: delay.map(Duration::from_secs_f64),
         startup_check: seconds_field(&obj, "codex_exec_startup_check_seconds")?
@@ -221,6 +235,9 @@ mod tests {
                 "codex_prompt",
             ),
             (r#"{"zulip_message":"m","workspace":{}}"#, "workspace"),
+            (r#"{"zulip_message":"m","workspace":"app"}"#, "absolute"),
+            (r#"{"zulip_message":"m","workspace":"./app"}"#, "absolute"),
+            (r#"{"zulip_message":"m","workspace":"~app"}"#, "absolute"),
             (
                 r#"{"zulip_message":"m","codex_exec_delay_seconds":-1}"#,
                 "codex_exec_delay_seconds",
@@ -340,7 +357,12 @@ mod tests {
             // The legacy delays are summed only when the modern field is absent.
             let legacy_ok =
                 seconds[2..].iter().all(|k| secs_ok(k)) && (delay_given || legacy_sum <= 86400.0);
+            // A workspace, when given (not blank), is absolute or under `~/`.
+            let workspace_ok = get("workspace").and_then(Value::as_str).is_none_or(|w| {
+                w.trim().is_empty() || w.starts_with('/') || w == "~" || w.starts_with("~/")
+            });
             let expect_ok = message_ok
+                && workspace_ok
                 && strings.iter().all(|k| string_ok(k))
                 && secs_ok("codex_exec_delay_seconds")
                 && secs_ok("codex_exec_startup_check_seconds")

@@ -33,6 +33,8 @@ pub struct Credentials {
     key: String,
     /// `env` or `zuliprc:<path>[<section>]`, for `looper zulip check` and the start log.
     pub source: String,
+    /// The site was given without `http://` or `https://`, and `https://` was put in front.
+    pub scheme_guessed: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -108,10 +110,15 @@ fn get<'a>(env: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
     env.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
+fn has_scheme(site: &str) -> bool {
+    let s = site.trim();
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 /// `https://` when the scheme is missing; no trailing `/` or `/api`.
 pub fn normalize_site(site: &str) -> String {
     let mut s = site.trim().to_string();
-    if !s.starts_with("http://") && !s.starts_with("https://") {
+    if !has_scheme(&s) {
         s = format!("https://{s}");
     }
     loop {
@@ -179,6 +186,7 @@ fn credentials_from_zuliprc(text: &str, profile: &str, path: &Path) -> Result<Cr
     let (name, map) = chosen;
     Ok(Credentials {
         site: normalize_site(&map["site"]),
+        scheme_guessed: !has_scheme(&map["site"]),
         email: map["email"].clone(),
         key: map["key"].clone(),
         source: format!("zuliprc:{}[{name}]", path.display()),
@@ -267,6 +275,7 @@ impl Zulip {
             }
             Some(Credentials {
                 site: normalize_site(direct[0].1.unwrap_or_default()),
+                scheme_guessed: !has_scheme(direct[0].1.unwrap_or_default()),
                 email: direct[1].1.unwrap_or_default().to_string(),
                 key: direct[2].1.unwrap_or_default().to_string(),
                 source: "env".to_string(),
@@ -367,7 +376,7 @@ impl Zulip {
                 .with_body(body.clone())
                 .with_timeout(self.timeout_secs)
                 .send()
-                .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
+                .map_err(|e| unreachable(creds, &e))?;
             if response.status_code == 429 && attempt == 1 {
                 let header = response
                     .headers
@@ -426,6 +435,30 @@ fn retry_after(value: Option<&str>, limit: Duration) -> Duration {
 }
 
 /// A Zulip answer as JSON when it is a success, else an error that says what Zulip said.
+/// Zulip could not be reached. A site given without its scheme got `https://`; when that, or
+/// a TLS handshake that fails on a garbled first record (`https://` spoken to a plain-http
+/// server), is the likely cause, the error asks whether the server is plain http.
+fn unreachable(creds: &Credentials, e: &minreq::Error) -> ZulipError {
+    let text = e.to_string();
+    let garbled = ["InvalidContentType", "corrupt message", "InvalidMessage"]
+        .iter()
+        .any(|w| text.contains(w));
+    let hint = if creds.site.starts_with("https://") && (garbled || creds.scheme_guessed) {
+        let given = if creds.scheme_guessed {
+            "the site has no scheme, so https:// was used; "
+        } else {
+            ""
+        };
+        format!(" ({given}is it plain http? then give the site with http://)")
+    } else {
+        String::new()
+    };
+    ZulipError(format!(
+        "Zulip is unreachable at {}: {text}{hint}",
+        creds.site
+    ))
+}
+
 fn parse_zulip_answer(response: &minreq::Response) -> Result<serde_json::Value, ZulipError> {
     let json: Option<serde_json::Value> = serde_json::from_slice(response.as_bytes()).ok();
     let ok = (200..300).contains(&response.status_code)
@@ -466,7 +499,7 @@ fn get_json(
         .with_header("Authorization", basic_auth(creds))
         .with_timeout(timeout_secs)
         .send()
-        .map_err(|e| ZulipError(format!("Zulip is unreachable at {}: {e}", creds.site)))?;
+        .map_err(|e| unreachable(creds, &e))?;
     parse_zulip_answer(&response)
 }
 
