@@ -292,3 +292,103 @@ fn a_relative_workspace_is_refused() {
     let ws = a.body["workspace"].as_str().unwrap_or_default().to_string();
     assert!(ws.ends_with("/home-ws"), "{}", a.body);
 }
+
+/// The README's "Your own loop" runs as written: its block, word for word, in a shell whose
+/// `HOME` holds `src/app` (a git repository with a `TODO.md`) and the README's prompt as
+/// `looper-prompt.md`, with `looper` on `PATH` and the fake codex as codex. The run starts in
+/// the repository with the prompt file's text, `looper status` says it, and `looper logs -f`
+/// shows its output to its return code.
+#[test]
+fn the_readmes_own_loop_runs_as_written() {
+    if !common::have_git() {
+        common::skip("git is not installed here");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = common::read(root.join("README.md"));
+    let section = readme
+        .split("## Your own loop")
+        .nth(1)
+        .expect("the README has a section \"Your own loop\"");
+    let block = section
+        .split("```bash\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its first bash block");
+    let prompt = readme
+        .split("```text\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the README's prompt");
+
+    let fx = Fixture::new("readme-loop");
+    let home = fx.path("home");
+    let app = home.join("src/app");
+    std::fs::create_dir_all(&app).unwrap();
+    common::git_workspace_with_todo(&app, "- [ ] the first item\n");
+    std::fs::write(home.join("looper-prompt.md"), prompt).unwrap();
+    let bin = fx.path("installed");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(common::looper_binary(), bin.join("looper")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    // The README's lines, between ours: whatever happens, the Looper it started ends.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{block}");
+    let out = Command::new("bash")
+        .args(["-e", "-c", &script])
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("HOME", &home)
+        .env("LOOPER_PORT", &port)
+        .env("LOOPER_STOP_SCOPE", "own")
+        .env("CODEX_EXEC_BINARY", &fx.codex_path)
+        .env("LOOPER_CODEX_PROCESS_NAMES", &fx.codex_name)
+        .env("CODEX_EXEC_LOG_DIR", fx.path("logs"))
+        .env("FAKE_CODEX_RECORD_DIR", fx.path("rec"))
+        .env("FAKE_CODEX", "record;print:worked on the first item;exit:0")
+        .output()
+        .unwrap();
+    let (said, err) = (common::stdout(&out), common::stderr(&out));
+    let server_log = std::fs::read_to_string(fx.path("logs/looper-server.log")).unwrap_or_default();
+    let tail: String = server_log
+        .lines()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(out.status.success(), "{block}\n{said}\n{err}\n{tail}");
+    assert!(
+        err.contains("looper: run ") && err.contains(" started, pid "),
+        "{err}"
+    );
+    assert!(
+        said.contains("active run:") || said.contains("last run:"),
+        "{said}"
+    );
+    assert!(
+        said.contains("worked on the first item") && said.contains("# codex_exec_return_code=0"),
+        "{said}\n{err}"
+    );
+    let records: Vec<serde_json::Value> = std::fs::read_dir(fx.path("rec"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| serde_json::from_str(&common::read(e.path())).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let argv = records[0]["argv"].as_array().unwrap();
+    assert_eq!(argv.last().unwrap(), &json!(prompt), "{argv:?}");
+    assert_eq!(
+        records[0]["cwd"],
+        json!(app.canonicalize().unwrap().to_string_lossy()),
+        "{}",
+        records[0]
+    );
+}
