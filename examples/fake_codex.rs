@@ -41,7 +41,8 @@
 //!   (input − cached + output, with thousands separators), then the message on stdout; and,
 //!   unless `FAKE_CODEX_NO_SESSION` is set, its session file under `$CODEX_HOME` (default
 //!   `~/.codex`) with a `token_count` and a `task_complete` event. The usage is
-//!   `$FAKE_CODEX_USAGE` (`input,cached,output,reasoning`; default `12345,2000,678,0`);
+//!   `$FAKE_CODEX_USAGE` (`input,cached,output,reasoning`; default `12345,2000,678,0`), the
+//!   account's windows `$FAKE_CODEX_LIMITS` (see [`rate_limits`]);
 //! - `turn-file:<path>`: `turn:` with the file's text as the message;
 //! - `commit:<message>`: `git add -A` and `git commit` in the working directory (with
 //!   `$FAKE_CODEX_GIT`, default `git`);
@@ -389,6 +390,31 @@ fn thousands(n: u64) -> String {
     }
 }
 
+/// The account's windows a turn reports: `$FAKE_CODEX_LIMITS` as
+/// `<used>:<minutes>:<resets in seconds>` for the 5-hour window, then, after a comma, the
+/// weekly one (`-` leaves a window out); by default 12.5 % and 40 % resetting in 2030.
+fn rate_limits(now: i64) -> serde_json::Value {
+    let Ok(spec) = std::env::var("FAKE_CODEX_LIMITS") else {
+        return serde_json::json!({
+            "primary": {"used_percent": 12.5, "window_minutes": 300, "resets_at": 1_900_000_000},
+            "secondary": {"used_percent": 40.0, "window_minutes": 10080, "resets_at": 1_900_500_000}});
+    };
+    let window = |w: &str| -> serde_json::Value {
+        let n: Vec<&str> = w.split(':').collect();
+        if n.len() != 3 {
+            return serde_json::Value::Null;
+        }
+        let used: f64 = n[0].parse().expect("FAKE_CODEX_LIMITS used");
+        let minutes: u64 = n[1].parse().expect("FAKE_CODEX_LIMITS minutes");
+        let resets_in: i64 = n[2].parse().expect("FAKE_CODEX_LIMITS resets in");
+        serde_json::json!({"used_percent": used, "window_minutes": minutes, "resets_at": now + resets_in})
+    };
+    let mut parts = spec.split(',');
+    let primary = window(parts.next().unwrap_or("-"));
+    let secondary = window(parts.next().unwrap_or("-"));
+    serde_json::json!({"primary": primary, "secondary": secondary})
+}
+
 /// Ends a turn the way `codex exec` does, in its output and its session file.
 fn turn(args: &[String], message: &str) {
     let usage = std::env::var("FAKE_CODEX_USAGE").unwrap_or_else(|_| "12345,2000,678,0".into());
@@ -424,15 +450,16 @@ fn turn(args: &[String], message: &str) {
         "rollout-{}-{session_id}.jsonl",
         now.format("%Y-%m-%dT%H-%M-%S")
     ));
-    let token_count = serde_json::json!({"type": "event_msg", "payload": {
+    let stamp = now
+        .to_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let token_count = serde_json::json!({"timestamp": stamp, "type": "event_msg", "payload": {
         "type": "token_count",
         "info": {"total_token_usage": {
             "input_tokens": input, "cached_input_tokens": cached,
             "output_tokens": output, "reasoning_output_tokens": reasoning,
             "total_tokens": input + output}},
-        "rate_limits": {
-            "primary": {"used_percent": 12.5, "window_minutes": 300, "resets_at": 1_900_000_000},
-            "secondary": {"used_percent": 40.0, "window_minutes": 10080, "resets_at": 1_900_500_000}}}});
+        "rate_limits": rate_limits(now.timestamp())}});
     let done = serde_json::json!({"type": "event_msg", "payload": {
         "type": "task_complete", "last_agent_message": message}});
     std::fs::write(file, format!("{token_count}\n{done}\n")).expect("session file");

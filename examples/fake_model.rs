@@ -11,6 +11,9 @@
 //! codex reads ([`PRIMARY`], [`SECONDARY`], resetting an hour and three days from now), so a
 //! test can hold what Looper records against what the model sent.
 //!
+//! `FAKE_MODEL_LIMITS=<path>` names a file read at each request with other windows to report
+//! (see [`windows`]).
+//!
 //! With `FAKE_MODEL_USAGE_LIMIT=<unix seconds>` every request is answered `429` with codex's
 //! `usage_limit_reached` error, resetting at that time. With `FAKE_MODEL_LOG=<path>` each
 //! request body is appended to that file (for a person reading what codex sent).
@@ -98,13 +101,40 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
 }
 
+/// The windows this request reports: [`PRIMARY`] and [`SECONDARY`], unless the file named
+/// by `FAKE_MODEL_LIMITS` says otherwise, read at each request (so that a test can walk a
+/// window): `<used>:<minutes>:<seconds to the reset>` for the 5-hour window, a comma, the
+/// same for the weekly one (`-` leaves a window out).
+fn windows() -> Vec<(&'static str, (f64, u64, i64))> {
+    let defaults = vec![("primary", PRIMARY), ("secondary", SECONDARY)];
+    let Some(path) = std::env::var_os("FAKE_MODEL_LIMITS") else {
+        return defaults;
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return defaults;
+    };
+    let parse = |w: &str| -> Option<(f64, u64, i64)> {
+        let n: Vec<&str> = w.trim().split(':').collect();
+        Some((
+            n.first()?.parse().ok()?,
+            n.get(1)?.parse().ok()?,
+            n.get(2)?.parse().ok()?,
+        ))
+    };
+    let mut parts = text.split(',');
+    ["primary", "secondary"]
+        .into_iter()
+        .filter_map(|name| Some((name, parse(parts.next()?)?)))
+        .collect()
+}
+
 /// The account's use of both windows, as the model server tells codex.
 fn rate_limit_headers() -> Vec<(String, String)> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    [("primary", PRIMARY), ("secondary", SECONDARY)]
-        .iter()
+    windows()
+        .into_iter()
         .flat_map(|(window, (percent, minutes, resets_in))| {
             [
                 (

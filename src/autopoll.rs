@@ -159,6 +159,14 @@ fn tick(app: &Arc<App>, first: bool) {
     start_run(app, req, why, StopReason::Replaced);
 }
 
+/// How long until the hold of autopoll's workspace ends by itself (zero: it is over);
+/// `None` when nothing holds it, or nothing but an operator ends the hold.
+fn hold_ends_in(app: &App) -> Option<Duration> {
+    let hold = app.holds().of(&workspace(app)?)?;
+    let left = hold.until?.seconds_since(crate::model::Stamp::now());
+    Some(Duration::from_secs_f64(left.max(0.0)))
+}
+
 /// Starts a run through the common pipeline, announcing `req.zulip_message` (a Zulip failure
 /// does not hold the run back); the caller holds the guard. The runs it stops get `reason`.
 fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
@@ -285,6 +293,13 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                 if !app.unsaved().is_empty() {
                     wake = wake.min(now + SAVE_RETRY);
                 }
+                // A pause that ends by itself ends on time, not at the tick after it.
+                let pause_end = autopoll.then(|| hold_ends_in(&app)).flatten();
+                if let Some(left) = pause_end {
+                    // At most once a second while a tick could not end it yet.
+                    let left = if left.is_zero() { Duration::from_secs(1) } else { left };
+                    wake = wake.min(now + left);
+                }
                 if app.shutdown().wait(wake.saturating_duration_since(now)) {
                     break;
                 }
@@ -294,7 +309,10 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                 if hung {
                     check_hung(&app);
                 }
-                if autopoll && Instant::now() >= next_tick {
+                // The account's figures stay fresh for `/status` and the page.
+                app.account().refresh();
+                let pause_over = autopoll && hold_ends_in(&app).is_some_and(|d| d.is_zero());
+                if autopoll && (Instant::now() >= next_tick || pause_over) {
                     tick(&app, first);
                     first = false;
                     next_tick = Instant::now() + cfg.idle_poll;

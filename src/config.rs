@@ -66,6 +66,10 @@ pub const KNOWN_VARS: &[&str] = &[
     "LOOPER_MAX_RUNS_PER_DAY",
     "LOOPER_MAX_TOKENS_PER_DAY",
     "LOOPER_PAUSE_AT_PERCENT",
+    "LOOPER_QUOTA_PACE",
+    "LOOPER_QUOTA_RESERVE_PERCENT",
+    "LOOPER_QUOTA_WORK_HOURS",
+    "LOOPER_QUOTA_WORK_RESERVE_PERCENT",
     "CODEX_HOME",
 ];
 
@@ -250,6 +254,10 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The owner's share during the working hours when `LOOPER_QUOTA_WORK_RESERVE_PERCENT` is
+/// not set.
+const DEFAULT_WORK_RESERVE: f64 = 50.0;
+
 struct Vars<'a>(&'a HashMap<String, String>);
 
 impl Vars<'_> {
@@ -306,6 +314,84 @@ impl Vars<'_> {
                 ))
             }),
         }
+    }
+
+    /// A percentage from 0 up to `max` (`max` itself only when `inclusive`).
+    fn percent(&self, key: &str, max: f64, inclusive: bool) -> Result<Option<f64>, ConfigError> {
+        let Some(raw) = self.get(key) else {
+            return Ok(None);
+        };
+        let fits = |p: &f64| *p >= 0.0 && (*p < max || (inclusive && *p == max));
+        raw.parse::<f64>()
+            .ok()
+            .filter(fits)
+            .map(Some)
+            .ok_or_else(|| {
+                let upto = if inclusive { "at most" } else { "below" };
+                ConfigError(format!(
+                    "{key}: expected a percentage from 0 and {upto} {max}, got {raw:?}"
+                ))
+            })
+    }
+
+    /// The quota's pacing (`LOOPER_QUOTA_*`): `None` unless `LOOPER_QUOTA_PACE=even`; its
+    /// other variables without it are refused (they would do nothing).
+    fn pace(&self) -> Result<Option<crate::rules::pace::Policy>, ConfigError> {
+        let others = [
+            "LOOPER_QUOTA_RESERVE_PERCENT",
+            "LOOPER_QUOTA_WORK_HOURS",
+            "LOOPER_QUOTA_WORK_RESERVE_PERCENT",
+        ];
+        match self
+            .get("LOOPER_QUOTA_PACE")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("even") => {}
+            None | Some("off") => {
+                return match others.iter().find(|k| self.get(k).is_some()) {
+                    Some(k) => Err(ConfigError(format!(
+                        "{k} is set but the quota is not paced: set LOOPER_QUOTA_PACE=even too (or unset {k})"
+                    ))),
+                    None => Ok(None),
+                };
+            }
+            Some(_) => {
+                return Err(ConfigError(format!(
+                    "LOOPER_QUOTA_PACE: expected even (or off), got {:?}",
+                    self.get("LOOPER_QUOTA_PACE").unwrap_or_default()
+                )))
+            }
+        }
+        let reserve = self
+            .percent("LOOPER_QUOTA_RESERVE_PERCENT", 100.0, false)?
+            .unwrap_or(0.0);
+        let hours = match self.get("LOOPER_QUOTA_WORK_HOURS") {
+            None => None,
+            Some(raw) => Some(
+                crate::rules::pace::WorkHours::parse(raw)
+                    .map_err(|e| ConfigError(format!("LOOPER_QUOTA_WORK_HOURS: {e}")))?,
+            ),
+        };
+        let work_reserve = self.percent("LOOPER_QUOTA_WORK_RESERVE_PERCENT", 100.0, true)?;
+        let work = match (hours, work_reserve) {
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "LOOPER_QUOTA_WORK_RESERVE_PERCENT is set without LOOPER_QUOTA_WORK_HOURS: say when it holds (for example \"Mon-Fri 09:00-18:00\")".into(),
+                ))
+            }
+            (None, None) => None,
+            (Some(h), r) => {
+                let r = r.unwrap_or(DEFAULT_WORK_RESERVE.max(reserve));
+                if r < reserve {
+                    return Err(ConfigError(format!(
+                        "LOOPER_QUOTA_WORK_RESERVE_PERCENT: the working hours' reserve ({r}) is smaller than LOOPER_QUOTA_RESERVE_PERCENT ({reserve}): it is the larger one"
+                    )));
+                }
+                Some((h, r))
+            }
+        };
+        Ok(Some(crate::rules::pace::Policy { reserve, work }))
     }
 
     fn flag(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -496,6 +582,7 @@ impl Config {
                         })?,
                 ),
             },
+            pace: v.pace()?,
         };
         let report_sources = crate::report::Sources {
             todo_file,

@@ -683,3 +683,65 @@ fn three_real_runs_that_change_nothing_pause_the_loop() {
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains(&names), "{said:?}");
 }
+
+/// Pacing with the real codex: the stand-in model walks the account's weekly window (two
+/// minutes long here) from 10 % to 93 %; codex writes the figures into its session files,
+/// Looper paces by them: the run that reports 93 % leaves the loop ahead of its line, so
+/// autopoll waits until the time Looper said, then goes on by itself.
+#[test]
+#[ignore = "needs the real Codex CLI: scripts/test-real-codex"]
+fn a_loop_ahead_of_its_pace_waits_then_resumes() {
+    let limits = std::env::temp_dir().join(format!("looper-rc-limits-{}", std::process::id()));
+    // 104 s into the window: the line is at 5 + 95 × 104/120 ≈ 87 %.
+    std::fs::write(&limits, "-,10:2:16").unwrap();
+    let w = World::new(
+        "rc-pace",
+        &[("FAKE_MODEL_LIMITS", &limits.to_string_lossy())],
+    );
+    let looper = w.start(&[
+        ("LOOPER_QUOTA_PACE", "even".into()),
+        // Runs that change nothing would pause the loop first (the stuck rule).
+        ("LOOPER_NO_PROGRESS_RUNS", "0".into()),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1".into()),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2".into()),
+        ("LOOPER_IDLE_LOG_STALE_SECONDS", "0".into()),
+        ("LOOPER_LOG_LEVEL", "DEBUG".into()),
+    ]);
+    let runs = |looper: &Looper| -> Vec<Value> {
+        looper.get("/runs").body["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let first = looper.wait("autopoll's first run to end", || {
+        runs(&looper).into_iter().find(|r| !r["ended_at"].is_null())
+    });
+    let weekly = &first["rate_limits"]["secondary"];
+    assert_eq!(
+        weekly["used_percent"],
+        json!(10.0),
+        "{first}\n{}",
+        looper.tail()
+    );
+    // The account's use jumps (the owner's work, another loop): the next run reports 93 %,
+    // which its line reaches only some 7 s after that answer.
+    std::fs::write(&limits, "-,93:2:16").unwrap();
+    let hold = common::wait_for_with(
+        "the loop to wait for its pace",
+        || {
+            let quota = &looper.get("/status").body["quota"];
+            format!("{quota}\n{:?}\n{}", runs(&looper), looper.tail())
+        },
+        || looper.hold_for("quota_pace"),
+    );
+    let until = chrono::DateTime::parse_from_rfc3339(hold["until"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    let held_at = runs(&looper).len();
+    let next = looper.wait("autopoll to go on once the line caught up", || {
+        let all = runs(&looper);
+        (all.len() > held_at).then(|| all[0].clone())
+    });
+    looper.assert_resumed(&next, until, "quota_pace");
+    let _ = std::fs::remove_file(&limits);
+}

@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub runs: RunFigures,
     /// The loops that start nothing by themselves.
     pub holds: Vec<HoldFigures>,
+    /// The account's windows as Looper last saw them: (`primary`/`secondary`, the pace line
+    /// now when paced, when the last hour's rate uses it up before its reset).
+    pub quota: Vec<(&'static str, Option<f64>, Option<i64>)>,
 }
 
 /// The active run's age and quiet time, in seconds.
@@ -91,6 +94,17 @@ pub fn snapshot(app: &App) -> Snapshot {
             .map(|t| t.timestamp()),
         autopoll_enabled: app.cfg().autopoll,
         runs: run_figures(app),
+        quota: super::quota::views(app, now.timestamp())
+            .iter()
+            .filter(|w| w.current)
+            .map(|w| {
+                let used_up = match w.forecast {
+                    crate::rules::pace::Forecast::UsedUpAt(at) => Some(at),
+                    _ => None,
+                };
+                (w.codex_name(), w.line, used_up)
+            })
+            .collect(),
         holds: holds
             .into_iter()
             .map(|(workspace, h)| HoldFigures {
@@ -332,6 +346,31 @@ pub fn render(snap: &Snapshot) -> String {
         "gauge",
         "The account's rate-limit use codex last reported: primary (5 hours), secondary (a week).",
         &limits,
+    );
+    let window = |w: &str| format!("{{window=\"{w}\"}}");
+    let pace: Vec<(String, f64)> = snap
+        .quota
+        .iter()
+        .filter_map(|(w, line, _)| Some((window(w), (*line)?)))
+        .collect();
+    family(
+        &mut out,
+        "looper_quota_pace_percent",
+        "gauge",
+        "The pace line now (LOOPER_QUOTA_PACE): how much of the window the loop may have used; absent when not paced.",
+        &pace,
+    );
+    let used_up: Vec<(String, f64)> = snap
+        .quota
+        .iter()
+        .filter_map(|(w, _, at)| Some((window(w), (*at)? as f64)))
+        .collect();
+    family(
+        &mut out,
+        "looper_quota_used_up_forecast_timestamp_seconds",
+        "gauge",
+        "When the window is used up at the last hour's rate (Unix time); absent when not before its reset, or not known yet.",
+        &used_up,
     );
     out
 }

@@ -8,6 +8,7 @@ pub(crate) mod caller;
 pub(crate) mod effects;
 pub(crate) mod files;
 pub(crate) mod metrics;
+pub(crate) mod quota;
 pub(crate) mod status;
 
 use std::sync::Arc;
@@ -23,8 +24,8 @@ use caller::{browser_check, operator, run_token_of, unauthorized};
 use files::{run_file_of, RunFile};
 
 /// The paths Looper serves; all but `/health` need the token when one is set.
-const KNOWN: [&str; 7] = [
-    "/health", "/run", "/status", "/runs", "/metrics", "/resume", "/pause",
+const KNOWN: [&str; 8] = [
+    "/health", "/run", "/status", "/runs", "/metrics", "/resume", "/pause", "/quota",
 ];
 
 /// The page (`GET /`): one self-contained file, no data of its own (it asks the API).
@@ -128,6 +129,7 @@ fn route(app: &Arc<App>, rq: &mut Request, request_id: &str) -> Result<Response,
     match (path, method) {
         ("/status", "GET") => Ok(ok_json(status::status(app))),
         ("/runs", "GET") => status::runs(app, &rq.head).map(ok_json),
+        ("/quota", "GET") => Ok(ok_json(quota::quota(app))),
         ("/metrics", "GET") => Ok(Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -108,6 +108,7 @@ pub(super) fn status(app: &App) -> Value {
             })
             .collect::<Vec<_>>(),
         "stop_scope": app.cfg().stop_scope.as_str(),
+        "quota": super::quota::status(app),
         "stop_method": app.stop_method(),
         "helper_jail": crate::os::jail::helpers().map_or("none", |h| h.method.as_str()),
         "helper_seccomp": crate::os::seccomp::available(),

@@ -19,6 +19,7 @@ use crate::error::{Refusal, Why};
 use crate::model::{Hold, HoldReason, HoldState, Row, Stamp};
 use crate::os::logging::Q;
 use crate::rules::backoff::{Backoff, RunEnd, Settings};
+use crate::rules::pace;
 use crate::rules::stop::{self as rules, Over};
 use crate::rules::usage_limit::UsageLimit;
 use crate::state::app::App;
@@ -30,18 +31,55 @@ fn rows_of(app: &App, workspace: &Path) -> Vec<Row> {
     rows
 }
 
-/// The first budget `workspace` reached at `now` that no operator waived.
+/// The first budget `workspace` reached at `now` that no operator waived; then the
+/// account's pace.
 fn budget_over(app: &App, workspace: &Path, now: Stamp) -> Option<Over> {
     let r = &app.cfg().rules;
-    if r.max_runs_per_day.is_none()
+    let over = if r.max_runs_per_day.is_none()
         && r.max_tokens_per_day.is_none()
         && r.pause_at_percent.is_none()
     {
-        return None;
-    }
-    let from = app.holds().counted_from(workspace).map(Stamp::local);
-    let over = rules::budget_over(r, &rows_of(app, workspace), now.local(), from)?;
-    (!app.holds().waived(workspace, over.reason, now)).then_some(over)
+        None
+    } else {
+        let from = app.holds().counted_from(workspace).map(Stamp::local);
+        rules::budget_over(r, &rows_of(app, workspace), now.local(), from)
+    };
+    let waived = |o: &Over| app.holds().waived(workspace, o.reason, now);
+    over.filter(|o| !waived(o))
+        .or_else(|| pace_over(app, now).filter(|o| !waived(o)))
+}
+
+/// The account's figures, read now, ahead of the pace line (`LOOPER_QUOTA_PACE`).
+fn pace_over(app: &App, now: Stamp) -> Option<Over> {
+    let policy = app.cfg().rules.pace?;
+    let seen = app.account().refresh()?;
+    let a = pace::ahead(
+        &policy,
+        &pace::spans(&seen.limits),
+        now.timestamp(),
+        &pace::local_wall,
+    )?;
+    let until = Stamp::from(pace::local(a.until));
+    let detail = format!(
+        "the account's {} window is {:.0}% used, ahead of the pace line ({:.0}% now{}); {}",
+        a.name,
+        a.used,
+        a.line,
+        pace::reserve_words(&policy),
+        if a.at_reset {
+            format!(
+                "the line does not catch up before the window resets at {}",
+                until.minute()
+            )
+        } else {
+            format!("the line catches up at {}", until.minute())
+        }
+    );
+    Some(Over {
+        reason: HoldReason::QuotaPace,
+        detail,
+        until: until.local(),
+    })
 }
 
 /// Holds `workspace` for a budget; the message to say when the pause is new.

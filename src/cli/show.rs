@@ -147,6 +147,7 @@ pub fn describe_status(base: &str, s: &Value) -> String {
         lines.push("autopoll: off".to_string());
     }
     lines.extend(describe_loop(s));
+    lines.extend(describe_quota(&s["quota"]));
     if let Some(scope) = s["stop_scope"].as_str() {
         let what = match scope {
             "own" => "the runs this Looper started",
@@ -181,6 +182,60 @@ fn describe_loop(s: &Value) -> Vec<String> {
             text(&h["reason"]),
             text(&h["detail"])
         ));
+    }
+    lines
+}
+
+/// The account's quota: the pacing in force, each window's use against the pace line, its
+/// reset and the forecast. Nothing when Looper has seen no figures and paces nothing.
+fn describe_quota(q: &Value) -> Vec<String> {
+    let windows = q["windows"].as_array().cloned().unwrap_or_default();
+    let paced = q["pace"].is_string();
+    if windows.is_empty() && !paced {
+        return Vec::new();
+    }
+    let mut how = if paced {
+        let mut how = format!(
+            "paced evenly ({}% over the line allowed",
+            text(&q["allowance_percent"])
+        );
+        if q["reserve_percent"].as_f64().is_some_and(|r| r > 0.0) {
+            how.push_str(&format!(", {}% kept for you", text(&q["reserve_percent"])));
+        }
+        if !q["work_hours"].is_null() {
+            how.push_str(&format!(
+                ", {}% in {}",
+                text(&q["work_reserve_percent"]),
+                text(&q["work_hours"])
+            ));
+        }
+        how + ")"
+    } else {
+        "not paced (LOOPER_QUOTA_PACE)".to_string()
+    };
+    match &q["seen_at"] {
+        Value::Null => how.push_str("; no figures seen yet"),
+        at => how.push_str(&format!("; figures of {}", text(at))),
+    }
+    let mut lines = vec![format!("quota: {how}")];
+    for w in windows {
+        let mut line = format!(
+            "  {}: {:.0}% used",
+            text(&w["name"]),
+            w["used_percent"].as_f64().unwrap_or(0.0)
+        );
+        if let Some(p) = w["pace_percent"].as_f64() {
+            line.push_str(&format!(", pace line {p:.0}%"));
+        }
+        if !w["held_until"].is_null() {
+            line.push_str(&format!(" (ahead: waits until {})", text(&w["held_until"])));
+        }
+        line.push_str(&format!(
+            "; resets {}; {}",
+            text(&w["resets_at"]),
+            text(&w["forecast"]["words"])
+        ));
+        lines.push(line);
     }
     lines
 }

@@ -63,6 +63,9 @@ pub enum HoldReason {
     RateLimitPercent,
     /// Codex's usage limit, until its reset.
     UsageLimit,
+    /// The account's use runs ahead of its pace (`LOOPER_QUOTA_PACE`), until the pace line
+    /// catches up or the window resets.
+    QuotaPace,
     /// A state file was no state of Looper's (set aside): what held the loops may be lost,
     /// so every loop waits for the operator.
     StateLost,
@@ -81,6 +84,7 @@ impl HoldReason {
             HoldReason::MaxTokensPerDay => "max_tokens_per_day",
             HoldReason::RateLimitPercent => "rate_limit_percent",
             HoldReason::UsageLimit => "usage_limit",
+            HoldReason::QuotaPace => "quota_pace",
             HoldReason::StateLost => "state_lost",
             HoldReason::Operator => "operator",
         }
@@ -108,6 +112,7 @@ impl HoldReason {
                 | HoldReason::MaxTokensPerDay
                 | HoldReason::RateLimitPercent
                 | HoldReason::UsageLimit
+                | HoldReason::QuotaPace
         )
     }
 }

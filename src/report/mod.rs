@@ -9,6 +9,7 @@
 //! read only when it is a regular file, and only so far; git runs with a timeout, a clean
 //! environment and the configuration that would run a program switched off.
 
+pub(crate) mod account;
 pub(crate) mod git;
 
 use std::ffi::OsStr;
@@ -475,7 +476,7 @@ fn totals(u: &serde_json::Value) -> Option<Tokens> {
     })
 }
 
-fn rate_limits(r: &serde_json::Value) -> Option<RateLimits> {
+pub(crate) fn rate_limits(r: &serde_json::Value) -> Option<RateLimits> {
     let window = |w: &serde_json::Value| {
         Some(Window {
             used_percent: w["used_percent"].as_f64().filter(|p| p.is_finite())?,
@@ -540,7 +541,7 @@ fn read_inside(workspace: &Path, name: &Path, limit: u64) -> Option<String> {
 }
 
 /// The last `limit` bytes of a regular file (its first line dropped when it was cut).
-fn read_bounded_tail(path: &Path, limit: u64) -> Option<String> {
+pub(crate) fn read_bounded_tail(path: &Path, limit: u64) -> Option<String> {
     use std::io::{Seek, SeekFrom};
     let mut file = crate::os::paths::open_regular(path)?;
     let size = file.metadata().ok()?.len();

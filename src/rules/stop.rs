@@ -22,6 +22,8 @@ pub struct Rules {
     pub max_tokens_per_day: Option<u64>,
     /// `LOOPER_PAUSE_AT_PERCENT`.
     pub pause_at_percent: Option<f64>,
+    /// `LOOPER_QUOTA_PACE=even` and its reserves.
+    pub pace: Option<super::pace::Policy>,
 }
 
 /// A budget that is reached: which, what it says, and when it clears.

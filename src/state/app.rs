@@ -14,6 +14,7 @@ use crate::model::Stamp;
 use crate::os::cgroup::Cgroups;
 use crate::os::shutdown::Shutdown;
 use crate::rules::backoff::Policy;
+use crate::state::account::Account;
 use crate::state::history::History;
 use crate::state::holds::Holds;
 use crate::state::loopfile::{LoopFile, SavedBackoff};
@@ -35,6 +36,8 @@ pub struct App {
     loop_file: LoopFile,
     /// Who delivers the queued announcements now.
     delivery: Delivery,
+    /// The account's quota figures seen (`quota.jsonl`).
+    account: Account,
     /// `/run` requests being read or served on worker threads.
     inflight: AtomicUsize,
     /// `PATH` at start, for finding binaries.
@@ -99,6 +102,7 @@ impl App {
             policy: Mutex::new(policy),
             loop_file: loop_file.file,
             delivery: Delivery::default(),
+            account: Account::open(&cfg.log_dir, cfg.report_sources.codex_home.clone()),
             inflight: AtomicUsize::new(0),
             cfg,
             path_var,
@@ -153,6 +157,11 @@ impl App {
     }
 
     /// Each workspace's hold (see [`crate::state::holds`]).
+    /// The account's quota figures: read from codex's session files, kept.
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
     pub fn holds(&self) -> Holds<'_> {
         Holds(&self.loop_file)
     }

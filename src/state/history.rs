@@ -184,7 +184,7 @@ fn open_existing(path: &Path) -> std::io::Result<Option<File>> {
 
 /// Appends `bytes` as one write; a write that fails part way is cut off again, so that the
 /// file never ends in half a line.
-fn append_whole(path: &Path, bytes: &[u8]) -> std::io::Result<u64> {
+pub(crate) fn append_whole(path: &Path, bytes: &[u8]) -> std::io::Result<u64> {
     let mut f = {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()

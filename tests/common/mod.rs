@@ -638,6 +638,36 @@ impl Looper {
     }
 
     /// The history row of `run_id` once the run has ended.
+    /// Asserts that run `row` was started by autopoll as the pause for `reason` ended, not
+    /// before `not_before` (Unix seconds).
+    pub fn assert_resumed(&self, row: &Value, not_before: i64, reason: &str) {
+        let started = row["started_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp());
+        assert!(
+            started.is_some_and(|s| s >= not_before),
+            "started before {not_before}: {row}\n{}",
+            self.tail()
+        );
+        let line = format!("autopoll.resume reason={reason}_cleared");
+        assert!(
+            self.server_log().contains(&line),
+            "no {line}\n{}",
+            self.tail()
+        );
+    }
+
+    /// The hold of `/status` with that reason, if one holds.
+    pub fn hold_for(&self, reason: &str) -> Option<Value> {
+        let status = self.get("/status").body;
+        status["holds"]
+            .as_array()?
+            .iter()
+            .find(|h| h["reason"] == reason)
+            .cloned()
+    }
+
     pub fn ended_row(&self, run_id: &str) -> Value {
         self.wait(&format!("run {run_id} to end"), || {
             let runs = self.get("/runs").body;
