@@ -173,16 +173,20 @@ fn start_run(app: &Arc<App>, req: RunRequest, why: &str, reason: StopReason) {
     let request_id = format!("auto{}", app.registry().new_id());
     log::info!("codex.exec.autopoll.start request_id={request_id} reason={why}");
     match pipeline::execute_replacing(app, &req, &request_id, Trigger::Autopoll, reason) {
-        Ok(v) => log::info!(
-            "codex.exec.autopoll.started request_id={request_id} pid={}",
-            v["codex_exec_result"]["pid"]
-        ),
+        Ok(v) => {
+            app.note_autopoll_failure(None);
+            log::info!(
+                "codex.exec.autopoll.started request_id={request_id} pid={}",
+                v["codex_exec_result"]["pid"]
+            )
+        }
         Err(e) => {
             log::warn!(
                 "codex.exec.autopoll.fail request_id={request_id} status={} error={}",
                 e.status(),
                 Q(&e.message)
             );
+            app.note_autopoll_failure(Some(e.message.clone()));
             // A start that failed before any run (a full disk, a codex that cannot be
             // started) counts as a crash: a failing start is not retried at every tick. (A
             // run that started and died at once is counted by its end.)

@@ -63,6 +63,8 @@ fn prepare_dirs(cfg: &Config) -> Result<(), StartError> {
     for file in [
         crate::state::history::FILE_NAME,
         crate::state::loopfile::FILE_NAME,
+        crate::state::account::FILE_NAME,
+        LOCK_FILE,
     ] {
         own_state("CODEX_EXEC_LOG_DIR", &cfg.log_dir.join(file), false)?;
     }
@@ -81,6 +83,27 @@ fn prepare_dirs(cfg: &Config) -> Result<(), StartError> {
     own_state("LOOPER_SERVER_LOG_PATH", &cfg.server_log_path, false)?;
     Ok(())
 }
+
+/// The lock of the state directory (`looper.lock`): a second Looper on the same
+/// `CODEX_EXEC_LOG_DIR` would write the same history and loop state over this one's.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    let path = dir.join(LOCK_FILE);
+    match crate::os::sys::lock_file(&path) {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(holder)) => Err(StartError::Io(format!(
+            "CODEX_EXEC_LOG_DIR={} is in use by another Looper (pid {}): it keeps its run history and loop state there. Give each Looper its own CODEX_EXEC_LOG_DIR (and LOOPER_PORT)",
+            dir.display(),
+            if holder.is_empty() { "?" } else { &holder }
+        ))),
+        Err(e) => Err(StartError::Io(format!(
+            "CODEX_EXEC_LOG_DIR: cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The file whose lock says a Looper uses the state directory.
+pub const LOCK_FILE: &str = "looper.lock";
 
 /// Refuses a directory whose parents let another user swap it: every directory above it
 /// (links resolved; `skip` 1 leaves out `dir` itself, which is checked as Looper's own)
@@ -219,6 +242,8 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         }
     };
     prepare_dirs(&cfg)?;
+    // Held until the process ends: one Looper per state directory.
+    let _state_lock = lock_state_dir(&cfg.log_dir)?;
     logging::init(
         &cfg.server_log_path,
         cfg.log_level,

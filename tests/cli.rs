@@ -264,7 +264,11 @@ fn zulip_check_and_send() {
     let unusable: Vec<(&str, &str)> = unusable.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let o = cli(&fx, &["zulip", "check"], &unusable);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    assert!(stdout(&o).contains("Zulip says no") && stdout(&o).contains("unreachable"));
+    assert!(
+        stdout(&o).contains("check failed: Zulip is unreachable"),
+        "{}",
+        stdout(&o)
+    );
     // A site that answers, but not as Zulip does: a failure, not "? <?> (user id 0)".
     let odd = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let odd_site = format!("http://{}", odd.server_addr().to_ip().unwrap());

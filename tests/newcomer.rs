@@ -295,9 +295,9 @@ fn a_relative_workspace_is_refused() {
 
 /// The README's "Your own loop" runs as written: its block, word for word, in a shell whose
 /// `HOME` holds `src/app` (a git repository with a `TODO.md`) and the README's prompt as
-/// `looper-prompt.md`, with `looper` on `PATH` and the fake codex as codex. The run starts in
-/// the repository with the prompt file's text, `looper status` says it, and `looper logs -f`
-/// shows its output to its return code.
+/// `looper-prompt.md`, with `looper` on `PATH` and the fake codex as codex. Autopoll starts
+/// the first run in the repository with the prompt file's text, `looper status` answers,
+/// and `looper logs -f` (waiting for that first run) shows its output to its return code.
 #[test]
 fn the_readmes_own_loop_runs_as_written() {
     if !common::have_git() {
@@ -364,14 +364,7 @@ fn the_readmes_own_loop_runs_as_written() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(out.status.success(), "{block}\n{said}\n{err}\n{tail}");
-    assert!(
-        err.contains("looper: run ") && err.contains(" started, pid "),
-        "{err}"
-    );
-    assert!(
-        said.contains("active run:") || said.contains("last run:"),
-        "{said}"
-    );
+    assert!(said.contains("loop: "), "looper status said: {said}");
     assert!(
         said.contains("worked on the first item") && said.contains("# codex_exec_return_code=0"),
         "{said}\n{err}"
@@ -390,5 +383,68 @@ fn the_readmes_own_loop_runs_as_written() {
         json!(app.canonicalize().unwrap().to_string_lossy()),
         "{}",
         records[0]
+    );
+}
+
+/// A second Looper on the same state directory (`CODEX_EXEC_LOG_DIR`) is refused, naming
+/// the directory and the Looper that has it: both would write the same history and loop
+/// state. Once that one is gone (killed, even), the directory is free again.
+#[test]
+fn one_looper_per_state_directory() {
+    let fx = Fixture::new("state-lock");
+    let mut first = fx.start(&[]);
+    let (mut child, stderr_path) = fx.spawn(&[]);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let text = common::read(stderr_path);
+    assert!(
+        text.contains("CODEX_EXEC_LOG_DIR=")
+            && text.contains("in use by another Looper")
+            && text.contains(&format!("pid {}", first.pid())),
+        "{text}"
+    );
+    // The first goes on as if nothing happened.
+    let a = first.run(json!({"codex_prompt": "x"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    let again = fx.start(&[]);
+    assert_eq!(again.get("/health").status, 200);
+}
+
+/// An autopoll start that fails before any run (no codex here) shows in `/status` and
+/// `looper status`, not only in the server log; a stop says what it stopped and that
+/// nothing was announced when Zulip is not configured.
+#[test]
+fn a_failed_autopoll_start_and_a_stop_are_said_where_people_look() {
+    let fx = Fixture::new("autopoll-fail");
+    let looper = fx.start(&[
+        ("CODEX_EXEC_BINARY", "/nonexistent/codex"),
+        ("LOOPER_AUTO_START_WHEN_IDLE", "1"),
+        ("LOOPER_IDLE_POLL_SECONDS", "0.2"),
+    ]);
+    let failed = looper.wait("autopoll's failed start in /status", || {
+        let s = looper.get("/status").body;
+        let f = s["autopoll"]["last_start_failure"].clone();
+        (!f.is_null()).then_some(f)
+    });
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("CODEX_EXEC_BINARY=/nonexistent/codex"),
+        "{failed}"
+    );
+    let url = format!("http://127.0.0.1:{}", looper.port);
+    let o = common::cli(&fx, &["status"], &[("LOOPER_URL", &url)]);
+    let said = common::stdout(&o);
+    assert!(said.contains("its last start failed at "), "{said}");
+    let o = common::cli(
+        &fx,
+        &["trigger", "--message", "stop", "--prompt", ""],
+        &[("LOOPER_URL", &url)],
+    );
+    let err = common::stderr(&o);
+    assert!(
+        err.contains("no run was live; nothing stopped")
+            && err.contains("not announced (Zulip is not configured); no run started"),
+        "{err}"
     );
 }

@@ -97,6 +97,7 @@ pub(super) fn status(app: &App) -> Value {
             "consecutive_crashes": poll.crashes,
             "paused_until": if paused { state["until"].clone() } else { Value::Null },
             "pause_reason": if paused { state["reason"].clone() } else { Value::Null },
+            "last_start_failure": app.autopoll_failure().map(|(at, why)| json!({"at": at, "error": why})),
         },
         "loop": state,
         "holds": holds

@@ -141,6 +141,7 @@ usage: looper runs [--limit N] [--json] [--url URL]
 
   --limit N   how many (default 20, at most 1000)
   --json      print the raw /runs answer
+  --url URL   the server (default: $LOOPER_URL, else http://127.0.0.1:$LOOPER_PORT)
 
 columns: RC is the return code (`running` while it runs, `?` when it could not be
 learnt, -N after signal N); TOKENS what the model reported; COMMITS made during the run.

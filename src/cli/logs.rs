@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::model::StopReason;
 
 use super::args::Logs;
@@ -21,7 +23,7 @@ pub fn logs(l: &Logs, env: &HashMap<String, String>, out: &mut dyn Write) -> Res
     let base = base_url(l.url.as_deref(), env);
     let mut run_id = match &l.run_id {
         Some(id) => id.clone(),
-        None => default_run(&base, env)?,
+        None => default_run(&base, env, l.follow)?,
     };
     if !l.follow {
         let _ = out.write_all(&fetch_log(&base, env, &run_id, None)?);
@@ -65,13 +67,26 @@ pub fn logs(l: &Logs, env: &HashMap<String, String>, out: &mut dyn Write) -> Res
 
 /// The id of the run that is active now, as `/status` says; else the newest run's (said
 /// on stderr), so that the log of a loop that just went quiet is still one command away.
-fn default_run(base: &str, env: &HashMap<String, String>) -> Result<String, Fail> {
-    let (_, s) = call("GET", base, "/status", None, env)?;
-    if let Some(id) = s["active"]["run_id"].as_str() {
-        return Ok(id.to_string());
-    }
-    let (_, runs) = call("GET", base, "/runs?limit=1", None, env)?;
-    let newest = &runs["runs"][0];
+/// Before any run, `follow` waits for the first (autopoll's first tick, or a trigger).
+fn default_run(base: &str, env: &HashMap<String, String>, follow: bool) -> Result<String, Fail> {
+    let mut said = false;
+    let newest = loop {
+        let (_, s) = call("GET", base, "/status", None, env)?;
+        if let Some(id) = s["active"]["run_id"].as_str() {
+            return Ok(id.to_string());
+        }
+        let (_, runs) = call("GET", base, "/runs?limit=1", None, env)?;
+        match &runs["runs"][0] {
+            Value::Null if follow => {
+                if !said {
+                    note!("looper: no run yet; waiting for the first (autopoll starts it, or `looper trigger`)");
+                    said = true;
+                }
+                std::thread::sleep(FOLLOW_POLL);
+            }
+            newest => break newest.clone(),
+        }
+    };
     let id = newest["run_id"].as_str().ok_or_else(|| {
         Fail::Error("no run yet: nothing to show (`looper trigger` starts one)".into())
     })?;

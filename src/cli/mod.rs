@@ -169,7 +169,7 @@ fn zulip_check(env: &HashMap<String, String>, out: &mut dyn Write) -> Result<i32
             Ok(0)
         }
         Err(e) => {
-            let _ = writeln!(out, "Zulip says no: {e}");
+            let _ = writeln!(out, "check failed: {e}");
             Ok(1)
         }
     }

@@ -136,6 +136,14 @@ pub fn describe_status(base: &str, s: &Value) -> String {
             text(&p["stale_seconds"]),
             next_tick(p, &s["loop"])
         ));
+        let failed = &p["last_start_failure"];
+        if !failed.is_null() {
+            lines.push(format!(
+                "  its last start failed at {}: {}",
+                text(&failed["at"]),
+                text(&failed["error"])
+            ));
+        }
         if !p["backoff_until"].is_null() {
             lines.push(format!(
                 "  backing off after {} crashes in a row, until {}",

@@ -31,17 +31,9 @@ pub fn trigger(
     let Some((status, answer)) = send(t, &base, &body, env)? else {
         return Ok(0);
     };
-    // Followed, stdout is the run's log alone, and stderr says in a line what was stopped
-    // (the lines below say the rest); `looper runs` and `/runs` keep the whole answer.
-    if t.follow {
-        if let Some(pids) = answer["killed_codex_exec_pids"].as_array() {
-            let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-            match pids.len() {
-                0 => note!("looper: no run was live; nothing stopped"),
-                n => note!("looper: stopped {n} live run(s): pid {}", pids.join(", ")),
-            }
-        }
-    } else {
+    // Followed, stdout is the run's log alone (the lines on stderr say what happened);
+    // `looper runs` and `/runs` keep the whole answer.
+    if !t.follow {
         let _ = writeln!(out, "{answer}");
     }
     let ok = answer["ok"] == json!(true);
@@ -60,8 +52,19 @@ pub fn trigger(
         );
         return Ok(0);
     }
+    if let Some(pids) = answer["killed_codex_exec_pids"].as_array() {
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        match pids.len() {
+            0 => note!("looper: no run was live; nothing stopped"),
+            n => note!("looper: stopped {n} live run(s): pid {}", pids.join(", ")),
+        }
+    }
+    let said = match answer["zulip_output"].as_str() {
+        Some(o) if o.starts_with("skipped") => "not announced (Zulip is not configured)",
+        _ => "announced",
+    };
     if result.is_null() {
-        note!("looper: announced; no run started");
+        note!("looper: {said}; no run started");
         return Ok(0);
     }
     let log_path = result["log_path"].as_str().unwrap_or_default().to_string();

@@ -12,6 +12,39 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::time::Duration;
 
+/// Takes the exclusive lock of the file at `path` (made mode 0600 if missing; a link is
+/// not followed) without waiting, and writes this process's id into it: `Ok(Err(text))`
+/// when another process holds it, with what that one wrote. The lock lasts as long as the
+/// file stays open (it is not passed to children), and ends with the process however it
+/// ends.
+pub fn lock_file(path: &Path) -> io::Result<Result<File, String>> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        let mut holder = String::new();
+        let _ = (&mut f).take(64).read_to_string(&mut holder);
+        return Ok(Err(holder.trim().to_string()));
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(Ok(f))
+}
+
 /// Shuts both directions of socket `fd`: a blocked `accept` on a listening socket returns,
 /// and reads and writes on a connection end. The caller keeps `fd` open meanwhile (so the
 /// number cannot belong to anything else); a bad `fd` only makes the call fail.

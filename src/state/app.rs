@@ -38,6 +38,8 @@ pub struct App {
     delivery: Delivery,
     /// The account's quota figures seen (`quota.jsonl`).
     account: Account,
+    /// Autopoll's last start that failed before any run, until one works: when, and why.
+    autopoll_failure: Mutex<Option<(Stamp, String)>>,
     /// `/run` requests being read or served on worker threads.
     inflight: AtomicUsize,
     /// `PATH` at start, for finding binaries.
@@ -103,6 +105,7 @@ impl App {
             loop_file: loop_file.file,
             delivery: Delivery::default(),
             account: Account::open(&cfg.log_dir, cfg.report_sources.codex_home.clone()),
+            autopoll_failure: Mutex::new(None),
             inflight: AtomicUsize::new(0),
             cfg,
             path_var,
@@ -157,6 +160,23 @@ impl App {
     }
 
     /// Each workspace's hold (see [`crate::state::holds`]).
+    /// Notes how autopoll's start went: `Some(why)` it failed, `None` a run started.
+    pub fn note_autopoll_failure(&self, why: Option<String>) {
+        let mut last = self
+            .autopoll_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *last = why.map(|w| (Stamp::now(), w));
+    }
+
+    /// Autopoll's last start that failed, since no start worked: when, and why.
+    pub fn autopoll_failure(&self) -> Option<(Stamp, String)> {
+        self.autopoll_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The account's quota figures: read from codex's session files, kept.
     pub fn account(&self) -> &Account {
         &self.account
