@@ -277,6 +277,8 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                     );
                 }
             }
+            // The account's figures, for `/status` from the start.
+            app.account().refresh();
             let mut first = true;
             // The first tick comes soon (a restarted Looper resumes its loop), not a whole
             // interval after the start.

@@ -442,6 +442,55 @@ fn the_page_draws_the_burndown_and_a_runs_whole_last_message() {
     s.screenshot("looper-page-progress.png");
 }
 
+/// The page draws the account's use of each window against the pace line, from the
+/// figures Looper kept (the owner's own session, then a run's), and says them in words.
+#[test]
+#[ignore = "needs Chromium and chromedriver: scripts/test-browser"]
+fn the_page_draws_the_quota_against_the_pace_line() {
+    let fx = Fixture::new("browser-quota");
+    let home = fx.path("codex-home");
+    let now = chrono::Utc::now().timestamp();
+    common::owners_session(
+        &home,
+        "before",
+        json!({"primary": {"used_percent": 10.0, "window_minutes": 300, "resets_at": now + 9000},
+               "secondary": {"used_percent": 25.0, "window_minutes": 10080, "resets_at": now + 300_000}}),
+    );
+    let looper = fx.start(&[
+        ("LOOPER_QUOTA_PACE", "even"),
+        ("CODEX_HOME", home.to_str().unwrap()),
+        ("FAKE_CODEX", "record;turn:worked;exit:0"),
+        ("FAKE_CODEX_LIMITS", "20:300:9000,30:10080:300000"),
+    ]);
+    let a = looper.run(json!({"codex_prompt": "go"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    looper.wait("two figures kept", || {
+        let q = looper.get("/quota").body;
+        (q["history"].as_array()?.len() >= 2).then_some(())
+    });
+    let driver = Driver::start();
+    let s = driver.session();
+    s.open(&page(&looper));
+    let used = looper.wait("a used line per window", || {
+        let found = s.find_all("#quota-chart polyline.used-line");
+        (found.len() == 2).then_some(found)
+    });
+    assert_eq!(used.len(), 2);
+    assert_eq!(s.find_all("#quota-chart polyline.pace-line").len(), 2);
+    let words = s.text("#quota-windows");
+    assert!(
+        words.contains("weekly: 30% used, pace line") && words.contains("5-hour: 20% used"),
+        "{words}"
+    );
+    assert!(
+        s.text("#quota-how").contains("paced evenly"),
+        "{}",
+        s.text("#quota-how")
+    );
+    s.script("document.getElementById('quota').scrollIntoView(); return true;");
+    s.screenshot("looper-page-quota.png");
+}
+
 /// A paused loop shows on the page with its reason and its end, and the page's Resume
 /// button ends the pause.
 #[test]

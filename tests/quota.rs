@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{answer_of, cli, run_id_of, stdout, FakeZulip, Fixture, Looper};
 use serde_json::{json, Value};
 
@@ -27,19 +25,6 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// A session file of the owner's own codex (one Looper did not start) reporting the weekly
-/// window `used` percent used, `minutes` long, resetting at `resets_at`.
-fn owners_session(codex_home: &Path, tag: &str, used: f64, minutes: u64, resets_at: i64) {
-    let day = chrono::Local::now().format("%Y/%m/%d").to_string();
-    let dir = codex_home.join("sessions").join(day);
-    std::fs::create_dir_all(&dir).unwrap();
-    let event = json!({"type": "event_msg", "payload": {"type": "token_count",
-        "rate_limits": {"secondary": {"used_percent": used, "window_minutes": minutes, "resets_at": resets_at}}}});
-    let tmp = dir.join(format!(".{tag}.tmp"));
-    std::fs::write(&tmp, format!("{event}\n")).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("rollout-owner-{tag}.jsonl"))).unwrap();
 }
 
 fn pace_hold(looper: &Looper) -> Option<Value> {
@@ -85,7 +70,11 @@ fn ahead_of_the_pace_the_loop_waits_until_the_time_it_said() {
     // behind; it reaches 95.25 % at 57 s, some 7 s from now (Looper's first tick comes
     // within those, even on a busy machine).
     let resets = now() + 10;
-    owners_session(&home, "a", 95.25, 1, resets);
+    common::owners_session(
+        &home,
+        "a",
+        json!({"secondary": {"used_percent": 95.25, "window_minutes": 1, "resets_at": resets}}),
+    );
     let mut env = z.env_with(&PACED);
     env.push(("CODEX_HOME", home.to_string_lossy().into_owned()));
     env.push(("FAKE_CODEX", "record;sleep:600".into()));

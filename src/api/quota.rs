@@ -156,5 +156,27 @@ pub fn quota(app: &App) -> Value {
             json!({"at": iso(s.at), "t": s.at, "windows": windows})
         })
         .collect();
-    json!({"ok": true, "quota": status(app), "history": points})
+    // The pace line across each current window, start to reset (what the page draws).
+    let now = Stamp::now().timestamp();
+    let lines: serde_json::Map<String, Value> = match policy {
+        None => serde_json::Map::new(),
+        Some(p) => views(app, now)
+            .iter()
+            .filter(|w| w.current)
+            .map(|w| {
+                let (start, len) = (w.span.start(), w.span.seconds);
+                let line: Vec<[f64; 2]> = (0..=LINE_POINTS)
+                    .map(|k| {
+                        let t = start + len * k / LINE_POINTS;
+                        [t as f64, pace::line(&p, &w.span, t, &pace::local_wall)]
+                    })
+                    .collect();
+                (w.name.to_string(), json!(line))
+            })
+            .collect(),
+    };
+    json!({"ok": true, "quota": status(app), "history": points, "lines": lines})
 }
+
+/// Points of the pace line drawn across a window.
+const LINE_POINTS: i64 = 96;

@@ -33,7 +33,8 @@ pub struct Seen {
 /// The newest figures under `codex_home` in the folders of `today` and the two days before,
 /// from files of user `uid` only.
 pub fn newest(codex_home: &Path, today: NaiveDate, uid: u32) -> Option<Seen> {
-    let mut files: Vec<(i64, PathBuf)> = Vec::new();
+    // By modification time to the nanosecond: two sessions often end in one second.
+    let mut files: Vec<((i64, i64), PathBuf)> = Vec::new();
     for back in 0..3 {
         let Some(day) = today.checked_sub_days(chrono::Days::new(back)) else {
             continue;
@@ -52,7 +53,9 @@ pub fn newest(codex_home: &Path, today: NaiveDate, uid: u32) -> Option<Seen> {
             }
             // `DirEntry::metadata` does not follow a link: a link is no file of ours.
             match e.metadata() {
-                Ok(m) if m.is_file() && m.uid() == uid => files.push((m.mtime(), e.path())),
+                Ok(m) if m.is_file() && m.uid() == uid => {
+                    files.push(((m.mtime(), m.mtime_nsec()), e.path()))
+                }
                 _ => {}
             }
         }
@@ -61,7 +64,7 @@ pub fn newest(codex_home: &Path, today: NaiveDate, uid: u32) -> Option<Seen> {
     files
         .into_iter()
         .take(MAX_FILES)
-        .find_map(|(mtime, path)| last_figures(&path, mtime))
+        .find_map(|((mtime, _), path)| last_figures(&path, mtime))
 }
 
 /// The last `token_count` event with rate limits in the end of the file at `path`.

@@ -86,9 +86,11 @@ impl Account {
         if let Some(new) = found {
             let note = match inner.seen.back() {
                 None => true,
+                // Figures of the same second may differ (two sessions); older ones are
+                // history already.
                 Some(last) => {
-                    new.at > last.at
-                        && (new.limits != last.limits || new.at - last.at >= NOTE_AGAIN_SECONDS)
+                    (new.at >= last.at && new.limits != last.limits)
+                        || new.at - last.at >= NOTE_AGAIN_SECONDS
                 }
             };
             if note {

@@ -1007,6 +1007,20 @@ pub fn answer_of(looper: &Looper, inbox: &Path, name: &str) -> Value {
         .unwrap_or_else(|e| panic!("answer {text:?} is not JSON ({e})\n{}", looper.tail()))
 }
 
+/// A session file of the owner's own codex (one no Looper started) under `codex_home`,
+/// named by `tag`, whose one `token_count` event reports the account's windows `limits`
+/// (`{"primary": {used_percent, window_minutes, resets_at}, "secondary": …}`).
+pub fn owners_session(codex_home: &Path, tag: &str, limits: serde_json::Value) {
+    let day = chrono::Local::now().format("%Y/%m/%d").to_string();
+    let dir = codex_home.join("sessions").join(day);
+    std::fs::create_dir_all(&dir).unwrap();
+    let event = serde_json::json!({"type": "event_msg",
+        "payload": {"type": "token_count", "rate_limits": limits}});
+    let tmp = dir.join(format!(".{tag}.tmp"));
+    std::fs::write(&tmp, format!("{event}\n")).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("rollout-owner-{tag}.jsonl"))).unwrap();
+}
+
 /// A `/run` body: `fields` merged over a test message.
 pub fn run_body(fields: Value) -> String {
     let mut body = serde_json::json!({"zulip_message": "test run"});
