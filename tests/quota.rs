@@ -258,3 +258,51 @@ fn bad_pacing_settings_are_refused_by_name() {
         assert!(text.contains(named), "{env:?}: {text}");
     }
 }
+
+/// `looper resume` ends a pacing hold at once (autopoll goes on before the time said, and
+/// the pace is waived until then), and the figures Looper kept outlive a restart.
+#[test]
+fn resume_ends_a_pacing_hold_and_the_figures_outlive_a_restart() {
+    let fx = Fixture::new("quota-resume");
+    let home = fx.path("codex-home");
+    // 99 % of the week with 10 % kept: held until the reset, a minute away.
+    let resets = now() + 60;
+    let limits =
+        json!({"secondary": {"used_percent": 99.0, "window_minutes": 10080, "resets_at": resets}});
+    common::owners_session(&home, "a", limits);
+    let mut env = paced_env(&fx, "-", &[("LOOPER_QUOTA_RESERVE_PERCENT", "10")]);
+    env.retain(|(k, _)| *k != "FAKE_CODEX");
+    env.push(("FAKE_CODEX", "record;sleep:600".into()));
+    let looper = fx.start_owned(&env);
+    let hold = looper.wait("the pacing hold", || pace_hold(&looper));
+    assert_eq!(unix(&hold["until"]), resets, "{hold}");
+    let url = format!("http://127.0.0.1:{}", looper.port);
+    let o = cli(&fx, &["resume"], &[("LOOPER_URL", &url)]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let row = looper.wait("autopoll to go on at once", || {
+        looper.get("/runs").body["runs"]
+            .as_array()?
+            .first()
+            .cloned()
+    });
+    assert!(unix(&row["started_at"]) < resets, "{row}");
+    assert!(pace_hold(&looper).is_none(), "held again though waived");
+    let kept = looper.get("/quota").body["history"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(kept >= 1);
+    drop(looper);
+    let env: Vec<(&str, String)> = env
+        .into_iter()
+        .filter(|(k, _)| *k != "LOOPER_AUTO_START_WHEN_IDLE")
+        .collect();
+    let again = fx.start_owned(&env);
+    let history = again.get("/quota").body["history"].clone();
+    assert!(history.as_array().unwrap().len() >= kept, "{history}");
+    assert_eq!(
+        history[0]["windows"]["weekly"]["used_percent"],
+        json!(99.0),
+        "{history}"
+    );
+}
