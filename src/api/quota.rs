@@ -112,7 +112,7 @@ fn window_json(w: &WindowView) -> Value {
 /// Figures of the same window: the same length, and a reset within two minutes (codex's
 /// figure moves a little from answer to answer).
 fn same_window(a: &Span, b: &Span) -> bool {
-    a.seconds == b.seconds && (a.resets_at - b.resets_at).abs() <= 120
+    a.seconds == b.seconds && a.resets_at.abs_diff(b.resets_at) <= 120
 }
 
 /// `/status`'s `quota`: the pacing in force and the newest figures.

@@ -16,6 +16,9 @@ use crate::model::Window;
 /// Percentage points over the line that are always allowed: one run at a window's start.
 pub const ALLOWANCE: f64 = 5.0;
 
+/// The longest window taken for one (codex's are 5 hours and a week): 31 days.
+pub const LONGEST_WINDOW: i64 = 31 * 24 * 3600;
+
 /// The wall clock: the local date and time at an instant (Unix seconds).
 pub type Wall<'a> = &'a dyn Fn(i64) -> NaiveDateTime;
 
@@ -135,11 +138,13 @@ pub struct Span {
 }
 
 impl Span {
-    /// A window codex reported with its length and reset (`None`: one it did not).
+    /// A window codex reported with its length and reset (`None`: one it did not, or one
+    /// no account has: longer than [`LONGEST_WINDOW`], a use that is no percentage).
     pub fn of(w: &Window) -> Option<Span> {
         let seconds = i64::try_from(w.window_minutes?.checked_mul(60)?).ok()?;
-        (seconds > 0).then_some(Span {
-            used: w.used_percent,
+        let fits = seconds > 0 && seconds <= LONGEST_WINDOW && w.used_percent.is_finite();
+        fits.then_some(Span {
+            used: w.used_percent.clamp(0.0, 100.0),
             seconds,
             resets_at: w.resets_at?,
         })
@@ -147,7 +152,7 @@ impl Span {
 
     /// The window's start.
     pub fn start(&self) -> i64 {
-        self.resets_at - self.seconds
+        self.resets_at.saturating_sub(self.seconds)
     }
 }
 
@@ -188,7 +193,7 @@ pub fn reserve_words(policy: &Policy) -> String {
 /// The pace line: how much of `span`'s window the loop may have used at instant `at`.
 pub fn line(policy: &Policy, span: &Span, at: i64, wall: Wall) -> f64 {
     let share = 100.0 - policy.reserve_at(wall(at));
-    let t = (at - span.start()).clamp(0, span.seconds) as f64;
+    let t = at.saturating_sub(span.start()).clamp(0, span.seconds) as f64;
     (share * t / span.seconds as f64 + ALLOWANCE).min(share)
 }
 
@@ -205,7 +210,8 @@ pub struct Ahead {
 }
 
 /// The windows that are ahead of their pace at `now` (a window whose reset has passed is
-/// a new one, not yet reported: never ahead); the one that holds longest.
+/// a new one, not yet reported: never ahead; one whose reset is further than its length is
+/// no window running now); the one that holds longest. At most 2,000 steps of a window.
 pub fn ahead(
     policy: &Policy,
     windows: &[(&'static str, Span)],
@@ -214,7 +220,8 @@ pub fn ahead(
 ) -> Option<Ahead> {
     windows
         .iter()
-        .filter(|(_, s)| s.resets_at > now)
+        // A reset more than a window away is no figure of a window now running.
+        .filter(|(_, s)| s.resets_at > now && s.resets_at.saturating_sub(now) <= s.seconds)
         .filter_map(|(name, s)| {
             let at_now = line(policy, s, now, wall);
             if s.used <= at_now {
@@ -259,15 +266,16 @@ pub fn forecast(span: &Span, earlier: &[(i64, f64)], now: i64) -> Forecast {
     else {
         return Forecast::Unknown;
     };
-    let rate = (span.used - used_then) / (now - then) as f64;
+    let rate = (span.used - used_then) / now.saturating_sub(then) as f64;
     if rate <= 0.0 {
         return Forecast::NotBeforeReset(span.used);
     }
     let left = (100.0 - span.used).max(0.0);
-    let at = now + (left / rate).ceil() as i64;
+    // A float too large for an i64 saturates; so does the sum.
+    let at = now.saturating_add((left / rate).ceil() as i64);
     if at >= span.resets_at {
-        let by_reset = span.used + rate * (span.resets_at - now) as f64;
-        Forecast::NotBeforeReset(by_reset.min(100.0))
+        let by_reset = span.used + rate * span.resets_at.saturating_sub(now) as f64;
+        Forecast::NotBeforeReset(by_reset.clamp(0.0, 100.0))
     } else {
         Forecast::UsedUpAt(at)
     }
@@ -276,6 +284,7 @@ pub fn forecast(span: &Span, earlier: &[(i64, f64)], now: i64) -> Forecast {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Window;
     use chrono::{NaiveDate, TimeZone, Utc};
 
     const HOUR: i64 = 3600;
@@ -493,6 +502,37 @@ mod tests {
         let s = week(97.0, utc("2027-11-01 00:00"));
         let a = ahead(&p, &[("weekly", s)], utc("2027-10-31 09:00"), &europe).unwrap();
         assert_eq!(a.until, utc("2027-10-31 17:00"));
+    }
+
+    #[test]
+    fn figures_no_account_has_hold_nothing_and_wedge_nothing() {
+        let wall = fixed(0);
+        let p = plain(10.0);
+        let now = utc("2026-12-07 12:00");
+        let w = |used: f64, minutes: u64, resets_at: i64| Window {
+            used_percent: used,
+            window_minutes: Some(minutes),
+            resets_at: Some(resets_at),
+        };
+        // Windows of no account: too long, no use, reset at the end of time.
+        assert_eq!(Span::of(&w(50.0, u64::MAX, now)), None);
+        assert_eq!(Span::of(&w(50.0, 60 * 24 * 366, now)), None);
+        assert_eq!(Span::of(&w(f64::NAN, 300, now)), None);
+        assert_eq!(Span::of(&w(1e300, 300, now)).map(|s| s.used), Some(100.0));
+        // A reset years away, or at the ends of i64: no hold, no endless stepping.
+        for resets_at in [now + 10 * 365 * 86_400, i64::MAX, i64::MIN] {
+            let s = Span::of(&w(99.0, 10_080, resets_at)).unwrap();
+            assert_eq!(ahead(&p, &[("weekly", s)], now, &wall), None);
+            let _ = line(&p, &s, now, &wall);
+            let _ = forecast(&s, &[(now - 3000, 98.0)], now);
+        }
+        // A rate too small to reach 100 % within an i64.
+        let s = Span {
+            used: 1.0,
+            seconds: 300,
+            resets_at: i64::MAX,
+        };
+        let _ = forecast(&s, &[(now - 3000, 1.0 - 1e-300)], now);
     }
 
     #[test]

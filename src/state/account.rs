@@ -90,7 +90,7 @@ impl Account {
                 // history already.
                 Some(last) => {
                     (new.at >= last.at && new.limits != last.limits)
-                        || new.at - last.at >= NOTE_AGAIN_SECONDS
+                        || new.at.saturating_sub(last.at) >= NOTE_AGAIN_SECONDS
                 }
             };
             if note {
