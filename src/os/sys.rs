@@ -14,9 +14,9 @@ use std::time::Duration;
 
 /// Takes the exclusive lock of the file at `path` (made mode 0600 if missing; a link is
 /// not followed) without waiting, and writes this process's id into it: `Ok(Err(text))`
-/// when another process holds it, with what that one wrote. The lock lasts as long as the
-/// file stays open (it is not passed to children), and ends with the process however it
-/// ends.
+/// when another process holds it, with what that one wrote. A POSIX record lock: this
+/// process's alone (a child forked to start a program does not inherit it, so a Looper
+/// killed while starting one frees it at once), ended with the process however it ends.
 pub fn lock_file(path: &Path) -> io::Result<Result<File, String>> {
     use std::io::{Read, Seek, Write};
     use std::os::unix::fs::OpenOptionsExt;
@@ -28,11 +28,16 @@ pub fn lock_file(path: &Path) -> io::Result<Result<File, String>> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // SAFETY: an all-zero flock is a valid value; the fields that matter are set below.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl(F_SETLK) on a descriptor this function owns, with a pointer to a flock
+    // that lives across the call.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &lock) };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
             return Err(e);
         }
         let mut holder = String::new();
