@@ -11,7 +11,8 @@
 //!   [`cli::main`]. [`server`]: start-up (configuration, directories, the log, the socket,
 //!   the signal thread, the runs a previous Looper left) and shutdown.
 //! - [`api`]: what each HTTP request gets: who asks, `/status`, `/runs`, a run's files,
-//!   `/metrics`, the page (`assets/index.html`, built in), `/run` and `/resume`.
+//!   `/metrics`, `/quota`, the page (`assets/index.html`, built in), `/run`, `/pause` and
+//!   `/resume`.
 //! - [`autopoll`]: the thread that starts a run when everything has gone quiet, and
 //!   replaces a hung one.
 //!
@@ -29,14 +30,16 @@
 //!
 //! What the server keeps:
 //! - [`state`]: the registry (live runs, the run guard, ids and tokens, process groups),
-//!   the history (`runs.jsonl`), the holds and the outbox (`loop-state.json`), and [`App`],
+//!   the history (`runs.jsonl`), the holds and the outbox (`loop-state.json`), the
+//!   account's quota figures (`quota.jsonl`), and [`App`],
 //!   the one context every thread shares. [`config`]: every environment variable, parsed
 //!   from a map (reads no file).
 //!
 //! The parts, which know no run's story:
 //! - [`rules`]: the loop's rules, pure (stop rules, crash back-off, codex's usage-limit
-//!   text). [`report`]: what a run did, read from codex's output and session file, git
-//!   (asked so that the workspace's configuration runs nothing) and the TODO file.
+//!   text, the quota's pace line). [`report`]: what a run did, read from codex's output and
+//!   session file, git (asked so that the workspace's configuration runs nothing) and the
+//!   TODO file; and the account's windows, from the newest session files.
 //! - [`http`]: HTTP/1.1 on std's `TcpListener` and `httparse` for any [`http::Handler`],
 //!   every limit where the bytes arrive, and the one place a refusal becomes a status.
 //!   [`inbox`]: the hand-off that needs no network, for a [`inbox::Desk`]. [`zulip`]: the
