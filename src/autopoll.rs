@@ -303,7 +303,17 @@ pub fn start(app: &Arc<App>) -> Option<JoinHandle<()>> {
                 let pause_end = autopoll.then(|| hold_ends_in(&app)).flatten();
                 if let Some(left) = pause_end {
                     // At most once a second while a tick could not end it yet.
-                    let left = if left.is_zero() { Duration::from_secs(1) } else { left };
+                    // Over but not ended yet: a tick ends it, once a second, or when a
+                    // crash back-off (which skips ticks) is over.
+                    let left = match left.is_zero() {
+                        false => left,
+                        true => app
+                            .policy()
+                            .view(now)
+                            .backoff_left
+                            .unwrap_or_default()
+                            .max(Duration::from_secs(1)),
+                    };
                     wake = wake.min(now + left);
                 }
                 if app.shutdown().wait(wake.saturating_duration_since(now)) {

@@ -242,6 +242,13 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
         }
     };
     prepare_dirs(&cfg)?;
+    // Codex's sandbox lets the agent write /tmp: state kept there is the agent's to swap.
+    let tmp = [
+        Path::new("/tmp"),
+        Path::new("/var/tmp"),
+        &std::env::temp_dir(),
+    ];
+    let state_in_tmp = tmp.iter().any(|t| cfg.log_dir.starts_with(t));
     // Held until the process ends: one Looper per state directory.
     let _state_lock = lock_state_dir(&cfg.log_dir)?;
     logging::init(
@@ -263,6 +270,12 @@ pub fn run(env: &HashMap<String, String>) -> Result<(), StartError> {
     // Zulip key): an agent's leftovers run as this user too.
     if let Err(e) = crate::os::sys::make_undumpable() {
         log::warn!("server.undumpable_failed error={}", Q(&e.to_string()));
+    }
+    if state_in_tmp {
+        log::warn!(
+            "config.state_in_tmp log_dir={} hint=\"codex's sandbox lets the agent write here (its writable roots include /tmp): keep CODEX_EXEC_LOG_DIR elsewhere (the default is ~/.local/state/looper/logs)\"",
+            Q(&cfg.log_dir.to_string_lossy())
+        );
     }
     let cgroups = match crate::os::cgroup::Cgroups::setup() {
         Ok(c) => Some(c),

@@ -561,3 +561,39 @@ fn logs_show_the_newest_run_and_follow_the_loop() {
     let _ = looping.kill();
     let _ = looping.wait();
 }
+
+/// The attack: whatever answers on Looper's port names a file that is no run log as a
+/// run's `log_path`, and refuses the log itself. `looper logs -f` never reads it (only a
+/// regular `codex-exec-*.log` of this user is read from disk).
+#[test]
+fn logs_follow_reads_no_file_an_impostor_names() {
+    let fx = Fixture::new("cli-impostor");
+    let secret = fx.path("secret.txt");
+    std::fs::write(&secret, "the operator's secret\n").unwrap();
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    let path = secret.to_string_lossy().into_owned();
+    std::thread::spawn(move || {
+        for rq in server.incoming_requests() {
+            let url = rq.url().to_string();
+            let body = if url.starts_with("/status") {
+                json!({"ok": true, "active": {"run_id": "r1"}}).to_string()
+            } else if url.starts_with("/runs?") {
+                // Ended at once, so that the follower stops after one look.
+                json!({"ok": true, "runs": [{"run_id": "r1", "pid": 1, "log_path": path,
+                    "ended_at": "2026-12-07T00:00:00+00:00", "return_code": 0}]})
+                .to_string()
+            } else {
+                let _ = rq.respond(tiny_http::Response::from_string("no").with_status_code(500));
+                continue;
+            };
+            let _ = rq.respond(tiny_http::Response::from_string(body));
+        }
+    });
+    let o = cli(
+        &fx,
+        &["logs", "-f"],
+        &[("LOOPER_URL", &format!("http://127.0.0.1:{port}"))],
+    );
+    assert!(!stdout(&o).contains("secret"), "{}", stdout(&o));
+}

@@ -272,7 +272,8 @@ fn an_unreadable_history_stops_the_start() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let said_to = fx.path("stderr.txt");
-    let mut child = std::process::Command::new(&binary)
+    let mut child = std::process::Command::new(&binary);
+    child
         .env_clear()
         .env("LOOPER_PORT", "0")
         .env("LOOPER_AUTO_START_WHEN_IDLE", "0")
@@ -283,9 +284,8 @@ fn an_unreadable_history_stops_the_start() {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&said_to).unwrap())
         .uid(65534)
-        .gid(65534)
-        .spawn()
-        .unwrap();
+        .gid(65534);
+    let mut child = common::spawn_fresh_copy(&mut child);
     let status = common::wait_for("Looper to refuse to start", || {
         child.try_wait().unwrap().or_else(|| {
             if common::read(&said_to).contains(" server.start ") {

@@ -306,3 +306,69 @@ fn resume_ends_a_pacing_hold_and_the_figures_outlive_a_restart() {
         "{history}"
     );
 }
+
+/// The attack: `quota.jsonl` swapped for a FIFO whose pipe is full (the agent can write
+/// `/tmp`, where a state directory may be). Looper refuses to write into it instead of
+/// blocking for good: `/status` answers, the figures are still read and shown, the failed
+/// write is said. And a figure dated in the future (a clock once ahead) hides no later one.
+#[test]
+fn a_fifo_or_a_future_date_in_the_figures_wedges_nothing() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fx = Fixture::new("quota-fifo");
+    let home = fx.path("codex-home");
+    let day = home
+        .join("sessions")
+        .join(chrono::Local::now().format("%Y/%m/%d").to_string());
+    std::fs::create_dir_all(&day).unwrap();
+    let event = |used: f64, timestamp: Option<&str>| {
+        let mut v = json!({"type": "event_msg", "payload": {"type": "token_count",
+            "rate_limits": {"secondary": {"used_percent": used, "window_minutes": 10080,
+                "resets_at": now() + 300_000}}}});
+        if let Some(t) = timestamp {
+            v["timestamp"] = json!(t);
+        }
+        format!("{v}\n")
+    };
+    std::fs::write(
+        day.join("rollout-future.jsonl"),
+        event(10.0, Some("9999-12-31T23:59:59Z")),
+    )
+    .unwrap();
+    let env = paced_env(&fx, "-", &[]);
+    let looper = fx.start_owned(&env);
+    let weekly =
+        |looper: &Looper| looper.get("/status").body["quota"]["windows"][0]["used_percent"].clone();
+    looper.wait("the first figures", || {
+        (weekly(&looper) == json!(10.0)).then_some(())
+    });
+    // The FIFO, its pipe filled, held open by us.
+    let quota = fx.path("logs/quota.jsonl");
+    std::fs::remove_file(&quota).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&quota)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&quota)
+        .unwrap();
+    while fifo.write(&[b'x'; 4096]).is_ok() {}
+    // New figures, written after the future-dated ones.
+    std::fs::write(day.join("rollout-later.jsonl"), event(20.0, None)).unwrap();
+    looper.wait(
+        "the later figures, shown though they could not be kept",
+        || (weekly(&looper) == json!(20.0)).then_some(()),
+    );
+    looper.wait("the failed write said", || {
+        looper
+            .server_log()
+            .contains("quota.history_write_failed")
+            .then_some(())
+    });
+    assert_eq!(looper.get("/quota").status, 200);
+    drop(fifo);
+}

@@ -673,7 +673,7 @@ fn no_other_process_reads_loopers_environment() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     as_user(&mut looper);
-    let looper = Guard(looper.spawn().unwrap());
+    let looper = Guard(common::spawn_fresh_copy(&mut looper));
     wait_for("the unprivileged Looper to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port))
             .ok()
@@ -738,7 +738,7 @@ fn the_token_is_not_sent_to_a_squatter() {
             .stderr(std::process::Stdio::null())
             .uid(65534)
             .gid(65534);
-        cmd.spawn().unwrap()
+        common::spawn_fresh_copy(&mut cmd)
     };
     let _squatter = Guard(squatter);
     wait_for("the squatter to listen", || {

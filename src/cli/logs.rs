@@ -174,9 +174,19 @@ fn run_end(
 
 /// The bytes of the log file at `path` from `offset` on: when the server cannot be asked
 /// (inside codex's sandbox, say), a log on this machine is read directly.
+/// Only a run log of this user is read (a regular file named `codex-exec-*.log`, opened
+/// without following a link or blocking on a FIFO), whatever answered as Looper named.
 fn read_local(path: &str, offset: u64) -> Option<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let name = std::path::Path::new(path).file_name()?.to_str()?;
+    if !(name.starts_with("codex-exec-") && name.ends_with(".log")) {
+        return None;
+    }
+    let mut file = crate::os::paths::open_regular(std::path::Path::new(path))?;
+    if file.metadata().ok()?.uid() != crate::os::procs::current_uid() {
+        return None;
+    }
     file.seek(SeekFrom::Start(offset)).ok()?;
     let mut chunk = Vec::new();
     file.take(crate::run::output::MAX_LOG_CHUNK)

@@ -20,6 +20,11 @@ const NOTE_AGAIN_SECONDS: i64 = 600;
 /// The most of the file read at start.
 const LOAD_BYTES: u64 = 2 * 1024 * 1024;
 
+/// The latest time a figure may carry: now (one dated later counts as seen now).
+fn latest_believable() -> i64 {
+    crate::model::Stamp::now().timestamp()
+}
+
 /// The figures seen, newest last.
 pub struct Account {
     file: PathBuf,
@@ -41,15 +46,17 @@ impl Account {
         let file = dir.join(FILE_NAME);
         let text = crate::report::read_bounded_tail(&file, LOAD_BYTES).unwrap_or_default();
         let (mut seen, mut skipped) = (VecDeque::new(), 0);
+        let latest = latest_believable();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // A figure dated in the future (a clock once ahead) would hide every later one.
             match serde_json::from_str::<Seen>(line) {
-                Ok(s) => seen.push_back(s),
-                Err(_) => skipped += 1,
+                Ok(s) if s.at <= latest => seen.push_back(s),
+                _ => skipped += 1,
             }
         }
         if skipped > 0 {
             log::warn!(
-                "quota.history_skipped file={} lines={skipped} (not figures of Looper's: left out)",
+                "quota.history_skipped file={} lines={skipped} (not figures of Looper's, or dated in the future: left out)",
                 file.display()
             );
         }
@@ -82,6 +89,11 @@ impl Account {
                 chrono::Local::now().date_naive(),
                 crate::os::procs::current_uid(),
             )
+        });
+        // A figure dated in the future counts as seen now: later figures stay newer.
+        let found = found.map(|mut s| {
+            s.at = s.at.min(latest_believable());
+            s
         });
         if let Some(new) = found {
             let note = match inner.seen.back() {

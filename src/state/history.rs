@@ -186,14 +186,24 @@ fn open_existing(path: &Path) -> std::io::Result<Option<File>> {
 /// file never ends in half a line.
 pub(crate) fn append_whole(path: &Path, bytes: &[u8]) -> std::io::Result<u64> {
     let mut f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        OpenOptions::new()
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        // Without blocking on a FIFO put in the file's place, and only into a regular file
+        // of Looper's user: anything else is refused, never waited on.
+        let f = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() || meta.uid() != crate::os::procs::current_uid() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file of Looper's user",
+                path.display()
+            )));
+        }
+        f
     };
     let before = f.metadata()?.len();
     // A line cut short by a crash (no newline at the end) is ended first, so that the

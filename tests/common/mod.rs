@@ -160,6 +160,22 @@ pub fn binary_for_anyone(fx: &Fixture) -> PathBuf {
     copy
 }
 
+/// Spawns `cmd`, whose program is a fresh copy ([`binary_for_anyone`]): while another
+/// test's thread forks, its child holds the copy's write descriptor until it execs, and
+/// the kernel refuses to run a file open for writing ("Text file busy") for that moment.
+pub fn spawn_fresh_copy(cmd: &mut Command) -> Child {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.expect("spawn the copy of looper"),
+        }
+    }
+}
+
 /// A binary built from `examples/<name>.rs` (the fake codex, the stand-in model).
 pub fn example_binary(name: &str) -> PathBuf {
     let looper = PathBuf::from(env!("CARGO_BIN_EXE_looper"));
