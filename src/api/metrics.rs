@@ -94,7 +94,7 @@ pub fn snapshot(app: &App) -> Snapshot {
             .map(|t| t.timestamp()),
         autopoll_enabled: app.cfg().autopoll,
         runs: run_figures(app),
-        quota: super::quota::views(app, now.timestamp())
+        quota: super::quota::views(app, &app.account().history(), now.timestamp())
             .iter()
             .filter(|w| w.current)
             .map(|w| {

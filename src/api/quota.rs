@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::model::Stamp;
+use crate::report::account::Seen;
 use crate::rules::pace::{self, Forecast, Span};
 use crate::state::app::App;
 
@@ -14,7 +15,7 @@ fn iso(at: i64) -> Stamp {
 }
 
 /// How a forecast reads, for people.
-pub fn forecast_words(name: &str, f: Forecast) -> String {
+fn forecast_words(name: &str, f: Forecast) -> String {
     match f {
         Forecast::Unknown => "no forecast yet (figures of the last hour are needed)".into(),
         Forecast::UsedUpAt(at) => format!(
@@ -50,12 +51,11 @@ impl WindowView {
     }
 }
 
-/// Each window of the newest figures Looper has seen, at `now` (read nothing).
-pub fn views(app: &App, now: i64) -> Vec<WindowView> {
-    let Some(seen) = app.account().latest() else {
+/// Each window of the newest of the figures kept (`history`, oldest first), at `now`.
+pub fn views(app: &App, history: &[Seen], now: i64) -> Vec<WindowView> {
+    let Some(seen) = history.last() else {
         return Vec::new();
     };
-    let history = app.account().history();
     let policy = app.cfg().rules.pace;
     pace::spans(&seen.limits)
         .into_iter()
@@ -117,12 +117,13 @@ fn same_window(a: &Span, b: &Span) -> bool {
 
 /// `/status`'s `quota`: the pacing in force and the newest figures.
 pub fn status(app: &App) -> Value {
+    status_of(app, &app.account().history(), Stamp::now().timestamp())
+}
+
+fn status_of(app: &App, history: &[Seen], now: i64) -> Value {
     let policy = app.cfg().rules.pace;
-    let seen_at = app.account().latest().map(|s| iso(s.at));
-    let windows: Vec<Value> = views(app, Stamp::now().timestamp())
-        .iter()
-        .map(window_json)
-        .collect();
+    let seen_at = history.last().map(|s| iso(s.at));
+    let windows: Vec<Value> = views(app, history, now).iter().map(window_json).collect();
     json!({
         "pace": policy.map(|_| "even"),
         "reserve_percent": policy.map(|p| p.reserve),
@@ -138,9 +139,10 @@ pub fn status(app: &App) -> Value {
 /// line at that time (`null` when not paced).
 pub fn quota(app: &App) -> Value {
     let policy = app.cfg().rules.pace;
-    let points: Vec<Value> = app
-        .account()
-        .history()
+    let history = app.account().history();
+    let now = Stamp::now().timestamp();
+    let views = views(app, &history, now);
+    let points: Vec<Value> = history
         .iter()
         .map(|s| {
             let windows: serde_json::Map<String, Value> = pace::spans(&s.limits)
@@ -157,10 +159,9 @@ pub fn quota(app: &App) -> Value {
         })
         .collect();
     // The pace line across each current window, start to reset (what the page draws).
-    let now = Stamp::now().timestamp();
     let lines: serde_json::Map<String, Value> = match policy {
         None => serde_json::Map::new(),
-        Some(p) => views(app, now)
+        Some(p) => views
             .iter()
             .filter(|w| w.current)
             .map(|w| {
@@ -175,7 +176,7 @@ pub fn quota(app: &App) -> Value {
             })
             .collect(),
     };
-    json!({"ok": true, "quota": status(app), "history": points, "lines": lines})
+    json!({"ok": true, "quota": status_of(app, &history, now), "history": points, "lines": lines})
 }
 
 /// Points of the pace line drawn across a window.

@@ -82,7 +82,7 @@ impl Account {
     /// The newest figures, read from the session files now (a hand-off that comes a
     /// moment after its run's turn is judged by that turn's figures).
     pub fn refresh(&self) -> Option<Seen> {
-        let mut inner = self.inner();
+        // Read without the lock: `/status` and `/quota` wait for no directory listing.
         let found = self.codex_home.as_deref().and_then(|home| {
             crate::report::account::newest(
                 home,
@@ -95,6 +95,7 @@ impl Account {
             s.at = s.at.min(latest_believable());
             s
         });
+        let mut inner = self.inner();
         if let Some(new) = found {
             let note = match inner.seen.back() {
                 None => true,
@@ -110,11 +111,6 @@ impl Account {
             }
         }
         inner.seen.back().cloned()
-    }
-
-    /// The newest figures seen, without reading anything.
-    pub fn latest(&self) -> Option<Seen> {
-        self.inner().seen.back().cloned()
     }
 
     /// Every figure kept, oldest first.
