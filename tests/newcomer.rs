@@ -157,6 +157,9 @@ fn start_up_checks_what_it_can() {
         log.contains("config.prompt_file_unreadable path=/nonexistent/prompt.md"),
         "{log}"
     );
+    // The fixture's state directory is under /tmp, which codex's sandbox lets the agent
+    // write: said.
+    assert!(log.contains("config.state_in_tmp log_dir="), "{log}");
     // The hint and the run's refusal name the setting that leads nowhere, not PATH.
     assert!(log.contains("hint=\"fix CODEX_EXEC_BINARY"), "{log}");
     let a = looper.run(json!({"codex_prompt": "x"}));

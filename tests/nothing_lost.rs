@@ -592,3 +592,24 @@ fn the_server_log_says_what_a_full_disk_lost() {
         );
     }
 }
+
+/// Looper starts on a full disk (its state is read, not written, to start): what it cannot
+/// write it says, and it serves. (Its lock file's note of the holder's pid needs a block:
+/// that note is let go, not the start.)
+#[test]
+fn looper_starts_on_a_full_disk() {
+    let fx = Fixture::new("full-start");
+    let Some(disk) = SmallDisk::mount(&fx.path("logs"), 256 * 1024) else {
+        return;
+    };
+    // Full before Looper ever ran here, and again after it did.
+    disk.fill();
+    let first = fx.start(&[]);
+    assert_eq!(first.get("/health").status, 200, "{}", first.tail());
+    drop(first);
+    let looper = fx.start(&[]);
+    assert_eq!(looper.get("/health").status, 200, "{}", looper.tail());
+    assert_eq!(looper.get("/status").status, 200, "{}", looper.tail());
+    drop(looper);
+    disk.free();
+}

@@ -13,10 +13,11 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Takes the exclusive lock of the file at `path` (made mode 0600 if missing; a link is
-/// not followed) without waiting, and writes this process's id into it: `Ok(Err(text))`
-/// when another process holds it, with what that one wrote. A POSIX record lock: this
-/// process's alone (a child forked to start a program does not inherit it, so a Looper
-/// killed while starting one frees it at once), ended with the process however it ends.
+/// not followed) without waiting, and writes this process's id into it where there is room:
+/// `Ok(Err(text))` when another process holds it, with what that one wrote. A POSIX record
+/// lock: this process's alone (a child forked to start a program does not inherit it, so a
+/// Looper killed while starting one frees it at once), ended with the process however it
+/// ends.
 pub fn lock_file(path: &Path) -> io::Result<Result<File, String>> {
     use std::io::{Read, Seek, Write};
     use std::os::unix::fs::OpenOptionsExt;
@@ -44,9 +45,11 @@ pub fn lock_file(path: &Path) -> io::Result<Result<File, String>> {
         let _ = (&mut f).take(64).read_to_string(&mut holder);
         return Ok(Err(holder.trim().to_string()));
     }
-    f.set_len(0)?;
-    f.rewind()?;
-    writeln!(f, "{}", std::process::id())?;
+    // The holder's pid is a note for people; a full disk lets it go, not the lock.
+    let _ = f
+        .set_len(0)
+        .and_then(|()| f.rewind())
+        .and_then(|()| writeln!(f, "{}", std::process::id()));
     Ok(Ok(f))
 }
 
